@@ -1,0 +1,19 @@
+"""hvae: hierarchical variational autoencoders in PyTorch (Ladder VAE, top-down and stacked hierarchies)."""
+
+from . import presets
+from .config import ConfigError, ModelConfig
+from .model import HierarchicalVAE, ModelOutput, build_model, load
+from .optim import make_optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "HierarchicalVAE",
+    "ModelConfig",
+    "ModelOutput",
+    "build_model",
+    "load",
+    "make_optimizer",
+    "presets",
+]

@@ -1,0 +1,297 @@
+"""Typed, validated configuration objects and their YAML/JSON round trip.
+
+Every config is a dataclass. Configs are validated where they enter (``from_dict``, ``__post_init__``):
+an unknown key or a bad value raises :class:`ConfigError` naming the key and what is accepted. Past
+that point the code trusts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is not accepted."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lossless cases (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not accepted; use one of {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not accepted; expected {_type_name(tp)}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build the dataclass ``cls`` from a plain mapping, rejecting unknown keys and ill-typed values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + u for u in unknown)}; "
+            f"valid keys are: {', '.join(prefix + n for n in names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(prefix + str(e)) from None
+        raise
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, JSON-safe mapping of a config dataclass (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``key.sub=value`` command-line override; the value is read as YAML (``3``, ``[1,2]``, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key; write it as key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied (validation happens in ``from_dict``)."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+class _Serializable:
+    """Mixin: JSON/YAML round trip for config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return from_dict(cls, data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | Path):
+        text = text_or_path
+        if isinstance(text_or_path, Path) or (
+            isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml"))
+        ):
+            text = Path(text_or_path).read_text()
+        data = yaml.safe_load(text) or {}
+        return cls.from_dict(data)
+
+    def replace(self, **changes):
+        """A validated copy with some fields changed."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+Inference = Literal["ladder", "top_down", "bottom_up"]
+Block = Literal["mlp", "conv"]
+Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic_mixture", "categorical"]
+Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "identity"]
+
+
+@dataclass
+class ModelConfig(_Serializable):
+    """The architecture of a hierarchical VAE and the options of its training loss.
+
+    Lists indexed by layer run bottom (``z_1``, nearest the data) to top (``z_L``).
+
+    Data and latent shapes:
+      * ``data_shape``: one example's shape: ``[D]`` for vectors, ``[C, H, W]`` for images.
+      * ``latent_dims``: units (``mlp``) or channels (``conv``) of each latent layer ``z_l``.
+      * ``hidden_dims``: width of the deterministic networks at each layer.
+      * ``strides`` (``conv`` only): downsampling factor entering each layer (1 or 2).
+    """
+
+    data_shape: list[int] = field(default_factory=lambda: [64])
+    latent_dims: list[int] = field(default_factory=lambda: [32, 16, 8])
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128, 64])
+    block: Block = "mlp"
+    strides: list[int] | None = None
+    depth: int = 2  # hidden layers per deterministic mapping (the Ladder VAE paper uses 2)
+    batch_norm: bool = True
+    activation: Activation = "leaky_relu"
+    leaky_slope: float = 0.1
+    inference: Inference = "ladder"
+    generative_skip: bool = False
+    residual_posterior: bool = False
+    min_scale: float = 1e-3  # floor on every standard deviation (latents and Gaussian likelihood)
+    likelihood: Likelihood = "bernoulli"
+    likelihood_scale: float | None = None  # Gaussian: fixed sigma; null learns one sigma per dimension
+    num_mixtures: int = 10  # discretized logistic mixture components
+    num_bits: int = 8  # discretized logistic: bits per value (8, or 5 as in NVAE's CelebA-HQ runs)
+    num_classes: int = 256  # categorical likelihood: values per dimension
+    kl: Literal["analytic", "mc"] = "analytic"
+    beta: float = 1.0  # weight of the KL term once warm-up is over
+    kl_warmup_steps: int = 0  # beta grows linearly from 0 over this many training steps
+    free_bits: float = 0.0  # nats; 0 disables
+    free_bits_mode: Literal["layer", "channel"] = "layer"
+    kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
+
+    def __post_init__(self) -> None:
+        L = len(self.latent_dims)
+        _require(L >= 1, "latent_dims: a hierarchy needs at least one latent layer, e.g. [32, 16]")
+        _require(
+            len(self.hidden_dims) == L,
+            f"hidden_dims: needs one width per latent layer ({L}), got {len(self.hidden_dims)}",
+        )
+        _require(all(d > 0 for d in self.latent_dims), "latent_dims: every entry must be a positive integer")
+        _require(all(d > 0 for d in self.hidden_dims), "hidden_dims: every entry must be a positive integer")
+        _require(
+            len(self.data_shape) in (1, 2, 3) and all(d > 0 for d in self.data_shape),
+            f"data_shape: expected [D], [C, T] or [C, H, W] with positive sizes, got {self.data_shape}",
+        )
+        _require(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
+        _require(self.min_scale > 0, f"min_scale: must be > 0, got {self.min_scale}")
+        _require(self.beta >= 0, f"beta: must be >= 0, got {self.beta}")
+        _require(self.kl_warmup_steps >= 0, f"kl_warmup_steps: must be >= 0, got {self.kl_warmup_steps}")
+        _require(self.free_bits >= 0, f"free_bits: must be >= 0 nats, got {self.free_bits}")
+        _require(self.num_mixtures >= 1, f"num_mixtures: must be >= 1, got {self.num_mixtures}")
+        _require(1 <= self.num_bits <= 16, f"num_bits: must be in 1..16, got {self.num_bits}")
+        _require(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
+        _require(
+            self.likelihood_scale is None or self.likelihood_scale > 0,
+            f"likelihood_scale: must be > 0 or null (learned), got {self.likelihood_scale}",
+        )
+        if self.block == "mlp":
+            _require(self.strides is None, "strides: only used by block: conv; remove it for block: mlp")
+        else:
+            _require(
+                len(self.data_shape) == 3,
+                f"data_shape: block: conv needs images [C, H, W], got {self.data_shape}",
+            )
+            strides = self.strides if self.strides is not None else [2] * L
+            _require(
+                len(strides) == L and all(s in (1, 2) for s in strides),
+                f"strides: needs one entry per latent layer ({L}), each 1 or 2, got {strides}",
+            )
+            total = 1
+            for s in strides:
+                total *= s
+            _, H, W = self.data_shape
+            _require(
+                H % total == 0 and W % total == 0,
+                f"strides: the image {H}x{W} must divide by the total downsampling {total}; "
+                "pad the images or use fewer stride-2 layers",
+            )
+            self.strides = list(strides)
+        if self.residual_posterior:
+            _require(
+                self.inference == "top_down",
+                "residual_posterior: only defined for inference: top_down (NVAE); set it to false",
+            )
+        if self.likelihood == "discretized_logistic_mixture":
+            _require(
+                len(self.data_shape) == 3,
+                "likelihood: discretized_logistic_mixture models images [C, H, W]; use gaussian for vectors",
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.latent_dims)

@@ -1,0 +1,287 @@
+"""Readers: each turns a file, folder or bundled set into raw arrays.
+
+Every reader returns a :class:`RawData`: ``x`` is a float32 tensor ``(N, *shape)``; image-like sources are
+scaled to [0, 1] and record ``levels`` (the number of discrete intensity levels), continuous sources keep
+their values and set ``levels=None``. Readers know nothing of configs, splits or preprocessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Data could not be loaded or is unusable; the message names the problem and the fix."""
+
+
+@dataclass
+class RawData:
+    """What a reader returns. ``test_x``/``test_labels`` are set only for sources with their own test split."""
+
+    x: torch.Tensor  # (N, *shape) float32
+    levels: int | None
+    labels: torch.Tensor | None = None  # (N,) int64
+    test_x: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+
+def _from_uint8(a: np.ndarray) -> torch.Tensor:
+    """uint8 array -> float32 tensor in [0, 1] (k / 255)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32).div_(255.0)
+
+
+def _labels(a: np.ndarray | None) -> torch.Tensor | None:
+    return None if a is None else torch.from_numpy(np.asarray(a).astype(np.int64).reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------------- digits
+
+
+def read_digits() -> RawData:
+    """scikit-learn's bundled 8x8 digits (1,797 examples, offline): x (N, 1, 8, 8) = k / 16, 17 levels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 8, 8) -> (N, 1, 8, 8)
+    return RawData(x=x, levels=17, labels=_labels(d.target))
+
+
+# ---------------------------------------------------------------------------------------------------- IDX
+
+# IDX type codes (third magic byte) -> big-endian numpy dtypes, as in LeCun's MNIST page.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        # Some mirrors ship gzipped files without the .gz suffix, so trust the gzip magic, not the name.
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read or decompress ({e}); download the file again") from None
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse one IDX file (gzipped or plain) into a numpy array of its stored dtype and dims."""
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number {data[:4].hex()}); check data.path")
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header; download the file again")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: IDX file has {len(data)} bytes but its header {list(dims)} needs {expected}; "
+            "the file is truncated or corrupt, download it again"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file (MNIST format); gzip it when ``path`` ends with ``.gz``."""
+    a = np.asarray(array)
+    code = _IDX_CODES.get(a.dtype.newbyteorder("="))
+    if code is None:
+        raise ValueError(f"write_idx: dtype {a.dtype} has no IDX code; use uint8, int8/16/32 or float32/64")
+    body = struct.pack(f">BBBB{a.ndim}I", 0, 0, code, a.ndim, *a.shape) + a.astype(_IDX_DTYPES[code]).tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(body) if path.name.endswith(".gz") else body)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    # The original archives unpack to 'train-images-idx3-ubyte'; some tools write 'train-images.idx3-ubyte'.
+    names = [stem, stem.replace("-idx", ".idx")]
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"{folder}: missing {stem}[.gz]; put the four MNIST-format IDX files there or fix data.path")
+
+
+def read_idx_folder(folder: str | Path) -> RawData:
+    """MNIST / Fashion-MNIST IDX files in ``folder``: train -> x, t10k -> test_x; uint8 / 255, 256 levels."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory; set data.path to the folder holding the IDX files")
+    parts = {}
+    for split in ("train", "t10k"):
+        images = read_idx(_find_idx(folder, f"{split}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(folder, f"{split}-labels-idx1-ubyte"))
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(f"{folder}: {split} images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+        if labels.shape != (len(images),):
+            raise DataError(f"{folder}: {split} has {len(images)} images but labels of shape {labels.shape}")
+        parts[split] = (_from_uint8(images).unsqueeze(1), _labels(labels))  # (N, H, W) -> (N, 1, H, W)
+    return RawData(parts["train"][0], 256, parts["train"][1], parts["t10k"][0], parts["t10k"][1])
+
+
+# ---------------------------------------------------------------------------------------------------- arrays
+
+
+def _array_to_raw(a: np.ndarray, where: str) -> RawData:
+    """(N, D) vectors, (N, H, W) grey images or (N, C, H, W) channels-first images -> RawData."""
+    if a.ndim not in (2, 3, 4):
+        raise DataError(f"{where}: expected an array (N, D), (N, H, W) or (N, C, H, W), got shape {a.shape}")
+    if a.ndim == 3:
+        a = a[:, None]  # (N, H, W) -> (N, 1, H, W)
+    if a.dtype == np.bool_:
+        return RawData(torch.from_numpy(a.astype(np.float32)), levels=2)
+    if np.issubdtype(a.dtype, np.integer):
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise DataError(f"{where}: integer values must be 8-bit (0..255); store floats for other ranges")
+        return RawData(_from_uint8(a.astype(np.uint8)), levels=256)
+    if np.issubdtype(a.dtype, np.floating):
+        return RawData(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), levels=None)
+    raise DataError(f"{where}: unsupported dtype {a.dtype}; store uint8 or float values")
+
+
+def read_npy(path: str | Path) -> RawData:
+    """One ``.npy`` array; uint8 -> / 255 (256 levels), floats kept as they are."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; set data.path to an existing .npy file")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e})") from None
+    return _array_to_raw(a, str(path))
+
+
+def read_npz(path: str | Path, key: str | None = None) -> RawData:
+    """One array of an ``.npz`` (``key``; default 'x' if present, else the first). Labels from 'y' or 'labels'."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; set data.path to an existing .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    if not arrays:
+        raise DataError(f"{path}: the .npz holds no arrays")
+    if key is None:
+        key = "x" if "x" in arrays else next(iter(arrays))
+    if key not in arrays:
+        raise DataError(f"{path}: no array {key!r}; set data.key to one of {', '.join(arrays)}")
+    raw = _array_to_raw(arrays[key], f"{path}[{key}]")
+    for name in ("y", "labels"):
+        y = arrays.get(name)
+        if name != key and y is not None and y.shape == (len(raw.x),) and np.issubdtype(y.dtype, np.integer):
+            raw.labels = _labels(y)
+            break
+    return raw
+
+
+def read_csv(path: str | Path) -> RawData:
+    """Numeric table (N, D), one example per row; an optional header row; values not rescaled."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; set data.path to an existing .csv file")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"{path}: the CSV file is empty")
+    header = None
+    try:
+        [float(c) for c in rows[0]]
+    except ValueError:
+        header, rows = rows[0], rows[1:]  # the first row names the columns
+    width = len(header) if header else len(rows[0]) if rows else 0
+    values = np.empty((len(rows), width), dtype=np.float32)
+    for i, row in enumerate(rows):
+        line = i + (2 if header else 1)
+        if len(row) != width:
+            raise DataError(f"{path}: row {line} has {len(row)} columns, expected {width}")
+        try:
+            values[i] = [float(c) for c in row]
+        except ValueError:
+            j = next(j for j, c in enumerate(row) if not _is_float(c))
+            col = f"column {j + 1}" + (f" ({header[j]!r})" if header else "")
+            raise DataError(f"{path}: row {line}, {col}: {row[j]!r} is not a number; fix or drop that cell") from None
+    return RawData(torch.from_numpy(values), levels=None)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _fit(img, size: tuple[int, int]):
+    """Resize so the image covers ``size`` = (H, W) (shorter side first), then center-crop to it."""
+    from PIL import Image
+
+    H, W = size
+    w, h = img.size
+    scale = max(H / h, W / w)
+    new_w, new_h = max(W, round(w * scale)), max(H, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - W) // 2, (new_h - H) // 2
+    return img.crop((left, top, left + W, top + H))
+
+
+def read_images(folder: str | Path, image_size: list[int] | None = None, channels: int | None = None) -> RawData:
+    """PNG/JPEG files under ``folder`` (recursive, sorted by path) -> x (N, C, H, W) = k / 255, 256 levels.
+
+    ``channels``: 1 (grey) or 3 (RGB); by default that of the first image. ``image_size`` [H, W]: every image
+    is resized (shorter side) and center-cropped to it; without it all images must already share one size.
+    When every file sits in a sub-folder, labels are the sub-folder's index in sorted order.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory; set data.path to a folder of PNG/JPEG images")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder}: no .png/.jpg/.jpeg files found (searched recursively); check data.path")
+    size = tuple(image_size) if image_size else None
+    out: np.ndarray | None = None
+    for i, p in enumerate(files):
+        try:
+            with Image.open(p) as img:
+                if channels is None:
+                    channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+                img = img.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = (img.height, img.width)
+                elif image_size:
+                    img = _fit(img, size)
+                elif (img.height, img.width) != size:
+                    raise DataError(
+                        f"{p}: size {img.height}x{img.width} differs from {size[0]}x{size[1]} of {files[0]}; "
+                        "set data.image_size: [H, W] to resize and crop all images"
+                    )
+                a = np.asarray(img, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{p}: cannot read image ({e}); remove or replace the file") from None
+        if out is None:  # one preallocated uint8 block keeps peak memory at 1 byte per value while reading
+            out = np.empty((len(files), channels, *size), dtype=np.uint8)
+        out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
+    labels = None
+    rel = [p.relative_to(folder).parts for p in files]
+    if all(len(r) > 1 for r in rel):
+        index = {c: k for k, c in enumerate(sorted({r[0] for r in rel}))}
+        labels = torch.tensor([index[r[0]] for r in rel], dtype=torch.int64)
+    return RawData(_from_uint8(out), levels=256, labels=labels)

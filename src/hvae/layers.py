@@ -1,0 +1,126 @@
+"""One level of the hierarchy: its prior, its posterior rule and the state it hands down.
+
+A :class:`LatentLayer` for ``z_l`` owns
+  * the prior network  p(z_l | s_{l+1})  (p(z_L) = N(0, I) on top), which also returns its hidden
+    features ``h_p`` at the resolution of ``z_l``;
+  * the posterior rule, chosen by ``inference``:
+      - ``ladder``   q = merge(N(mu_hat, sigma_hat), p)       (Sønderby et al. 2016)
+      - ``top_down`` q from a network of (d_l, h_p); optionally residual: N(mu_p + dmu, (sigma_p dsigma)^2)
+      - ``bottom_up`` q(z_l | z_{l-1}) from the stochastic upward pass (the stacked VAE)
+    On top, every rule reads q(z_L | x) from the bottom-up features alone.
+  * the transition to the state for the layer below: ``z_l`` itself (a Markov chain), or with
+    ``generative_skip`` a deterministic state act(W_z z_l + W_h h_p) carrying all layers above.
+
+The posterior's dependence on x is split into ``context(d_l)`` (computed once per input, reused across
+importance samples) and ``posterior(ctx, p, h_p)`` (run per sample).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import Gaussian, GaussianFamily, scale_from_raw
+from .nets import FAMILIES, activation
+
+
+class LatentLayer(nn.Module):
+    """Level ``index`` (0 = z_1) of a hierarchy of ``config.num_layers`` levels.
+
+    Shapes: ``latent_shape`` is ``(D,)`` for ``mlp`` and ``(C, h, w)`` for ``conv``.
+    ``state_ch`` is the channel count of the state this layer hands down.
+    """
+
+    def __init__(self, config, index: int, latent_shape: tuple[int, ...], feature_ch: int, above_state_ch: int | None):
+        super().__init__()
+        cfg = config
+        fam = FAMILIES[cfg.block]
+        self.index = index
+        self.is_top = above_state_ch is None
+        self.inference = cfg.inference
+        self.residual = cfg.residual_posterior
+        self.skip = cfg.generative_skip
+        self.latent_shape = tuple(latent_shape)
+        self.family = GaussianFamily(cfg.min_scale)
+        self.min_scale = cfg.min_scale
+        latent_ch = cfg.latent_dims[index]
+        n_raw = latent_ch * self.family.params_per_channel
+        kw = dict(batch_norm=cfg.batch_norm, act=cfg.activation, leaky_slope=cfg.leaky_slope)
+
+        # prior p(z_l | s_{l+1}): mirrors the bottom-up mapping between levels l and l+1
+        if self.is_top:
+            self.prior_net = None
+            prior_ch = None
+        else:
+            up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] == 2 else 1
+            self.prior_net = fam.block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
+            prior_ch = self.prior_net.out_ch
+            self.prior_head = fam.pointwise(prior_ch, n_raw)
+
+        # posterior
+        if self.is_top or self.inference in ("ladder", "bottom_up"):
+            self.posterior_head = fam.pointwise(feature_ch, n_raw)
+        else:  # top_down: q from (d_l, h_p); the d_l half of the first map is precomputed per input
+            hidden = cfg.hidden_dims[index]
+            self.post_from_d = fam.pointwise(feature_ch, hidden)
+            self.post_from_h = fam.pointwise(prior_ch, hidden)
+            self.post_act = activation(cfg.activation, cfg.leaky_slope)
+            self.posterior_head = fam.pointwise(hidden, n_raw)
+            if self.residual:
+                # start at q = p: zero shift, unit scale ratio
+                nn.init.zeros_(self.posterior_head.weight)
+                nn.init.zeros_(self.posterior_head.bias)
+
+        # state handed to the layer below
+        if self.skip:
+            hidden = cfg.hidden_dims[index]
+            self.trans_from_z = fam.pointwise(latent_ch, hidden)
+            self.trans_from_h = None if self.is_top else fam.pointwise(prior_ch, hidden)
+            self.trans_act = activation(cfg.activation, cfg.leaky_slope)
+            self.state_ch = hidden
+        else:
+            self.state_ch = latent_ch
+
+    # -- generative side ----------------------------------------------------------------------------
+
+    def prior(self, state: Tensor | None, batch: int, device=None, dtype=None):
+        """p(z_l | s_{l+1}) and the prior network's features ``h_p`` (None on top)."""
+        if self.is_top:
+            return self.family.prior_top((batch, *self.latent_shape), device, dtype), None
+        h_p = self.prior_net(state)
+        return self.family.from_raw(self.prior_head(h_p).float()), h_p
+
+    def transition(self, z: Tensor, h_p: Tensor | None) -> Tensor:
+        """The state s_l handed to level l-1 (or to the decoder)."""
+        if not self.skip:
+            return z
+        a = self.trans_from_z(z.to(self.trans_from_z.weight.dtype))
+        if h_p is not None:
+            a = a + self.trans_from_h(h_p)
+        return self.trans_act(a)
+
+    # -- inference side -----------------------------------------------------------------------------
+
+    def context(self, d: Tensor) -> Tensor:
+        """What q needs from the bottom-up features ``d_l``, computed once per input."""
+        if self.is_top or self.inference in ("ladder", "bottom_up"):
+            return self.posterior_head(d)
+        return self.post_from_d(d)
+
+    def posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | None) -> Gaussian:
+        """q(z_l | ., x) from the precomputed context, the prior and the prior's features."""
+        if self.is_top or self.inference == "bottom_up":
+            return self.family.from_raw(ctx.float())
+        if self.inference == "ladder":
+            return self.family.merge(self.family.from_raw(ctx.float()), p)
+        raw = self.posterior_head(self.post_act(ctx + self.post_from_h(h_p))).float()
+        if self.residual:
+            # NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.)
+            # rescaled so a zero output gives dsigma = 1 (q = p at initialisation)
+            d_mu, raw_ds = raw.chunk(2, dim=1)
+            d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0)
+            return Gaussian(p.mu + d_mu, p.sigma * d_sigma)
+        return self.family.from_raw(raw)
+
+
+_SOFTPLUS_INV_ONE = float(torch.log(torch.expm1(torch.tensor(1.0))))

@@ -1,0 +1,357 @@
+"""Observation models p(x | z_1).
+
+An observation model is an ``nn.Module`` built for one data shape. The decoder emits ``num_params``
+channels in *channel layout* ``(B, P, *spatial)`` — images ``(B, C, H, W)`` keep their spatial axes,
+vectors ``(B, D)`` are seen as ``(B, 1, D)`` — and ``model(params)`` returns an observation
+distribution whose ``log_prob(x)`` takes data in the user's shape ``(B, *data_shape)`` and returns
+nats per example ``(B,)``; ``mean`` and ``sample()`` come back in the user's shape too.
+
+Data convention: values in [0, 1]. Discrete likelihoods map them to their levels (binary {0, 1};
+``k / (K - 1)`` for K categories; ``2^bits`` equal bins for the discretised logistic).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .distributions import raw_from_scale, scale_from_raw
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _channel_layout(data_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """(channels, spatial shape) of the channel layout for one example."""
+    if len(data_shape) == 1:
+        return 1, tuple(data_shape)
+    return data_shape[0], tuple(data_shape[1:])
+
+
+def _sum_per_example(t: Tensor) -> Tensor:
+    return t.flatten(1).sum(1)
+
+
+class ObservationModel(nn.Module):
+    """Base class: holds the data shape and converts between the user's shape and channel layout."""
+
+    #: parameter channels the decoder must emit per data channel (subclasses may override num_params)
+    params_per_channel: int = 1
+
+    def __init__(self, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.channels, self.spatial = _channel_layout(self.data_shape)
+
+    @property
+    def num_params(self) -> int:
+        return self.params_per_channel * self.channels
+
+    def _to_layout(self, x: Tensor) -> Tensor:  # (B, *data_shape) -> (B, C, *spatial)
+        return x.reshape(x.shape[0], self.channels, *self.spatial)
+
+    def _to_user(self, x: Tensor) -> Tensor:  # (B, C, *spatial) -> (B, *data_shape)
+        return x.reshape(x.shape[0], *self.data_shape)
+
+    def check_support(self, x: Tensor) -> None:
+        """Raise ``ValueError`` naming the problem if ``x`` lies outside this model's support."""
+        if not torch.isfinite(x).all():
+            raise ValueError("the data hold NaN or infinite values; clean or drop those examples")
+
+
+class _ObservationDistribution:
+    def __init__(self, model: ObservationModel):
+        self._model = model
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x | z_1) in nats per example, shape (B,)."""
+        return _sum_per_example(self._log_prob_layout(self._model._to_layout(x)))
+
+    @property
+    def mean(self) -> Tensor:
+        return self._model._to_user(self._mean_layout())
+
+    def sample(self) -> Tensor:
+        with torch.no_grad():
+            return self._model._to_user(self._sample_layout())
+
+
+# --- Bernoulli ---------------------------------------------------------------------------------------
+
+
+class BernoulliDistribution(_ObservationDistribution):
+    def __init__(self, model, logits: Tensor):
+        super().__init__(model)
+        self.logits = logits
+
+    def _log_prob_layout(self, x):
+        return -F.binary_cross_entropy_with_logits(self.logits, x, reduction="none")
+
+    def _mean_layout(self):
+        return torch.sigmoid(self.logits)
+
+    def _sample_layout(self):
+        return torch.bernoulli(torch.sigmoid(self.logits))
+
+
+class Bernoulli(ObservationModel):
+    """Independent Bernoulli per dimension, for binary data {0, 1}."""
+
+    def forward(self, params: Tensor) -> BernoulliDistribution:
+        return BernoulliDistribution(self, params)
+
+    def check_support(self, x: Tensor) -> None:
+        super().check_support(x)
+        if not ((x == 0) | (x == 1)).all():
+            raise ValueError(
+                "likelihood 'bernoulli' needs binary data (0 or 1), but the data hold other values; "
+                "set data.binarize to 'dynamic' or 'static', or choose likelihood 'gaussian'"
+            )
+
+
+# --- Gaussian ----------------------------------------------------------------------------------------
+
+
+class GaussianDistribution(_ObservationDistribution):
+    def __init__(self, model, mu: Tensor, sigma: Tensor):
+        super().__init__(model)
+        self.mu, self.sigma = mu, sigma
+
+    def _log_prob_layout(self, x):
+        return -0.5 * (((x - self.mu) / self.sigma) ** 2 + _LOG_2PI) - torch.log(self.sigma)
+
+    def _mean_layout(self):
+        return self.mu
+
+    def _sample_layout(self):
+        return self.mu + self.sigma * torch.randn_like(self.mu)
+
+
+class Gaussian(ObservationModel):
+    """Diagonal Gaussian with a fixed scale, or one learned scale per data dimension (``scale=None``)."""
+
+    def __init__(self, data_shape, scale: float | None = None, min_scale: float = 1e-3):
+        super().__init__(data_shape)
+        self.min_scale = min_scale
+        self.fixed_scale = scale
+        if scale is None:
+            # one sigma per dimension, initialised at 1
+            self.raw_scale = nn.Parameter(raw_from_scale(torch.ones(self.channels, *self.spatial), min_scale))
+
+    @property
+    def scale(self) -> Tensor:
+        if self.fixed_scale is not None:
+            return torch.tensor(self.fixed_scale)
+        return scale_from_raw(self.raw_scale, self.min_scale)
+
+    def forward(self, params: Tensor) -> GaussianDistribution:
+        sigma = self.scale.to(params).expand_as(params)
+        return GaussianDistribution(self, params, sigma)
+
+
+# --- Categorical -------------------------------------------------------------------------------------
+
+
+class CategoricalDistribution(_ObservationDistribution):
+    def __init__(self, model, logits: Tensor):  # logits (B, K, C, *spatial)
+        super().__init__(model)
+        self.logits = logits
+        self.K = logits.shape[1]
+
+    def _index(self, x: Tensor) -> Tensor:
+        if x.dtype.is_floating_point:
+            return torch.round(x * (self.K - 1)).long()
+        return x.long()
+
+    def _log_prob_layout(self, x):
+        log_p = F.log_softmax(self.logits, dim=1)
+        return log_p.gather(1, self._index(x).unsqueeze(1)).squeeze(1)
+
+    def _mean_layout(self):
+        levels = torch.arange(self.K, device=self.logits.device, dtype=self.logits.dtype) / (self.K - 1)
+        p = F.softmax(self.logits, dim=1)
+        return (p * levels.view(1, -1, *([1] * (p.dim() - 2)))).sum(1)
+
+    def _sample_layout(self):
+        k = torch.distributions.Categorical(logits=self.logits.movedim(1, -1)).sample()
+        return k.to(self.logits.dtype) / (self.K - 1)
+
+
+class Categorical(ObservationModel):
+    """Categorical over ``num_classes`` values per dimension (256-level pixels, tokens).
+
+    Floating data in [0, 1] are read as levels ``k / (K - 1)``; integer data as class indices.
+    """
+
+    def __init__(self, data_shape, num_classes: int = 256):
+        super().__init__(data_shape)
+        self.num_classes = num_classes
+        self.params_per_channel = num_classes
+
+    def forward(self, params: Tensor) -> CategoricalDistribution:
+        B = params.shape[0]
+        logits = params.view(B, self.num_classes, self.channels, *self.spatial)
+        return CategoricalDistribution(self, logits)
+
+    def check_support(self, x: Tensor) -> None:
+        super().check_support(x)
+        K = self.num_classes
+        if x.dtype.is_floating_point:
+            k = x * (K - 1)
+            ok = (x >= 0).all() and (x <= 1).all() and (k - k.round()).abs().max() < 1e-3
+            if not ok:
+                raise ValueError(
+                    f"likelihood 'categorical' with {K} classes needs data on the levels k/{K - 1} in [0, 1]; "
+                    "quantize the data or set num_classes to the data's number of levels"
+                )
+        elif ((x < 0) | (x >= K)).any():
+            raise ValueError(f"likelihood 'categorical' needs class indices in [0, {K - 1}]")
+
+
+# --- Discretised logistic mixture ---------------------------------------------------------------------
+
+
+class DiscretizedLogisticMixtureDistribution(_ObservationDistribution):
+    """PixelCNN++ likelihood (Salimans et al. 2017) for C channels: a mixture of M logistics per pixel,
+    channel c's mean shifted linearly by the channels before it (the paper's RGB coefficients)."""
+
+    def __init__(self, model, logit_pi: Tensor, mu: Tensor, log_s: Tensor, coeffs: Tensor, bits: int):
+        super().__init__(model)
+        self.logit_pi = logit_pi  # (B, M, *spatial)
+        self.mu = mu  # (B, M, C, *spatial) in [-1, 1] units
+        self.log_s = log_s  # (B, M, C, *spatial)
+        self.coeffs = coeffs  # (B, M, C(C-1)/2, *spatial)
+        self.bits = bits
+        self.bins = 2**bits - 1
+
+    def _quantize(self, x: Tensor) -> Tensor:
+        """[0, 1] -> bin centres in [-1, 1]: 2^bits equal bins."""
+        k = torch.floor(x * (self.bins + 1) * (1 - 1e-6)).clamp(0, self.bins)
+        return 2 * k / self.bins - 1
+
+    def _means(self, x: Tensor) -> Tensor:
+        """Channel means with the autoregressive shift: mu_c + sum_{j<c} a_{cj} x_j.  x: (B, C, *spatial)."""
+        C = self.mu.shape[2]
+        means = [self.mu[:, :, 0]]
+        idx = 0
+        for c in range(1, C):
+            m = self.mu[:, :, c]
+            for j in range(c):
+                m = m + self.coeffs[:, :, idx] * x[:, j].unsqueeze(1)
+                idx += 1
+            means.append(m)
+        return torch.stack(means, dim=2)
+
+    def log_prob_pixels(self, x: Tensor) -> Tensor:
+        """log p per pixel (B, *spatial) in nats, x in [0, 1] channel layout."""
+        x = self._quantize(x)
+        xe = x.unsqueeze(1)  # (B, 1, C, *spatial)
+        centered = xe - self._means(x)
+        inv_s = torch.exp(-self.log_s)
+        half = 1.0 / self.bins
+        plus_in = inv_s * (centered + half)
+        min_in = inv_s * (centered - half)
+        cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+        log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid(plus_in): the x = -1 edge
+        log_one_minus_cdf_min = -F.softplus(min_in)  # the x = +1 edge
+        mid_in = inv_s * centered
+        log_pdf_mid = mid_in - self.log_s - 2.0 * F.softplus(mid_in)
+        # inside a bin: log of the CDF difference, or the density times the bin width when it underflows
+        inner = torch.where(
+            cdf_delta > 1e-5,
+            torch.log(cdf_delta.clamp_min(1e-12)),
+            log_pdf_mid - math.log(self.bins / 2),
+        )
+        log_probs = torch.where(xe < -0.999, log_cdf_plus, torch.where(xe > 0.999, log_one_minus_cdf_min, inner))
+        log_pi = F.log_softmax(self.logit_pi, dim=1)
+        return torch.logsumexp(log_pi + log_probs.sum(2), dim=1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return _sum_per_example(self.log_prob_pixels(self._model._to_layout(x)))
+
+    def _pick_component(self, t: Tensor, onehot: Tensor) -> Tensor:
+        return (t * onehot.unsqueeze(2)).sum(1)
+
+    def _mean_layout(self):
+        pi = F.softmax(self.logit_pi, dim=1)
+        C = self.mu.shape[2]
+        xs = []
+        for c in range(C):
+            m = self.mu[:, :, c]
+            base = c * (c - 1) // 2
+            for j in range(c):
+                m = m + self.coeffs[:, :, base + j] * xs[j].unsqueeze(1)
+            xs.append((pi * m).sum(1).clamp(-1, 1))
+        return (torch.stack(xs, 1) + 1) / 2
+
+    def _sample_layout(self):
+        gumbel = -torch.log(-torch.log(torch.rand_like(self.logit_pi).clamp(1e-5, 1 - 1e-5)))
+        onehot = F.one_hot((self.logit_pi + gumbel).argmax(1), self.logit_pi.shape[1]).movedim(-1, 1).to(self.mu)
+        mu = self._pick_component(self.mu, onehot)
+        log_s = self._pick_component(self.log_s, onehot)
+        coeffs = self._pick_component(self.coeffs, onehot) if self.coeffs.shape[2] else None
+        u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
+        noise = torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
+        C = mu.shape[1]
+        xs = []
+        for c in range(C):
+            v = mu[:, c] + noise[:, c]
+            base = c * (c - 1) // 2
+            for j in range(c):
+                v = v + coeffs[:, base + j] * xs[j]
+            xs.append(v.clamp(-1, 1))
+        x = torch.stack(xs, 1)
+        k = torch.round((x + 1) / 2 * self.bins)
+        return k / self.bins
+
+
+class DiscretizedLogisticMixture(ObservationModel):
+    """Discretised logistic mixture for ``num_bits``-bit images (B, C, H, W) with values in [0, 1]."""
+
+    def __init__(self, data_shape, num_mixtures: int = 10, num_bits: int = 8):
+        super().__init__(data_shape)
+        self.M = num_mixtures
+        self.bits = num_bits
+        C = self.channels
+        self.num_coeffs = C * (C - 1) // 2
+
+    @property
+    def num_params(self) -> int:
+        C = self.channels
+        return self.M * (1 + 2 * C + self.num_coeffs)
+
+    def forward(self, params: Tensor) -> DiscretizedLogisticMixtureDistribution:
+        B, M, C = params.shape[0], self.M, self.channels
+        sp = params.shape[2:]
+        logit_pi, rest = params.split([M, params.shape[1] - M], dim=1)
+        rest = rest.reshape(B, M, 2 * C + self.num_coeffs, *sp)
+        mu, log_s, coeffs = rest.split([C, C, self.num_coeffs], dim=2)
+        # floor on the log-scale as in PixelCNN++: keeps the logistic from collapsing onto a bin edge
+        log_s = log_s.clamp_min(-7.0)
+        return DiscretizedLogisticMixtureDistribution(self, logit_pi, mu, log_s, torch.tanh(coeffs), self.bits)
+
+    def check_support(self, x: Tensor) -> None:
+        super().check_support(x)
+        if (x < 0).any() or (x > 1).any():
+            raise ValueError(
+                "likelihood 'discretized_logistic_mixture' needs pixel values scaled to [0, 1]; "
+                "scale the data (data sources do this) and do not standardize it"
+            )
+
+
+def build_likelihood(config) -> ObservationModel:
+    """The observation model named by ``config.likelihood`` for ``config.data_shape``."""
+    shape = tuple(config.data_shape)
+    name = config.likelihood
+    if name == "bernoulli":
+        return Bernoulli(shape)
+    if name == "gaussian":
+        return Gaussian(shape, scale=config.likelihood_scale, min_scale=config.min_scale)
+    if name == "categorical":
+        return Categorical(shape, num_classes=config.num_classes)
+    if name == "discretized_logistic_mixture":
+        return DiscretizedLogisticMixture(shape, num_mixtures=config.num_mixtures, num_bits=config.num_bits)
+    raise ValueError(f"unknown likelihood {name!r}")

@@ -1,0 +1,458 @@
+"""HierarchicalVAE: bottom-up pass, top-down pass, ELBO, importance-weighted bound, encode, decode, sample.
+
+Notation (DESIGN.md): latents z_1 … z_L, z_1 nearest the data; lists are indexed bottom (0 = z_1) to top.
+
+    p(x, z) = p(x | s_1) p(z_L) ∏_{l<L} p(z_l | s_{l+1}),   s_l = z_l  (or a deterministic skip state)
+    q(z | x) = q(z_L | x) ∏_{l<L} q(z_l | z_{l+1}, x)         (ladder, top_down)
+             = q(z_1 | x) ∏_{l>1} q(z_l | z_{l-1})           (bottom_up: the stacked VAE)
+
+All numbers are nats per example unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .distributions import Gaussian, kl_divergence
+from .layers import LatentLayer
+from .likelihoods import build_likelihood
+from .nets import FAMILIES
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class ModelOutput:
+    """What ``model(x)`` returns.
+
+    ``elbo``, ``log_px``: (B,) nats; ``kl``: list of L tensors (B,), bottom to top, nats;
+    ``loss``: scalar to minimise (mean over the batch of -ELBO with the KL weighted by ``beta``, free
+    bits and KL balancing applied: training options that never change ``elbo``);
+    ``px``: the observation distribution p(x | z_1) (``.mean`` gives reconstructions).
+    """
+
+    elbo: Tensor
+    log_px: Tensor
+    kl: list[Tensor]
+    loss: Tensor
+    beta: float
+    px: object = field(repr=False, default=None)
+    zs: list[Tensor] = field(repr=False, default_factory=list)
+
+
+@dataclass
+class _Pass:
+    """One top-down pass: per layer the sample, the prior, the posterior (None where not inferred)."""
+
+    zs: list[Tensor]
+    ps: list[Gaussian]
+    qs: list[Gaussian | None]
+    state: Tensor
+
+
+def _temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
+    if isinstance(temperature, (int, float)):
+        return [float(temperature)] * L
+    temps = [float(t) for t in temperature]
+    if len(temps) != L:
+        raise ValueError(f"temperature: give one float or one per layer ({L}, bottom to top), got {len(temps)}")
+    return temps
+
+
+def _tile(t: Tensor, k: int) -> Tensor:
+    """(B, ...) -> (k*B, ...), sample-major: row i*B + b is copy i of example b."""
+    return t if k == 1 else t.repeat(k, *([1] * (t.dim() - 1)))
+
+
+class HierarchicalVAE(nn.Module):
+    """A hierarchical VAE built from a :class:`~hvae.config.ModelConfig` (use :func:`hvae.build_model`).
+
+    Data: ``x`` of shape ``(B, *config.data_shape)``, float, in the likelihood's support.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        cfg = config
+        fam = FAMILIES[cfg.block]
+        L = cfg.num_layers
+        kw = dict(batch_norm=cfg.batch_norm, act=cfg.activation, leaky_slope=cfg.leaky_slope)
+        self.data_shape = tuple(cfg.data_shape)
+        self.likelihood = build_likelihood(cfg)
+
+        # latent shapes and the resolution of each level
+        if cfg.block == "mlp":
+            in_ch = math.prod(self.data_shape)
+            latent_shapes = [(d,) for d in cfg.latent_dims]
+        else:
+            in_ch = self.data_shape[0]
+            h, w = self.data_shape[1:]
+            latent_shapes = []
+            for d, s in zip(cfg.latent_dims, cfg.strides):
+                h, w = h // s, w // s
+                latent_shapes.append((d, h, w))
+
+        # bottom-up pass: d_l = block_l(d_{l-1}); the stacked VAE feeds z_{l-1} instead of d_{l-1}
+        self.encoder = nn.ModuleList()
+        ch = in_ch
+        for l in range(L):
+            stride = cfg.strides[l] if cfg.strides else 1
+            src = ch if (l == 0 or cfg.inference != "bottom_up") else cfg.latent_dims[l - 1]
+            blk = fam.block(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
+            self.encoder.append(blk)
+            ch = blk.out_ch
+
+        # latent layers, built top-down so each knows the state channels of the layer above
+        layers: list[LatentLayer | None] = [None] * L
+        above = None
+        for l in reversed(range(L)):
+            layers[l] = LatentLayer(cfg, l, latent_shapes[l], self.encoder[l].out_ch, above)
+            above = layers[l].state_ch
+        self.layers = nn.ModuleList(layers)
+
+        # decoder p(x | s_1): mirrors the first bottom-up block
+        up = -cfg.strides[0] if cfg.strides and cfg.strides[0] == 2 else 1
+        self.decoder = fam.block(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
+        n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
+        self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
+
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------------------------------------
+    # input checks
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"expected a torch.Tensor of shape (B, {', '.join(map(str, self.data_shape))}), got {type(x).__name__}"
+            )
+        if tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
+            want = "(B, " + ", ".join(map(str, self.data_shape)) + ")"
+            hint = ""
+            if math.prod(x.shape[1:]) == math.prod(self.data_shape):
+                hint = f"; reshape it with x.reshape(-1, {', '.join(map(str, self.data_shape))})"
+            raise ValueError(f"input has shape {tuple(x.shape)}, but this model takes {want}{hint}")
+        if x.shape[0] == 0:
+            raise ValueError("input batch is empty")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"input must be a floating tensor (values in [0, 1]), got {x.dtype}")
+
+    # ------------------------------------------------------------------------------------------------
+    # the two passes
+
+    def _features(self, x: Tensor) -> Tensor:
+        return x.flatten(1) if self.config.block == "mlp" else x
+
+    def _bottom_up(self, x: Tensor) -> list[Tensor]:
+        """Deterministic bottom-up pass: the posterior context of each level, computed once per input.
+        For the stacked VAE only the first level is deterministic; the rest is ``_upward_stochastic``."""
+        d = self._features(x)
+        ctxs = []
+        n = 1 if self.config.inference == "bottom_up" else len(self.layers)
+        for blk, layer in zip(self.encoder[:n], self.layers[:n]):
+            d = blk(d)
+            ctxs.append(layer.context(d))
+        return ctxs
+
+    def _upward_stochastic(self, ctx0: Tensor, use_mean: bool = False) -> tuple[list[Tensor], list[Gaussian]]:
+        """The stacked VAE's inference: z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1})."""
+        zs, qs = [], []
+        ctx = ctx0
+        for l, layer in enumerate(self.layers):
+            if l > 0:
+                ctx = layer.context(self.encoder[l](zs[-1].to(ctx0.dtype)))
+            q = layer.posterior(ctx, None, None)
+            zs.append(q.mean if use_mean else q.rsample())
+            qs.append(q)
+        return zs, qs
+
+    def _top_down(
+        self,
+        batch: int,
+        ctxs: list[Tensor] | None = None,
+        infer_from: int = 0,
+        zs_given: list[Tensor | None] | None = None,
+        temperatures: list[float] | None = None,
+        posterior_mean: bool = False,
+    ) -> _Pass:
+        """Top-down pass. Level l draws z_l from q when ``ctxs`` is given and ``l >= infer_from``, takes
+        ``zs_given[l]`` when that is set, and otherwise samples the prior at ``temperatures[l]``."""
+        L = self.config.num_layers
+        zs: list[Tensor] = [None] * L
+        ps: list[Gaussian] = [None] * L
+        qs: list[Gaussian | None] = [None] * L
+        device, dtype = self.step.device, self.decoder_head.weight.dtype
+        state = None
+        for l in reversed(range(L)):
+            layer = self.layers[l]
+            p, h_p = layer.prior(state, batch, device, torch.float32)
+            q = layer.posterior(ctxs[l], p, h_p) if (ctxs is not None and l >= infer_from) else None
+            if zs_given is not None and zs_given[l] is not None:
+                z = zs_given[l]
+            elif q is not None:
+                z = q.mean if posterior_mean else q.rsample()
+            else:
+                z = p.rsample(temperatures[l] if temperatures is not None else 1.0)
+            zs[l], ps[l], qs[l] = z, p, q
+            state = layer.transition(z.to(dtype), h_p)
+        return _Pass(zs, ps, qs, state)
+
+    def _decode_state(self, state: Tensor):
+        params = self.decoder_head(self.decoder(state)).float()
+        lik = self.likelihood
+        params = params.view(params.shape[0], lik.num_params, *lik.spatial)
+        return lik(params)
+
+    def _infer(self, x: Tensor, k: int = 1, ctxs: list[Tensor] | None = None, posterior_mean: bool = False):
+        """z ~ q(z | x) (k samples per input, sample-major) and the pass that scores it."""
+        if ctxs is None:
+            ctxs = self._bottom_up(x)
+        B = ctxs[0].shape[0]
+        if self.config.inference == "bottom_up":
+            zs, qs = self._upward_stochastic(_tile(ctxs[0], k), use_mean=posterior_mean)
+            run = self._top_down(B * k, zs_given=zs)
+            run.qs = qs
+            return run
+        ctxs = [_tile(c, k) for c in ctxs]
+        return self._top_down(B * k, ctxs=ctxs, posterior_mean=posterior_mean)
+
+    # ------------------------------------------------------------------------------------------------
+    # objectives
+
+    def _kl_terms(self, run: _Pass) -> list[Tensor]:
+        """Elementwise KL_l (B, *latent_shape). Analytic for Gaussian pairs given the layers above; for the
+        stacked VAE z_{l+1} is drawn after z_l, so only the top level's KL may be integrated exactly and
+        the others use the single-sample estimate log q(z_l) - log p(z_l | z_{l+1})."""
+        L = self.config.num_layers
+        kls = []
+        for l in range(L):
+            q, p, z = run.qs[l], run.ps[l], run.zs[l]
+            exact_ok = self.config.kl == "analytic" and (self.config.inference != "bottom_up" or l == L - 1)
+            kls.append(kl_divergence(q, p) if exact_ok else q.log_prob(z) - p.log_prob(z))
+        return kls
+
+    def beta_at(self, step: int | Tensor) -> float:
+        """KL weight at a training step: linear warm-up from 0 to ``config.beta`` (Sønderby et al. 2016)."""
+        n = self.config.kl_warmup_steps
+        if n == 0:
+            return self.config.beta
+        return self.config.beta * min(1.0, float(step) / n)
+
+    def _kl_loss(self, kl_elem: list[Tensor], beta: float) -> Tensor:
+        """The KL part of the training loss (batch mean): free bits, KL balancing, beta."""
+        cfg = self.config
+        per_layer = []
+        for k in kl_elem:
+            if cfg.free_bits > 0 and cfg.free_bits_mode == "channel":
+                # Kingma et al. 2016: each group (a channel) gets lambda nats for free, batch-averaged
+                per_ch = k.flatten(2).sum(2).mean(0) if k.dim() > 2 else k.mean(0)
+                per_layer.append(per_ch.clamp_min(cfg.free_bits).sum())
+            else:
+                v = k.flatten(1).sum(1).mean()
+                per_layer.append(v.clamp_min(cfg.free_bits) if cfg.free_bits > 0 else v)
+        kl = torch.stack(per_layer)
+        if cfg.kl_balancing and beta < cfg.beta:
+            # NVAE: weight each level by its share of the KL per latent element, normalised to mean 1,
+            # so no level is starved during warm-up; the weights are constants (no gradient)
+            sizes = torch.tensor([k[0].numel() for k in kl_elem], dtype=kl.dtype, device=kl.device)
+            gamma = (kl.detach().abs() + 0.01) / sizes
+            gamma = gamma / gamma.mean()
+            kl = kl * gamma
+        return beta * kl.sum()
+
+    def forward(self, x: Tensor, beta: float | None = None) -> ModelOutput:
+        """ELBO of a batch ``x`` (B, *data_shape), with one posterior sample per example.
+
+        In training mode (with gradients on) each call advances ``step``, which drives KL warm-up.
+        ``beta`` overrides the warm-up weight for this call.
+        """
+        self._check_input(x)
+        run = self._infer(x)
+        px = self._decode_state(run.state)
+        log_px = px.log_prob(x)
+        kl_elem = self._kl_terms(run)
+        kl = [k.flatten(1).sum(1) for k in kl_elem]
+        elbo = log_px - torch.stack(kl).sum(0)
+        if beta is None:
+            beta = self.beta_at(self.step)
+            if self.training and torch.is_grad_enabled():
+                self.step += 1
+        loss = -log_px.mean() + self._kl_loss(kl_elem, beta)
+        return ModelOutput(elbo=elbo, log_px=log_px, kl=kl, loss=loss, beta=beta, px=px, zs=run.zs)
+
+    def _log_weights(self, x_k: Tensor, run: _Pass) -> Tensor:
+        """log p(x, z) - log q(z | x) per row, (k*B,)."""
+        lw = self._decode_state(run.state).log_prob(x_k)
+        for z, p, q in zip(run.zs, run.ps, run.qs):
+            lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)
+        return lw
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, num_samples: int = 1000, chunk_size: int | None = None) -> Tensor:
+        """Importance-weighted bound log p̂_K(x) = log mean_k exp(log p(x, z^k) - log q(z^k | x)), (B,) nats.
+
+        The bottom-up pass runs once per input; the top-down pass runs on ``chunk_size`` copies at a time
+        (memory stays bounded for any K), accumulated by a running log-sum-exp in float32.
+        Call ``model.eval()`` first for networks with batch norm.
+        """
+        self._check_input(x)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        B = x.shape[0]
+        if chunk_size is None:
+            chunk_size = max(1, min(num_samples, 32768 // B))
+        ctxs = self._bottom_up(x)
+        total = torch.full((B,), -math.inf, device=x.device)
+        done = 0
+        while done < num_samples:
+            k = min(chunk_size, num_samples - done)
+            run = self._infer(x, k=k, ctxs=ctxs)
+            lw = self._log_weights(_tile(x, k), run).view(k, B)
+            total = torch.logaddexp(total, torch.logsumexp(lw, dim=0))
+            done += k
+        return total - math.log(num_samples)
+
+    def bits_per_dim(self, log_px: Tensor) -> Tensor:
+        """Convert a bound in nats per example to bits per dimension: -bound / (D ln 2)."""
+        return -log_px / (math.prod(self.data_shape) * math.log(2))
+
+    # ------------------------------------------------------------------------------------------------
+    # inspection and generation
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, sample: bool = True) -> list[Tensor]:
+        """Latents from q(z | x), bottom to top: a sample, or (``sample=False``) the means along the path."""
+        self._check_input(x)
+        return self._infer(x, posterior_mean=not sample).zs
+
+    @torch.no_grad()
+    def decode(self, zs: Sequence[Tensor]):
+        """p(x | z): the observation distribution given latents for every level (bottom to top).
+        Without ``generative_skip`` only ``zs[0]`` matters. Use ``.mean`` or ``.sample()``."""
+        L = self.config.num_layers
+        if len(zs) != L:
+            raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
+        for l, (z, layer) in enumerate(zip(zs, self.layers)):
+            if tuple(z.shape[1:]) != layer.latent_shape:
+                raise ValueError(
+                    f"zs[{l}] has shape {tuple(z.shape)}, expected (B, {', '.join(map(str, layer.latent_shape))})"
+                )
+        run = self._top_down(zs[0].shape[0], zs_given=list(zs))
+        return self._decode_state(run.state)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float | Sequence[float] = 1.0, mean: bool = True) -> Tensor:
+        """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
+        (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
+        the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it."""
+        temps = _temperatures(temperature, self.config.num_layers)
+        run = self._top_down(n, temperatures=temps)
+        px = self._decode_state(run.state)
+        return px.mean if mean else px.sample()
+
+    @torch.no_grad()
+    def sample_conditional(
+        self, x: Tensor, keep_top: int, temperature: float | Sequence[float] = 1.0, mean: bool = True
+    ) -> Tensor:
+        """Keep the top ``keep_top`` levels from q(z | x) and re-sample the levels below from the prior
+        conditionals: what the kept levels encode stays, the rest varies. Returns (B, *data_shape)."""
+        self._check_input(x)
+        L = self.config.num_layers
+        if not 0 <= keep_top <= L:
+            raise ValueError(f"keep_top must be in 0..{L}, got {keep_top}")
+        temps = _temperatures(temperature, L)
+        B = x.shape[0]
+        if keep_top == 0:
+            run = self._top_down(B, temperatures=temps)
+        elif self.config.inference == "bottom_up":
+            zs = self._infer(x).zs
+            kept = [None] * (L - keep_top) + zs[L - keep_top :]
+            run = self._top_down(B, zs_given=kept, temperatures=temps)
+        else:
+            run = self._top_down(B, ctxs=self._bottom_up(x), infer_from=L - keep_top, temperatures=temps)
+        px = self._decode_state(run.state)
+        return px.mean if mean else px.sample()
+
+    # ------------------------------------------------------------------------------------------------
+    # files
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (weights and buffers) into ``directory``,
+        each atomically (write to a temporary file, then rename)."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out / CONFIG_NAME, self.config.to_json())
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"format": "pt", "library": "hvae"})
+            os.replace(tmp, out / WEIGHTS_NAME)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
+    """A fresh :class:`HierarchicalVAE` from a config (or a plain mapping of one)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return HierarchicalVAE(config)
+
+
+def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> HierarchicalVAE:
+    """Load a model written by :meth:`HierarchicalVAE.save_pretrained` (JSON + safetensors; nothing is unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: {d} is not a saved hvae model (save_pretrained writes it)")
+    try:
+        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON ({e}); the file is damaged") from None
+    model = HierarchicalVAE(config)
+    try:
+        state = load_file(str(w_path), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{w_path} cannot be read ({e}); the file is truncated or damaged") from None
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise ValueError(
+            f"{w_path} does not match {cfg_path}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{w_path} does not match {cfg_path}: {e}") from None
+    return model.to(map_location)

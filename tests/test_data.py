@@ -1,0 +1,283 @@
+"""Data sources, splits and preprocessing: shapes, determinism and the errors users see."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hvae.config import ConfigError
+from hvae.data import DataConfig, DataError, dequantization_log_jacobian, load_dataset, read_idx, write_idx
+from hvae.data.loader import FASHION_MNIST_PATH
+
+
+def _idx_folder(folder: Path, n_train: int = 30, n_test: int = 10, gz: bool = True) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 6, 5), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 6, 5), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for name, a in arrays.items():
+        write_idx(folder / (name + (".gz" if gz else "")), a)
+    return tuple(arrays.values())
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in x.reshape(len(x), -1)}
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def test_digits_shapes_levels_and_range():
+    d = load_dataset(DataConfig())
+    assert d.shape == (1, 8, 8) and d.levels == 17
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+    assert len(d.val) == len(d.test) == 180
+    x = torch.cat([d.train.x, d.val.x, d.test.x])
+    assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
+    assert torch.equal(x * 16, torch.round(x * 16))  # exactly the 17 levels k / 16
+    assert d.train.labels.shape == (len(d.train),)
+    assert load_dataset(DataConfig(flatten=True)).shape == (64,)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_round_trip(tmp_path, suffix):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / f"a{suffix}", a)
+    b = read_idx(tmp_path / f"a{suffix}")
+    assert b.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_truncated_idx_is_an_error(tmp_path):
+    write_idx(tmp_path / "a", np.zeros((10, 4, 4), dtype=np.uint8))
+    (tmp_path / "a").write_bytes((tmp_path / "a").read_bytes()[:-7])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "a")
+    write_idx(tmp_path / "c.gz", np.zeros((10, 4, 4), dtype=np.uint8))
+    (tmp_path / "c.gz").write_bytes((tmp_path / "c.gz").read_bytes()[:-9])
+    with pytest.raises(DataError, match="c.gz"):
+        read_idx(tmp_path / "c.gz")
+    (tmp_path / "b").write_bytes(b"not an idx file")
+    with pytest.raises(DataError, match="magic"):
+        read_idx(tmp_path / "b")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_folder_uses_its_own_test_split(tmp_path, gz):
+    train_x, train_y, test_x, test_y = _idx_folder(tmp_path, gz=gz)
+    d = load_dataset(DataConfig(source="mnist", path=str(tmp_path), val_fraction=0.2))
+    assert d.levels == 256 and d.shape == (1, 6, 5)
+    assert (len(d.train), len(d.val), len(d.test)) == (24, 6, 10)
+    assert torch.equal(d.test.x[:, 0] * 255, torch.from_numpy(test_x).float())
+    assert torch.equal(d.test.labels, torch.from_numpy(test_y).long())
+    assert _rows(torch.cat([d.train.x, d.val.x])) == _rows(torch.from_numpy(train_x).float() / 255)
+
+
+def test_mnist_without_path_or_files_tells_to_set_path(tmp_path):
+    with pytest.raises(DataError, match="data.path"):
+        load_dataset(DataConfig(source="mnist"))
+    with pytest.raises(DataError, match="t10k-images|train-images"):
+        load_dataset(DataConfig(source="mnist", path=str(tmp_path)))
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_PATH).is_dir(), reason=f"{FASHION_MNIST_PATH} is not installed")
+def test_fashion_mnist_default_path():
+    d = load_dataset(DataConfig(source="fashion_mnist", max_examples=100))
+    assert d.shape == (1, 28, 28) and d.levels == 256
+    assert len(d.train) == len(d.val) == len(d.test) == 100
+
+
+def test_npz_uint8_key_and_labels(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (20, 3, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", other=np.zeros((5, 2)), images=x, y=np.arange(20))
+    d = load_dataset(
+        DataConfig(source="npz", path=str(tmp_path / "d.npz"), key="images", val_fraction=0, test_fraction=0)
+    )
+    assert d.levels == 256 and d.shape == (3, 4, 4)
+    order = d.train.labels
+    assert torch.equal(d.train.x, torch.from_numpy(x).float()[order] / 255)
+    with pytest.raises(DataError, match="images, y"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "d.npz"), key="nope"))
+
+
+def test_npy_float_kept_and_nan_rejected(tmp_path):
+    x = np.linspace(-3, 5, 40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "x.npy", x)
+    d = load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy"), val_fraction=0, test_fraction=0))
+    assert d.levels is None and d.shape == (4,)
+    assert _rows(d.train.x) == _rows(torch.from_numpy(x))
+    x[3, 2] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(DataError, match="NaN"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy")))
+
+
+def test_npy_wrong_dims_is_an_error(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros(10, dtype=np.float32))
+    with pytest.raises(DataError, match="shape"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy")))
+
+
+def test_csv_with_header_and_bad_cell(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,c\n1,2,3\n4,5,6.5\n-1,0,1e3\n")
+    d = load_dataset(DataConfig(source="csv", path=str(tmp_path / "t.csv"), val_fraction=0, test_fraction=0))
+    assert d.shape == (3,) and d.levels is None
+    assert _rows(d.train.x) == _rows(torch.tensor([[1, 2, 3], [4, 5, 6.5], [-1, 0, 1000.0]]))
+    (tmp_path / "t.csv").write_text("a,b,c\n1,2,3\n4,x,6\n")
+    with pytest.raises(DataError, match=r"row 3, column 2 \('b'\)"):
+        load_dataset(DataConfig(source="csv", path=str(tmp_path / "t.csv")))
+
+
+def test_image_folder_resize_crop_channels_and_labels(tmp_path):
+    for i, (cls, size) in enumerate([("cat", (20, 10)), ("dog", (10, 10)), ("dog", (12, 30))]):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        Image.new("RGB", size, (255, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    cfg = dict(source="images", path=str(tmp_path), val_fraction=0, test_fraction=0)
+    d = load_dataset(DataConfig(**cfg, image_size=[8, 8]))
+    assert d.shape == (3, 8, 8) and d.levels == 256
+    assert torch.allclose(d.train.x[:, 0], torch.ones(3, 8, 8)) and d.train.x[:, 1:].max() == 0
+    assert sorted(d.train.labels.tolist()) == [0, 1, 1]
+    grey = load_dataset(DataConfig(**cfg, image_size=[4, 6], channels=1))
+    assert grey.shape == (1, 4, 6)
+    with pytest.raises(DataError, match="image_size"):
+        load_dataset(DataConfig(**cfg))
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="no .png"):
+        load_dataset(DataConfig(source="images", path=str(tmp_path)))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        load_dataset(DataConfig(source="images", path=str(tmp_path)))
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="valid keys are: .*binarize"):
+        DataConfig.from_dict({"sorce": "digits"})
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction \\+ test_fraction"),
+        ({"source": "images", "image_size": [8]}, "image_size"),
+        ({"source": "images", "image_size": [8, 0]}, "image_size"),
+        ({"image_size": [8, 8]}, "only used by source: images"),
+        ({"binarize": "static", "dequantize": True}, "exclude"),
+        ({"binarize": "sometimes"}, "binarize"),
+    ],
+)
+def test_bad_config_values_name_the_key(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        DataConfig.from_dict(bad)
+
+
+def test_config_round_trip():
+    cfg = DataConfig(binarize="dynamic", flatten=True, seed=3)
+    assert DataConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def test_splits_are_deterministic_disjoint_and_covering(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(1000, dtype=np.float32).reshape(100, 10))  # every row unique
+    cfg = dict(source="npy", path=str(tmp_path / "x.npy"), val_fraction=0.2, test_fraction=0.15)
+    a, b = load_dataset(DataConfig(**cfg, seed=1)), load_dataset(DataConfig(**cfg, seed=1))
+    c = load_dataset(DataConfig(**cfg, seed=2))
+    for s in ("train", "val", "test"):
+        assert torch.equal(a.split(s).x, b.split(s).x)
+    assert not torch.equal(a.test.x, c.test.x)
+    assert (len(a.train), len(a.val), len(a.test)) == (65, 20, 15)
+    first = {int(r[0]) for s in ("train", "val", "test") for r in a.split(s).x}
+    assert first == set(range(0, 1000, 10))  # 100 distinct rows across the splits: disjoint and covering
+
+
+def test_max_examples_caps_each_split():
+    d = load_dataset(DataConfig(max_examples=50))
+    assert (len(d.train), len(d.val), len(d.test)) == (50, 50, 50)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+def test_batches_cover_train_once_per_epoch():
+    d = load_dataset(DataConfig(flatten=True))
+    batches = list(d.batches("train", 100))
+    assert len(batches) == d.num_batches("train", 100) == len(d.train) // 100
+    assert all(b.shape == (100, 64) for b in batches)
+    assert len(list(d.batches("val", 100))) == d.num_batches("val", 100) == 2
+    assert torch.equal(torch.cat(list(d.batches("val", 100))), d.val.x)  # eval: unshuffled, all kept
+
+
+def test_dynamic_binarization_changes_per_epoch_and_is_reproducible():
+    d = load_dataset(DataConfig(binarize="dynamic"))
+    e0, e0_again = next(d.batches("train", 64, epoch=0)), next(d.batches("train", 64, epoch=0))
+    e1 = next(d.batches("train", 64, epoch=1))
+    assert set(e0.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(e0, e0_again) and not torch.equal(e0, e1)
+    same_order = list(d.batches("train", 64, epoch=0, shuffle=False))[0]
+    other_epoch = list(d.batches("train", 64, epoch=1, shuffle=False))[0]
+    assert not torch.equal(same_order, other_epoch)  # same examples, fresh binarization
+
+
+def test_eval_binarization_is_fixed_and_shared_by_both_modes():
+    dyn, sta = load_dataset(DataConfig(binarize="dynamic")), load_dataset(DataConfig(binarize="static"))
+    for split in ("val", "test"):
+        t = dyn.eval_tensor(split)
+        assert torch.equal(t, load_dataset(DataConfig(binarize="dynamic")).eval_tensor(split))
+        assert torch.equal(torch.cat(list(dyn.batches(split, 50, epoch=3))), t)
+        assert torch.equal(t, sta.eval_tensor(split))
+
+
+def test_static_binarization_is_fixed_across_epochs():
+    d = load_dataset(DataConfig(binarize="static"))
+    e0 = torch.cat(list(d.batches("train", 100, epoch=0, shuffle=False)))
+    e5 = torch.cat(list(d.batches("train", 100, epoch=5, shuffle=False)))
+    assert torch.equal(e0, e5) and torch.equal(e0, d.eval_tensor("train")[: len(e0)])
+
+
+def test_start_batch_resumes_exactly():
+    d = load_dataset(DataConfig(binarize="dynamic"))
+    full = list(d.batches("train", 32, epoch=2))
+    resumed = list(d.batches("train", 32, epoch=2, start_batch=5))
+    assert len(resumed) == len(full) - 5
+    assert all(torch.equal(a, b) for a, b in zip(full[5:], resumed, strict=True))
+
+
+def test_dequantized_values_lie_in_their_bins():
+    d = load_dataset(DataConfig(dequantize=True))
+    k = torch.round(d.train.x * 16)
+    x = torch.cat(list(d.batches("train", 100, shuffle=False, drop_last=False)))
+    assert torch.all(x >= k / 17) and torch.all(x < (k + 1) / 17)
+    assert not torch.equal(x, torch.cat(list(d.batches("train", 100, epoch=1, shuffle=False, drop_last=False))))
+    assert torch.equal(d.eval_tensor("test"), load_dataset(DataConfig(dequantize=True)).eval_tensor("test"))
+    assert dequantization_log_jacobian(256, 784) == pytest.approx(784 * math.log(256))
+
+
+def test_standardization_uses_train_stats_only(tmp_path):
+    x = np.random.default_rng(0).normal(3.0, 2.0, (200, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    d = load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy"), standardize=True))
+    assert torch.allclose(d.train.x.mean(0), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(d.train.x.std(0, correction=0), torch.ones(5), atol=1e-4)
+    raw = load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy")))
+    assert torch.allclose(d.mean, raw.train.x.mean(0)) and not torch.allclose(d.mean, raw.test.x.mean(0))
+    assert torch.allclose(d.test.x, (raw.test.x - d.mean) / d.std)
+
+
+def test_batch_larger_than_train_split_is_an_error():
+    d = load_dataset(DataConfig(max_examples=10))
+    with pytest.raises(DataError, match="batch size"):
+        list(d.batches("train", 64))
