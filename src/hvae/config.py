@@ -235,6 +235,10 @@ class ModelConfig(_Serializable):
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
 
     def __post_init__(self) -> None:
+        # direct construction (ModelConfig(...)) is checked like from_dict: every field's type and literal
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
         L = len(self.latent_dims)
         _require(L >= 1, "latent_dims: a hierarchy needs at least one latent layer, e.g. [32, 16]")
         _require(

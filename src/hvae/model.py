@@ -362,6 +362,20 @@ class HierarchicalVAE(nn.Module):
         return px.mean if mean else px.sample()
 
     @torch.no_grad()
+    def generate(self, zs: Sequence[Tensor | None], temperature: float | Sequence[float] = 1.0, mean: bool = True):
+        """Decode with some levels fixed: ``zs[l]`` is used where given (bottom to top, batch-major) and
+        the other levels are drawn from the prior conditionals at ``temperature``. Returns (B, *data_shape)."""
+        L = self.config.num_layers
+        if len(zs) != L:
+            raise ValueError(f"generate needs one entry per level ({L}, bottom to top; None to sample), got {len(zs)}")
+        given = [z for z in zs if z is not None]
+        if not given:
+            raise ValueError("generate needs at least one given level; use sample() to draw all of them")
+        run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=_temperatures(temperature, L))
+        px = self._decode_state(run.state)
+        return px.mean if mean else px.sample()
+
+    @torch.no_grad()
     def sample_conditional(
         self, x: Tensor, keep_top: int, temperature: float | Sequence[float] = 1.0, mean: bool = True
     ) -> Tensor:

@@ -1,0 +1,7 @@
+"""``python -m hvae`` is the ``hvae`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

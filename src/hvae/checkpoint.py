@@ -1,0 +1,156 @@
+"""Training checkpoints: safetensors + JSON, written so that a kill at any moment leaves one loadable.
+
+Layout inside ``RUN_DIR/checkpoints/``::
+
+    step-000001200/  model/ (config.json, model.safetensors)  optimizer.safetensors  ema.safetensors  state.json
+    latest.json      {"dir": "step-000001200"}   # replaced atomically after the folder is complete
+    best.json        {"dir": "step-000000800", "val_elbo": ...}
+
+A checkpoint folder is written under a temporary name, synced and renamed; only then does the pointer
+file move to it (``os.replace``), and only then are folders no pointer names removed. Nothing is pickled:
+optimizer tensors go to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import HierarchicalVAE, _atomic_write_text, load
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated or does not match the run."""
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: HierarchicalVAE,
+    optimizer: torch.optim.Optimizer,
+    ema: torch.nn.Module | None,
+    state: dict[str, Any],
+    best: bool = False,
+) -> Path:
+    """Write a complete checkpoint of ``step = state['step']`` and point ``latest`` (and ``best``) at it."""
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:09d}"
+    final = ckpt_root / name
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp / "model")
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        if ema is not None:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors")
+            )
+        rng = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"torch_cuda_{i}"] = s
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _atomic_write_text(ckpt_root / "latest.json", json.dumps({"dir": name, "step": state["step"]}))
+    if best:
+        _atomic_write_text(
+            ckpt_root / "best.json", json.dumps({"dir": name, "step": state["step"], "val_elbo": state.get("best_val")})
+        )
+    _prune(ckpt_root)
+    return final
+
+
+def _pointer(ckpt_root: Path, which: str) -> str | None:
+    p = ckpt_root / f"{which}.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())["dir"]
+    except (json.JSONDecodeError, KeyError):
+        raise CheckpointError(f"{p} is damaged; delete it and resume from a folder in {ckpt_root}") from None
+
+
+def _prune(ckpt_root: Path) -> None:
+    keep = {_pointer(ckpt_root, "latest"), _pointer(ckpt_root, "best")}
+    for d in ckpt_root.iterdir():
+        if d.is_dir() and d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path, which: str = "latest") -> Path | None:
+    """The folder the ``latest`` (or ``best``) pointer names, or None when the run has none yet."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    name = _pointer(ckpt_root, which)
+    if name is None:
+        return None
+    d = ckpt_root / name
+    if not d.is_dir():
+        raise CheckpointError(f"{ckpt_root / (which + '.json')} names {d}, which is missing")
+    return d
+
+
+def load_checkpoint(
+    ckpt: Path, model: HierarchicalVAE, optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None, device
+) -> dict[str, Any]:
+    """Restore model, optimizer, EMA and RNG states in place; return the trainer state (step, epoch, ...)."""
+    try:
+        saved = load(ckpt / "model", map_location=device)
+        model.load_state_dict(saved.state_dict())
+        meta = json.loads((ckpt / "state.json").read_text())
+        opt_tensors = load_file(str(ckpt / "optimizer.safetensors"), device=str(device))
+        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta.pop("optimizer")))
+        if ema is not None:
+            ema_file = ckpt / "ema.safetensors"
+            if not ema_file.is_file():
+                raise CheckpointError(f"{ckpt} has no EMA weights but train.ema_decay is set; unset it to resume")
+            ema.load_state_dict(load_file(str(ema_file), device=str(device)))
+        rng = load_file(str(ckpt / "rng.safetensors"))
+    except (OSError, SafetensorError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"checkpoint {ckpt} cannot be loaded ({e}); it is damaged or from another model"
+        ) from None
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    return meta

@@ -1,0 +1,254 @@
+"""Command line: ``hvae train | eval | sample | report``.
+
+Every command works on a run directory; errors that come from the user's input (configs, data, files)
+are printed as one line naming the problem and the fix, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+EPILOG = """examples:
+  hvae train --config configs/default.yaml --out runs/digits
+  hvae train --config configs/lvae_mnist.yaml data.path=~/mnist train.epochs=100 --out runs/lvae
+  hvae train --resume runs/lvae
+  hvae eval runs/lvae --num-samples 5000
+  hvae sample runs/lvae --n 64 --temperature 0.8 --out grid.png
+  hvae sample runs/lvae --from-data --out keep_top.png
+  hvae report runs/lvae
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hvae",
+        description="Hierarchical VAEs: train, evaluate, sample from and report on a model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train a model and write a run directory",
+        description="Train a model. Configs are YAML; key.sub=value overrides any entry.",
+    )
+    t.add_argument("--config", help="YAML run config (sections model, data, train, eval); see configs/")
+    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config entries")
+    t.add_argument("--out", help="run directory to create")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR (or --out) from its latest checkpoint",
+    )
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="ELBO, importance-weighted bound, bits/dim, KL and active units per layer")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--num-samples", type=int, help="importance samples K (default: the run's eval.num_samples)")
+    e.add_argument("--split", choices=["test", "val"], help="which split (default: the run's eval.split)")
+    e.add_argument("--max-examples", type=int, help="evaluate on the first N examples only")
+    e.add_argument("--batch-size", type=int)
+    e.add_argument("--chunk-size", type=int, help="importance samples per pass (bounds memory)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="sample grids, keep-top-k grids and interpolations as PNG")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--n", type=int, default=64, help="samples (or inputs with --from-data)")
+    s.add_argument(
+        "--temperature",
+        default="1.0",
+        help="one float, or one per layer bottom to top, comma-separated (0 = prior means)",
+    )
+    s.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/samples/....png)")
+    s.add_argument(
+        "--from-data",
+        action="store_true",
+        help="start from test inputs: first row the inputs, then one row per kept level",
+    )
+    s.add_argument(
+        "--keep-top",
+        type=int,
+        action="append",
+        help="with --from-data: keep this many top levels from q(z|x) (repeatable; default all k)",
+    )
+    s.add_argument("--interpolate", action="store_true", help="interpolate between test inputs through the top layer")
+    s.add_argument("--steps", type=int, default=10, help="interpolation steps")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+
+    r = sub.add_parser("report", help="write RUN_DIR/report.html: curves, numbers and pictures in one page")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("--device", default="auto")
+    return p
+
+
+def _device(name: str) -> torch.device:
+    from .train import resolve_device
+
+    return resolve_device(name)
+
+
+def _load_run(run_dir: Path, device):
+    """The run's config and its model: the final one, or the latest checkpoint's if training stopped early."""
+    from .checkpoint import latest_checkpoint
+    from .model import load
+    from .runconfig import RunConfig
+
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); create one with hvae train")
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    if (run_dir / "model" / "model.safetensors").is_file():
+        return cfg, load(run_dir / "model", map_location=device)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir} has no trained model yet; run hvae train --resume {run_dir}")
+    print(f"note: training did not finish; using the latest checkpoint {ckpt.name}", file=sys.stderr)
+    return cfg, load(ckpt / "model", map_location=device)
+
+
+def _cmd_train(args) -> int:
+    from .runconfig import load_run_config
+    from .train import train
+
+    resume = args.resume is not None
+    out = args.out
+    if isinstance(args.resume, str):
+        if out and Path(out) != Path(args.resume):
+            raise ValueError(f"--resume {args.resume} and --out {out} name different runs; give one of them")
+        out = args.resume
+    if not out:
+        raise ValueError("say where the run goes: --out RUN_DIR (or --resume RUN_DIR)")
+    if not resume and not args.config and not args.overrides:
+        raise ValueError("give a config: --config configs/default.yaml (see configs/), plus key.sub=value overrides")
+    config_path = args.config
+    if resume and not config_path:
+        config_path = Path(out) / "config.yaml"
+    cfg, raw = load_run_config(config_path, args.overrides)
+    if args.quiet:
+        cfg = cfg.replace(train={**cfg.train.to_dict(), "progress": False})
+    run_dir = train(cfg, out, raw=raw, resume=resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    print(f"model written to {run_dir / 'model'}; next: hvae eval {run_dir}  |  hvae report {run_dir}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .data import dequantization_log_jacobian, load_dataset
+    from .evaluate import evaluate, format_table, write_result
+
+    device = _device(args.device)
+    cfg, model = _load_run(args.run_dir, device)
+    ec = cfg.eval
+    split = args.split or ec.split
+    dataset = load_dataset(cfg.data)
+    x = dataset.eval_tensor(split)
+    limit = args.max_examples or ec.max_examples
+    if limit:
+        x = x[:limit]
+    if x.shape[0] == 0:
+        raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
+    torch.manual_seed(args.seed)
+    jac = 0.0
+    if cfg.data.dequantize and dataset.levels:
+        jac = dequantization_log_jacobian(dataset.levels, x[0].numel())
+    result = evaluate(
+        model,
+        x.to(device),
+        num_samples=args.num_samples or ec.num_samples,
+        chunk_size=args.chunk_size or ec.chunk_size,
+        batch_size=args.batch_size or ec.batch_size,
+        threshold=ec.active_unit_threshold,
+        log_jacobian=jac,
+        progress=sys.stderr.isatty(),
+    )
+    result = {"split": split, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
+    path = write_result(args.run_dir, result)
+    print(format_table(result))
+    print(f"written to {path}")
+    return 0
+
+
+def _parse_temperature(text: str) -> float | list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--temperature {text!r}: give a float or comma-separated floats (one per layer)") from None
+    if any(v < 0 for v in values):
+        raise ValueError("--temperature: temperatures must be >= 0")
+    return values[0] if len(values) == 1 else values
+
+
+def _cmd_sample(args) -> int:
+    from .data import load_dataset
+    from .report import save_grid, to_images
+    from .sampling import interpolate, keep_top_rows, unconditional
+
+    device = _device(args.device)
+    cfg, model = _load_run(args.run_dir, device)
+    temp = _parse_temperature(args.temperature)
+    if args.n < 1:
+        raise ValueError("--n must be >= 1")
+    torch.manual_seed(args.seed)
+    L = model.config.num_layers
+    if args.from_data or args.interpolate:
+        x = load_dataset(cfg.data).eval_tensor("test")[: args.n * (2 if args.interpolate else 1)].to(device)
+    if args.interpolate:
+        n = x.shape[0] // 2
+        images, ncol, name = interpolate(model, x[:n], x[n : 2 * n], steps=args.steps), args.steps, "interpolation"
+    elif args.from_data:
+        ks = args.keep_top if args.keep_top else list(range(L, -1, -1))
+        for k in ks:
+            if not 0 <= k <= L:
+                raise ValueError(f"--keep-top {k}: this model has {L} levels; use 0..{L}")
+        images, ncol, name = keep_top_rows(model, x, ks, temp), x.shape[0], "keep_top"
+    else:
+        images, ncol, name = unconditional(model, args.n, temp), None, "samples"
+    pics = to_images(images.cpu(), model.data_shape)
+    if pics is None:
+        raise ValueError("these data are not images; samples can be read with the Python API (model.sample)")
+    out = args.out or args.run_dir / "samples" / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(pics, out, nrow=ncol or max(1, int(round(args.n**0.5))))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, device=str(_device(args.device)))
+    print(f"report written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .train import RunDirError, TrainingDiverged
+
+    args = _parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "report": _cmd_report}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, RunDirError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"hvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"hvae {args.command}: interrupted; resume with hvae train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The configuration of a run: model, data, training and evaluation sections, as one YAML file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .config import ConfigError, ModelConfig, _require, _Serializable, apply_overrides, from_dict
+from .data import DataConfig
+
+
+@dataclass
+class TrainConfig(_Serializable):
+    """How to train. Steps count optimizer updates (skipped updates included)."""
+
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many steps even mid-epoch
+    batch_size: int = 128
+    optimizer: Literal["adam", "adamax"] = "adam"
+    lr: float = 1e-3
+    lr_warmup_steps: int = 0  # linear warm-up of the learning rate from 0
+    lr_decay: Literal["none", "cosine", "exponential"] = "none"
+    lr_decay_rate: float = 1.0  # exponential: factor per epoch (the Ladder VAE paper anneals the lr)
+    lr_min: float = 0.0  # cosine: final learning rate
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm; null disables clipping
+    kl_warmup_epochs: float | None = None  # sets model.kl_warmup_steps from the epoch length
+    ema_decay: float | None = None  # e.g. 0.999: evaluate and sample with an EMA of the weights
+    log_every: int = 50  # steps between training-metric lines
+    eval_every: int = 500  # steps between validation ELBOs (also at the end of every epoch)
+    checkpoint_every: int = 500  # steps between checkpoints (also at the end of every epoch)
+    max_consecutive_skips: int = 100  # stop with an error after this many non-finite updates in a row
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
+        _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps: must be >= 1 or null")
+        _require(self.batch_size >= 1, f"train.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
+        _require(0 < self.lr_decay_rate <= 1, f"train.lr_decay_rate: must be in (0, 1], got {self.lr_decay_rate}")
+        _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip: must be > 0 or null")
+        _require(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            f"train.ema_decay: must be in (0, 1), got {self.ema_decay}",
+        )
+        for name in ("log_every", "eval_every", "checkpoint_every", "max_consecutive_skips"):
+            _require(getattr(self, name) >= 1, f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        _require(
+            self.kl_warmup_epochs is None or self.kl_warmup_epochs >= 0,
+            f"train.kl_warmup_epochs: must be >= 0, got {self.kl_warmup_epochs}",
+        )
+        dev = self.device
+        _require(
+            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+            f"train.device: {dev!r} is not accepted; use auto, cpu, cuda or cuda:N",
+        )
+
+
+@dataclass
+class EvalConfig(_Serializable):
+    """How ``hvae eval`` measures a model."""
+
+    split: Literal["test", "val"] = "test"
+    num_samples: int = 1000  # importance samples K of the IW bound
+    chunk_size: int | None = None  # importance samples per top-down pass (memory bound); null = automatic
+    batch_size: int = 100
+    max_examples: int | None = None  # evaluate on the first N examples of the split only
+    active_unit_threshold: float = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u]) > 0.01
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 1, f"eval.num_samples: must be >= 1, got {self.num_samples}")
+        _require(self.batch_size >= 1, f"eval.batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.chunk_size is None or self.chunk_size >= 1, "eval.chunk_size: must be >= 1 or null")
+        _require(self.max_examples is None or self.max_examples >= 1, "eval.max_examples: must be >= 1 or null")
+
+
+@dataclass
+class RunConfig(_Serializable):
+    """Everything a run needs; ``config.yaml`` in a run directory holds the resolved version."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
+    """Read a YAML run config, apply ``key.sub=value`` overrides and validate.
+
+    Returns the config and the raw mapping (which says, e.g., whether ``model.data_shape`` was given).
+    A ``model.preset: NAME`` entry starts the model section from a named preset.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping with sections model, data, train, eval")
+    raw = apply_overrides(raw, list(overrides))
+    model = dict(raw.get("model") or {})
+    if "preset" in model:
+        from . import presets
+
+        name = model.pop("preset")
+        try:
+            base = presets.get(name).to_dict()
+        except KeyError as e:
+            raise ConfigError(f"model.preset: {e.args[0]}") from None
+        model = {**base, **model}
+    return from_dict(RunConfig, {**raw, "model": model}), raw

@@ -1,0 +1,160 @@
+"""ModelConfig: JSON/YAML round trip, presets, and the errors a user sees for a bad config."""
+
+import dataclasses
+
+import pytest
+
+import hvae
+from hvae import ConfigError, ModelConfig
+from hvae.config import apply_overrides, parse_override
+
+
+@pytest.mark.parametrize("preset", ["lvae_mnist", "small", "conv_small"])
+def test_presets_round_trip_through_json_and_yaml(preset):
+    cfg = getattr(hvae.presets, preset)()
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    assert ModelConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_yaml_file_path_is_read(tmp_path):
+    cfg = hvae.presets.small(likelihood_scale=None, beta=0.5)
+    path = tmp_path / "model.yaml"
+    path.write_text(cfg.to_yaml())
+    assert ModelConfig.from_yaml(path) == cfg
+    assert ModelConfig.from_yaml(str(path)) == cfg
+
+
+def test_lvae_mnist_is_the_papers_architecture():
+    cfg = hvae.presets.lvae_mnist()
+    assert cfg.data_shape == [784]
+    assert cfg.latent_dims == [64, 32, 16, 8, 4]
+    assert cfg.hidden_dims == [512, 256, 128, 64, 32]
+    assert (cfg.inference, cfg.activation, cfg.leaky_slope, cfg.batch_norm) == ("ladder", "leaky_relu", 0.1, True)
+    assert hvae.presets.lvae_mnist(inference="bottom_up").inference == "bottom_up"
+
+
+def test_conv_preset_fills_default_strides():
+    cfg = ModelConfig(data_shape=[1, 8, 8], latent_dims=[4, 4], hidden_dims=[8, 8], block="conv")
+    assert cfg.strides == [2, 2]
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_unknown_key_names_the_valid_keys():
+    with pytest.raises(ConfigError, match="unknown key latent_dim;") as e:
+        ModelConfig.from_dict({"latent_dim": [4]})
+    assert "latent_dims" in str(e.value) and "valid keys" in str(e.value)
+    with pytest.raises(ConfigError, match="unknown key"):
+        hvae.presets.small(lattent_dims=[4, 2, 1])
+    with pytest.raises(TypeError):  # direct construction: Python itself rejects the keyword
+        ModelConfig(latent_dim=[4])
+
+
+@pytest.mark.parametrize(
+    "key, value, accepted",
+    [
+        ("inference", "ladderr", "'ladder' | 'top_down' | 'bottom_up'"),
+        ("block", "resnet", "'mlp' | 'conv'"),
+        ("likelihood", "poisson", "'bernoulli' | 'gaussian'"),
+        ("kl", "exact", "'analytic' | 'mc'"),
+        ("free_bits_mode", "group", "'layer' | 'channel'"),
+        ("activation", "sigmoid", "'leaky_relu'"),
+    ],
+)
+def test_bad_literal_names_the_key_and_the_accepted_values(key, value, accepted):
+    for make in (lambda: ModelConfig.from_dict({key: value}), lambda: ModelConfig(**{key: value})):
+        with pytest.raises(ConfigError) as e:
+            make()
+        msg = str(e.value)
+        assert msg.startswith(key + ":") and repr(value) in msg and accepted in msg
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        (dict(depth=1.5), "depth"),
+        (dict(depth=True), "depth"),
+        (dict(beta="1"), "beta"),
+        (dict(batch_norm="yes"), "batch_norm"),
+        (dict(latent_dims=[4, "2"]), r"latent_dims\[1\]"),
+        (dict(latent_dims=4), "latent_dims"),
+        (dict(likelihood_scale="fixed"), "likelihood_scale"),
+    ],
+)
+def test_wrong_types_are_rejected_naming_the_key(changes, key):
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        ModelConfig.from_dict(changes)
+    with pytest.raises(ConfigError, match=f"^{key}"):
+        ModelConfig(**changes)
+
+
+def test_numbers_are_coerced_losslessly():
+    cfg = ModelConfig(beta=1, likelihood_scale=1, data_shape=(64,))
+    assert isinstance(cfg.beta, float) and isinstance(cfg.likelihood_scale, float)
+    assert cfg.data_shape == [64]
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        (dict(hidden_dims=[8, 8]), r"hidden_dims: needs one width per latent layer \(3\), got 2"),
+        (dict(latent_dims=[]), "latent_dims: a hierarchy needs at least one"),
+        (dict(latent_dims=[4, 0, 2]), "latent_dims: every entry must be a positive"),
+        (dict(strides=[2, 2, 2]), "strides: only used by block: conv"),
+        (dict(data_shape=[1, 2, 3, 4]), "data_shape: expected"),
+        (dict(beta=-1.0), "beta: must be >= 0"),
+        (dict(free_bits=-0.5), "free_bits: must be >= 0"),
+        (dict(min_scale=0.0), "min_scale: must be > 0"),
+        (dict(num_bits=0), "num_bits: must be in 1..16"),
+        (dict(likelihood_scale=0.0), "likelihood_scale: must be > 0"),
+        (dict(residual_posterior=True), "residual_posterior: only defined for inference: top_down"),
+        (dict(likelihood="discretized_logistic_mixture"), "likelihood: discretized_logistic_mixture models images"),
+    ],
+)
+def test_invalid_values_raise_a_message_naming_the_key(changes, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        ModelConfig.from_dict({**hvae.presets.small().to_dict(), **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        (dict(strides=[2]), r"strides: needs one entry per latent layer \(2\)"),
+        (dict(strides=[3, 1]), "each 1 or 2"),
+        (dict(data_shape=[1, 6, 6]), "must divide by the total downsampling 4"),
+        (dict(data_shape=[64]), "block: conv needs images"),
+    ],
+)
+def test_conv_geometry_is_checked(changes, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        hvae.presets.conv_small(**changes)
+
+
+def test_replace_validates_and_leaves_the_original_alone():
+    cfg = hvae.presets.small()
+    other = cfg.replace(beta=0.5)
+    assert other.beta == 0.5 and cfg.beta == 1.0
+    with pytest.raises(ConfigError, match="inference"):
+        cfg.replace(inference="nope")
+
+
+def test_config_errors_are_value_errors():
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ValueError):
+        ModelConfig(depth=-1)
+
+
+def test_defaults_form_a_valid_config_that_serialises_every_field():
+    data = ModelConfig().to_dict()
+    assert set(data) == {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def test_overrides_are_parsed_as_yaml_and_validated_on_build():
+    data = apply_overrides(hvae.presets.small().to_dict(), ["beta=0.25", "latent_dims=[8, 4, 2]", "inference=top_down"])
+    cfg = ModelConfig.from_dict(data)
+    assert (cfg.beta, cfg.latent_dims, cfg.inference) == (0.25, [8, 4, 2], "top_down")
+    assert parse_override("a.b=true") == (["a", "b"], True)
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_override("beta")
+    with pytest.raises(ConfigError, match="unknown key"):
+        ModelConfig.from_dict(apply_overrides(data, ["betta=1"]))
