@@ -26,8 +26,12 @@ def _gauss(mu, sigma, dtype=torch.float64):
 
 def _random_pair(n=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q = Gaussian(torch.randn(n, generator=g, dtype=torch.float64), 0.3 + torch.rand(n, generator=g, dtype=torch.float64))
-    p = Gaussian(torch.randn(n, generator=g, dtype=torch.float64), 0.3 + torch.rand(n, generator=g, dtype=torch.float64))
+    q = Gaussian(
+        torch.randn(n, generator=g, dtype=torch.float64), 0.3 + torch.rand(n, generator=g, dtype=torch.float64)
+    )
+    p = Gaussian(
+        torch.randn(n, generator=g, dtype=torch.float64), 0.3 + torch.rand(n, generator=g, dtype=torch.float64)
+    )
     return q, p
 
 

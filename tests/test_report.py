@@ -79,14 +79,17 @@ def _make_run(run: Path, model_cfg: hvae.ModelConfig, flatten: bool, steps: int 
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory) -> Path:
     L = 3
+    # the keys of hvae.evaluate's eval.json, plus a nested mapping (shown with dotted keys)
     ev = {
         "split": "test",
         "num_examples": 180,
         "elbo": -40.5,
         "iw": {"k": 10, "log_px": -39.9},
-        "per_layer": {"kl": [5.0, 2.0, 0.5], "active_units": [9, 3, 1], "units": [16, 8, 4]},
+        "kl": [5.0, 2.0, 0.5],
+        "active_units": [9, 3, 1],
+        "units": [16, 8, 4],
     }
-    assert len(ev["per_layer"]["kl"]) == L
+    assert len(ev["kl"]) == L
     return _make_run(tmp_path_factory.mktemp("run_mlp"), hvae.presets.small(), flatten=True, eval_json=ev)
 
 
@@ -218,3 +221,12 @@ def test_report_renders_in_headless_chromium(mlp_run, mlp_report, tmp_path):
     assert px.shape == (3000, 1200)
     assert px.std() > 10  # not a blank page
     assert (px < 100).mean() > 0.01  # dark pixels: text, plots and image grids were drawn
+
+
+def test_report_for_tabular_data_skips_pictures(tmp_path):
+    run = tmp_path / "tab"
+    hvae.build_model(hvae.presets.small(data_shape=[10])).save_pretrained(run / "model")
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {}, "train": {}, "eval": {}}))
+    page = write_report(run).read_text()
+    assert "are not images" in page and "config.yaml has no data section" in page
+    assert "no metrics.jsonl" in page and len(DATA_URI.findall(page)) == 0

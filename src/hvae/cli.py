@@ -188,7 +188,7 @@ def _parse_temperature(text: str) -> float | list[float]:
 
 def _cmd_sample(args) -> int:
     from .data import load_dataset
-    from .report import save_grid, to_images
+    from .report.images import save_grid, to_images
     from .sampling import interpolate, keep_top_rows, unconditional
 
     device = _device(args.device)

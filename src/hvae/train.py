@@ -72,10 +72,10 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset) -> Run
             )
         model = model.replace(data_shape=shape)
     if cfg.train.kl_warmup_epochs is not None:
-        if model.kl_warmup_steps and "kl_warmup_steps" in model_raw:
+        steps = int(round(cfg.train.kl_warmup_epochs * dataset.num_batches("train", cfg.train.batch_size)))
+        if "kl_warmup_steps" in model_raw and model.kl_warmup_steps not in (0, steps):
             raise ConfigError("set either train.kl_warmup_epochs or model.kl_warmup_steps, not both")
-        steps = dataset.num_batches("train", cfg.train.batch_size)
-        model = model.replace(kl_warmup_steps=int(round(cfg.train.kl_warmup_epochs * steps)))
+        model = model.replace(kl_warmup_steps=steps)
     return RunConfig(model=model, data=cfg.data, train=cfg.train, eval=cfg.eval)
 
 
@@ -178,16 +178,13 @@ def train(
     """
     run_dir = Path(out)
     prepare_run_dir(run_dir, resume, overwrite)
-    if resume:
-        saved = RunConfig.from_yaml(run_dir / "config.yaml")
-        # model and data come from the run; training and evaluation settings may be extended
-        config = RunConfig(model=saved.model, data=saved.data, train=config.train, eval=config.eval)
-        raw = {"model": saved.model.to_dict()}
     tc = config.train
     device = resolve_device(tc.device)
     dataset = load_dataset(config.data)
     config = resolve_config(config, raw or {}, dataset)
     if resume:
+        # model and data must be the run's; training and evaluation settings may change (e.g. more epochs)
+        saved = RunConfig.from_yaml(run_dir / "config.yaml")
         _check_compatible(saved, config)
     _atomic_write_text(run_dir / "config.yaml", config.to_yaml())
 
@@ -205,7 +202,8 @@ def train(
     if tc.ema_decay is not None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+        # parameters are averaged; buffers (batch-norm statistics, the step counter) are copied: see _sync_ema
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=False)
 
     steps_per_epoch = dataset.num_batches("train", tc.batch_size)
     total_steps = (
@@ -227,8 +225,17 @@ def train(
         _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, metrics, total_steps, log)
     finally:
         metrics.close()
+    _sync_ema(ema, model)
     eval_model.save_pretrained(run_dir / "model")
     return run_dir
+
+
+@torch.no_grad()
+def _sync_ema(ema, model) -> None:
+    """Give the EMA model the live model's buffers (batch-norm running statistics, step)."""
+    if ema is not None:
+        for b_ema, b in zip(ema.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
 
 
 def _first_batch(dataset: Dataset) -> torch.Tensor:
@@ -257,7 +264,13 @@ def _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, m
     def validate() -> None:
         if val_x is None:
             return
-        v = _validate(eval_model, val_x.to(device), config.eval.batch_size)
+        _sync_ema(ema, model)
+        # a fixed seed for the posterior samples of validation, outside the training RNG stream: a run
+        # resumed after a validation continues exactly as one that never stopped
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(tc.seed)
+            v = _validate(eval_model, val_x.to(device), config.eval.batch_size)
         metrics.write({"split": "val", "step": state["step"], "epoch": state["epoch"], **v})
         is_best = state["best_val"] is None or v["elbo"] > state["best_val"]
         if is_best:

@@ -28,7 +28,7 @@ from hvae.report.images import images_to_uri, png_data_uri, to_images
 TEMPERATURES = (1.0, 0.8, 0.6, 0.0)
 NUM_RECONSTRUCTIONS = 16
 NUM_KEEP_TOP = 8
-TRAIN_HINT = "train one with `hvae train CONFIG.yaml` (it writes config.yaml, metrics.jsonl and model/)"
+TRAIN_HINT = "train one with `hvae train --config CONFIG.yaml --out RUN_DIR` (it writes config.yaml and model/)"
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }

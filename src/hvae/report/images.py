@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
+__all__ = ["images_to_uri", "make_grid", "png_bytes", "png_data_uri", "save_grid", "to_images"]
+
 # Grids of images smaller than this many pixels a side are upscaled (nearest neighbour) to be visible.
 MIN_DISPLAY_SIZE = 28
 
@@ -103,6 +105,3 @@ def png_data_uri(image: np.ndarray | Image.Image | bytes) -> str:
 def images_to_uri(images: Tensor, nrow: int) -> str:
     """A grid of ``images`` (N, C, H, W) in [0, 1] as a PNG data URI."""
     return png_data_uri(make_grid(images, nrow))
-
-
-__all__ = ["images_to_uri", "make_grid", "png_bytes", "png_data_uri", "save_grid", "to_images"]

@@ -1,0 +1,507 @@
+"""HierarchicalVAE: shapes, gradients, the loss options, sampling, encode/decode and saved models."""
+
+import math
+import pickle
+
+import pytest
+import torch
+
+import hvae
+from hvae.distributions import raw_from_scale
+
+B = 6
+
+
+def _cfg(block="mlp", **overrides):
+    if block == "mlp":
+        base = dict(data_shape=[12], latent_dims=[4, 3, 2], hidden_dims=[16, 12, 8], depth=1)
+    else:
+        base = dict(data_shape=[1, 8, 8], latent_dims=[3, 2], hidden_dims=[8, 8], block="conv", strides=[2, 2])
+        base["depth"] = 1
+    return hvae.ModelConfig.from_dict({**base, **overrides})
+
+
+def _model(block="mlp", seed=0, **overrides):
+    torch.manual_seed(seed)
+    return hvae.build_model(_cfg(block, **overrides))
+
+
+def _x(model, n=B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, *model.data_shape, generator=g)
+    return x.round() if model.config.likelihood == "bernoulli" else x
+
+
+def _twin(model, **changes):
+    """The same weights under a config that differs only in loss or KL options."""
+    other = hvae.build_model(model.config.replace(**changes))
+    other.load_state_dict(model.state_dict())
+    return other.train(model.training)
+
+
+def _prior_mean_path(model, top_zs, n):
+    """Latents (bottom to top) that keep ``top_zs`` (the top levels) and take the prior means below."""
+    L = model.config.num_layers
+    zs = [None] * (L - len(top_zs)) + list(top_zs)
+    state = None
+    for l in reversed(range(L)):
+        layer = model.layers[l]
+        p, h_p = layer.prior(state, n)
+        if zs[l] is None:
+            zs[l] = p.mean
+        state = layer.transition(zs[l], h_p)
+    return zs
+
+
+# --- shapes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
+def test_output_and_latent_shapes_for_vector_latents(inference):
+    model = _model(inference=inference)
+    x = _x(model)
+    out = model(x)
+    assert out.elbo.shape == (B,) and out.log_px.shape == (B,) and out.loss.shape == ()
+    assert len(out.kl) == 3 and all(k.shape == (B,) for k in out.kl)
+    assert torch.allclose(out.elbo, out.log_px - torch.stack(out.kl).sum(0))
+    zs = model.encode(x)
+    assert [tuple(z.shape) for z in zs] == [(B, 4), (B, 3), (B, 2)]
+    px = model.decode(zs)
+    assert px.mean.shape == (B, 12) and px.sample().shape == (B, 12)
+    assert model.sample(5).shape == (5, 12)
+    assert model.sample_conditional(x, keep_top=1).shape == (B, 12)
+    assert model.log_likelihood(x, num_samples=3).shape == (B,)
+
+
+def test_spatial_latents_have_the_documented_shapes():
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.conv_small())
+    x = _x(model)
+    zs = model.encode(x)
+    assert [tuple(z.shape) for z in zs] == [(B, 8, 4, 4), (B, 8, 2, 2)]
+    assert [layer.latent_shape for layer in model.layers] == [(8, 4, 4), (8, 2, 2)]
+    out = model(x)
+    assert out.elbo.shape == (B,) and [k.shape for k in out.kl] == [(B,), (B,)]
+    assert model.decode(zs).mean.shape == (B, 1, 8, 8)
+    assert model.sample(3, temperature=[1.0, 0.5]).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "likelihood, extra",
+    [("gaussian", {}), ("categorical", {"num_classes": 4}), ("discretized_logistic_mixture", {"num_mixtures": 2})],
+)
+def test_every_likelihood_runs_end_to_end_on_images(likelihood, extra):
+    model = _model("conv", likelihood=likelihood, **extra)
+    x = torch.randint(0, 4, (B, 1, 8, 8)).float() / 3
+    out = model(x)
+    assert torch.isfinite(out.elbo).all() and out.elbo.shape == (B,)
+    assert model.sample(2).shape == (2, 1, 8, 8)
+
+
+def test_bits_per_dim_converts_nats_per_example():
+    model = _model()
+    assert model.bits_per_dim(torch.tensor([-12 * math.log(2)])).item() == pytest.approx(1.0)
+
+
+# --- gradients ---------------------------------------------------------------------------------------
+
+
+_GRAD_CASES = (
+    [
+        dict(block=block, inference=inference, generative_skip=skip)
+        for block in ("mlp", "conv")
+        for inference in ("ladder", "top_down", "bottom_up")
+        for skip in (False, True)
+    ]
+    + [
+        dict(block=block, inference="top_down", residual_posterior=True, generative_skip=skip)
+        for block in ("mlp", "conv")
+        for skip in (False, True)
+    ]
+    + [dict(block="mlp", likelihood="gaussian")]
+)
+
+
+@pytest.mark.parametrize("case", _GRAD_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_gradients_reach_every_parameter(case):
+    case = dict(case)
+    model = _model(case.pop("block"), **case)
+    if model.config.residual_posterior:
+        # the residual head starts at zero (q = p) and so passes no gradient below it; move it off zero
+        with torch.no_grad():
+            for layer in model.layers[:-1]:
+                layer.posterior_head.weight.normal_(0, 0.1)
+    model(_x(model)).loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
+
+
+# --- the loss options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(free_bits=0.5),
+        dict(free_bits=0.2, free_bits_mode="channel"),
+        dict(kl_warmup_steps=10),
+        dict(kl_warmup_steps=10, kl_balancing=True),
+        dict(beta=0.3),
+    ],
+)
+def test_loss_options_never_change_the_elbo(changes):
+    base = _model().train()
+    other = _twin(base, **changes)
+    x = _x(base)
+    torch.manual_seed(5)
+    a = base(x)
+    torch.manual_seed(5)
+    b = other(x)
+    assert torch.equal(a.elbo, b.elbo) and torch.equal(a.log_px, b.log_px)
+    assert all(torch.equal(k, m) for k, m in zip(a.kl, b.kl))
+    assert not torch.allclose(a.loss, b.loss)
+
+
+def test_loss_with_beta_zero_is_the_mean_negative_log_likelihood():
+    model = _model(free_bits=0.5).eval()
+    out = model(_x(model), beta=0.0)
+    assert torch.allclose(out.loss, -out.log_px.mean())
+    full = model(_x(model), beta=1.0)
+    assert full.loss > -full.log_px.mean()
+
+
+def test_free_bits_lift_each_layer_below_lambda_to_exactly_lambda():
+    base = _model().eval()
+    x = _x(base)
+    torch.manual_seed(0)
+    per_layer = torch.stack([k.mean() for k in base(x).kl])
+    lam = per_layer.median().item()
+    model = _twin(base, free_bits=lam)
+    torch.manual_seed(0)
+    out = model(x, beta=1.0)
+    kl = torch.stack([k.mean() for k in out.kl])
+    assert (kl < lam).any() and (kl > lam).any()
+    expected = -out.log_px.mean() + torch.where(kl < lam, torch.full_like(kl, lam), kl).sum()
+    assert torch.allclose(out.loss, expected)
+
+
+@pytest.mark.parametrize("block", ["mlp", "conv"])
+def test_free_bits_per_channel_give_every_latent_channel_lambda(block):
+    lam = 50.0  # far above any channel's KL at initialisation: every channel is lifted
+    model = _model(block, free_bits=lam, free_bits_mode="channel").eval()
+    out = model(_x(model), beta=1.0)
+    channels = sum(model.config.latent_dims)
+    assert torch.allclose(out.loss, -out.log_px.mean() + lam * channels)
+    # a lifted KL is a constant: the KL part of the loss passes no gradient
+    params = list(model.parameters())
+    grads = torch.autograd.grad(out.loss + out.log_px.mean(), params, allow_unused=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads)
+
+
+def test_kl_balancing_weights_layers_by_kl_per_latent_unit_during_warm_up():
+    base = _model().eval()
+    model = _twin(base, kl_balancing=True, kl_warmup_steps=100)
+    x = _x(base)
+    torch.manual_seed(0)
+    out = model(x, beta=0.5)
+    kl = torch.stack([k.mean() for k in out.kl])
+    gamma = (kl + 0.01) / torch.tensor([4.0, 3.0, 2.0])
+    gamma = gamma / gamma.mean()
+    assert torch.allclose(out.loss, -out.log_px.mean() + 0.5 * (gamma * kl).sum())
+    # once beta reaches its final value balancing is off
+    torch.manual_seed(0)
+    full = model(x, beta=1.0)
+    assert torch.allclose(full.loss, -full.log_px.mean() + kl.sum())
+
+
+def test_kl_warm_up_is_linear_and_step_advances_only_when_training_with_gradients():
+    model = _model(kl_warmup_steps=4, beta=0.8)
+    assert [model.beta_at(s) for s in (0, 1, 2, 4, 100)] == pytest.approx([0.0, 0.2, 0.4, 0.8, 0.8])
+    assert _model(beta=0.7).beta_at(3) == 0.7
+    x = _x(model)
+    model.train()
+    out = model(x)
+    assert out.beta == 0.0 and model.step.item() == 1
+    assert torch.allclose(out.loss, -out.log_px.mean())  # beta = 0 at the first step
+    assert model(x).beta == pytest.approx(0.2) and model.step.item() == 2
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model(x)
+    assert model.step.item() == 2
+    model.train()
+    assert model(x, beta=1.0).beta == 1.0 and model.step.item() == 2  # an explicit beta is not a training step
+
+
+def test_kl_mc_and_analytic_agree_in_expectation():
+    model = _model(inference="top_down").eval()
+    mc = _twin(model, kl="mc")
+    x = _x(model, n=2).repeat(3000, 1)
+    torch.manual_seed(0)
+    exact = torch.stack(model(x).kl).view(3, 3000, 2)
+    mcs = torch.stack(mc(x).kl).view(3, 3000, 2)
+    se = (exact.var(1) / 3000 + mcs.var(1) / 3000).sqrt()
+    assert ((exact.mean(1) - mcs.mean(1)).abs() < 4 * se + 1e-4).all()
+    assert mcs.var(1).sum() > exact.var(1).sum()  # the analytic term has the smaller variance
+
+
+def test_iw_bound_with_one_sample_is_the_single_sample_elbo():
+    model = _model(kl="mc").eval()
+    x = _x(model)
+    torch.manual_seed(3)
+    elbo = model(x).elbo
+    torch.manual_seed(3)
+    assert torch.allclose(model.log_likelihood(x, num_samples=1), elbo, atol=1e-5)
+
+
+# --- posteriors ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", ["mlp", "conv"])
+def test_residual_posterior_starts_at_the_prior(block):
+    model = _model(block, inference="top_down", residual_posterior=True).eval()
+    out = model(_x(model))
+    assert all(torch.allclose(k, torch.zeros(B), atol=1e-5) for k in out.kl[:-1])
+    assert (out.kl[-1] > 0).all()  # the top level has no prior network: q(z_L | x) is free from the start
+    plain = _model(block, inference="top_down").eval()
+    assert (plain(_x(plain)).kl[0] > 1e-3).all()
+
+
+def test_residual_posterior_is_the_prior_shifted_and_scaled():
+    model = _model(inference="top_down", residual_posterior=True).eval()
+    layer = model.layers[0]
+    d_mu = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    d_sigma = torch.tensor([0.5, 1.0, 2.0, 0.1])
+    softplus_inv_one = raw_from_scale(1.0, 0.0)
+    with torch.no_grad():
+        layer.posterior_head.weight.zero_()
+        layer.posterior_head.bias.copy_(torch.cat([d_mu, raw_from_scale(d_sigma, 0.0) - softplus_inv_one]))
+    x = _x(model)
+    with torch.no_grad():
+        ctx = layer.context(model.encoder[0](x.flatten(1)))
+        p, h_p = layer.prior(torch.randn(B, 3), B)
+        q = layer.posterior(ctx, p, h_p)
+    assert torch.allclose(q.mu, p.mu + d_mu, atol=1e-6)
+    assert torch.allclose(q.sigma, p.sigma * d_sigma, atol=1e-6)
+
+
+def test_ladder_posterior_is_at_least_as_precise_as_the_prior():
+    model = _model().eval()
+    layer = model.layers[0]
+    x = _x(model)
+    with torch.no_grad():
+        ctx = layer.context(model.encoder[0](x.flatten(1)))
+        p, h_p = layer.prior(torch.randn(B, 3), B)
+        q = layer.posterior(ctx, p, h_p)
+    assert (q.sigma < p.sigma).all()
+
+
+# --- sampling, encode, decode -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block, skip", [("mlp", False), ("mlp", True), ("conv", False)])
+def test_temperature_zero_is_deterministic_and_decodes_the_prior_means(block, skip):
+    model = _model(block, generative_skip=skip).eval()
+    a = model.sample(4, temperature=0)
+    assert torch.equal(a, model.sample(4, temperature=0))
+    assert torch.equal(a, model.sample(4, temperature=[0.0] * model.config.num_layers))
+    expected = model.decode(_prior_mean_path(model, [], 4)).mean
+    assert torch.allclose(a, expected)
+    torch.manual_seed(0)
+    b = model.sample(4, temperature=1.0)
+    assert not torch.allclose(a, b)
+
+
+def test_per_layer_temperature_zero_fixes_only_those_levels():
+    model = _model().eval()
+    L = model.config.num_layers
+    # noise in the bottom level only: the top levels follow the prior means
+    torch.manual_seed(0)
+    bottom_only = model.sample(3, temperature=[1.0] + [0.0] * (L - 1), mean=True)
+    torch.manual_seed(1)
+    other = model.sample(3, temperature=[1.0] + [0.0] * (L - 1), mean=True)
+    assert not torch.allclose(bottom_only, other)
+    with pytest.raises(ValueError, match="one per layer"):
+        model.sample(3, temperature=[1.0, 0.0])
+
+
+def test_sample_without_mean_draws_from_the_likelihood():
+    model = _model().eval()
+    s = model.sample(8, mean=False)
+    assert ((s == 0) | (s == 1)).all()
+
+
+@pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
+def test_encode_means_are_deterministic_and_samples_vary(inference):
+    model = _model(inference=inference).eval()
+    x = _x(model)
+    m1, m2 = model.encode(x, sample=False), model.encode(x, sample=False)
+    assert all(torch.equal(a, b) for a, b in zip(m1, m2))
+    torch.manual_seed(0)
+    s1 = model.encode(x)
+    assert all(not torch.allclose(a, b) for a, b in zip(s1, m1))
+
+
+@pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
+def test_sample_conditional_keeping_all_levels_is_a_reconstruction_and_ignores_temperature(inference):
+    model = _model(inference=inference).eval()
+    x = _x(model)
+    L = model.config.num_layers
+    outs = []
+    for t in (0.0, 1.0, [0.5, 2.0, 0.0]):
+        torch.manual_seed(7)
+        outs.append(model.sample_conditional(x, keep_top=L, temperature=t))
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    torch.manual_seed(7)
+    assert torch.allclose(outs[0], model.decode(model.encode(x)).mean)
+
+
+@pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
+@pytest.mark.parametrize("keep_top", [1, 2])
+def test_sample_conditional_at_temperature_zero_keeps_the_top_and_takes_prior_means_below(inference, keep_top):
+    model = _model(inference=inference, generative_skip=True).eval()
+    x = _x(model)
+    L = model.config.num_layers
+    torch.manual_seed(7)
+    got = model.sample_conditional(x, keep_top=keep_top, temperature=0.0)
+    torch.manual_seed(7)
+    top = model.encode(x)[L - keep_top :]
+    expected = model.decode(_prior_mean_path(model, top, B)).mean
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_sample_conditional_keeping_nothing_ignores_x():
+    model = _model().eval()
+    x = _x(model)
+    assert torch.equal(model.sample_conditional(x, keep_top=0, temperature=0), model.sample(B, temperature=0))
+    with pytest.raises(ValueError, match="keep_top must be in 0..3"):
+        model.sample_conditional(x, keep_top=4)
+
+
+def test_decode_without_skip_depends_on_z1_only():
+    model = _model().eval()
+    zs = model.encode(_x(model))
+    other = [zs[0]] + [torch.randn_like(z) for z in zs[1:]]
+    assert torch.equal(model.decode(zs).mean, model.decode(other).mean)
+
+
+# --- inputs the model refuses ---------------------------------------------------------------------------
+
+
+def test_inputs_of_the_wrong_shape_or_dtype_raise_clear_errors():
+    model = _model()
+    x = _x(model)
+    with pytest.raises(ValueError, match=r"shape \(6, 3, 4\).*\(B, 12\).*reshape"):
+        model(x.view(B, 3, 4))
+    with pytest.raises(ValueError, match=r"takes \(B, 12\)"):
+        model(torch.rand(B, 13))
+    with pytest.raises(ValueError, match="takes"):
+        model(x[0])
+    with pytest.raises(TypeError, match="floating"):
+        model(x.long())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model(x.numpy())
+    with pytest.raises(ValueError, match="empty"):
+        model(x[:0])
+    for call in (model.encode, lambda t: model.log_likelihood(t, 2), lambda t: model.sample_conditional(t, 1)):
+        with pytest.raises(ValueError, match="takes"):
+            call(x.view(B, 3, 4))
+    with pytest.raises(ValueError, match="num_samples"):
+        model.log_likelihood(x, num_samples=0)
+
+
+def test_decode_rejects_latents_of_the_wrong_count_or_shape():
+    model = _model()
+    zs = model.encode(_x(model))
+    with pytest.raises(ValueError, match=r"one latent per level \(3"):
+        model.decode(zs[:2])
+    with pytest.raises(ValueError, match=r"zs\[1\] has shape \(6, 5\), expected \(B, 3\)"):
+        model.decode([zs[0], torch.randn(B, 5), zs[2]])
+
+
+# --- saved models ------------------------------------------------------------------------------------
+
+
+def _trained(block="mlp", **overrides):
+    """A model after one optimiser step: weights, batch-norm statistics and ``step`` all moved."""
+    model = _model(block, **overrides).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(_x(model)).loss.backward()
+    opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "block, overrides",
+    [("mlp", dict(likelihood="gaussian", generative_skip=True)), ("conv", dict(inference="top_down"))],
+)
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, monkeypatch, block, overrides):
+    model = _trained(block, **overrides)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("load must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", no_unpickling)
+    monkeypatch.setattr(pickle, "loads", no_unpickling)
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    loaded = hvae.load(tmp_path / "m").eval()
+    assert loaded.config == model.config and loaded.step.item() == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    x = _x(model)
+    for fn in (
+        lambda m: m(x).elbo,
+        lambda m: m.log_likelihood(x, num_samples=4),
+        lambda m: m.sample(3, temperature=0.7),
+    ):
+        torch.manual_seed(11)
+        a = fn(model)
+        torch.manual_seed(11)
+        assert torch.equal(a, fn(loaded))
+
+
+def test_loading_a_missing_model_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        hvae.load(tmp_path / "nowhere")
+    _model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        hvae.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[: len(b) // 2],  # truncated tensors
+        lambda b: b[:20],  # truncated header
+        lambda b: b"",
+        lambda b: b"not a safetensors file at all",
+        lambda b: (2**62).to_bytes(8, "little") + b[8:],  # header length far past the end
+        lambda b: b[:8] + b"\xff" * 16 + b[24:],  # header not JSON
+    ],
+    ids=["half", "header", "empty", "text", "huge-header", "garbled-header"],
+)
+def test_loading_corrupted_weights_raises_value_error(tmp_path, damage):
+    _model().save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match="model.safetensors"):
+        hvae.load(tmp_path)
+
+
+def test_loading_weights_of_another_architecture_or_a_damaged_config_raises_value_error(tmp_path):
+    _model().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(_cfg(latent_dims=[5, 3, 2]).to_json())
+    with pytest.raises(ValueError, match="does not match"):
+        hvae.load(tmp_path)
+    (tmp_path / "config.json").write_text(_cfg(inference="top_down").to_json())
+    with pytest.raises(ValueError, match="does not match"):
+        hvae.load(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        hvae.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"latent_dimz": [4]}')
+    with pytest.raises(hvae.ConfigError, match="unknown key latent_dimz"):
+        hvae.load(tmp_path)

@@ -1,0 +1,253 @@
+"""The training job: run directories, exact resume, kill-and-resume, guarded updates, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hvae
+from hvae.checkpoint import CheckpointError, latest_checkpoint
+from hvae.config import ConfigError
+from hvae.data import DataError
+from hvae.runconfig import load_run_config
+from hvae.train import RunDirError, TrainingDiverged, train
+
+TINY = [
+    "model.preset=small",
+    "model.latent_dims=[4,2]",
+    "model.hidden_dims=[16,8]",
+    "data.source=digits",
+    "data.flatten=true",
+    "data.binarize=dynamic",
+    "data.max_examples=200",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.progress=false",
+    "train.log_every=2",
+    "train.eval_every=4",
+    "train.checkpoint_every=3",
+    "eval.num_samples=10",
+]
+
+
+def tiny(*overrides):
+    return load_run_config(None, TINY + list(overrides))
+
+
+def run(out, *overrides, **kw):
+    cfg, raw = tiny(*overrides)
+    return train(cfg, out, raw=raw, log=lambda m: None, **kw)
+
+
+def weights(run_dir):
+    return hvae.load(Path(run_dir) / "model").state_dict()
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol:
+            assert torch.allclose(a[k].float(), b[k].float(), atol=atol), k
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_training_writes_a_complete_run_directory(tmp_path):
+    out = run(tmp_path / "r")
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "model/config.json",
+        "model/model.safetensors",
+        "checkpoints/latest.json",
+    ):
+        assert (out / name).exists(), name
+    saved = hvae.runconfig.RunConfig.from_yaml(out / "config.yaml")
+    assert saved.model.data_shape == [64]  # filled in from the data
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in lines if r["split"] == "train"]
+    val_lines = [r for r in lines if r["split"] == "val"]
+    assert train_lines and val_lines
+    assert len(train_lines[0]["kl"]) == 2 and all(np.isfinite(r["loss"]) for r in train_lines)
+    assert any((out / "tb").iterdir())
+    model = hvae.load(out / "model")
+    assert int(model.step) == 12  # 200 // 32 = 6 steps per epoch, 2 epochs
+
+
+def test_kl_warmup_epochs_become_steps(tmp_path):
+    out = run(tmp_path / "r", "train.kl_warmup_epochs=1.5")
+    saved = hvae.runconfig.RunConfig.from_yaml(out / "config.yaml")
+    assert saved.model.kl_warmup_steps == 9
+    betas = [json.loads(line)["beta"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert betas == sorted(betas) and betas[0] < 1.0 and betas[-1] == 1.0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    full = run(tmp_path / "full", "train.ema_decay=0.9")
+    part = run(tmp_path / "part", "train.ema_decay=0.9", "train.max_steps=5")
+    assert int(hvae.load(part / "model").step) == 5
+    run(part, "train.ema_decay=0.9", resume=True)
+    assert_same_weights(weights(full), weights(part))
+
+    # the metrics of the resumed run are those of the uninterrupted one (past the first logging window,
+    # which straddles the interruption)
+    def train_lines(d):
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "time"} for r in rows if r["split"] == "train" and r["step"] > 6]
+
+    assert train_lines(full) == train_lines(part)
+
+
+def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [
+        sys.executable,
+        "-m",
+        "hvae",
+        "train",
+        *TINY,
+        "train.epochs=40",
+        "train.checkpoint_every=2",
+        "train.eval_every=1000",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            ptr = out / "checkpoints" / "latest.json"
+            if ptr.exists() and json.loads(ptr.read_text())["step"] >= 8:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the training process wrote no checkpoint in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = latest_checkpoint(out)
+    model = hvae.load(ckpt / "model")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    # resume to the end of epoch 3 and compare with a run that was never interrupted
+    run(out, "train.epochs=3", "train.checkpoint_every=2", "train.eval_every=1000", resume=True)
+    ref = run(tmp_path / "ref", "train.epochs=3", "train.checkpoint_every=2", "train.eval_every=1000")
+    assert_same_weights(weights(ref), weights(out), atol=1e-6)
+
+
+def test_non_finite_updates_are_skipped_and_counted(tmp_path, monkeypatch):
+    real_forward = hvae.HierarchicalVAE.forward
+
+    def flaky_forward(self, x, beta=None):
+        out = real_forward(self, x, beta)
+        if self.training and int(self.step) in (3, 4):
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(hvae.HierarchicalVAE, "forward", flaky_forward)
+    out = run(tmp_path / "r", "train.log_every=1")
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("skipped", 0) for r in lines) == 2
+    assert all(torch.isfinite(v).all() for v in weights(out).values() if v.is_floating_point())
+
+
+def test_a_long_run_of_skips_stops_training_with_a_clear_error(tmp_path, monkeypatch):
+    real_forward = hvae.HierarchicalVAE.forward
+
+    def broken_forward(self, x, beta=None):
+        out = real_forward(self, x, beta)
+        if self.training and int(self.step) > 2:
+            out.loss = out.loss * float("inf")
+        return out
+
+    monkeypatch.setattr(hvae.HierarchicalVAE, "forward", broken_forward)
+    with pytest.raises(TrainingDiverged, match="consecutive updates"):
+        run(tmp_path / "r", "train.max_consecutive_skips=4")
+    model = hvae.load(latest_checkpoint(tmp_path / "r") / "model")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def test_output_directory_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="--resume"):
+        run(out, "train.epochs=1")
+    run(out, "train.epochs=1", overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"  # nothing of the user's is touched
+    with pytest.raises(RunDirError, match="no run to resume"):
+        run(tmp_path / "empty", resume=True)
+
+
+def test_resume_with_a_different_model_or_data_is_refused(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    with pytest.raises(ConfigError, match="cannot resume.*model.latent_dims"):
+        run(out, "model.latent_dims=[5,2]", resume=True)
+    with pytest.raises(ConfigError, match="cannot resume.*data.binarize"):
+        run(out, "data.binarize=static", resume=True)
+
+
+def test_corrupted_checkpoint_gives_a_clear_error(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    weights_file = latest_checkpoint(out) / "model" / "model.safetensors"
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged"):
+        run(out, "train.epochs=2", resume=True)
+
+
+def test_stale_temporary_checkpoint_folders_are_ignored(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    junk = out / "checkpoints" / ".tmp-abandoned"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes(b"\x00garbage")
+    run(out, "train.epochs=2", resume=True)
+    assert int(hvae.load(out / "model").step) == 12
+
+
+def test_explicit_data_shape_that_does_not_match_the_data_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="data_shape"):
+        run(tmp_path / "r", "model.data_shape=[1,8,8]")
+
+
+def test_non_binary_data_for_a_bernoulli_model_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="binarize"):
+        run(tmp_path / "r", "data.binarize=none")
+
+
+def test_nan_in_the_data_is_refused(tmp_path):
+    arr = np.random.rand(50, 64).astype(np.float32)
+    arr[3, 5] = np.nan
+    np.save(tmp_path / "x.npy", arr)
+    with pytest.raises(DataError, match="NaN"):
+        run(tmp_path / "r", "data.source=npy", f"data.path={tmp_path / 'x.npy'}", "data.binarize=static")
+
+
+def test_missing_data_file_is_refused(tmp_path):
+    with pytest.raises(DataError):
+        run(tmp_path / "r", "data.source=npy", f"data.path={tmp_path / 'missing.npy'}")
+
+
+def test_gaussian_model_trains_on_dequantized_digits(tmp_path):
+    out = run(
+        tmp_path / "r", "model.likelihood=gaussian", "data.binarize=none", "data.dequantize=true", "train.epochs=1"
+    )
+    assert hvae.load(out / "model").config.likelihood == "gaussian"
+
+
+def test_conv_model_trains_on_images(tmp_path):
+    out = run(
+        tmp_path / "r",
+        "model.preset=conv_small",
+        "model.latent_dims=[4,4]",
+        "model.hidden_dims=[8,8]",
+        "data.flatten=false",
+        "train.epochs=1",
+    )
+    assert hvae.load(out / "model").data_shape == (1, 8, 8)
