@@ -81,6 +81,15 @@ def test_categorical_reads_levels_and_indices_alike_and_its_mean_is_the_expected
     assert s.shape == (3, 1, 2, 3) and torch.allclose(s * (K - 1), (s * (K - 1)).round())
 
 
+def test_categorical_maps_float32_levels_to_their_class_despite_rounding():
+    K = 256
+    model = Categorical((K,), num_classes=K)
+    dist = model(torch.randn(1, K * 1, K))
+    k = torch.arange(K).view(1, K)
+    levels = k.float() / (K - 1)  # k / 255 * 255 is not always exactly k in float32
+    assert torch.equal(dist.log_prob(levels), dist.log_prob(k))
+
+
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_gaussian_matches_torch_normal(scale):
     model = Gaussian((2, 3), scale=scale).double()

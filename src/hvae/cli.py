@@ -117,7 +117,7 @@ def _load_run(run_dir: Path, device):
 
 def _cmd_train(args) -> int:
     from .runconfig import load_run_config
-    from .train import train
+    from .train import RunDirError, train
 
     resume = args.resume is not None
     out = args.out
@@ -132,6 +132,8 @@ def _cmd_train(args) -> int:
     config_path = args.config
     if resume and not config_path:
         config_path = Path(out) / "config.yaml"
+        if not config_path.is_file():
+            raise RunDirError(f"{out} holds no run to resume (no config.yaml); start one with hvae train --out {out}")
     cfg, raw = load_run_config(config_path, args.overrides)
     if args.quiet:
         cfg = cfg.replace(train={**cfg.train.to_dict(), "progress": False})

@@ -1,0 +1,91 @@
+"""The command line: train -> eval -> sample -> report, help, and errors users can act on."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from hvae.cli import main
+
+TINY = [
+    "model.preset=small",
+    "model.latent_dims=[4,2]",
+    "model.hidden_dims=[16,8]",
+    "data.max_examples=200",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.log_every=2",
+    "eval.num_samples=8",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--config", "configs/default.yaml", *TINY, "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_python_dash_m_hvae_is_the_hvae_command():
+    res = subprocess.run([sys.executable, "-m", "hvae", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    for cmd in ("train", "eval", "sample", "report"):
+        assert cmd in res.stdout
+    res = subprocess.run([sys.executable, "-m", "hvae", "eval", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--num-samples" in res.stdout
+
+
+def test_eval_prints_and_writes_all_numbers(run_dir, capsys):
+    assert main(["eval", str(run_dir), "--num-samples", "16", "--max-examples", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "IW bound (K=16)" in printed and "active units" in printed and "50 examples" in printed
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["split"] == "test" and result["num_examples"] == 50 and result["num_samples"] == 16
+    assert result["iw_bound"] >= result["elbo"] - 0.5  # the IW bound is the tighter one (up to MC error)
+    assert len(result["kl"]) == len(result["active_units"]) == len(result["units"]) == 2
+    assert result["bits_per_dim_iw"] == pytest.approx(-result["iw_bound"] / (64 * 0.6931471805599453))
+
+
+def test_sample_writes_grids(run_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run_dir), "--n", "16", "--temperature", "0.8", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 0
+    out2 = tmp_path / "keep.png"
+    assert main(["sample", str(run_dir), "--from-data", "--n", "5", "--out", str(out2)]) == 0
+    w, h = Image.open(out2).size
+    assert h > w / 5 * 3  # inputs + one row per k = 2, 1, 0
+    assert main(["sample", str(run_dir), "--temperature", "1,0.5", "--out", str(tmp_path / "t.png")]) == 0
+    assert main(["sample", str(run_dir), "--interpolate", "--n", "2", "--out", str(tmp_path / "i.png")]) == 0
+
+
+def test_report_is_written(run_dir, capsys):
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    assert "report.html" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--config", "configs/default.yaml", "model.bogus=1", "--out", "{tmp}/a"], "valid keys are"),
+        (["train", "--config", "configs/default.yaml", "model.inference=sideways", "--out", "{tmp}/a"], "ladder"),
+        (["train", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/a"], "does not exist"),
+        (["train", "--config", "configs/default.yaml"], "--out"),
+        (["eval", "{tmp}/nothing"], "not a run directory"),
+        (["sample", "{run}", "--temperature", "hot"], "--temperature"),
+        (["sample", "{run}", "--temperature", "1,1,1,1"], "one per layer"),
+        (["sample", "{run}", "--from-data", "--keep-top", "7"], "0..2"),
+        (["train", "--resume", "{tmp}/nothing"], "no run to resume"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(argv, message, run_dir, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir)) for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_refuses_an_occupied_directory(run_dir, capsys):
+    assert main(["train", "--config", "configs/default.yaml", *TINY, "--out", str(run_dir), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
