@@ -4,7 +4,7 @@
 # PyTorch: a torch the user already has is kept (the venv sees the system site-packages when the
 # system Python imports torch). Otherwise torch==2.13.0 is installed before anything else, so that
 # no dependency resolution pulls a multi-GB CUDA build on a machine without a GPU. Set
-# HVAE_TORCH_SPEC (e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") to choose.
+# HVAE_TORCH_SPEC to the pip arguments of the build you want (e.g. a CPU wheel index) to choose.
 set -euo pipefail
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
