@@ -62,11 +62,13 @@ class _Pass:
 
 
 def _temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
-    if isinstance(temperature, (int, float)):
-        return [float(temperature)] * L
-    temps = [float(t) for t in temperature]
+    if isinstance(temperature, Tensor):
+        temperature = temperature.tolist()
+    temps = [float(temperature)] * L if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
     if len(temps) != L:
         raise ValueError(f"temperature: give one float or one per layer ({L}, bottom to top), got {len(temps)}")
+    if any(t < 0 for t in temps):
+        raise ValueError(f"temperature: must be >= 0 (0 gives the prior means), got {temps}")
     return temps
 
 
@@ -442,7 +444,8 @@ def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
 
 
 def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> HierarchicalVAE:
-    """Load a model written by :meth:`HierarchicalVAE.save_pretrained` (JSON + safetensors; nothing is unpickled)."""
+    """Load a model written by :meth:`HierarchicalVAE.save_pretrained` (JSON + safetensors; nothing is unpickled).
+    The model comes back in eval mode; call ``.train()`` to fine-tune it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -469,4 +472,4 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu")
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{w_path} does not match {cfg_path}: {e}") from None
-    return model.to(map_location)
+    return model.to(map_location).eval()

@@ -1,27 +1,33 @@
-"""DataConfig, and the in-memory Dataset it loads: deterministic splits and preprocessed batches.
+"""DataConfig, and the Dataset it loads: deterministic splits and preprocessed batches.
 
-A split lives in memory as one float32 tensor; a batch is a slice of it by index, preprocessed as a whole
-(binarized or dequantized) with a generator seeded from ``(seed, epoch, batch index)``. So the stream of
-batches depends only on the config and the epoch, and a run resumed at ``start_batch`` sees the same data.
+A split that fits in memory is one tensor (uint8 codes for 8-bit data, converted to float32 per batch; float32
+otherwise) and a batch is a gather of it by index; a larger ``.npy`` array is memory-mapped and an image
+folder read lazily, a batch then reading only its own rows. Either way a batch is preprocessed as a whole
+(binarized or dequantized) with a generator seeded from ``(seed, epoch, batch index)``, so the stream of
+batches depends only on the config and the epoch, not on where the data lives, and a run resumed at
+``start_batch`` sees the same data.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from hvae.config import _require, _Serializable
 from hvae.data import sources, transforms
-from hvae.data.sources import DataError
+from hvae.data.sources import DataError, LazyRows
 
-__all__ = ["DataConfig", "DataError", "Dataset", "Split", "load_dataset"]
+__all__ = ["DataConfig", "DataError", "Dataset", "LazyRows", "Split", "load_dataset"]
 
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "val", "test")
+STREAMABLE = ("npy", "images")
 
 
 @dataclass
@@ -37,6 +43,10 @@ class DataConfig(_Serializable):
     * ``standardize``: subtract the train split's mean, divide by its std (for tabular data).
     * ``val_fraction`` is carved from train; ``test_fraction`` only for sources without their own test split.
     * ``max_examples`` caps each split at this many examples (fast runs).
+    * ``in_memory``: ``always`` loads the data into memory; ``never`` streams it from disk (``npy``: a memory
+      map, rows gathered per batch; ``images``: files decoded per batch); ``auto`` streams ``npy`` and
+      ``images`` sources whose data would take more than ``memory_budget_gb`` in memory (1 byte per 8-bit
+      value, 4 per float). Other sources are always loaded. Batches are the same either way.
     """
 
     source: Literal["digits", "fashion_mnist", "mnist", "npz", "npy", "images", "csv"] = "digits"
@@ -52,6 +62,8 @@ class DataConfig(_Serializable):
     test_fraction: float = 0.1
     max_examples: int | None = None
     seed: int = 0
+    in_memory: Literal["auto", "always", "never"] = "auto"
+    memory_budget_gb: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -80,6 +92,14 @@ class DataConfig(_Serializable):
         _require(
             self.max_examples is None or self.max_examples > 0,
             f"max_examples: must be a positive integer or null, got {self.max_examples}",
+        )
+        _require(
+            self.memory_budget_gb > 0, f"memory_budget_gb: must be a positive number, got {self.memory_budget_gb}"
+        )
+        _require(
+            self.in_memory != "never" or self.source in STREAMABLE,
+            f"in_memory: never streams only sources {' and '.join(STREAMABLE)}, not {self.source}; "
+            "set in_memory: auto, or save the data as a .npy file and use source: npy",
         )
         _require(
             not (self.dequantize and self.binarize != "none"),

@@ -1,8 +1,11 @@
 """Readers: each turns a file, folder or bundled set into raw arrays.
 
-Every reader returns a :class:`RawData`: ``x`` is a float32 tensor ``(N, *shape)``; image-like sources are
-scaled to [0, 1] and record ``levels`` (the number of discrete intensity levels), continuous sources keep
-their values and set ``levels=None``. Readers know nothing of configs, splits or preprocessing.
+Every reader returns a :class:`RawData`. Discrete sources (8-bit images and arrays, the 17-level digits,
+booleans) keep their integer codes ``k`` as a uint8 tensor and record ``scale`` (the values are
+``k / scale`` in [0, 1]) and ``levels`` (the number of intensity levels, ``scale + 1``); continuous sources
+give a float32 tensor with ``scale=None`` and ``levels=None``. ``.npy`` files and image folders may instead
+be opened lazily (:class:`LazyRows`): examples are read from disk only when a batch asks for them.
+Readers know nothing of configs, splits or preprocessing.
 """
 
 from __future__ import annotations
@@ -10,31 +13,111 @@ from __future__ import annotations
 import csv
 import gzip
 import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+CHUNK_BYTES = 64 * 2**20  # whole-array scans of a lazily read array go in chunks of about this size
+
 
 class DataError(ValueError):
     """Data could not be loaded or is unusable; the message names the problem and the fix."""
 
 
+class LazyRows:
+    """Examples of an on-disk array or image folder, read only when asked for.
+
+    Behaves like a read-only tensor of shape ``(N, *example_shape)`` for what the loader needs: ``len``,
+    ``shape``, ``dtype``, indexing by a slice or an index tensor (a view: no data is read), ``reshape(N, -1)``
+    and :meth:`take`, which reads the rows of a batch. ``rows`` maps positions to rows of the file, so a split
+    is a view of the file, not a copy.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[np.ndarray], np.ndarray],
+        rows: np.ndarray,
+        example_shape: tuple[int, ...],
+        dtype: torch.dtype,
+    ) -> None:
+        self._read = read  # sorted file rows (k,) -> array (k, ...) of `dtype`, any shape of the same size
+        self.rows = rows
+        self.example_shape = tuple(example_shape)
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.example_shape))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the rows would take in memory (``dtype``); what ``in_memory: auto`` compares to its budget."""
+        return len(self.rows) * int(np.prod(self.example_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def _view(self, rows: np.ndarray, example_shape: tuple[int, ...] | None = None) -> LazyRows:
+        return LazyRows(self._read, rows, example_shape or self.example_shape, self.dtype)
+
+    def __getitem__(self, index: slice | torch.Tensor | np.ndarray) -> LazyRows:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        return self._view(self.rows[index])
+
+    def reshape(self, n: int, *shape: int) -> LazyRows:
+        size = int(np.prod(self.example_shape, dtype=np.int64))
+        if n != len(self) or shape not in ((-1,), (size,)):
+            raise ValueError(f"LazyRows can only be flattened to ({len(self)}, -1), not ({n}, {shape})")
+        return self._view(self.rows, (size,))
+
+    def contiguous(self) -> LazyRows:
+        return self
+
+    def take(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Read the examples at positions ``index`` -> tensor (len(index), *example_shape) of ``dtype``.
+
+        The file rows are read in ascending order (locality for memory maps and disks), then put back in the
+        order asked for.
+        """
+        index = index.numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+        file_rows = self.rows[index]
+        order = np.argsort(file_rows, kind="stable")
+        got = self._read(file_rows[order]).reshape(len(order), *self.example_shape)
+        out = np.empty_like(got)
+        out[order] = got
+        return torch.from_numpy(out)
+
+    def chunks(self, rows: int | None = None):
+        """Consecutive blocks of rows in order (``rows`` per block; default about CHUNK_BYTES of them)."""
+        rows = rows or max(1, CHUNK_BYTES // max(1, self.nbytes // max(1, len(self))))
+        for lo in range(0, len(self), rows):
+            yield self.take(np.arange(lo, min(lo + rows, len(self))))
+
+
 @dataclass
 class RawData:
-    """What a reader returns. ``test_x``/``test_labels`` are set only for sources with their own test split."""
+    """What a reader returns. ``test_x``/``test_labels`` are set only for sources with their own test split.
 
-    x: torch.Tensor  # (N, *shape) float32
+    ``x`` (N, *shape) holds uint8 codes k with values ``k / scale`` when ``scale`` is set, else float32
+    values; in memory (a tensor) or on disk (:class:`LazyRows`).
+    """
+
+    x: torch.Tensor | LazyRows
     levels: int | None
     labels: torch.Tensor | None = None  # (N,) int64
     test_x: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    scale: float | None = None  # discrete data: values are x / scale (255 for 8-bit, 16 for digits, 1 for bool)
 
 
 def _from_uint8(a: np.ndarray) -> torch.Tensor:
-    """uint8 array -> float32 tensor in [0, 1] (k / 255)."""
-    return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32).div_(255.0)
+    """uint8 array -> uint8 tensor of the codes k (values k / 255, converted per batch)."""
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
 
 
 def _labels(a: np.ndarray | None) -> torch.Tensor | None:
@@ -49,8 +132,8 @@ def read_digits() -> RawData:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)  # (N, 8, 8) -> (N, 1, 8, 8)
-    return RawData(x=x, levels=17, labels=_labels(d.target))
+    x = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1)  # (N, 8, 8) -> (N, 1, 8, 8), codes 0..16
+    return RawData(x=x, levels=17, labels=_labels(d.target), scale=16.0)
 
 
 # ---------------------------------------------------------------------------------------------------- IDX
@@ -112,7 +195,7 @@ def _find_idx(folder: Path, stem: str) -> Path:
 
 
 def read_idx_folder(folder: str | Path) -> RawData:
-    """MNIST / Fashion-MNIST IDX files in ``folder``: train -> x, t10k -> test_x; uint8 / 255, 256 levels."""
+    """MNIST / Fashion-MNIST IDX files in ``folder``: train -> x, t10k -> test_x; uint8 k / 255, 256 levels."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such directory; set data.path to the folder holding the IDX files")
@@ -125,39 +208,65 @@ def read_idx_folder(folder: str | Path) -> RawData:
         if labels.shape != (len(images),):
             raise DataError(f"{folder}: {split} has {len(images)} images but labels of shape {labels.shape}")
         parts[split] = (_from_uint8(images).unsqueeze(1), _labels(labels))  # (N, H, W) -> (N, 1, H, W)
-    return RawData(parts["train"][0], 256, parts["train"][1], parts["t10k"][0], parts["t10k"][1])
+    return RawData(parts["train"][0], 256, parts["train"][1], parts["t10k"][0], parts["t10k"][1], scale=255.0)
 
 
 # ---------------------------------------------------------------------------------------------------- arrays
 
 
-def _array_to_raw(a: np.ndarray, where: str) -> RawData:
-    """(N, D) vectors, (N, H, W) grey images or (N, C, H, W) channels-first images -> RawData."""
+def _keep_in_memory(nbytes: int, in_memory: str, memory_budget: float) -> bool:
+    return in_memory == "always" or (in_memory == "auto" and nbytes <= memory_budget)
+
+
+def _array_to_raw(a: np.ndarray, where: str, lazy: bool = False) -> RawData:
+    """(N, D) vectors, (N, H, W) grey images or (N, C, H, W) channels-first images -> RawData.
+
+    With ``lazy`` (``a`` a memory map), nothing is read beyond a range check of integer arrays: the rows are
+    gathered per batch.
+    """
     if a.ndim not in (2, 3, 4):
         raise DataError(f"{where}: expected an array (N, D), (N, H, W) or (N, C, H, W), got shape {a.shape}")
-    if a.ndim == 3:
-        a = a[:, None]  # (N, H, W) -> (N, 1, H, W)
+    shape = a.shape[1:] if a.ndim != 3 else (1, *a.shape[1:])  # (N, H, W) -> (N, 1, H, W)
     if a.dtype == np.bool_:
-        return RawData(torch.from_numpy(a.astype(np.float32)), levels=2)
-    if np.issubdtype(a.dtype, np.integer):
-        if a.size and (a.min() < 0 or a.max() > 255):
+        target, dtype, levels, scale = np.uint8, torch.uint8, 2, 1.0
+    elif np.issubdtype(a.dtype, np.integer):
+        if a.dtype != np.uint8 and a.size and (a.min() < 0 or a.max() > 255):
             raise DataError(f"{where}: integer values must be 8-bit (0..255); store floats for other ranges")
-        return RawData(_from_uint8(a.astype(np.uint8)), levels=256)
-    if np.issubdtype(a.dtype, np.floating):
-        return RawData(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), levels=None)
-    raise DataError(f"{where}: unsupported dtype {a.dtype}; store uint8 or float values")
+        target, dtype, levels, scale = np.uint8, torch.uint8, 256, 255.0
+    elif np.issubdtype(a.dtype, np.floating):
+        target, dtype, levels, scale = np.float32, torch.float32, None, None
+    else:
+        raise DataError(f"{where}: unsupported dtype {a.dtype}; store uint8 or float values")
+    if lazy:
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            return np.asarray(a[rows], dtype=target)
+
+        x = LazyRows(read, np.arange(len(a)), shape, dtype)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=target)).reshape(len(a), *shape)
+    return RawData(x, levels=levels, scale=scale)
 
 
-def read_npy(path: str | Path) -> RawData:
-    """One ``.npy`` array; uint8 -> / 255 (256 levels), floats kept as they are."""
+def read_npy(path: str | Path, in_memory: str = "always", memory_budget: float = float("inf")) -> RawData:
+    """One ``.npy`` array; uint8 kept as codes k (values k / 255, 256 levels), floats as float32.
+
+    ``in_memory``: ``always`` loads the array; ``never`` memory-maps it and reads rows per batch; ``auto``
+    loads it when it takes at most ``memory_budget`` bytes in memory (1 byte per 8-bit value, 4 per float).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; set data.path to an existing .npy file")
     try:
-        a = np.load(path, allow_pickle=False)
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: not a readable .npy file ({e})") from None
-    return _array_to_raw(a, str(path))
+    if not isinstance(a, np.ndarray):
+        a.close()
+        raise DataError(f"{path}: not a .npy array file; use source: npz for .npz archives")
+    itemsize = 4 if np.issubdtype(a.dtype, np.floating) else 1
+    lazy = not _keep_in_memory(a.size * itemsize, in_memory, memory_budget)
+    return _array_to_raw(a, str(path), lazy=lazy)
 
 
 def read_npz(path: str | Path, key: str | None = None) -> RawData:
@@ -241,12 +350,53 @@ def _fit(img, size: tuple[int, int]):
     return img.crop((left, top, left + W, top + H))
 
 
-def read_images(folder: str | Path, image_size: list[int] | None = None, channels: int | None = None) -> RawData:
-    """PNG/JPEG files under ``folder`` (recursive, sorted by path) -> x (N, C, H, W) = k / 255, 256 levels.
+def _decode(p: Path, channels: int, size: tuple[int, int], fit: bool, first: Path) -> np.ndarray:
+    """One image file -> uint8 (C, H, W): converted to ``channels``, resized and cropped when ``fit``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if fit:
+                img = _fit(img, size)
+            elif (img.height, img.width) != size:
+                raise DataError(
+                    f"{p}: size {img.height}x{img.width} differs from {size[0]}x{size[1]} of {first}; "
+                    "set data.image_size: [H, W] to resize and crop all images"
+                )
+            a = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{p}: cannot read image ({e}); remove or replace the file") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    # PIL releases the GIL while decoding, so a few threads decode a batch of files in parallel.
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hvae-images")
+    return _POOL
+
+
+def read_images(
+    folder: str | Path,
+    image_size: list[int] | None = None,
+    channels: int | None = None,
+    in_memory: str = "always",
+    memory_budget: float = float("inf"),
+) -> RawData:
+    """PNG/JPEG files under ``folder`` (recursive, sorted by path) -> x (N, C, H, W) uint8 codes, k / 255.
 
     ``channels``: 1 (grey) or 3 (RGB); by default that of the first image. ``image_size`` [H, W]: every image
     is resized (shorter side) and center-cropped to it; without it all images must already share one size.
     When every file sits in a sub-folder, labels are the sub-folder's index in sorted order.
+
+    ``in_memory``: ``always`` decodes every file now; ``never`` lists the files and decodes those of each
+    batch when it is asked for (a broken file or one of another size then raises when its batch is read);
+    ``auto`` decodes now when N*C*H*W bytes fit in ``memory_budget``.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -256,32 +406,28 @@ def read_images(folder: str | Path, image_size: list[int] | None = None, channel
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder}: no .png/.jpg/.jpeg files found (searched recursively); check data.path")
-    size = tuple(image_size) if image_size else None
-    out: np.ndarray | None = None
-    for i, p in enumerate(files):
-        try:
-            with Image.open(p) as img:
-                if channels is None:
-                    channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-                img = img.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = (img.height, img.width)
-                elif image_size:
-                    img = _fit(img, size)
-                elif (img.height, img.width) != size:
-                    raise DataError(
-                        f"{p}: size {img.height}x{img.width} differs from {size[0]}x{size[1]} of {files[0]}; "
-                        "set data.image_size: [H, W] to resize and crop all images"
-                    )
-                a = np.asarray(img, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"{p}: cannot read image ({e}); remove or replace the file") from None
-        if out is None:  # one preallocated uint8 block keeps peak memory at 1 byte per value while reading
-            out = np.empty((len(files), channels, *size), dtype=np.uint8)
-        out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
+    try:
+        with Image.open(files[0]) as img:  # reads the header only
+            if channels is None:
+                channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+            size = tuple(image_size) if image_size else (img.height, img.width)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{files[0]}: cannot read image ({e}); remove or replace the file") from None
+    fit = bool(image_size)
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), channels, *size), dtype=np.uint8)
+        # one preallocated uint8 block: peak memory stays at 1 byte per value while reading
+        for i, a in enumerate(_pool().map(lambda r: _decode(files[r], channels, size, fit, files[0]), rows)):
+            out[i] = a
+        return out
+
+    x: torch.Tensor | LazyRows = LazyRows(read, np.arange(len(files)), (channels, *size), torch.uint8)
+    if _keep_in_memory(x.nbytes, in_memory, memory_budget):
+        x = torch.from_numpy(read(np.arange(len(files))))
     labels = None
     rel = [p.relative_to(folder).parts for p in files]
     if all(len(r) > 1 for r in rel):
         index = {c: k for k, c in enumerate(sorted({r[0] for r in rel}))}
         labels = torch.tensor([index[r[0]] for r in rel], dtype=torch.int64)
-    return RawData(_from_uint8(out), levels=256, labels=labels)
+    return RawData(x, levels=256, labels=labels, scale=255.0)

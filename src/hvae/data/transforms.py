@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 
 import torch
 
 STD_FLOOR = 1e-6  # standardization: constant columns would otherwise divide by zero
+STATS_CHUNK_ROWS = 4096  # standardization statistics are merged over blocks of this many rows
 
 
 def derive_seed(*parts: object) -> int:
@@ -53,11 +55,37 @@ def dequantization_log_jacobian(levels: int, num_dims: int) -> float:
     return float(num_dims * math.log(levels))
 
 
-def standardization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std (floored at ``STD_FLOOR``) of x (N, ...) -> two tensors of shape x[0]."""
-    mean = x.mean(dim=0)
-    std = x.std(dim=0, correction=0).clamp_min(STD_FLOOR) if len(x) > 1 else torch.ones_like(mean)
-    return mean, std
+def standardization_stats(
+    x: torch.Tensor | Iterable[torch.Tensor], chunk_rows: int = STATS_CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std (floored at ``STD_FLOOR``) of x (N, ...) -> two float32 tensors of shape x[0].
+
+    ``x`` is a tensor or an iterable of consecutive row blocks of one (e.g. read from disk). A tensor is cut
+    into blocks of ``chunk_rows``; the blocks' float64 statistics are merged (Chan et al.), so the result
+    depends only on the values and the block boundaries: a tensor and its blocks read lazily give the same
+    bits.
+    """
+    blocks = x.split(chunk_rows) if isinstance(x, torch.Tensor) else x
+    n, mean, m2 = 0, None, None
+    for block in blocks:
+        b = block.to(torch.float64)
+        k = len(b)
+        if k == 0:
+            continue
+        b_mean = b.mean(dim=0)
+        b_m2 = ((b - b_mean) ** 2).sum(dim=0)
+        if mean is None:
+            n, mean, m2 = k, b_mean, b_m2
+        else:
+            delta = b_mean - mean
+            total = n + k
+            mean = mean + delta * (k / total)
+            m2 = m2 + b_m2 + delta**2 * (n * k / total)
+            n = total
+    if mean is None:
+        raise ValueError("standardization_stats: no rows")
+    std = (m2 / n).sqrt().clamp_min(STD_FLOOR) if n > 1 else torch.ones_like(mean)
+    return mean.to(torch.float32), std.to(torch.float32)
 
 
 def standardize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
