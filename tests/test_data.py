@@ -12,7 +12,7 @@ from PIL import Image
 
 from hvae.config import ConfigError
 from hvae.data import DataConfig, DataError, dequantization_log_jacobian, load_dataset, read_idx, write_idx
-from hvae.data.loader import FASHION_MNIST_PATH
+from hvae.data.loader import FASHION_MNIST_PATH, LazyRows
 
 
 def _idx_folder(folder: Path, n_train: int = 30, n_test: int = 10, gz: bool = True) -> tuple[np.ndarray, ...]:
@@ -281,3 +281,168 @@ def test_batch_larger_than_train_split_is_an_error():
     d = load_dataset(DataConfig(max_examples=10))
     with pytest.raises(DataError, match="batch size"):
         list(d.batches("train", 64))
+
+
+# ------------------------------------------------------------------------------------------------ storage
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _all_batches(d, bs: int = 7) -> list[torch.Tensor]:
+    """Everything a training run reads: train batches of three epochs, a resumed epoch, val/test batches."""
+    out = [b for e in range(3) for b in d.batches("train", bs, epoch=e)]
+    out += list(d.batches("train", bs, epoch=4, start_batch=3))
+    out += list(d.batches("train", bs, epoch=1, shuffle=False, drop_last=False))
+    out += [b for s in ("val", "test") for b in d.batches(s, bs)]
+    out += list(d.batches("val", bs, epoch=2, shuffle=True))
+    return out
+
+
+def test_uint8_storage_gives_the_batches_of_the_float_path(tmp_path):
+    k = np.random.default_rng(0).integers(0, 256, (60, 2, 3, 4), dtype=np.uint8)
+    np.save(tmp_path / "k.npy", k)
+    np.save(tmp_path / "f.npy", (torch.from_numpy(k).float() / 255).numpy())  # the old float32 k / 255 values
+    for binarize in ("none", "dynamic", "static"):
+        q = load_dataset(DataConfig(source="npy", path=str(tmp_path / "k.npy"), binarize=binarize))
+        f = load_dataset(DataConfig(source="npy", path=str(tmp_path / "f.npy"), binarize=binarize))
+        assert q.train.data.dtype == torch.uint8 and f.train.data.dtype == torch.float32
+        assert _same(_all_batches(q), _all_batches(f))
+        assert all(torch.equal(q.eval_tensor(s), f.eval_tensor(s)) for s in ("train", "val", "test"))
+        assert all(torch.equal(q.split(s).x, f.split(s).x) for s in ("train", "val", "test"))
+
+
+def test_in_memory_uint8_split_holds_one_byte_per_value(tmp_path):
+    _idx_folder(tmp_path)
+    d = load_dataset(DataConfig(source="mnist", path=str(tmp_path), flatten=True))
+    for s in ("train", "val", "test"):
+        split = d.split(s)
+        assert split.data.dtype == torch.uint8 and split.scale == 255.0 and not split.streamed
+        assert split.nbytes == len(split) * 30  # N * D bytes (D = 6 * 5)
+        assert split.x.dtype == torch.float32
+    digits = load_dataset(DataConfig())
+    assert digits.train.data.dtype == torch.uint8 and digits.train.scale == 16.0
+    from sklearn.datasets import load_digits
+
+    old = torch.from_numpy(load_digits().images.astype(np.float32) / 16.0)  # the former float storage
+    x = torch.cat([digits.train.x, digits.val.x, digits.test.x])[:, 0]
+    assert _rows(x) == _rows(old)
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("uint8", {"binarize": "dynamic"}),
+        ("uint8", {"binarize": "static"}),
+        ("uint8", {"dequantize": True, "flatten": True}),
+        ("uint8", {"max_examples": 20}),
+        ("bool", {}),
+        ("float", {"standardize": True}),
+        ("float", {"binarize": "static", "flatten": True}),
+    ],
+)
+def test_streamed_npy_gives_the_batches_of_in_memory(tmp_path, kind, options):
+    rng = np.random.default_rng(1)
+    a = {
+        "uint8": rng.integers(0, 256, (57, 3, 5, 4), dtype=np.uint8),
+        "bool": rng.random((57, 12)) < 0.3,
+        "float": rng.random((57, 1, 6, 6), dtype=np.float32),
+    }[kind]
+    np.save(tmp_path / "x.npy", a)
+    cfg = dict(source="npy", path=str(tmp_path / "x.npy"), seed=5, **options)
+    mem = load_dataset(DataConfig(**cfg, in_memory="always"))
+    disk = load_dataset(DataConfig(**cfg, in_memory="never"))
+    assert not mem.train.streamed and disk.train.streamed and disk.train.nbytes == 0
+    assert disk.shape == mem.shape and disk.levels == mem.levels
+    assert _same(_all_batches(disk), _all_batches(mem))
+    for s in ("train", "val", "test"):
+        assert disk.split(s).labels is None and mem.split(s).labels is None
+        assert torch.equal(disk.split(s).x, mem.split(s).x)
+        assert _same(list(disk.eval_batches(s, 6)), list(mem.eval_batches(s, 6)))
+        assert torch.equal(torch.cat(list(disk.eval_batches(s, 4))), mem.eval_tensor(s))
+        assert torch.equal(disk.eval_tensor(s), mem.eval_tensor(s))
+    if options.get("standardize"):
+        assert torch.equal(disk.mean, mem.mean) and torch.equal(disk.std, mem.std)
+
+
+def test_eval_batches_equal_eval_tensor_in_any_chunking():
+    d = load_dataset(DataConfig(binarize="dynamic"))
+    fresh = [torch.cat(list(d.eval_batches("test", bs))) for bs in (1, 17, 1000)]
+    t = d.eval_tensor("test")
+    assert all(torch.equal(f, t) for f in fresh)
+    assert torch.equal(torch.cat(list(d.eval_batches("test", 33))), t)  # now served from the cache
+    b = next(d.eval_batches("test", 8))
+    b += 1
+    assert not torch.equal(d.eval_tensor("test")[:8], b)  # batches are copies
+    deq = load_dataset(DataConfig(dequantize=True, flatten=True))
+    assert torch.equal(torch.cat(list(deq.eval_batches("val", 7))), deq.eval_tensor("val"))
+
+
+def test_auto_streams_beyond_the_memory_budget(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((20, 8), dtype=np.uint8))  # 160 bytes in memory
+    path = str(tmp_path / "x.npy")
+    assert not load_dataset(DataConfig(source="npy", path=path)).train.streamed
+    assert load_dataset(DataConfig(source="npy", path=path, memory_budget_gb=100 / 2**30)).train.streamed
+    assert not load_dataset(DataConfig(source="npy", path=path, memory_budget_gb=160 / 2**30)).train.streamed
+
+
+def test_streamed_static_binarization_beyond_the_budget_uses_a_temporary_file(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).integers(0, 256, (40, 10), dtype=np.uint8))
+    cfg = dict(source="npy", path=str(tmp_path / "x.npy"), binarize="static")
+    disk = load_dataset(DataConfig(**cfg, in_memory="never"))
+    mem = load_dataset(DataConfig(**cfg))
+    assert _same(list(disk.batches("train", 5, epoch=1)), list(mem.batches("train", 5, epoch=1)))
+    assert isinstance(disk._fixed["train"].data, LazyRows)  # in_memory: never keeps it on disk too
+
+
+def test_streamed_float_npy_is_checked_for_nan_at_load(tmp_path):
+    x = np.ones((30, 4), dtype=np.float32)
+    x[17, 1] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(DataError, match=r"1 inf values in 1 examples \(first: example 17\)"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy"), in_memory="never"))
+
+
+def test_in_memory_never_is_refused_for_sources_it_cannot_stream():
+    with pytest.raises(ConfigError, match="in_memory: never streams only sources npy and images"):
+        DataConfig(in_memory="never")
+    with pytest.raises(ConfigError, match="memory_budget_gb"):
+        DataConfig(memory_budget_gb=0)
+    with pytest.raises(ConfigError, match="in_memory"):
+        DataConfig.from_dict({"in_memory": "sometimes"})
+
+
+def _image_folder(folder: Path, n: int = 23) -> None:
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        cls = folder / ("a" if i % 3 else "b")
+        cls.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(6, 12)), int(rng.integers(6, 12))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(cls / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("options", [{"binarize": "dynamic"}, {"dequantize": True, "channels": 1}, {}])
+def test_lazy_image_folder_gives_the_batches_of_in_memory(tmp_path, options):
+    _image_folder(tmp_path)
+    cfg = dict(source="images", path=str(tmp_path), image_size=[5, 6], **options)
+    mem = load_dataset(DataConfig(**cfg, in_memory="always"))
+    lazy = load_dataset(DataConfig(**cfg, in_memory="never"))
+    assert lazy.train.streamed and mem.train.data.dtype == torch.uint8
+    assert mem.train.nbytes == len(mem.train) * math.prod(mem.shape)
+    assert lazy.shape == mem.shape
+    assert _same(_all_batches(lazy, bs=4), _all_batches(mem, bs=4))
+    for s in ("train", "val", "test"):
+        assert torch.equal(lazy.split(s).labels, mem.split(s).labels)
+        assert torch.equal(lazy.eval_tensor(s), mem.eval_tensor(s))
+        assert torch.equal(torch.cat(list(lazy.eval_batches(s, 3))), mem.eval_tensor(s))
+
+
+def test_lazy_image_folder_names_a_broken_file_when_its_batch_is_read(tmp_path):
+    _image_folder(tmp_path, n=6)
+    (tmp_path / "a" / "zz.png").write_bytes(b"not a png")
+    d = load_dataset(DataConfig(source="images", path=str(tmp_path), image_size=[4, 4], in_memory="never"))
+    with pytest.raises(DataError, match="zz.png"):
+        list(d.batches("train", 1, drop_last=False))
+    with pytest.raises(DataError, match="zz.png"):
+        load_dataset(DataConfig(source="images", path=str(tmp_path), image_size=[4, 4]))

@@ -93,9 +93,7 @@ class DataConfig(_Serializable):
             self.max_examples is None or self.max_examples > 0,
             f"max_examples: must be a positive integer or null, got {self.max_examples}",
         )
-        _require(
-            self.memory_budget_gb > 0, f"memory_budget_gb: must be a positive number, got {self.memory_budget_gb}"
-        )
+        _require(self.memory_budget_gb > 0, f"memory_budget_gb: must be a positive number, got {self.memory_budget_gb}")
         _require(
             self.in_memory != "never" or self.source in STREAMABLE,
             f"in_memory: never streams only sources {' and '.join(STREAMABLE)}, not {self.source}; "
@@ -113,15 +111,77 @@ class DataConfig(_Serializable):
 
 @dataclass
 class Split:
-    """One split in memory: ``x`` (N, *shape) float32 raw scaled values (before binarize/dequantize;
-    after standardize and flatten), ``labels`` (N,) int64 or None."""
+    """One split: ``data`` holds its examples (N, *shape) as stored; :attr:`x` and :meth:`rows` give float32 values.
+
+    ``data`` is either a tensor in memory -- uint8 codes k when ``scale`` is set (values ``k / scale``, one byte
+    per value; 8-bit images and arrays, digits), float32 values otherwise -- or :class:`LazyRows` read from
+    disk per batch (:attr:`streamed`). Values are the raw scaled ones (before binarize/dequantize; after
+    standardize and flatten): a streamed split applies ``mean``/``std`` as it reads, one in memory holds the
+    standardized values. ``labels``: (N,) int64 or None.
+    """
 
     name: str
-    x: torch.Tensor
+    data: torch.Tensor | LazyRows
     labels: torch.Tensor | None = None
+    scale: float | None = None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.data)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One example's shape."""
+        return tuple(self.data.shape[1:])
+
+    @property
+    def streamed(self) -> bool:
+        """True when the examples stay on disk and each batch reads its own rows."""
+        return isinstance(self.data, LazyRows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of examples held in memory: N * D for uint8 codes, 4 * N * D for floats, 0 when streamed."""
+        return 0 if self.streamed else self.data.numel() * self.data.element_size()
+
+    def _values(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            raw = raw.to(torch.float32).div_(self.scale)  # the same k / scale, bit for bit, as a float source
+        if self.mean is not None:
+            raw = transforms.standardize(raw, self.mean, self.std)
+        return raw
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Float32 values (B, *shape) of the examples at positions ``index`` (B,); a new tensor, never a view."""
+        if isinstance(self.data, torch.Tensor):
+            return self._values(self.data.index_select(0, index))
+        return self._values(self.data.take(index))
+
+    def chunks(self, rows: int | None = None) -> Iterator[torch.Tensor]:
+        """Float32 values of consecutive blocks of ``rows`` examples, in order (default: about 64 MiB each)."""
+        rows = rows or self._chunk_rows()
+        for lo in range(0, len(self), rows):
+            yield self.rows(torch.arange(lo, min(lo + rows, len(self))))
+
+    def _chunk_rows(self) -> int:
+        return max(1, sources.CHUNK_BYTES // (4 * max(1, math.prod(self.shape))))
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All values (N, *shape), float32.
+
+        For float data in memory this is the stored tensor itself (treat it as read-only); otherwise a new
+        tensor on every access -- for a streamed split, the whole split read from disk into memory.
+        """
+        if isinstance(self.data, torch.Tensor):
+            return self._values(self.data)
+        blocks = list(self.chunks())
+        return torch.cat(blocks) if blocks else torch.empty((0, *self.shape), dtype=torch.float32)
+
+    @x.setter
+    def x(self, value: torch.Tensor) -> None:
+        self.data, self.scale, self.mean, self.std = value, None, None, None
 
 
 class Dataset:
@@ -146,17 +206,22 @@ class Dataset:
         self.levels = levels
         self.config = config
         self.mean, self.std = mean, std
-        self.shape: tuple[int, ...] = tuple(train.x.shape[1:])
+        self.shape: tuple[int, ...] = train.shape
         self._eval: dict[str, torch.Tensor] = {}
+        self._fixed: dict[str, Split] = {}
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(self.split(s))}" for s in SPLITS)
-        return f"Dataset({self.config.source}, shape={self.shape}, levels={self.levels}, {sizes})"
+        where = ", streamed" if self.train.streamed else ""
+        return f"Dataset({self.config.source}, shape={self.shape}, levels={self.levels}, {sizes}{where})"
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
         return getattr(self, name)
+
+    def _noise(self) -> bool:
+        return self.config.binarize != "none" or self.config.dequantize
 
     def _per_batch_noise(self, split: str) -> bool:
         # Only training data is resampled per batch; evaluation always sees one fixed draw.
@@ -173,12 +238,73 @@ class Dataset:
         """The whole split (N, *shape), preprocessed once with a generator seeded from (seed, split name).
 
         This fixed binarization / dequantization noise is what evaluation uses (and what static binarization
-        trains on). Cached; treat it as read-only.
+        trains on). Cached; treat it as read-only. It is held in memory as float32 (4 bytes per value), also
+        for a streamed split, which it reads whole: to evaluate a split too large for that, cap it with
+        ``max_examples`` or iterate :meth:`eval_batches`, which yields the same values chunk by chunk.
         """
         if split not in self._eval:
-            x = self.split(split).x
-            self._eval[split] = self._preprocess(x, transforms.generator(self.config.seed, "fixed", split))
+            s = self.split(split)
+            if s.streamed:
+                blocks = list(self.eval_batches(split, s._chunk_rows()))
+                t = torch.cat(blocks) if blocks else torch.empty((0, *s.shape), dtype=torch.float32)
+            else:
+                t = self._preprocess(s.x, transforms.generator(self.config.seed, "fixed", split))
+            self._eval[split] = t
         return self._eval[split]
+
+    def eval_batches(self, split: str, batch_size: int, *, device=None) -> Iterator[torch.Tensor]:
+        """Yield :meth:`eval_tensor`'s values in order, ``batch_size`` examples at a time, without holding the split.
+
+        The fixed evaluation noise is drawn from one generator chunk after chunk, so the concatenated batches
+        equal ``eval_tensor(split)`` bit for bit (whatever the batch size). Each batch is a new tensor.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if split in self._eval:
+            for t in self._eval[split].split(batch_size):
+                yield t.clone() if device is None else t.to(device, copy=True)
+            return
+        s = self.split(split)
+        gen = transforms.generator(self.config.seed, "fixed", split)
+        for x in s.chunks(batch_size):
+            x = self._preprocess(x, gen)
+            yield x if device is None else x.to(device)
+
+    def _fixed_split(self, name: str) -> Split:
+        """The split as non-noisy batches see it: raw values, or its fixed preprocessing (see eval_tensor)."""
+        s = self.split(name)
+        if not self._noise():
+            return s
+        if not s.streamed:
+            return Split(name, self.eval_tensor(name))
+        if name not in self._fixed:
+            self._fixed[name] = self._fixed_copy(s)
+        return self._fixed[name]
+
+    def _fixed_copy(self, s: Split) -> Split:
+        # Shuffled batches of a fixed preprocessing need random access to it, so a streamed split's is written
+        # once, chunk by chunk: binarized values as uint8 (1 byte each), dequantized ones as float32; in memory
+        # within the budget, else in an anonymous temporary file that is memory-mapped.
+        binary = self.config.binarize != "none"
+        np_dtype, dtype = (np.uint8, torch.uint8) if binary else (np.float32, torch.float32)
+        n, shape = len(s), s.shape
+        nbytes = n * math.prod(shape) * dtype.itemsize
+        in_memory = n == 0 or (self.config.in_memory != "never" and nbytes <= self.config.memory_budget_gb * 2**30)
+        if in_memory:
+            store = np.empty((n, *shape), dtype=np_dtype)
+        else:
+            file = tempfile.TemporaryFile(prefix="hvae-fixed-")  # removed when closed; the map keeps it open
+            store = np.memmap(file, dtype=np_dtype, mode="w+", shape=(n, *shape))
+        lo = 0
+        for x in self.eval_batches(s.name, s._chunk_rows()):
+            store[lo : lo + len(x)] = x.numpy().astype(np_dtype)
+            lo += len(x)
+        if in_memory:
+            data: torch.Tensor | LazyRows = torch.from_numpy(store)
+        else:
+            store.flush()
+            data = LazyRows(lambda rows: np.asarray(store[rows]), np.arange(n), shape, dtype)
+        return Split(s.name, data, s.labels, scale=1.0 if binary else None)
 
     def num_batches(self, split: str, batch_size: int, drop_last: bool | None = None) -> int:
         """Batches per pass over ``split``; drop_last defaults True for train, False otherwise."""
@@ -207,19 +333,21 @@ class Dataset:
 
         Order (when shuffled; default for train only) depends on (seed, split, epoch); training noise
         (dynamic binarization, dequantization) on (seed, epoch, batch index). ``start_batch`` skips the
-        first batches without computing them, for exact resume.
+        first batches without computing them, for exact resume. A batch is a new tensor (never a view of
+        the stored split), gathered by index from memory or, for a streamed split, read from disk; the values
+        are the same either way. Static binarization of a streamed split writes its one fixed binarization
+        once (1 byte per value; to a temporary file beyond ``memory_budget_gb``) on first use.
         """
         shuffle = split == "train" if shuffle is None else shuffle
         n_batches = self.num_batches(split, batch_size, drop_last)
         noisy = self._per_batch_noise(split)
-        source = self.split(split).x if noisy else self.eval_tensor(split)
+        source = self.split(split) if noisy else self._fixed_split(split)
         order = None
         if shuffle:
             order = torch.randperm(len(source), generator=transforms.generator(self.config.seed, "order", split, epoch))
         for b in range(start_batch, n_batches):
             lo, hi = b * batch_size, min((b + 1) * batch_size, len(source))
-            # index_select / clone: a batch never aliases the stored split, so callers may modify it.
-            batch = source.index_select(0, order[lo:hi]) if order is not None else source[lo:hi].clone()
+            batch = source.rows(order[lo:hi] if order is not None else torch.arange(lo, hi))
             if noisy:
                 batch = self._preprocess(batch, transforms.generator(self.config.seed, "batch", epoch, b))
             yield batch if device is None else batch.to(device)
@@ -227,6 +355,7 @@ class Dataset:
 
 def _read(config: DataConfig) -> sources.RawData:
     src, path = config.source, config.path
+    budget = config.memory_budget_gb * 2**30
     if src == "digits":
         return sources.read_digits()
     if src == "fashion_mnist":
@@ -239,19 +368,35 @@ def _read(config: DataConfig) -> sources.RawData:
     if src == "npz":
         return sources.read_npz(path, config.key)
     if src == "npy":
-        return sources.read_npy(path)
+        return sources.read_npy(path, config.in_memory, budget)
     if src == "csv":
         return sources.read_csv(path)
-    return sources.read_images(path, config.image_size, config.channels)
+    return sources.read_images(path, config.image_size, config.channels, config.in_memory, budget)
 
 
-def _check_values(x: torch.Tensor, where: str) -> None:
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        rows = bad.reshape(len(x), -1).any(dim=1).nonzero().flatten()
-        n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+def _blocks(x: torch.Tensor | LazyRows | Split) -> Iterable[torch.Tensor]:
+    if isinstance(x, Split):
+        return x.chunks() if x.streamed else [x.x]
+    return x.chunks() if isinstance(x, LazyRows) else [x]
+
+
+def _check_values(x: torch.Tensor | LazyRows, where: str) -> None:
+    # Float data only (uint8 codes are finite); an array on disk is checked block by block, at load time.
+    if x.dtype != torch.float32:
+        return
+    n_nan = n_inf = n_rows = offset = 0
+    first = None
+    for block in _blocks(x):
+        bad = ~torch.isfinite(block)
+        if bad.any():
+            rows = bad.reshape(len(block), -1).any(dim=1).nonzero().flatten()
+            first = offset + int(rows[0]) if first is None else first
+            n_rows += len(rows)
+            n_nan, n_inf = n_nan + int(torch.isnan(block).sum()), n_inf + int(torch.isinf(block).sum())
+        offset += len(block)
+    if n_rows:
         raise DataError(
-            f"{where}: {n_nan} NaN and {n_inf} inf values in {len(rows)} examples (first: example {int(rows[0])}); "
+            f"{where}: {n_nan} NaN and {n_inf} inf values in {n_rows} examples (first: example {first}); "
             "clean or drop those examples"
         )
 
@@ -262,11 +407,17 @@ def _count(n: int, fraction: float) -> int:
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Read ``config.source`` and split it deterministically (torch permutation seeded from config.seed)."""
+    """Read ``config.source`` and split it deterministically (torch permutation seeded from config.seed).
+
+    ``npy`` and ``images`` sources larger than ``config.memory_budget_gb`` (or all of them with
+    ``in_memory: never``) stay on disk; the splits are then views of the file that batches read from.
+    """
     raw = _read(config)
     where = f"source {config.source}" + (f" ({config.path})" if config.path else "")
     if len(raw.x) == 0:
         raise DataError(f"{where}: 0 examples loaded; check data.path")
+    if config.dequantize and raw.levels is None:
+        raise DataError(f"{where}: dequantize needs discrete data (uint8 or digits); set dequantize: false")
     _check_values(raw.x, where)
     if raw.test_x is not None:
         _check_values(raw.test_x, where + " test split")
@@ -278,27 +429,40 @@ def load_dataset(config: DataConfig) -> Dataset:
         raise DataError(f"{where}: {n} examples leave none for training after val/test; lower the fractions")
     perm = torch.randperm(n, generator=transforms.generator(config.seed, "split"))
     index = {"train": perm[n_val + n_test :], "val": perm[:n_val], "test": perm[n_val : n_val + n_test]}
+    cap = config.max_examples
     splits = {}
     for name, idx in index.items():
-        x, y = raw.x[idx], None if raw.labels is None else raw.labels[idx]
         if name == "test" and raw.test_x is not None:
             x, y = raw.test_x, raw.test_labels
-        if config.max_examples is not None:
-            x, y = x[: config.max_examples], None if y is None else y[: config.max_examples]
+            if cap is not None and len(x) > cap:  # copies: a capped view would keep the whole array alive
+                x, y = x[:cap].clone(), None if y is None else y[:cap].clone()
+        else:
+            idx = idx[:cap]
+            x, y = raw.x[idx], None if raw.labels is None else raw.labels[idx]
         if config.flatten:
             x = x.reshape(len(x), -1)  # (N, C, H, W) -> (N, C*H*W)
-        splits[name] = Split(name, x.contiguous(), y)
+        splits[name] = Split(name, x.contiguous(), y, scale=raw.scale)
+    levels = raw.levels
+    del raw  # the splits are copies (or views of the file): drop the full array before standardizing
 
     mean = std = None
     if config.standardize:
-        mean, std = transforms.standardization_stats(splits["train"].x)
+        train = splits["train"]
+        mean, std = transforms.standardization_stats(
+            train.chunks(transforms.STATS_CHUNK_ROWS) if train.streamed else train.x
+        )
         for s in splits.values():
-            s.x = transforms.standardize(s.x, mean, std)
+            if s.streamed:
+                s.mean, s.std = mean, std
+            else:
+                s.x = transforms.standardize(s.x, mean, std)
     if config.binarize != "none":
-        lo = min(float(s.x.min()) for s in splits.values() if len(s))
-        hi = max(float(s.x.max()) for s in splits.values() if len(s))
+        lo, hi = math.inf, -math.inf
+        for s in splits.values():
+            if s.scale is None:  # codes k / scale lie in [0, 1] already
+                for block in _blocks(s):
+                    if len(block):
+                        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         if lo < 0 or hi > 1:
             raise DataError(f"{where}: binarize needs values in [0, 1], found [{lo:g}, {hi:g}]; set binarize: none")
-    if config.dequantize and raw.levels is None:
-        raise DataError(f"{where}: dequantize needs discrete data (uint8 or digits); set dequantize: false")
-    return Dataset(splits["train"], splits["val"], splits["test"], raw.levels, config, mean, std)
+    return Dataset(splits["train"], splits["val"], splits["test"], levels, config, mean, std)

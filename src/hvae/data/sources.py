@@ -266,6 +266,11 @@ def read_npy(path: str | Path, in_memory: str = "always", memory_budget: float =
         raise DataError(f"{path}: not a .npy array file; use source: npz for .npz archives")
     itemsize = 4 if np.issubdtype(a.dtype, np.floating) else 1
     lazy = not _keep_in_memory(a.size * itemsize, in_memory, memory_budget)
+    if not lazy:
+        try:
+            a = np.array(a)  # read the whole file into (writable) memory, closing the map
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read the .npy file ({e}); check or re-create it") from None
     return _array_to_raw(a, str(path), lazy=lazy)
 
 

@@ -1,0 +1,97 @@
+"""The compute floor of a model: the time of its matrix products and convolutions, each shape alone.
+
+A step cannot be faster than its matrix products. :func:`record_products` runs a function under a
+``TorchDispatchMode`` and records every matrix product and convolution it issues (forward, grad-input and
+grad-weight alike) with its exact shapes and strides; :func:`time_products` replays each one alone on
+fresh tensors and sums the median times. That sum is the floor; ``batch / floor`` the most examples per
+second any implementation of the same mathematics can reach on this machine.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.benchmark import Timer
+
+aten = torch.ops.aten
+PRODUCTS = {
+    aten.mm.default,
+    aten.addmm.default,
+    aten.bmm.default,
+    aten.baddbmm.default,
+    aten.convolution.default,
+    aten.convolution_backward.default,
+}
+
+
+@dataclass(frozen=True)
+class Product:
+    """One recorded call: the op, its tensor arguments' (shape, stride, dtype) and its other arguments."""
+
+    op: object
+    args: tuple
+
+    def materialise(self, device) -> list:
+        out = []
+        for a in self.args:
+            if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype):
+                shape, stride, dtype = a
+                size = 1 + sum((s - 1) * st for s, st in zip(shape, stride)) if all(shape) else 0
+                base = torch.randn(max(size, 1), dtype=dtype, device=device)
+                out.append(torch.as_strided(base, shape, stride))
+            else:
+                out.append(a)
+        return out
+
+
+def _describe(a):
+    if isinstance(a, torch.Tensor):
+        return (tuple(a.shape), tuple(a.stride()), a.dtype)
+    if isinstance(a, (list, tuple)):
+        return tuple(_describe(x) for x in a) if any(isinstance(x, torch.Tensor) for x in a) else tuple(a)
+    return a
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter[Product] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in PRODUCTS:
+            self.calls[Product(func, tuple(_describe(a) for a in args))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def record_products(fn) -> Counter:
+    """Run ``fn()`` once and return a Counter of the products it issued."""
+    rec = _Recorder()
+    with rec:
+        fn()
+    return rec.calls
+
+
+def time_products(calls: Counter, device="cpu", min_run_time: float = 0.2) -> tuple[float, list[dict]]:
+    """Sum over recorded products of (count x median time of that product alone). Returns (seconds, rows)."""
+    total, rows = 0.0, []
+    for prod, count in calls.items():
+        args = prod.materialise(device)
+        t = Timer(stmt="op(*args)", globals={"op": prod.op, "args": args}).blocked_autorange(min_run_time=min_run_time)
+        total += count * t.median
+        shapes = [
+            a[0] if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype) else None for a in prod.args
+        ]
+        rows.append({"op": str(prod.op), "count": count, "shapes": [s for s in shapes if s], "seconds": t.median})
+    rows.sort(key=lambda r: -r["seconds"] * r["count"])
+    return total, rows
+
+
+def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32) -> float:
+    """GFLOP/s of one large square matrix product: the machine's practical peak for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = Timer(stmt="a @ b", globals={"a": a, "b": b}).blocked_autorange(min_run_time=1.0)
+    return 2 * n**3 / t.median / 1e9

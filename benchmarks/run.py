@@ -1,0 +1,327 @@
+"""hvae's benchmark suite: ``python -m benchmarks.run`` (``make bench``); ``--smoke`` runs everything briefly.
+
+Measures in one process, on this machine: the large-matrix roofline; for each model the floor (its matrix
+products timed alone, see floor.py) and the training throughput reached through the public API
+(``build_model`` / ``make_optimizer`` / ``model(x).loss.backward()`` / ``opt.step()``); the
+importance-weighted evaluation rate at K = 5000 against its own floor, with peak memory against K; time
+per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock
+budget. Writes ``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import hvae
+from benchmarks.floor import matmul_roofline, record_products, time_products
+from benchmarks.plain_lvae import PlainLVAE
+
+HERE = Path(__file__).parent
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
+    except OSError:
+        commit = "?"
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "commit": commit,
+        "python": platform.python_version(),
+    }
+
+
+def _binary_batch(batch: int, shape) -> torch.Tensor:
+    return torch.bernoulli(torch.full((batch, *shape), 0.3), generator=torch.Generator().manual_seed(0))
+
+
+def _steady(step, min_time: float, warmup: int = 3) -> float:
+    """Median-free steady state: seconds per call over at least ``min_time`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time and n >= 3:
+            return dt / n
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def train_throughput(name: str, model: torch.nn.Module, batch: int, shape, min_time: float, plain=False) -> dict:
+    """Steady-state training images/s, GFLOP/s and fraction of the model's floor."""
+    torch.manual_seed(0)
+    model.train()
+    x = _binary_batch(batch, shape)
+    opt = hvae.make_optimizer(model, lr=1e-4)
+
+    def step():
+        loss = model(x)[0] if plain else model(x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    products = record_products(step)
+    floor, rows = time_products(products, min_run_time=min(0.2, min_time / 4))
+    flops = _flops(step)
+    sec = _steady(step, min_time)
+    return {
+        "name": name,
+        "batch": batch,
+        "images_per_s": batch / sec,
+        "step_ms": 1e3 * sec,
+        "gflops_per_s": flops / sec / 1e9,
+        "mflop_per_image": flops / batch / 1e6,
+        "floor_ms": 1e3 * floor,
+        "floor_images_per_s": batch / floor,
+        "fraction_of_floor": floor / sec,
+        "top_products": rows[:5],
+    }
+
+
+def iw_eval(model, batch: int, num_samples: int, chunk_size: int | None, min_time: float) -> dict:
+    """Importance samples/s of ``log_likelihood`` and the fraction of its floor."""
+    model.eval()
+    x = _binary_batch(batch, model.data_shape)
+
+    def run():
+        model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size)
+
+    run()
+    floor, _ = time_products(record_products(run), min_run_time=min(0.2, min_time / 4))
+    sec = _steady(run, min_time, warmup=1)
+    return {
+        "batch": batch,
+        "K": num_samples,
+        "samples_per_s": batch * num_samples / sec,
+        "seconds": sec,
+        "floor_seconds": floor,
+        "fraction_of_floor": floor / sec,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def memory_vs_k(model, ks, batch: int) -> list[dict]:
+    """Peak resident memory after evaluating at each K, ascending (ru_maxrss only grows)."""
+    model.eval()
+    x = _binary_batch(batch, model.data_shape)
+    out = []
+    for k in ks:
+        model.log_likelihood(x, num_samples=k)
+        out.append({"K": k, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    return out
+
+
+def depth_scaling(depths, batch: int, min_time: float) -> list[dict]:
+    out = []
+    for L in depths:
+        cfg = hvae.ModelConfig(data_shape=[784], latent_dims=[32] * L, hidden_dims=[256] * L)
+        model = hvae.build_model(cfg)
+        opt = hvae.make_optimizer(model)
+        x = _binary_batch(batch, [784])
+
+        def step():
+            model(x).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out.append({"layers": L, "step_ms": 1e3 * _steady(step, min_time)})
+    return out
+
+
+def quality(budget_s: float, num_samples: int, test_examples: int | None, data_cfg: dict) -> list[dict]:
+    """Train each model for ``budget_s`` seconds of wall clock, then the IW bound on the test split."""
+    from hvae.data import DataConfig, load_dataset
+
+    ds = load_dataset(DataConfig.from_dict(data_cfg))
+    x_test = ds.eval_tensor("test")[:test_examples] if test_examples else ds.eval_tensor("test")
+    D = x_test.shape[1]
+    rows = []
+    for name in ("lvae_mnist", "lvae_mnist bottom_up", "plain yardstick"):
+        torch.manual_seed(0)
+        if name == "plain yardstick":
+            model, plain = PlainLVAE(D), True
+        else:
+            inf = "bottom_up" if "bottom_up" in name else "ladder"
+            model, plain = hvae.build_model(hvae.presets.lvae_mnist(data_shape=[D], inference=inf)), False
+        opt = hvae.make_optimizer(model, lr=1e-3)
+        model.train()
+        steps, epoch, t0 = 0, 0, time.perf_counter()
+        while time.perf_counter() - t0 < budget_s:
+            for x in ds.batches("train", 256, epoch=epoch):
+                loss = model(x)[0] if plain else model(x).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                steps += 1
+                if time.perf_counter() - t0 >= budget_s:
+                    break
+            epoch += 1
+        model.eval()
+        torch.manual_seed(1)
+        iw = torch.cat([model.log_likelihood(xb, num_samples=num_samples) for xb in x_test.split(50)])
+        row = {
+            "model": name,
+            "steps": steps,
+            "epochs": round(steps / ds.num_batches("train", 256), 2),
+            "iw_bound": iw.mean().item(),
+            "iw_stderr": iw.std().item() / math.sqrt(len(iw)),
+            "test_examples": len(iw),
+            "K": num_samples,
+        }
+        if not plain:
+            from hvae.evaluate import active_units
+
+            au, units, _ = active_units(model, x_test[:2000])
+            row["active_units"] = au
+        rows.append(row)
+    return rows
+
+
+def run(smoke: bool = False, with_quality: bool = False, budget_s: float = 900.0, out: Path | None = None) -> dict:
+    min_time = 0.02 if smoke else 3.0
+    res: dict = {"machine": machine(), "smoke": smoke}
+    res["roofline_gflops"] = matmul_roofline(256 if smoke else 2048)
+    lvae = hvae.presets.lvae_mnist()
+    train = []
+    for batch in [8] if smoke else [256, 1024]:
+        torch.manual_seed(0)
+        train.append(train_throughput("lvae_mnist", hvae.build_model(lvae), batch, [784], min_time))
+    bs = 8 if smoke else 256
+    train.append(
+        train_throughput(
+            "lvae_mnist bottom_up", hvae.build_model(lvae.replace(inference="bottom_up")), bs, [784], min_time
+        )
+    )
+    train.append(
+        train_throughput("conv_small (1x8x8)", hvae.build_model(hvae.presets.conv_small()), bs, [1, 8, 8], min_time)
+    )
+    train.append(train_throughput("plain yardstick", PlainLVAE(), bs, [784], min_time, plain=True))
+    res["train"] = train
+    model = hvae.build_model(lvae)
+    res["iw"] = iw_eval(model, 2 if smoke else 10, 50 if smoke else 5000, None, min_time)
+    res["memory_vs_k"] = memory_vs_k(model, [10, 50] if smoke else [100, 1000, 5000, 20000], 2 if smoke else 10)
+    res["depth"] = depth_scaling([2, 3] if smoke else [2, 4, 6, 8, 10, 12], 8 if smoke else 256, min_time)
+    if with_quality or smoke:
+        data = (
+            {"source": "digits", "flatten": True, "binarize": "dynamic"}
+            if smoke
+            else {"source": "fashion_mnist", "flatten": True, "binarize": "dynamic", "val_fraction": 0.0}
+        )
+        res["quality"] = quality(0.3 if smoke else budget_s, 10 if smoke else 1000, 20 if smoke else None, data)
+        res["quality_budget_s"] = 0.3 if smoke else budget_s
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("smoke.json" if smoke else "latest.json")).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def tables(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        f"Measured {m['date']} at commit {m['commit']} on {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
+        f"float32. Large-matrix roofline: {res['roofline_gflops']:.0f} GFLOP/s.",
+        "",
+        "### Training (forward + backward + Adam step, public API)",
+        "",
+        "| model | batch | images/s | GFLOP/s | MFLOP/image | floor images/s | fraction of floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["train"]:
+        lines.append(
+            f"| {r['name']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['gflops_per_s']:.1f} | "
+            f"{r['mflop_per_image']:.2f} | {r['floor_images_per_s']:,.0f} | {r['fraction_of_floor']:.0%} |"
+        )
+    iw = res["iw"]
+    lines += [
+        "",
+        "### Importance-weighted evaluation (lvae_mnist)",
+        "",
+        "| inputs | K | importance samples/s | fraction of floor | peak RSS (MB) |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {iw['batch']} | {iw['K']} | {iw['samples_per_s']:,.0f} | {iw['fraction_of_floor']:.0%} | "
+        f"{iw['peak_rss_mb']:.0f} |",
+        "",
+        "Peak memory against K (ascending, same process): "
+        + ", ".join(f"K={r['K']}: {r['peak_rss_mb']:.0f} MB" for r in res["memory_vs_k"]),
+        "",
+        "### Time per training step against depth (latent 32, hidden 256 per level)",
+        "",
+        "| levels | " + " | ".join(str(r["layers"]) for r in res["depth"]) + " |",
+        "|---|" + "---:|" * len(res["depth"]),
+        "| ms/step | " + " | ".join(f"{r['step_ms']:.1f}" for r in res["depth"]) + " |",
+    ]
+    if "quality" in res:
+        q = res["quality"]
+        lines += [
+            "",
+            f"### Quality per budget ({res['quality_budget_s'] / 60:.1f} min of training each, "
+            f"dynamically binarised, test set binarised once with a fixed seed)",
+            "",
+            "| model | steps | epochs | IW bound (nats) | K | test images | active units per level |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in q:
+            lines.append(
+                f"| {r['model']} | {r['steps']} | {r['epochs']} | {r['iw_bound']:.2f} ± {r['iw_stderr']:.2f} | "
+                f"{r['K']} | {r['test_examples']} | {r.get('active_units', '—')} |"
+            )
+    return "\n".join(lines)
+
+
+def write_results(res: dict, path: Path = HERE / "RESULTS.md") -> None:
+    text = path.read_text() if path.exists() else f"# Benchmark results\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{tables(res)}\n{END}{tail}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="every benchmark for a few seconds (the test suite runs this)")
+    p.add_argument("--quality", action="store_true", help="also train each model for --budget-min and compare")
+    p.add_argument("--budget-min", type=float, default=15.0)
+    p.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = p.parse_args(argv)
+    res = run(smoke=args.smoke, with_quality=args.quality, budget_s=60 * args.budget_min, out=HERE / "results")
+    print(tables(res))
+    if not args.smoke and not args.no_write:
+        write_results(res)
+
+
+if __name__ == "__main__":
+    main()
