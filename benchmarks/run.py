@@ -152,7 +152,7 @@ def depth_scaling(depths, batch: int, min_time: float) -> list[dict]:
         opt = hvae.make_optimizer(model)
         x = _binary_batch(batch, [784])
 
-        def step():
+        def step(model=model, opt=opt, x=x):
             model(x).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
