@@ -8,7 +8,8 @@ Layout inside ``RUN_DIR/checkpoints/``::
 
 A checkpoint folder is written under a temporary name, synced and renamed; only then does the pointer
 file move to it (``os.replace``), and only then are folders no pointer names removed. Nothing is pickled:
-optimizer tensors go to safetensors, everything else to JSON.
+optimizer tensors go to safetensors, everything else to JSON. A distributed run stores the plain model,
+the optimizer state (the same on every rank) and every rank's random-number state (``rank{r}.torch_cpu``).
 """
 
 from __future__ import annotations
@@ -57,8 +58,13 @@ def save_checkpoint(
     ema: torch.nn.Module | None,
     state: dict[str, Any],
     best: bool = False,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a complete checkpoint of ``step = state['step']`` and point ``latest`` (and ``best``) at it."""
+    """Write a complete checkpoint of ``step = state['step']`` and point ``latest`` (and ``best``) at it.
+
+    ``rng``: the random-number states to store (a distributed run passes every rank's, keyed
+    ``rank{r}.torch_cpu``); by default this process's.
+    """
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:09d}"
@@ -72,10 +78,11 @@ def save_checkpoint(
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors")
             )
-        rng = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"torch_cuda_{i}"] = s
+        if rng is None:
+            rng = {"torch_cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                    rng[f"torch_cuda_{i}"] = s
         save_file(rng, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
         for f in tmp.rglob("*"):
@@ -127,9 +134,20 @@ def latest_checkpoint(run_dir: Path, which: str = "latest") -> Path | None:
 
 
 def load_checkpoint(
-    ckpt: Path, model: HierarchicalVAE, optimizer: torch.optim.Optimizer, ema: torch.nn.Module | None, device
+    ckpt: Path,
+    model: HierarchicalVAE,
+    optimizer: torch.optim.Optimizer,
+    ema: torch.nn.Module | None,
+    device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, EMA and RNG states in place; return the trainer state (step, epoch, ...)."""
+    """Restore model, optimizer, EMA and RNG states in place; return the trainer state (step, epoch, ...).
+
+    The model and optimizer states are the same on every rank, so a checkpoint of N ranks loads on M.
+    The random-number states are restored when the run had as many ranks as now (``rng_restored`` in the
+    returned state says whether they were); otherwise the caller reseeds.
+    """
     try:
         saved = load(ckpt / "model", map_location=device)
         model.load_state_dict(saved.state_dict())
@@ -148,9 +166,20 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {ckpt} cannot be loaded ({e}); it is damaged or from another model"
         ) from None
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
+    saved_world = meta.get("world_size", 1)
+    if world_size == 1 and saved_world == 1:
+        torch.set_rng_state(rng["torch_cpu"])
+        if torch.cuda.is_available():
+            states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+        meta["rng_restored"] = True
+    elif world_size == saved_world and f"rank{rank}.torch_cpu" in rng:
+        torch.set_rng_state(rng[f"rank{rank}.torch_cpu"])
+        dev = torch.device(device)
+        if dev.type == "cuda" and f"rank{rank}.torch_cuda" in rng:
+            torch.cuda.set_rng_state(rng[f"rank{rank}.torch_cuda"], dev)
+        meta["rng_restored"] = True
+    else:
+        meta["rng_restored"] = False
     return meta

@@ -20,6 +20,7 @@ EPILOG = """examples:
   hvae sample runs/lvae --n 64 --temperature 0.8 --out grid.png
   hvae sample runs/lvae --from-data --out keep_top.png
   hvae report runs/lvae
+  torchrun --nproc_per_node 8 -m hvae train --config configs/nvae_fashion_small.yaml --out runs/nvae
 """
 
 
@@ -97,7 +98,7 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _load_run(run_dir: Path, device):
+def _load_run(run_dir: Path, device, quiet: bool = False):
     """The run's config and its model: the final one, or the latest checkpoint's if training stopped early."""
     from .checkpoint import latest_checkpoint
     from .model import load
@@ -111,7 +112,8 @@ def _load_run(run_dir: Path, device):
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no trained model yet; run hvae train --resume {run_dir}")
-    print(f"note: training did not finish; using the latest checkpoint {ckpt.name}", file=sys.stderr)
+    if not quiet:
+        print(f"note: training did not finish; using the latest checkpoint {ckpt.name}", file=sys.stderr)
     return cfg, load(ckpt / "model", map_location=device)
 
 
@@ -138,39 +140,57 @@ def _cmd_train(args) -> int:
     if args.quiet:
         cfg = cfg.replace(train={**cfg.train.to_dict(), "progress": False})
     run_dir = train(cfg, out, raw=raw, resume=resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    print(f"model written to {run_dir / 'model'}; next: hvae eval {run_dir}  |  hvae report {run_dir}")
+    if _rank() == 0:
+        print(f"model written to {run_dir / 'model'}; next: hvae eval {run_dir}  |  hvae report {run_dir}")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 in a plain process)."""
+    from .distributed import env_world
+
+    world = env_world()
+    return world[0] if world else 0
 
 
 def _cmd_eval(args) -> int:
     from .data import dequantization_log_jacobian, load_dataset
+    from .distributed import eval_shard, session
     from .evaluate import evaluate, format_table, write_result
 
-    device = _device(args.device)
-    cfg, model = _load_run(args.run_dir, device)
-    ec = cfg.eval
-    split = args.split or ec.split
-    dataset = load_dataset(cfg.data)
-    x = dataset.eval_tensor(split)
-    limit = args.max_examples or ec.max_examples
-    if limit:
-        x = x[:limit]
-    if x.shape[0] == 0:
-        raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
-    torch.manual_seed(args.seed)
-    jac = 0.0
-    if cfg.data.dequantize and dataset.levels:
-        jac = dequantization_log_jacobian(dataset.levels, x[0].numel())
-    result = evaluate(
-        model,
-        x.to(device),
-        num_samples=args.num_samples or ec.num_samples,
-        chunk_size=args.chunk_size or ec.chunk_size,
-        batch_size=args.batch_size or ec.batch_size,
-        threshold=ec.active_unit_threshold,
-        log_jacobian=jac,
-        progress=sys.stderr.isatty(),
-    )
+    # under torchrun each rank evaluates a contiguous shard of the split; the sums are all-reduced
+    with session(args.device) as ctx:
+        device = ctx.device
+        cfg, model = _load_run(args.run_dir, device, quiet=not ctx.is_main)
+        ec = cfg.eval
+        split = args.split or ec.split
+        dataset = load_dataset(cfg.data)
+        x = dataset.eval_tensor(split)
+        limit = args.max_examples or ec.max_examples
+        if limit:
+            x = x[:limit]
+        if x.shape[0] == 0:
+            raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
+        torch.manual_seed(args.seed + ctx.rank)
+        jac = 0.0
+        if cfg.data.dequantize and dataset.levels:
+            jac = dequantization_log_jacobian(dataset.levels, x[0].numel())
+        lo, hi = eval_shard(x.shape[0], ctx)
+        result = evaluate(
+            model,
+            x[lo:hi].to(device),
+            num_samples=args.num_samples or ec.num_samples,
+            chunk_size=args.chunk_size or ec.chunk_size,
+            batch_size=args.batch_size or ec.batch_size,
+            threshold=ec.active_unit_threshold,
+            log_jacobian=jac,
+            progress=sys.stderr.isatty() and ctx.is_main,
+            reduce=ctx.all_sum_dict,
+        )
+        if not ctx.is_main:
+            return 0
+        if ctx.distributed:
+            result["ranks"] = ctx.world_size
     result = {"split": split, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
     path = write_result(args.run_dir, result)
     print(format_table(result))
@@ -201,7 +221,7 @@ def _cmd_sample(args) -> int:
     torch.manual_seed(args.seed)
     L = model.config.num_layers
     if args.from_data or args.interpolate:
-        x = load_dataset(cfg.data).eval_tensor("test")[: args.n * (2 if args.interpolate else 1)].to(device)
+        x = next(load_dataset(cfg.data).eval_batches("test", args.n * (2 if args.interpolate else 1))).to(device)
     if args.interpolate:
         n = x.shape[0] // 2
         images, ncol, name = interpolate(model, x[:n], x[n : 2 * n], steps=args.steps), args.steps, "interpolation"
@@ -235,17 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .distributed import DistributedError
     from .train import RunDirError, TrainingDiverged
 
     args = _parser().parse_args(argv)
     handlers = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "report": _cmd_report}
     try:
         return handlers[args.command](args)
+    except DistributedError as e:
+        print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)
+        return 4
     except (ConfigError, DataError, RunDirError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"hvae {args.command}: error: {e}", file=sys.stderr)
+        if _rank() == 0:  # the same error on every rank: said once
+            print(f"hvae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
-        print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)
+        if _rank() == 0:
+            print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print(f"hvae {args.command}: interrupted; resume with hvae train --resume RUN_DIR", file=sys.stderr)

@@ -191,7 +191,7 @@ def _require(cond: bool, message: str) -> None:
 
 
 Inference = Literal["ladder", "top_down", "bottom_up"]
-Block = Literal["mlp", "conv"]
+Block = Literal["mlp", "conv", "nvae", "vdvae"]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic_mixture", "categorical"]
 Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "identity"]
 
@@ -233,6 +233,46 @@ class ModelConfig(_Serializable):
     free_bits: float = 0.0  # nats; 0 disables
     free_bits_mode: Literal["layer", "channel"] = "layer"
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
+    # NVAE's spectral regularisation: + lambda * sum of the largest singular values of every conv / linear
+    # weight (training loss only); lambda anneals log-linearly from spectral_reg_init to spectral_reg over
+    # spectral_reg_warmup_steps (0: constant)
+    spectral_reg: float = 0.0
+    spectral_reg_init: float = 10.0
+    spectral_reg_warmup_steps: int = 0
+    checkpointing: bool = False  # recompute activations per level in the backward pass (saves memory)
+    # attention (nets/attention.py): spatial self-attention after the bottom-up cell and the prior cell
+    # of these levels (conv-type blocks; 0 = z_1), and depth-wise attention across levels (DAVI)
+    attention_levels: list[int] = field(default_factory=list)
+    attention_heads: int = 4
+    depth_attention: bool = False
+    depth_attention_dim: int = 64  # common width of the depth-attention keys and values
+    # autoregressive observation model p(x | z_1) = prod_i p(x_i | x_<i, z_1) (nets/autoregressive.py);
+    # the decoder then emits ar_cond_channels conditioning features per position
+    decoder: Literal["plain", "pixelcnn", "transformer", "gru"] = "plain"
+    ar_cond_channels: int = 16
+    pixelcnn_layers: int = 4
+    pixelcnn_channels: int = 64
+    pixelcnn_kernel: int = 5  # odd; with pixelcnn_layers it sets the receptive field
+    seq_layers: int = 2  # transformer / gru
+    seq_width: int = 128
+    seq_heads: int = 4  # transformer
+    # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
+    # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
+    # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq_dim (G*E).
+    latent_types: list[Literal["gaussian", "categorical", "bernoulli", "vq"]] | None = None
+    categorical_classes: int = 10
+    # Gumbel-softmax / Concrete relaxation temperature while training: geometric from
+    # gumbel_temperature_start to gumbel_temperature over gumbel_anneal_steps (0: constant)
+    gumbel_temperature: float = 0.5
+    gumbel_temperature_start: float = 1.0
+    gumbel_anneal_steps: int = 0
+    straight_through: bool = False  # hard samples forward, relaxed gradients backward
+    vq_codes: int = 512  # K codes per vq codebook
+    vq_dim: int = 16  # E, the dimension of a code
+    vq_decay: float = 0.99  # EMA decay of the codebook statistics
+    vq_commitment: float = 0.25  # beta of the commitment loss beta ||e - sg(c)||^2
+    vq_dead_threshold: float = 0.01  # restart a code used less than this fraction of the uniform share 1/K
+    vq_top_prior: Literal["learned", "uniform"] = "learned"
 
     def __post_init__(self) -> None:
         # direct construction (ModelConfig(...)) is checked like from_dict: every field's type and literal
@@ -268,23 +308,37 @@ class ModelConfig(_Serializable):
         else:
             _require(
                 len(self.data_shape) == 3,
-                f"data_shape: block: conv needs images [C, H, W], got {self.data_shape}",
+                f"data_shape: block: {self.block} needs images [C, H, W], got {self.data_shape}",
             )
             strides = self.strides if self.strides is not None else [2] * L
-            _require(
-                len(strides) == L and all(s in (1, 2) for s in strides),
-                f"strides: needs one entry per latent layer ({L}), each 1 or 2, got {strides}",
-            )
+            if self.block == "conv":
+                _require(
+                    len(strides) == L and all(s in (1, 2) for s in strides),
+                    f"strides: needs one entry per latent layer ({L}), each 1 or 2, got {strides}",
+                )
+            else:  # nvae / vdvae: a level may cross several scales (e.g. NVAE's pre-processing, VDVAE's 4 -> 1)
+                _require(
+                    len(strides) == L and all(s >= 1 and s & (s - 1) == 0 for s in strides),
+                    f"strides: needs one entry per latent layer ({L}), each a power of two (1, 2, 4, ...), "
+                    f"got {strides}",
+                )
             total = 1
             for s in strides:
                 total *= s
             _, H, W = self.data_shape
+            # nvae / vdvae pad the images to a multiple of the total stride inside the model
             _require(
-                H % total == 0 and W % total == 0,
+                self.block != "conv" or (H % total == 0 and W % total == 0),
                 f"strides: the image {H}x{W} must divide by the total downsampling {total}; "
                 "pad the images or use fewer stride-2 layers",
             )
             self.strides = list(strides)
+        _require(self.spectral_reg >= 0, f"spectral_reg: must be >= 0, got {self.spectral_reg}")
+        _require(self.spectral_reg_init >= 0, f"spectral_reg_init: must be >= 0, got {self.spectral_reg_init}")
+        _require(
+            self.spectral_reg_warmup_steps >= 0,
+            f"spectral_reg_warmup_steps: must be >= 0, got {self.spectral_reg_warmup_steps}",
+        )
         if self.residual_posterior:
             _require(
                 self.inference == "top_down",
@@ -295,6 +349,95 @@ class ModelConfig(_Serializable):
                 len(self.data_shape) == 3,
                 "likelihood: discretized_logistic_mixture models images [C, H, W]; use gaussian for vectors",
             )
+        self._check_attention_and_decoder()
+        self._check_discrete()
+
+    def _check_attention_and_decoder(self) -> None:
+        L = len(self.latent_dims)
+        levels = self.attention_levels
+        _require(self.attention_heads >= 1, f"attention_heads: must be >= 1, got {self.attention_heads}")
+        _require(
+            all(0 <= l < L for l in levels) and len(set(levels)) == len(levels),
+            f"attention_levels: distinct level indices in 0..{L - 1} (0 = z_1), got {levels}",
+        )
+        if levels:
+            _require(
+                self.block != "mlp",
+                "attention_levels: spatial attention needs a conv-type block (vectors have no positions); "
+                "use depth_attention for block: mlp",
+            )
+            widths = {self.hidden_dims[l] for l in levels} | {self.hidden_dims[l + 1] for l in levels if l + 1 < L}
+            _require(
+                all(w % self.attention_heads == 0 for w in widths),
+                f"attention_heads: {self.attention_heads} must divide the widths of the attended cells "
+                f"(hidden_dims at levels l and l+1: {sorted(widths)})",
+            )
+        if self.depth_attention:
+            _require(
+                self.depth_attention_dim % self.attention_heads == 0,
+                f"depth_attention_dim: {self.depth_attention_dim} must divide into attention_heads "
+                f"({self.attention_heads})",
+            )
+        if self.decoder == "plain":
+            return
+        for name in ("ar_cond_channels", "pixelcnn_layers", "pixelcnn_channels", "seq_layers", "seq_width"):
+            _require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
+        C = self.data_shape[0] if len(self.data_shape) > 1 else 1
+        if self.decoder == "pixelcnn":
+            _require(
+                len(self.data_shape) == 3,
+                f"decoder: pixelcnn models images [C, H, W], got data_shape {self.data_shape}; "
+                "use transformer or gru for sequences",
+            )
+            _require(
+                self.likelihood in ("bernoulli", "categorical", "discretized_logistic_mixture"),
+                f"likelihood: decoder: pixelcnn needs a discrete likelihood (bernoulli, categorical, "
+                f"discretized_logistic_mixture), got {self.likelihood!r}",
+            )
+            _require(
+                C == 1 or self.likelihood == "discretized_logistic_mixture",
+                f"decoder: pixelcnn with likelihood {self.likelihood} models one channel, the data have {C}; "
+                "use discretized_logistic_mixture (it orders the channels of a pixel, R before G before B)",
+            )
+            _require(
+                self.pixelcnn_kernel >= 3 and self.pixelcnn_kernel % 2 == 1,
+                f"pixelcnn_kernel: must be odd and >= 3, got {self.pixelcnn_kernel}",
+            )
+        else:
+            _require(
+                self.likelihood in ("bernoulli", "categorical"),
+                f"likelihood: decoder: {self.decoder} predicts tokens; use bernoulli or categorical, "
+                f"got {self.likelihood!r}",
+            )
+            _require(
+                C == 1,
+                f"decoder: {self.decoder} models one channel of tokens ([T], [1, T] or [1, H, W]), got {C} channels",
+            )
+            _require(
+                self.seq_heads >= 1 and self.seq_width % self.seq_heads == 0,
+                f"seq_heads: {self.seq_heads} must divide seq_width ({self.seq_width})",
+            )
+
+    def _check_discrete(self) -> None:
+        L = len(self.latent_dims)
+        if self.latent_types is not None:
+            _require(
+                len(self.latent_types) == L,
+                f"latent_types: needs one type per latent layer ({L}, bottom to top), got {len(self.latent_types)}",
+            )
+        _require(self.categorical_classes >= 2, f"categorical_classes: must be >= 2, got {self.categorical_classes}")
+        for name in ("gumbel_temperature", "gumbel_temperature_start"):
+            _require(getattr(self, name) > 0, f"{name}: must be > 0, got {getattr(self, name)}")
+        _require(self.gumbel_anneal_steps >= 0, f"gumbel_anneal_steps: must be >= 0, got {self.gumbel_anneal_steps}")
+        _require(self.vq_codes >= 2, f"vq_codes: must be >= 2, got {self.vq_codes}")
+        _require(self.vq_dim >= 1, f"vq_dim: must be >= 1, got {self.vq_dim}")
+        _require(0 < self.vq_decay < 1, f"vq_decay: must be in (0, 1), got {self.vq_decay}")
+        _require(self.vq_commitment >= 0, f"vq_commitment: must be >= 0, got {self.vq_commitment}")
+        _require(0 <= self.vq_dead_threshold < 1, f"vq_dead_threshold: must be in [0, 1), got {self.vq_dead_threshold}")
+
+    def latent_type(self, index: int) -> str:
+        """The latent type of level ``index`` (0 = z_1)."""
+        return "gaussian" if self.latent_types is None else self.latent_types[index]
 
     @property
     def num_layers(self) -> int:

@@ -151,6 +151,20 @@ class LatentFamily:
     def merge(self, bottom_up, prior):
         raise NotImplementedError
 
+    def channels(self, latent_dim: int) -> int:
+        """Channels of the latent tensor z for ``latent_dim`` (the config's entry): what the networks
+        downstream of z see. ``latent_dim`` itself for Gaussian and Bernoulli latents, G*K for G one-hot
+        groups of K classes."""
+        return latent_dim
+
+    def raw_channels(self, latent_dim: int, role: str = "posterior") -> int:
+        """Raw channels a head must emit for the prior (``role="prior"``) or the posterior."""
+        return self.params_per_channel * self.channels(latent_dim)
+
+    def prior_from_raw(self, raw: Tensor):
+        """p(z_l | s_{l+1}) from the prior head's output; the same parameterisation as q unless overridden."""
+        return self.from_raw(raw)
+
 
 class GaussianFamily(LatentFamily):
     params_per_channel = 2
@@ -167,3 +181,244 @@ class GaussianFamily(LatentFamily):
 
     def merge(self, bottom_up: Gaussian, prior: Gaussian) -> Gaussian:
         return bottom_up.merge(prior)
+
+
+# --- discrete latents ---------------------------------------------------------------------------------
+# Relaxed samples (Gumbel-softmax / binary Concrete; Jang et al. 2017, Maddison et al. 2017) feed the
+# networks while training; every other pass draws hard samples, so reported bounds use exact log-probs.
+
+
+def _uniform_open(t: Tensor) -> Tensor:
+    """U(0, 1) noise kept off 0 and 1 so that its logarithms stay finite."""
+    fi = torch.finfo(t.dtype)
+    return torch.rand_like(t).clamp(fi.tiny, 1.0 - fi.eps)
+
+
+class Categorical:
+    """G independent categorical latents of K classes each, one-hot encoded.
+
+    ``logits``: (B, G*K, *spatial) with ``num_classes=K`` (group-major channels, the layout a head emits),
+    or (B, G, K, *spatial) with ``num_classes=None``. Samples, ``mean`` and the argument of ``log_prob``
+    have the layout of ``logits``; ``log_prob``, ``entropy`` and the KL are (B, G, *spatial), nats.
+
+    ``rsample`` draws a hard one-hot sample unless ``relaxed``; relaxed, it is the Gumbel-softmax at
+    relaxation temperature ``tau``, and with ``straight_through`` the hard one-hot in the forward pass with
+    the relaxed gradient. ``log_prob(z) = sum_k z_k log pi_k`` is the exact log-probability for one-hot z;
+    for a relaxed z it is that same linear form (a training surrogate, not the Concrete density).
+    """
+
+    def __init__(
+        self,
+        logits: Tensor,
+        num_classes: int | None = None,
+        *,
+        tau: float | Tensor = 1.0,
+        relaxed: bool = False,
+        straight_through: bool = False,
+    ):
+        self.logits = logits
+        if num_classes is None:
+            self.num_classes = logits.shape[2]
+            self._grouped = logits
+        else:
+            if logits.shape[1] % num_classes:
+                raise ValueError(f"{logits.shape[1]} logit channels do not split into groups of {num_classes}")
+            self.num_classes = num_classes
+            self._grouped = logits.reshape(logits.shape[0], -1, num_classes, *logits.shape[2:])
+        self.tau, self.relaxed, self.straight_through = tau, relaxed, straight_through
+
+    def _group(self, z: Tensor) -> Tensor:  # (B, G*K, *spatial) -> (B, G, K, *spatial)
+        return z.reshape(z.shape[0], *self._grouped.shape[1:])
+
+    def _ungroup(self, z: Tensor) -> Tensor:
+        return z.reshape(z.shape[0], *self.logits.shape[1:])
+
+    @property
+    def log_probs(self) -> Tensor:
+        """log pi, (B, G, K, *spatial)."""
+        return F.log_softmax(self._grouped, dim=2)
+
+    @property
+    def probs(self) -> Tensor:
+        return F.softmax(self._grouped, dim=2)
+
+    @property
+    def mean(self) -> Tensor:
+        """The class probabilities, in the layout of ``logits``."""
+        return self._ungroup(self.probs)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.logits.shape
+
+    def _one_hot(self, index: Tensor) -> Tensor:  # (B, G, *spatial) -> (B, G, K, *spatial)
+        return F.one_hot(index, self.num_classes).movedim(-1, 2).to(self.logits.dtype)
+
+    def rsample(self, temperature: float = 1.0, hard: bool | None = None) -> Tensor:
+        """A sample from softmax(logits / temperature) (temperature 0: the mode). Hard unless ``relaxed``
+        (or ``hard=False``)."""
+        hard = (not self.relaxed) if hard is None else hard
+        if temperature == 0:
+            return self._ungroup(self._one_hot(self._grouped.argmax(2)))
+        g = self._grouped / temperature - torch.log(-torch.log(_uniform_open(self._grouped)))  # + Gumbel noise
+        one_hot = self._one_hot(g.argmax(2))
+        if hard:
+            return self._ungroup(one_hot)
+        soft = F.softmax(g / self.tau, dim=2)
+        if self.straight_through:
+            return self._ungroup(one_hot + (soft - soft.detach()))  # exactly one-hot forward
+        return self._ungroup(soft)
+
+    def sample(self, temperature: float = 1.0) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(temperature, hard=True)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """sum_k z_k log pi_k per group, (B, G, *spatial), nats (exact for one-hot z)."""
+        return (self._group(z) * self.log_probs).sum(2)
+
+    def entropy(self) -> Tensor:
+        return -(self.probs * self.log_probs).sum(2)
+
+    def merge(self, other: Categorical) -> Categorical:
+        """Normalised product of experts: prod_i pi_i,k / Z is the softmax of the summed logits."""
+        return Categorical(
+            self.logits + other.logits,
+            None if self._grouped is self.logits else self.num_classes,
+            tau=self.tau,
+            relaxed=self.relaxed,
+            straight_through=self.straight_through,
+        )
+
+    def repeat(self, k: int) -> Categorical:
+        return Categorical(
+            _tile(self.logits, k),
+            None if self._grouped is self.logits else self.num_classes,
+            tau=self.tau,
+            relaxed=self.relaxed,
+            straight_through=self.straight_through,
+        )
+
+    def __repr__(self) -> str:
+        return f"Categorical(shape={tuple(self.logits.shape)}, classes={self.num_classes})"
+
+
+class BernoulliLatent:
+    """Independent binary latents with ``logits`` (B, D, *spatial); samples in {0, 1}, same shape.
+
+    Relaxed, ``rsample`` is the binary Concrete sigmoid((logits + log u - log(1 - u)) / tau) (with
+    ``straight_through`` the hard value forward, the relaxed gradient backward). ``log_prob(z) =
+    z log s + (1 - z) log(1 - s)``, exact for binary z. Elementwise, nats.
+    """
+
+    def __init__(self, logits: Tensor, *, tau: float | Tensor = 1.0, relaxed: bool = False, straight_through=False):
+        self.logits = logits
+        self.tau, self.relaxed, self.straight_through = tau, relaxed, straight_through
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.logits.shape
+
+    def rsample(self, temperature: float = 1.0, hard: bool | None = None) -> Tensor:
+        """A sample with probability sigmoid(logits / temperature) (temperature 0: the mode)."""
+        hard = (not self.relaxed) if hard is None else hard
+        if temperature == 0:
+            return (self.logits > 0).to(self.logits.dtype)
+        u = _uniform_open(self.logits)
+        g = self.logits / temperature + torch.log(u) - torch.log1p(-u)  # + logistic noise
+        z_hard = (g > 0).to(self.logits.dtype)
+        if hard:
+            return z_hard
+        soft = torch.sigmoid(g / self.tau)
+        return z_hard + (soft - soft.detach()) if self.straight_through else soft
+
+    def sample(self, temperature: float = 1.0) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(temperature, hard=True)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return z * F.logsigmoid(self.logits) + (1 - z) * F.logsigmoid(-self.logits)
+
+    def entropy(self) -> Tensor:
+        p = self.probs
+        return -(p * F.logsigmoid(self.logits) + (1 - p) * F.logsigmoid(-self.logits))
+
+    def merge(self, other: BernoulliLatent) -> BernoulliLatent:
+        """Normalised product of experts: the log-odds add."""
+        return BernoulliLatent(
+            self.logits + other.logits, tau=self.tau, relaxed=self.relaxed, straight_through=self.straight_through
+        )
+
+    def repeat(self, k: int) -> BernoulliLatent:
+        return BernoulliLatent(
+            _tile(self.logits, k), tau=self.tau, relaxed=self.relaxed, straight_through=self.straight_through
+        )
+
+    def __repr__(self) -> str:
+        return f"BernoulliLatent(shape={tuple(self.logits.shape)})"
+
+
+@register_kl(Categorical, Categorical)
+def _kl_categorical_categorical(q: Categorical, p: Categorical) -> Tensor:
+    # KL = sum_k pi_q,k (log pi_q,k - log pi_p,k), per group
+    return (q.probs * (q.log_probs - p.log_probs)).sum(2)
+
+
+@register_kl(BernoulliLatent, BernoulliLatent)
+def _kl_bernoulli_bernoulli(q: BernoulliLatent, p: BernoulliLatent) -> Tensor:
+    s_q = q.probs
+    return s_q * (F.logsigmoid(q.logits) - F.logsigmoid(p.logits)) + (1 - s_q) * (
+        F.logsigmoid(-q.logits) - F.logsigmoid(-p.logits)
+    )
+
+
+class _DiscreteFamily(LatentFamily):
+    """Shared by the discrete families: the relaxation settings the model sets before each pass, a
+    uniform top prior (zero logits) and the logit-sum ladder merge."""
+
+    params_per_channel = 1
+
+    def __init__(self, straight_through: bool = False):
+        self.straight_through = straight_through
+        self.tau: float | Tensor = 1.0
+        self.relaxed = False
+
+    def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:
+        self.tau, self.relaxed = tau, relaxed
+
+    def prior_top(self, shape, device, dtype):
+        return self.from_raw(torch.zeros(shape, device=device, dtype=dtype))
+
+    def merge(self, bottom_up, prior):
+        return bottom_up.merge(prior)
+
+
+class CategoricalFamily(_DiscreteFamily):
+    """``latent_dim`` groups of ``num_classes`` one-hot classes: the latent has G*K channels."""
+
+    def __init__(self, num_classes: int, straight_through: bool = False):
+        super().__init__(straight_through)
+        self.num_classes = num_classes
+
+    def channels(self, latent_dim: int) -> int:
+        return latent_dim * self.num_classes
+
+    def from_raw(self, raw: Tensor) -> Categorical:
+        return Categorical(
+            raw, self.num_classes, tau=self.tau, relaxed=self.relaxed, straight_through=self.straight_through
+        )
+
+
+class BernoulliFamily(_DiscreteFamily):
+    """``latent_dim`` binary units."""
+
+    def from_raw(self, raw: Tensor) -> BernoulliLatent:
+        return BernoulliLatent(raw, tau=self.tau, relaxed=self.relaxed, straight_through=self.straight_through)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .model import HierarchicalVAE, _atomic_write_text
+from .quantize import perplexity
 
 
 @torch.no_grad()
@@ -48,6 +50,85 @@ def active_units(model: HierarchicalVAE, x: torch.Tensor, batch_size: int = 100,
 
 
 @torch.no_grad()
+def evaluation_sums(
+    model: HierarchicalVAE,
+    x: torch.Tensor,
+    *,
+    num_samples: int = 1000,
+    chunk_size: int | None = None,
+    batch_size: int = 100,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Sums over the examples of ``x`` (N, *data_shape), float64: count, per-example bounds and their
+    squares, KL per layer, posterior means per unit and their squares. Sums of shards add up to the sums
+    of the whole, so ranks evaluate disjoint shards and one all-reduce gives the exact totals."""
+    model.eval()
+    f64 = dict(dtype=torch.float64, device=x.device)
+    units = [math.prod(layer.latent_shape) for layer in model.layers]
+    sums = {
+        "n": torch.tensor([float(x.shape[0])], **f64),
+        "elbo": torch.zeros(2, **f64),  # sum, sum of squares
+        "iw": torch.zeros(2, **f64),
+        "log_px": torch.zeros(1, **f64),
+        "kl": torch.zeros(len(units), **f64),
+        "mean_z": torch.zeros(sum(units), **f64),
+        "mean_z_sq": torch.zeros(sum(units), **f64),
+    }
+    vq_levels = _vq_levels(model)
+    if vq_levels:  # how often each code of each vector-quantised level is chosen (posterior-mean path)
+        sums["code_counts"] = torch.zeros(len(vq_levels), model.config.vq_codes, **f64)
+    if x.shape[0] == 0:  # a rank with no examples still takes part in the reduction
+        return sums
+    terms = elbo_terms(model, x, batch_size)
+    elbo = terms["elbo"].double()
+    sums["elbo"] += torch.stack([elbo.sum(), (elbo**2).sum()])
+    sums["log_px"] += terms["log_px"].double().sum()
+    sums["kl"] += torch.stack([k.double().sum() for k in terms["kl"]])
+    iw = []
+    batches = x.split(batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"IW bound (K={num_samples})", leave=False)
+    for xb in batches:
+        iw.append(model.log_likelihood(xb, num_samples=num_samples, chunk_size=chunk_size))
+    iw = torch.cat(iw).double()
+    sums["iw"] += torch.stack([iw.sum(), (iw**2).sum()])
+    means = [torch.cat(m).flatten(1) for m in zip(*(model.encode(xb, sample=False) for xb in x.split(batch_size)))]
+    m = torch.cat(means, 1).double()  # (N, total units)
+    sums["mean_z"] += m.sum(0)
+    sums["mean_z_sq"] += (m**2).sum(0)
+    for i, l in enumerate(vq_levels):
+        layer = model.layers[l]
+        k = layer.family.code_indices(means[l].view(-1, *layer.latent_shape))
+        sums["code_counts"][i] += torch.bincount(k.flatten(), minlength=model.config.vq_codes).double()
+    return sums
+
+
+def _vq_levels(model: HierarchicalVAE) -> list[int]:
+    return [l for l, layer in enumerate(model.layers) if hasattr(layer.family, "code_indices")]
+
+
+def _codebook_perplexity(model: HierarchicalVAE, sums: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``codebook_perplexity``: per level (bottom to top; null for levels that are not vector-quantised)
+    exp(entropy) of the code usage over the split, from 1 (one code) to K (uniform use)."""
+    if "code_counts" not in sums:
+        return {}
+    out: list[float | None] = [None] * len(model.layers)
+    for counts, l in zip(sums["code_counts"], _vq_levels(model)):
+        out[l] = float(perplexity(counts))
+    return {"codebook_perplexity": out}
+
+
+def _mean_and_stderr(s: torch.Tensor, n: float) -> tuple[float, float]:
+    mean = float(s[0]) / n
+    if n <= 1:
+        return mean, 0.0
+    var = max(0.0, (float(s[1]) - n * mean**2) / (n - 1))
+    return mean, math.sqrt(var / n)
+
+
+@torch.no_grad()
 def evaluate(
     model: HierarchicalVAE,
     x: torch.Tensor,
@@ -58,41 +139,48 @@ def evaluate(
     threshold: float = 0.01,
     log_jacobian: float = 0.0,
     progress: bool = False,
+    reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """All evaluation numbers for ``x`` (N, *data_shape); nats per example unless named bits/dim."""
-    model.eval()
-    t0 = time.perf_counter()
-    terms = elbo_terms(model, x, batch_size)
-    iw = []
-    batches = x.split(batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    """All evaluation numbers for ``x`` (N, *data_shape); nats per example unless named bits/dim.
 
-        batches = tqdm(batches, desc=f"IW bound (K={num_samples})", leave=False)
-    for xb in batches:
-        iw.append(model.log_likelihood(xb, num_samples=num_samples, chunk_size=chunk_size))
-    iw = torch.cat(iw)
-    au, units, _ = active_units(model, x, batch_size, threshold)
+    ``reduce`` sums :func:`evaluation_sums` over processes (under torchrun every rank passes its shard of
+    the split and ``Context.all_sum_dict``); the numbers are then those of the whole split.
+    """
+    t0 = time.perf_counter()
+    sums = evaluation_sums(
+        model, x, num_samples=num_samples, chunk_size=chunk_size, batch_size=batch_size, progress=progress
+    )
+    if reduce is not None:
+        sums = reduce(sums)
+    n = float(sums["n"])
+    elbo_mean, elbo_se = _mean_and_stderr(sums["elbo"], n)
+    iw_mean, iw_se = _mean_and_stderr(sums["iw"], n)
+    # active units (Burda et al. 2016): Cov_x(E_q[z_u]) > threshold, from the sums of means and squares
+    mu = sums["mean_z"] / n
+    var = (sums["mean_z_sq"] - n * mu**2) / (n - 1) if n > 1 else torch.zeros_like(mu)
+    units = [math.prod(layer.latent_shape) for layer in model.layers]
+    au = [int((v > threshold).sum()) for v in var.split(units)]
+    kl = [float(k) / n for k in sums["kl"]]
     D = math.prod(model.data_shape)
-    elbo = terms["elbo"].mean().item() - log_jacobian
-    iw_bound = iw.mean().item() - log_jacobian
-    n = x.shape[0]
+    elbo = elbo_mean - log_jacobian
+    iw_bound = iw_mean - log_jacobian
     return {
-        "num_examples": n,
+        "num_examples": int(n),
         "num_samples": num_samples,
         "elbo": elbo,
-        "elbo_stderr": terms["elbo"].std().item() / math.sqrt(n) if n > 1 else 0.0,
+        "elbo_stderr": elbo_se,
         "iw_bound": iw_bound,
-        "iw_bound_stderr": iw.std().item() / math.sqrt(n) if n > 1 else 0.0,
-        "log_px": terms["log_px"].mean().item(),
-        "kl": [k.mean().item() for k in terms["kl"]],
-        "kl_total": sum(k.mean().item() for k in terms["kl"]),
+        "iw_bound_stderr": iw_se,
+        "log_px": float(sums["log_px"]) / n,
+        "kl": kl,
+        "kl_total": sum(kl),
         "bits_per_dim_elbo": -elbo / (D * math.log(2)),
         "bits_per_dim_iw": -iw_bound / (D * math.log(2)),
         "dims": D,
         "dequantization_log_jacobian": log_jacobian,
         "active_units": au,
         "units": units,
+        **_codebook_perplexity(model, sums),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -114,6 +202,9 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for i, (kl, au, u) in enumerate(zip(result["kl"], result["active_units"], result["units"])):
         lines.append(f"{'z_' + str(i + 1):<8}{kl:>12.3f}{f'{au} / {u}':>16}")
+    for i, ppl in enumerate(result.get("codebook_perplexity") or []):
+        if ppl is not None:
+            lines.append(f"{'z_' + str(i + 1) + ' codebook perplexity':<26}{ppl:>12.2f}")
     return "\n".join(lines)
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .distributions import Gaussian, GaussianFamily, scale_from_raw
-from .nets import FAMILIES, activation
+from .distributions import BernoulliFamily, CategoricalFamily, Gaussian, GaussianFamily, scale_from_raw
+from .nets import FAMILIES, activation, decoder_block
+from .nets.attention import with_attention
+from .quantize import VQFamily
 
 
 class LatentLayer(nn.Module):
@@ -41,10 +43,10 @@ class LatentLayer(nn.Module):
         self.residual = cfg.residual_posterior
         self.skip = cfg.generative_skip
         self.latent_shape = tuple(latent_shape)
-        self.family = GaussianFamily(cfg.min_scale)
+        self.family = make_family(cfg, index)
         self.min_scale = cfg.min_scale
-        latent_ch = cfg.latent_dims[index]
-        n_raw = latent_ch * self.family.params_per_channel
+        latent_ch = self.family.channels(cfg.latent_dims[index])
+        n_raw = self.family.raw_channels(cfg.latent_dims[index])
         kw = dict(batch_norm=cfg.batch_norm, act=cfg.activation, leaky_slope=cfg.leaky_slope)
 
         # prior p(z_l | s_{l+1}): mirrors the bottom-up mapping between levels l and l+1
@@ -52,10 +54,12 @@ class LatentLayer(nn.Module):
             self.prior_net = None
             prior_ch = None
         else:
-            up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] == 2 else 1
-            self.prior_net = fam.block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
+            up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] > 1 else 1
+            self.prior_net = decoder_block(fam)(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
+            if index in cfg.attention_levels:
+                self.prior_net = with_attention(self.prior_net, cfg.attention_heads)
             prior_ch = self.prior_net.out_ch
-            self.prior_head = fam.pointwise(prior_ch, n_raw)
+            self.prior_head = fam.pointwise(prior_ch, self.family.raw_channels(cfg.latent_dims[index], "prior"))
 
         # posterior
         if self.is_top or self.inference in ("ladder", "bottom_up"):
@@ -76,6 +80,10 @@ class LatentLayer(nn.Module):
             hidden = cfg.hidden_dims[index]
             self.trans_from_z = fam.pointwise(latent_ch, hidden)
             self.trans_from_h = None if self.is_top else fam.pointwise(prior_ch, hidden)
+            if getattr(fam, "residual_state", False) and self.trans_from_h is not None and prior_ch == hidden:
+                # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
+                nn.init.dirac_(self.trans_from_h.weight)
+                nn.init.zeros_(self.trans_from_h.bias)
             self.trans_act = activation(cfg.activation, cfg.leaky_slope)
             self.state_ch = hidden
         else:
@@ -88,7 +96,7 @@ class LatentLayer(nn.Module):
         if self.is_top:
             return self.family.prior_top((batch, *self.latent_shape), device, dtype), None
         h_p = self.prior_net(state)
-        return self.family.from_raw(self.prior_head(h_p).float()), h_p
+        return self.family.prior_from_raw(self.prior_head(h_p).float()), h_p
 
     def transition(self, z: Tensor, h_p: Tensor | None) -> Tensor:
         """The state s_l handed to level l-1 (or to the decoder)."""
@@ -114,6 +122,9 @@ class LatentLayer(nn.Module):
         if self.inference == "ladder":
             return self.family.merge(self.family.from_raw(ctx.float()), p)
         raw = self.posterior_head(self.post_act(ctx + self.post_from_h(h_p))).float()
+        if self.residual and not isinstance(self.family, GaussianFamily):
+            # the discrete analogue of a residual posterior: logits_q = logits_p + delta (a merge)
+            return self.family.merge(self.family.from_raw(raw), p)
         if self.residual:
             # NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.)
             # rescaled so a zero output gives dsigma = 1 (q = p at initialisation)
@@ -121,6 +132,39 @@ class LatentLayer(nn.Module):
             d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0)
             return Gaussian(p.mu + d_mu, p.sigma * d_sigma)
         return self.family.from_raw(raw)
+
+    def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:
+        """Discrete latents: relaxation temperature and whether samples are relaxed in the coming pass."""
+        if hasattr(self.family, "set_relaxation"):
+            self.family.set_relaxation(tau, relaxed)
+
+
+def make_family(cfg, index: int):
+    """The latent family of level ``index`` from ``cfg.latent_types`` (Gaussian by default)."""
+    kind = cfg.latent_type(index)
+    if kind == "gaussian":
+        return GaussianFamily(cfg.min_scale)
+    if kind == "categorical":
+        return CategoricalFamily(cfg.categorical_classes, cfg.straight_through)
+    if kind == "bernoulli":
+        return BernoulliFamily(cfg.straight_through)
+    top = index == cfg.num_layers - 1
+    return VQFamily(
+        cfg.vq_codes,
+        cfg.vq_dim,
+        decay=cfg.vq_decay,
+        commitment=cfg.vq_commitment,
+        dead_threshold=cfg.vq_dead_threshold,
+        top_prior=cfg.vq_top_prior if top else None,
+        groups=cfg.latent_dims[index],
+    )
+
+
+def latent_channels(cfg, index: int) -> int:
+    """Channels of the latent tensor z_l (what the networks reading z_l see), from the config alone."""
+    d = cfg.latent_dims[index]
+    kind = cfg.latent_type(index)
+    return {"categorical": d * cfg.categorical_classes, "vq": d * cfg.vq_dim}.get(kind, d)
 
 
 _SOFTPLUS_INV_ONE = float(torch.log(torch.expm1(torch.tensor(1.0))))

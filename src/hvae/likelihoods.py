@@ -342,8 +342,131 @@ class DiscretizedLogisticMixture(ObservationModel):
             )
 
 
+# --- Autoregressive ------------------------------------------------------------------------------------
+
+
+def _step_mode(d: _ObservationDistribution) -> Tensor:
+    """The most probable value of a one-position distribution, channel layout (the DLM: its mean on the
+    nearest level)."""
+    if isinstance(d, BernoulliDistribution):
+        return (d.logits > 0).to(d.logits.dtype)
+    if isinstance(d, CategoricalDistribution):
+        return d.logits.argmax(1).to(d.logits.dtype) / (d.K - 1)
+    return torch.round(d._mean_layout() * d.bins) / d.bins
+
+
+class AutoregressiveDistribution(_ObservationDistribution):
+    """p(x | c) = ∏_i p(x_i | x_<i, c), positions in raster order, each p(x_i | ·) from the base model.
+
+    * ``log_prob(x)``: one teacher-forced parallel pass of the network, (B,) nats.
+    * ``sample()``: sequential, one network step per position; the log-probability of the drawn sample
+      under the sampler's own conditionals is kept in ``sample_log_prob`` (B,) nats.
+    * ``mean``: a greedy sequential pass: the mean of p(x_i | x̂_<i, c) at each position, where x̂_<i are
+      the most probable values of the earlier positions. Not E[x] (that has no closed form); it is what a
+      reconstruction or a "mean image" of an autoregressive decoder usually shows.
+    Sequential passes cost one network step per position (no gradients).
+    """
+
+    def __init__(self, model: Autoregressive, cond: Tensor):
+        super().__init__(model)
+        self.cond = cond  # (B, P_c, *spatial)
+        self.sample_log_prob: Tensor | None = None
+
+    def _net_input(self, x: Tensor) -> Tensor:
+        m = self._model
+        x = m._to_layout(x)
+        return x.to(self.cond.dtype) / (m.levels - 1) if not x.dtype.is_floating_point else x.to(self.cond.dtype)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        m = self._model
+        return m.base(m.net(self._net_input(x), self.cond)).log_prob(x)
+
+    @torch.no_grad()
+    def _sequential(self, pick) -> tuple[Tensor, Tensor, Tensor]:
+        """Fill the positions in order with ``pick(p(x_t | x_<t, c))``; returns x, its log-probability
+        under the conditionals used (B,), and the mean of each conditional, both in channel layout."""
+        m = self._model
+        B = self.cond.shape[0]
+        x = self.cond.new_zeros(B, m.channels, *m.spatial)
+        means = torch.zeros_like(x)
+        log_p = self.cond.new_zeros(B)
+        one = (1,) * len(m.spatial)
+        stepper = m.net.stepper(self.cond)
+        for t in range(math.prod(m.spatial)):
+            d = m.step_base(stepper.step(x, t).view(B, -1, *one))
+            v = pick(d)  # (B, C, 1, ...)
+            log_p += d.log_prob(m.step_base._to_user(v))
+            x.view(B, m.channels, -1)[:, :, t] = v.reshape(B, m.channels)
+            means.view(B, m.channels, -1)[:, :, t] = d._mean_layout().reshape(B, m.channels)
+        return x, log_p, means
+
+    def sample(self) -> Tensor:
+        x, self.sample_log_prob, _ = self._sequential(lambda d: d._sample_layout())
+        return self._model._to_user(x)
+
+    @property
+    def mean(self) -> Tensor:
+        return self._model._to_user(self._sequential(_step_mode)[2])
+
+
+class Autoregressive(ObservationModel):
+    """An autoregressive observation model: the decoder's ``num_params`` channels are conditioning
+    features c, and a masked network (``net``, see :mod:`hvae.nets.autoregressive`) turns (x_<i, c) into
+    the parameters of the ``base`` observation model at each position i.
+
+    ``step_base`` is the base model for one position, used when sampling.
+    """
+
+    def __init__(self, data_shape, base: ObservationModel, net: nn.Module, cond_channels: int, levels: int):
+        super().__init__(data_shape)
+        self.base = base
+        step_shape = (self.channels, *(1 for _ in self.spatial)) if len(self.data_shape) > 1 else (1,)
+        self.step_base = _same_kind(base, step_shape)
+        self.net = net
+        self.cond_channels = cond_channels
+        self.levels = levels  # values per position, for integer class data
+
+    @property
+    def num_params(self) -> int:
+        return self.cond_channels
+
+    def forward(self, params: Tensor) -> AutoregressiveDistribution:
+        return AutoregressiveDistribution(self, params)
+
+    def check_support(self, x: Tensor) -> None:
+        self.base.check_support(x)
+
+
+def _same_kind(base: ObservationModel, shape: tuple[int, ...]) -> ObservationModel:
+    if isinstance(base, Bernoulli):
+        return Bernoulli(shape)
+    if isinstance(base, Categorical):
+        return Categorical(shape, num_classes=base.num_classes)
+    if isinstance(base, DiscretizedLogisticMixture):
+        return DiscretizedLogisticMixture(shape, num_mixtures=base.M, num_bits=base.bits)
+    raise ValueError(f"an autoregressive decoder cannot use the observation model {type(base).__name__}")
+
+
+def _build_autoregressive(config) -> Autoregressive:
+    from .nets import autoregressive
+
+    base = build_likelihood(config.replace(decoder="plain"))
+    levels = {"bernoulli": 2, "categorical": config.num_classes}.get(config.likelihood, 2**config.num_bits)
+    net = autoregressive.build(
+        config,
+        in_ch=base.channels,
+        cond_ch=config.ar_cond_channels,
+        out_ch=base.num_params,
+        levels=levels,
+        length=math.prod(base.spatial),
+    )
+    return Autoregressive(base.data_shape, base, net, config.ar_cond_channels, levels)
+
+
 def build_likelihood(config) -> ObservationModel:
     """The observation model named by ``config.likelihood`` for ``config.data_shape``."""
+    if getattr(config, "decoder", "plain") != "plain":
+        return _build_autoregressive(config)
     shape = tuple(config.data_shape)
     name = config.likelihood
     if name == "bernoulli":

@@ -11,6 +11,7 @@ All numbers are nats per example unless a name says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,9 +25,10 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .distributions import Gaussian, kl_divergence
-from .layers import LatentLayer
+from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
-from .nets import FAMILIES
+from .nets import FAMILIES, attention, decoder_block, encoder_block
+from .spectral import SpectralNorms, coefficient
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,6 +51,9 @@ class ModelOutput:
     beta: float
     px: object = field(repr=False, default=None)
     zs: list[Tensor] = field(repr=False, default_factory=list)
+    # per-level extras of discrete layers: "perplexity" {level: codebook perplexity of this batch} and
+    # "commitment" {level: mean commitment loss} for vector-quantised levels
+    aux: dict = field(repr=False, default_factory=dict)
 
 
 @dataclass
@@ -94,24 +99,33 @@ class HierarchicalVAE(nn.Module):
         self.likelihood = build_likelihood(cfg)
 
         # latent shapes and the resolution of each level
+        self._pad: tuple[int, int, int, int] | None = None  # (left, right, top, bottom) of padded images
         if cfg.block == "mlp":
             in_ch = math.prod(self.data_shape)
-            latent_shapes = [(d,) for d in cfg.latent_dims]
+            latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]
         else:
             in_ch = self.data_shape[0]
             h, w = self.data_shape[1:]
+            # images are padded (centred, zeros) to a multiple of the total stride; p(x | z) is cropped back
+            total = math.prod(cfg.strides)
+            ph, pw = -(-h // total) * total - h, -(-w // total) * total - w
+            if ph or pw:
+                self._pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+            h, w = h + ph, w + pw
             latent_shapes = []
-            for d, s in zip(cfg.latent_dims, cfg.strides):
+            for l, s in enumerate(cfg.strides):
                 h, w = h // s, w // s
-                latent_shapes.append((d, h, w))
+                latent_shapes.append((latent_channels(cfg, l), h, w))
 
         # bottom-up pass: d_l = block_l(d_{l-1}); the stacked VAE feeds z_{l-1} instead of d_{l-1}
         self.encoder = nn.ModuleList()
         ch = in_ch
         for l in range(L):
             stride = cfg.strides[l] if cfg.strides else 1
-            src = ch if (l == 0 or cfg.inference != "bottom_up") else cfg.latent_dims[l - 1]
-            blk = fam.block(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
+            src = ch if (l == 0 or cfg.inference != "bottom_up") else latent_channels(cfg, l - 1)
+            blk = encoder_block(fam)(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
+            if l in cfg.attention_levels:
+                blk = attention.with_attention(blk, cfg.attention_heads)
             self.encoder.append(blk)
             ch = blk.out_ch
 
@@ -123,13 +137,26 @@ class HierarchicalVAE(nn.Module):
             above = layers[l].state_ch
         self.layers = nn.ModuleList(layers)
 
+        # depth-wise attention across the levels (Apostolopoulou et al. 2022), used by the two passes
+        self.depth_attn = None
+        if cfg.depth_attention:
+            self.depth_attn = attention.DepthAttentionStack(
+                [layer.state_ch for layer in self.layers],
+                [blk.out_ch for blk in self.encoder],
+                cfg.depth_attention_dim,
+                cfg.attention_heads,
+                stacked=cfg.inference == "bottom_up",
+            )
+
         # decoder p(x | s_1): mirrors the first bottom-up block
-        up = -cfg.strides[0] if cfg.strides and cfg.strides[0] == 2 else 1
-        self.decoder = fam.block(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
+        up = -cfg.strides[0] if cfg.strides and cfg.strides[0] > 1 else 1
+        self.decoder = decoder_block(fam)(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
         n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
         self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
 
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # keep last: it tracks every conv / linear weight built above
+        self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
 
     # ------------------------------------------------------------------------------------------------
     # input checks
@@ -154,26 +181,47 @@ class HierarchicalVAE(nn.Module):
     # the two passes
 
     def _features(self, x: Tensor) -> Tensor:
-        return x.flatten(1) if self.config.block == "mlp" else x
+        if self.config.block == "mlp":
+            return x.flatten(1)
+        return x if self._pad is None else nn.functional.pad(x, self._pad)
+
+    def _cells(self, fn, *args):
+        """``fn(*args)`` (a module or a module's method), its activations recomputed in the backward pass
+        when ``config.checkpointing``: one level's cells at a time."""
+        if not (self.config.checkpointing and torch.is_grad_enabled()):
+            return fn(*args)
+        from torch.utils.checkpoint import checkpoint
+
+        owner = fn if isinstance(fn, nn.Module) else fn.__self__
+        return checkpoint(
+            fn, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _frozen_bn(owner))
+        )
 
     def _bottom_up(self, x: Tensor) -> list[Tensor]:
         """Deterministic bottom-up pass: the posterior context of each level, computed once per input.
         For the stacked VAE only the first level is deterministic; the rest is ``_upward_stochastic``."""
         d = self._features(x)
-        ctxs = []
+        ctxs, feats = [], []
         n = 1 if self.config.inference == "bottom_up" else len(self.layers)
         for blk, layer in zip(self.encoder[:n], self.layers[:n]):
-            d = blk(d)
-            ctxs.append(layer.context(d))
+            d = self._cells(blk, d)
+            feats.append(d)  # d_1 .. d_l: level l's depth attention reads these only
+            a = d if self.depth_attn is None else self.depth_attn.posterior[len(feats) - 1](d, feats)
+            ctxs.append(layer.context(a))
         return ctxs
 
     def _upward_stochastic(self, ctx0: Tensor, use_mean: bool = False) -> tuple[list[Tensor], list[Gaussian]]:
         """The stacked VAE's inference: z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1})."""
-        zs, qs = [], []
+        self._set_relaxation()
+        zs, qs, feats = [], [], []
         ctx = ctx0
         for l, layer in enumerate(self.layers):
             if l > 0:
-                ctx = layer.context(self.encoder[l](zs[-1].to(ctx0.dtype)))
+                f = self.encoder[l](zs[-1].to(ctx0.dtype))
+                feats.append(f)
+                if self.depth_attn is not None:
+                    f = self.depth_attn.posterior[l](f, feats)
+                ctx = layer.context(f)
             q = layer.posterior(ctx, None, None)
             zs.append(q.mean if use_mean else q.rsample())
             qs.append(q)
@@ -196,9 +244,16 @@ class HierarchicalVAE(nn.Module):
         qs: list[Gaussian | None] = [None] * L
         device, dtype = self.step.device, self.decoder_head.weight.dtype
         state = None
+        self._set_relaxation()
+        states: list[Tensor] = []  # s_L, ..., s_{l+1}: what level l's depth attention may read
         for l in reversed(range(L)):
             layer = self.layers[l]
-            p, h_p = layer.prior(state, batch, device, torch.float32)
+            if self.depth_attn is not None and state is not None:
+                state = self.depth_attn.prior[l](state, states)
+            if state is None:
+                p, h_p = layer.prior(state, batch, device, torch.float32)
+            else:
+                p, h_p = self._cells(layer.prior, state, batch, device, torch.float32)
             q = layer.posterior(ctxs[l], p, h_p) if (ctxs is not None and l >= infer_from) else None
             if zs_given is not None and zs_given[l] is not None:
                 z = zs_given[l]
@@ -208,10 +263,17 @@ class HierarchicalVAE(nn.Module):
                 z = p.rsample(temperatures[l] if temperatures is not None else 1.0)
             zs[l], ps[l], qs[l] = z, p, q
             state = layer.transition(z.to(dtype), h_p)
+            states.append(state)
+        if self.depth_attn is not None:
+            state = self.depth_attn.decoder(state, states)
         return _Pass(zs, ps, qs, state)
 
     def _decode_state(self, state: Tensor):
-        params = self.decoder_head(self.decoder(state)).float()
+        params = self.decoder_head(self._cells(self.decoder, state)).float()
+        if self._pad is not None:  # crop the padded image back: (B, P, H + ph, W + pw) -> (B, P, H, W)
+            left, _, top, _ = self._pad
+            H, W = self.data_shape[1:]
+            params = params[:, :, top : top + H, left : left + W]
         lik = self.likelihood
         params = params.view(params.shape[0], lik.num_params, *lik.spatial)
         return lik(params)
@@ -250,6 +312,11 @@ class HierarchicalVAE(nn.Module):
         if n == 0:
             return self.config.beta
         return self.config.beta * min(1.0, float(step) / n)
+
+    def spectral_reg_at(self, step: int | Tensor) -> float:
+        """NVAE's spectral-regularisation weight lambda at a training step (see :func:`hvae.spectral.coefficient`)."""
+        cfg = self.config
+        return coefficient(step, cfg.spectral_reg, cfg.spectral_reg_init, cfg.spectral_reg_warmup_steps)
 
     def _kl_loss(self, kl_elem: list[Tensor], beta: float) -> Tensor:
         """The KL part of the training loss (batch mean): free bits, KL balancing, beta."""
@@ -291,7 +358,46 @@ class HierarchicalVAE(nn.Module):
             if self.training and torch.is_grad_enabled():
                 self.step += 1
         loss = -log_px.mean() + self._kl_loss(kl_elem, beta)
-        return ModelOutput(elbo=elbo, log_px=log_px, kl=kl, loss=loss, beta=beta, px=px, zs=run.zs)
+        if self.spectral is not None and self.training and torch.is_grad_enabled():
+            loss = loss + self.spectral_reg_at(self.step) * self.spectral(self).sum()
+        aux_loss, aux = self._discrete_aux(run)
+        if aux:
+            loss = loss + aux_loss
+        return ModelOutput(elbo=elbo, log_px=log_px, kl=kl, loss=loss, beta=beta, px=px, zs=run.zs, aux=aux)
+
+    def _discrete_aux(self, run: _Pass) -> tuple[Tensor | float, dict]:
+        """The commitment losses of vector-quantised levels (added to the loss, never to the ELBO) and
+        their codebook perplexities for this batch."""
+        total, aux = 0.0, {}
+        for l, q in enumerate(run.qs):
+            if getattr(q, "aux_loss", None) is None:
+                continue
+            commitment = q.aux_loss.mean()
+            total = total + commitment
+            aux.setdefault("commitment", {})[l] = commitment.detach()
+            aux.setdefault("perplexity", {})[l] = q.perplexity()
+        return total, aux
+
+    def gumbel_temperature(self) -> float | Tensor:
+        """Relaxation temperature of discrete latents at the current ``step``: geometric from
+        ``gumbel_temperature_start`` to ``gumbel_temperature`` over ``gumbel_anneal_steps`` (Jang et al. 2017
+        anneal exponentially), then constant."""
+        cfg = self.config
+        if cfg.gumbel_anneal_steps == 0:
+            return cfg.gumbel_temperature
+        frac = (self.step.float() / cfg.gumbel_anneal_steps).clamp(max=1.0)
+        return cfg.gumbel_temperature_start * (cfg.gumbel_temperature / cfg.gumbel_temperature_start) ** frac
+
+    def _set_relaxation(self) -> None:
+        """Discrete levels draw relaxed samples only in training passes with gradients; every other pass
+        (eval mode, ``no_grad``: evaluation, the IW bound, sampling) draws hard samples, so the numbers it
+        reports use exact log-probabilities."""
+        if self.config.latent_types is None:
+            return
+        relaxed = self.training and torch.is_grad_enabled()
+        tau = self.gumbel_temperature() if relaxed else 1.0
+        for layer in self.layers:
+            layer.set_relaxation(tau, relaxed)
 
     def _log_weights(self, x_k: Tensor, run: _Pass) -> Tensor:
         """log p(x, z) - log q(z | x) per row, (k*B,)."""
@@ -421,6 +527,23 @@ class HierarchicalVAE(nn.Module):
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return out
+
+
+@contextlib.contextmanager
+def _frozen_bn(module: nn.Module):
+    """While a checkpointed module is recomputed, its batch norms leave their running statistics alone
+    (the forward pass already counted this batch)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -19,6 +19,9 @@ class TrainConfig(_Serializable):
     epochs: int = 10
     max_steps: int | None = None  # stop after this many steps even mid-epoch
     batch_size: int = 128
+    # under torchrun: "global" (the default) keeps batch_size examples per step, split evenly over the
+    # ranks (it must divide by their number); "rank" gives every rank batch_size examples
+    batch_size_per: Literal["global", "rank"] = "global"
     optimizer: Literal["adam", "adamax"] = "adam"
     lr: float = 1e-3
     lr_warmup_steps: int = 0  # linear warm-up of the learning rate from 0
@@ -34,7 +37,11 @@ class TrainConfig(_Serializable):
     checkpoint_every: int = 500  # steps between checkpoints (also at the end of every epoch)
     max_consecutive_skips: int = 100  # stop with an error after this many non-finite updates in a row
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun auto/cuda = cuda:LOCAL_RANK)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the networks; fp16 adds a grad scaler
+    channels_last: bool = False  # conv models: NHWC memory layout (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model; falls back to eager (logged) when compilation fails
+    dist_timeout: float = 1800.0  # seconds a rank waits for the others in a collective before failing
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -54,6 +61,7 @@ class TrainConfig(_Serializable):
             self.kl_warmup_epochs is None or self.kl_warmup_epochs >= 0,
             f"train.kl_warmup_epochs: must be >= 0, got {self.kl_warmup_epochs}",
         )
+        _require(self.dist_timeout > 0, f"train.dist_timeout: must be > 0 seconds, got {self.dist_timeout}")
         dev = self.device
         _require(
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),

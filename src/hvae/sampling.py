@@ -46,3 +46,48 @@ def interpolate(model: HierarchicalVAE, x_a: torch.Tensor, x_b: torch.Tensor, st
     out = model.generate([None] * (L - 1) + [z_top], temperature=0.0)
     # (steps, n, ...) -> (n, steps, ...): one row per pair
     return out.view(steps, n, *out.shape[1:]).transpose(0, 1).reshape(n * steps, *out.shape[1:])
+
+
+@torch.no_grad()
+def readjust_batchnorm(
+    model: HierarchicalVAE, n: int, temperature: float | Sequence[float] = 1.0, num_batches: int = 100
+) -> int:
+    """NVAE's sampling trick: re-estimate the batch-norm statistics of the generative path from the
+    model's own samples at ``temperature`` (low temperatures shift the activations away from those seen
+    in training). The batch norms that sampling runs are reset and re-estimated as the plain average over
+    ``num_batches`` sampling passes of ``n`` samples, in train mode without gradients; the encoder's are
+    untouched. A layer whose new statistics come out non-finite keeps its old ones. The model is left in
+    eval mode. Returns the number of batch-norm layers readjusted."""
+    if n < 2 or num_batches < 1:
+        raise ValueError(f"readjust_batchnorm needs n >= 2 and num_batches >= 1, got n={n}, num_batches={num_batches}")
+    used: list[torch.nn.modules.batchnorm._BatchNorm] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: used.append(m) if m not in used else None)
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    model.eval()
+    try:
+        model.sample(2, temperature=temperature)  # find the batch norms of the generative path
+    finally:
+        for h in hooks:
+            h.remove()
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in used]
+    for m in used:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    step = model.step.clone()
+    model.train()
+    try:
+        for _ in range(num_batches):
+            model.sample(n, temperature=temperature)
+    finally:
+        model.eval()
+        model.step.copy_(step)
+        for m, (momentum, mean, var, tracked) in zip(used, saved):
+            m.momentum = momentum
+            if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(tracked)
+    return len(used)

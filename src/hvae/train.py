@@ -3,10 +3,16 @@
 The step is the one a user's own loop would write (``loss = model(x).loss; loss.backward();
 opt.step()``), guarded: an update whose loss or gradient norm is not finite is skipped and counted, never
 applied, and a long run of skips stops training with :class:`TrainingDiverged`.
+
+Under ``torchrun`` the same loop runs on every rank with ``DistributedDataParallel``: rank r takes rows
+``[r*B/N, (r+1)*B/N)`` of every global batch of the single-process data order, draws its posterior noise
+from its own stream (seeded ``train.seed + r``), and the skip decision is all-reduced so every rank skips
+the same updates. Rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -17,9 +23,11 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .data import Dataset, load_dataset
+from .distributed import Context, DistributedError
 from .evaluate import elbo_terms
 from .model import HierarchicalVAE, _atomic_write_text, build_model
 from .optim import make_optimizer
@@ -38,12 +46,19 @@ class RunDirError(ValueError):
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} was asked for, but this machine has no CUDA device; use auto or cpu")
-    return dev
+    return distributed.resolve_device(name)
+
+
+def global_batch_size(tc, world_size: int) -> int:
+    """Examples per optimizer step over all ranks; with ``batch_size_per: global`` it must split evenly."""
+    if tc.batch_size_per == "rank":
+        return tc.batch_size * world_size
+    if tc.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size: {tc.batch_size} does not divide by the {world_size} ranks; choose a multiple of "
+            f"{world_size}, or set train.batch_size_per=rank to give every rank batch_size examples"
+        )
+    return tc.batch_size
 
 
 def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -59,8 +74,9 @@ def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> flo
     return lr
 
 
-def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset) -> RunConfig:
-    """Fill what the data decide: ``model.data_shape`` (when not given) and the KL warm-up in steps."""
+def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_size: int | None = None) -> RunConfig:
+    """Fill what the data decide: ``model.data_shape`` (when not given) and the KL warm-up in steps
+    (``batch_size``: the global batch, default ``train.batch_size``)."""
     model_raw = raw.get("model") or {}
     model = cfg.model
     shape = list(dataset.shape)
@@ -72,7 +88,8 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset) -> Run
             )
         model = model.replace(data_shape=shape)
     if cfg.train.kl_warmup_epochs is not None:
-        steps = int(round(cfg.train.kl_warmup_epochs * dataset.num_batches("train", cfg.train.batch_size)))
+        batches = dataset.num_batches("train", batch_size or cfg.train.batch_size)
+        steps = int(round(cfg.train.kl_warmup_epochs * batches))
         if "kl_warmup_steps" in model_raw and model.kl_warmup_steps not in (0, steps):
             raise ConfigError("set either train.kl_warmup_epochs or model.kl_warmup_steps, not both")
         model = model.replace(kl_warmup_steps=steps)
@@ -102,10 +119,16 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+# data settings that change how the data are read, not what they are
+_DATA_IO_KEYS = {"in_memory", "memory_budget_gb"}
+
+
 def _check_compatible(saved: RunConfig, now: RunConfig) -> None:
     for section in ("model", "data"):
         a, b = getattr(saved, section).to_dict(), getattr(now, section).to_dict()
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff = sorted(
+            k for k in set(a) | set(b) if a.get(k) != b.get(k) and not (section == "data" and k in _DATA_IO_KEYS)
+        )
         if diff:
             raise ConfigError(
                 f"cannot resume: {section} settings differ from the run's "
@@ -174,30 +197,64 @@ def train(
     """Train a model as ``config`` says, writing the run into ``out``; returns the run directory.
 
     ``raw`` is the user's config mapping (to tell given values from defaults). With ``resume`` the run in
-    ``out`` continues exactly where its latest checkpoint stopped.
+    ``out`` continues exactly where its latest checkpoint stopped. Under torchrun every rank calls this
+    (see the module docstring); only rank 0 writes and logs.
     """
-    run_dir = Path(out)
-    prepare_run_dir(run_dir, resume, overwrite)
+    with distributed.session(config.train.device, config.train.dist_timeout) as ctx:
+        return _train(config, Path(out), raw or {}, resume, overwrite, log if ctx.is_main else _silent, ctx)
+
+
+def _silent(_message: str) -> None:
+    pass
+
+
+def _has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _train(
+    config: RunConfig, run_dir: Path, raw: dict[str, Any], resume: bool, overwrite: bool, log, ctx: Context
+) -> Path:
+    ctx.run_on_main(lambda: prepare_run_dir(run_dir, resume, overwrite))
     tc = config.train
-    device = resolve_device(tc.device)
+    device = ctx.device
     dataset = load_dataset(config.data)
-    config = resolve_config(config, raw or {}, dataset)
+    batch_size = global_batch_size(tc, ctx.world_size)
+    config = resolve_config(config, raw, dataset, batch_size)
     if resume:
         # model and data must be the run's; training and evaluation settings may change (e.g. more epochs)
         saved = RunConfig.from_yaml(run_dir / "config.yaml")
         _check_compatible(saved, config)
-    _atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    ctx.run_on_main(lambda: _atomic_write_text(run_dir / "config.yaml", config.to_yaml()))
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
     val_x = dataset.eval_tensor("val") if len(dataset.val) else None
-    for name, x in (("training", dataset.train.x[:256]), ("validation", val_x)):
+    for name, x in (("training", _first_batch(dataset)), ("validation", val_x)):
         if x is not None:
             try:
-                model.likelihood.check_support(_first_batch(dataset) if name == "training" else x)
+                model.likelihood.check_support(x)
             except ValueError as e:
                 raise ConfigError(f"the {name} data do not fit the model: {e}") from None
+    channels_last = tc.channels_last and config.model.block != "mlp"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    elif tc.channels_last:
+        log("note: train.channels_last applies to convolutional models only; ignored")
+    if ctx.distributed:
+        if _has_batch_norm(model):
+            if device.type == "cuda":
+                # batch statistics over the global batch, as one process would compute them
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                log(
+                    "note: SyncBatchNorm needs GPUs; on the CPU each rank normalises with its own batch "
+                    "statistics (rank 0's running statistics are kept)"
+                )
+        # every rank draws its own posterior noise: rank r's stream is seeded train.seed + r
+        torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
     opt = make_optimizer(model, lr=tc.lr, name=tc.optimizer, weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     ema = None
     if tc.ema_decay is not None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -205,29 +262,128 @@ def train(
         # parameters are averaged; buffers (batch-norm statistics, the step counter) are copied: see _sync_ema
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=False)
 
-    steps_per_epoch = dataset.num_batches("train", tc.batch_size)
+    steps_per_epoch = dataset.num_batches("train", batch_size)
     total_steps = (
         tc.epochs * steps_per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * steps_per_epoch)
     )
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "skipped": 0, "best_val": None}
+    state: dict[str, Any] = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "skipped": 0,
+        "best_val": None,
+        "world_size": ctx.world_size,
+        "batch_size": batch_size,
+    }
     resume_step = None
     if resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise CheckpointError(f"{run_dir} has no checkpoint yet; start it again with --overwrite")
-        state.update(load_checkpoint(ckpt, model, opt, ema, device))
+        loaded = load_checkpoint(ckpt, model, opt, ema, device, ctx.rank, ctx.world_size)
+        rng_restored = loaded.pop("rng_restored")
+        saved_world, saved_batch = loaded.pop("world_size", 1), loaded.pop("batch_size", batch_size)
+        state.update(loaded)
+        if saved_batch != batch_size:
+            # the global batch changed (batch_size_per: rank on another number of ranks): keep the epoch's
+            # position in examples; the data order within the epoch is the same permutation
+            state["batch"] = state["batch"] * saved_batch // batch_size
+            log(f"note: the global batch is now {batch_size} (was {saved_batch}); resuming at batch {state['batch']}")
+        if not rng_restored:
+            torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank, state["step"]))
+            log(
+                f"note: the run had {saved_world} rank(s), now {ctx.world_size}: the posterior noise is reseeded, "
+                "so it continues statistically but not bit for bit"
+            )
         resume_step = state["step"]
         log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
 
-    metrics = _Metrics(run_dir, resume_step)
+    step_model: Any = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        step_model = _CompiledOrEager(step_model, model, log)
+
+    metrics = _Metrics(run_dir, resume_step) if ctx.is_main else None
     eval_model = ema.module if ema is not None else model
     try:
-        _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, metrics, total_steps, log)
+        _loop(
+            model, step_model, opt, scaler, ema, eval_model, dataset, val_x, config, state, run_dir, metrics,
+            total_steps, batch_size, channels_last, ctx, log,
+        )  # fmt: skip
+    except TrainingDiverged:
+        raise
+    except (DistributedError, RuntimeError) as e:
+        if not (ctx.distributed and _is_comm_failure(e)):
+            raise
+        raise DistributedError(
+            f"rank {ctx.rank} of {ctx.world_size} lost the other ranks at step {state['step']} ({e}). "
+            f"The latest complete checkpoint is in {run_dir / 'checkpoints'}; continue with "
+            f"hvae train --resume {run_dir} (on any number of processes)"
+        ) from e
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     _sync_ema(ema, model)
-    eval_model.save_pretrained(run_dir / "model")
+    ctx.run_on_main(lambda: eval_model.save_pretrained(run_dir / "model"))
     return run_dir
+
+
+def _is_comm_failure(e: BaseException) -> bool:
+    if isinstance(e, (DistributedError, torch.distributed.DistError)):
+        return True
+    text = str(e)
+    return any(w in text for w in ("Gloo", "gloo", "NCCL", "Connection", "onnection reset", "imed out", "peer"))
+
+
+class _CompiledOrEager:
+    """``torch.compile`` of the training forward; if compiling fails (no compiler, an unsupported op), the
+    first call says so in the log and training goes on eagerly."""
+
+    def __init__(self, module, model: HierarchicalVAE, log):
+        self.eager, self.model, self.log = module, model, log
+        self.fn, self.checked = module, False
+        try:
+            self.fn = torch.compile(module)
+        except Exception as e:  # torch.compile refuses this platform up front
+            self._fallback(e)
+
+    def _fallback(self, e: Exception) -> None:
+        self.fn, self.checked = self.eager, True
+        self.log(f"note: train.compile: torch.compile failed ({type(e).__name__}: {e}); training runs eagerly")
+
+    def __call__(self, x: torch.Tensor):
+        if self.checked:
+            return self.fn(x)
+        step = self.model.step.clone()
+        try:
+            out = self.fn(x)
+        except Exception as e:  # compilation happens at the first call
+            self.model.step.copy_(step)
+            self._fallback(e)
+            return self.fn(x)
+        self.checked = True
+        return out
+
+
+def _autocast(precision: str, device: torch.device):
+    """Autocast of the networks; the model casts network outputs to float32 before any log-probability."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    if device.type == "cuda":
+        # a pinned host copy lets the transfer overlap with the previous step's kernels
+        x = x.pin_memory().to(device, non_blocking=True)
+    else:
+        x = x.to(device)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 @torch.no_grad()
@@ -243,13 +399,19 @@ def _first_batch(dataset: Dataset) -> torch.Tensor:
     return next(dataset.batches("train", bs, epoch=0, drop_last=False))
 
 
-def _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, metrics, total_steps, log):
+_STATE_KEYS = ("step", "epoch", "batch", "skipped", "best_val", "world_size", "batch_size")
+
+
+def _loop(
+    model, step_model, opt, scaler, ema, eval_model, dataset, val_x, config, state, run_dir, metrics, total_steps,
+    batch_size, channels_last, ctx: Context, log,
+):  # fmt: skip
     tc = config.train
-    device = next(model.parameters()).device
-    steps_per_epoch = dataset.num_batches("train", tc.batch_size)
+    device = ctx.device
+    steps_per_epoch = dataset.num_batches("train", batch_size)
     consecutive_skips = 0
     progress = None
-    if tc.progress:
+    if tc.progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total_steps, initial=state["step"], desc="train", dynamic_ncols=True, file=sys.stderr)
@@ -257,54 +419,69 @@ def _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, m
     t_start = time.perf_counter()
 
     def checkpoint(best: bool = False) -> None:
-        save_checkpoint(
-            run_dir, model, opt, ema, {k: state[k] for k in ("step", "epoch", "batch", "skipped", "best_val")}, best
-        )
+        # collective: every rank hands in its random-number state, rank 0 writes, and no rank goes on
+        # before the checkpoint is complete
+        rng = None
+        if ctx.distributed:
+            states = ctx.all_gather_object({k: v.cpu() for k, v in distributed.rng_state(device).items()})
+            rng = {f"rank{r}.{k}": v for r, st in enumerate(states) for k, v in st.items()}
+            rng["torch_cpu"] = states[0]["torch_cpu"].clone()  # safetensors refuses shared storage
+        snapshot = {k: state[k] for k in _STATE_KEYS}
+        ctx.run_on_main(lambda: save_checkpoint(run_dir, model, opt, ema, snapshot, best, rng))
 
     def validate() -> None:
         if val_x is None:
             return
-        _sync_ema(ema, model)
-        # a fixed seed for the posterior samples of validation, outside the training RNG stream: a run
-        # resumed after a validation continues exactly as one that never stopped
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(tc.seed)
-            v = _validate(eval_model, val_x.to(device), config.eval.batch_size)
-        metrics.write({"split": "val", "step": state["step"], "epoch": state["epoch"], **v})
-        is_best = state["best_val"] is None or v["elbo"] > state["best_val"]
-        if is_best:
-            state["best_val"] = v["elbo"]
+        is_best = False
+        if ctx.is_main:  # the other ranks wait in checkpoint()
+            _sync_ema(ema, model)
+            # a fixed seed for the posterior samples of validation, outside the training RNG stream: a run
+            # resumed after a validation continues exactly as one that never stopped
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(tc.seed)
+                v = _validate(eval_model, val_x.to(device), config.eval.batch_size)
+            metrics.write({"split": "val", "step": state["step"], "epoch": state["epoch"], **v})
+            is_best = state["best_val"] is None or v["elbo"] > state["best_val"]
+            if is_best:
+                state["best_val"] = v["elbo"]
         checkpoint(best=is_best)
 
+    max_norm = tc.grad_clip if tc.grad_clip is not None else float("inf")
     done = state["step"] >= total_steps
     while not done and state["epoch"] < tc.epochs:
         model.train()
-        batches = dataset.batches(
-            "train", tc.batch_size, epoch=state["epoch"], start_batch=state["batch"], device=device
-        )
+        batches = dataset.batches("train", batch_size, epoch=state["epoch"], start_batch=state["batch"])
         for x in batches:
+            x = _to_device(distributed.shard(x, ctx), device, channels_last)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
-            out = model(x)
+            with _autocast(tc.precision, device):
+                out = step_model(x)
             loss = out.loss
-            ok = bool(torch.isfinite(loss))
-            grad_norm = float("nan")
+            loss_ok = torch.isfinite(loss)
+            grad_norm = torch.full((), float("nan"), device=device)
+            # under DDP every rank must run backward (its all-reduce is collective), whatever its loss
+            backward = ctx.distributed or scaler.is_enabled() or bool(loss_ok)
+            if backward:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them
+            flags = ctx.all_min(torch.stack([loss_ok, torch.isfinite(grad_norm)]).to(device, torch.float32))
+            loss_ok_all, grad_ok_all = (bool(f) for f in flags.tolist())
+            ok = loss_ok_all and grad_ok_all
             if ok:
-                loss.backward()
-                max_norm = tc.grad_clip if tc.grad_clip is not None else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                ok = math.isfinite(grad_norm)
-            if ok:
-                opt.step()
+                scaler.step(opt)  # opt.step(); with fp16 first un-scaled (the scaler found no inf: norm finite)
                 if ema is not None:
                     ema.update_parameters(model)
                 consecutive_skips = 0
             else:
                 state["skipped"] += 1
                 consecutive_skips += 1
-                what = "loss" if not torch.isfinite(loss) else "gradient"
-                log(f"step {state['step']}: non-finite {what}; update skipped")
+                what = "loss" if not loss_ok_all else "gradient"
+                where = " on at least one rank" if ctx.distributed else ""
+                log(f"step {state['step']}: non-finite {what}{where}; update skipped")
                 if consecutive_skips >= tc.max_consecutive_skips:
                     opt.zero_grad(set_to_none=True)
                     checkpoint()
@@ -313,22 +490,24 @@ def _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, m
                         "training stopped, and the latest checkpoint holds the weights of the last good update. "
                         "Lower train.lr, set train.grad_clip, or check the data for extreme values"
                     )
+            if backward and scaler.is_enabled():
+                scaler.update()  # halves the scale after an overflow (that step counts as skipped)
             opt.zero_grad(set_to_none=True)
             state["step"] += 1
             state["batch"] += 1
             if ok:
                 window.append(
                     {
-                        "loss": loss.detach(),
+                        "loss": loss.detach().float(),
                         "elbo": out.elbo.detach().mean(),
                         "log_px": out.log_px.detach().mean(),
                         "kl": torch.stack([k.detach().mean() for k in out.kl]),
-                        "grad_norm": grad_norm,
+                        "grad_norm": float(grad_norm),
                     }
                 )
             step = state["step"]
-            if step % tc.log_every == 0 and window:
-                rec = _summarise(window)
+            if step % tc.log_every == 0 and window:  # the same steps on every rank: skips are all-reduced
+                rec = _summarise(window, ctx)
                 window = []
                 rec.update(
                     beta=out.beta,
@@ -336,7 +515,8 @@ def _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, m
                     skipped=state["skipped"],
                     time=round(time.perf_counter() - t_start, 3),
                 )
-                metrics.write({"split": "train", "step": step, "epoch": state["epoch"], **rec})
+                if metrics is not None:
+                    metrics.write({"split": "train", "step": step, "epoch": state["epoch"], **rec})
                 if progress is not None:
                     progress.set_postfix(
                         loss=f"{rec['loss']:.2f}",
@@ -367,8 +547,20 @@ def _loop(model, opt, ema, eval_model, dataset, val_x, config, state, run_dir, m
     )
 
 
-def _summarise(window: list[dict[str, Any]]) -> dict[str, Any]:
+def _summarise(window: list[dict[str, Any]], ctx: Context | None = None) -> dict[str, Any]:
+    """Means over the window (and over the ranks: the same number of examples each)."""
     n = len(window)
+    if ctx is not None and ctx.distributed:
+        kl = sum(w["kl"] for w in window) / n
+        vec = torch.cat([torch.stack([sum(w[k] for w in window) / n for k in ("loss", "elbo", "log_px")]), kl])
+        vec = ctx.all_sum(vec.float()) / ctx.world_size
+        return {
+            "loss": float(vec[0]),
+            "elbo": float(vec[1]),
+            "log_px": float(vec[2]),
+            "kl": vec[3:].tolist(),
+            "grad_norm": sum(w["grad_norm"] for w in window) / n,  # the same on every rank (averaged gradients)
+        }
     return {
         "loss": float(sum(w["loss"] for w in window) / n),
         "elbo": float(sum(w["elbo"] for w in window) / n),

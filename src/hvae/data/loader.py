@@ -49,7 +49,7 @@ class DataConfig(_Serializable):
       value, 4 per float). Other sources are always loaded. Batches are the same either way.
     """
 
-    source: Literal["digits", "fashion_mnist", "mnist", "npz", "npy", "images", "csv"] = "digits"
+    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "npz", "npy", "images", "csv"] = "digits"
     path: str | None = None  # folder (IDX, images) or file (npz, npy, csv)
     key: str | None = None  # npz: array name (default 'x' if present, else the first)
     image_size: list[int] | None = None  # images: [H, W], resize shorter side then center-crop
@@ -361,10 +361,16 @@ def _read(config: DataConfig) -> sources.RawData:
     if src == "fashion_mnist":
         return sources.read_idx_folder(path or FASHION_MNIST_PATH)
     if path is None:
-        what = "folder of IDX files" if src == "mnist" else "image folder" if src == "images" else f".{src} file"
+        what = {"mnist": "folder of IDX files", "images": "image folder", "cifar10": "cifar-10-batches-py folder"}.get(
+            src, f".{src} file"
+        )
         raise DataError(f"source {src} needs data.path: set it to the {what}")
     if src == "mnist":
         return sources.read_idx_folder(path)
+    if src == "cifar10":
+        from hvae.data.cifar10 import read_cifar10
+
+        return read_cifar10(path)
     if src == "npz":
         return sources.read_npz(path, config.key)
     if src == "npy":

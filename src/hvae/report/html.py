@@ -327,7 +327,7 @@ def _test_inputs(r: _Run, n: int) -> Tensor | None:
         return None
     for split in ("test", "val"):
         if len(d.split(split)):
-            return d.eval_tensor(split)[:n]
+            return next(d.eval_batches(split, n))
     return None
 
 

@@ -1,0 +1,88 @@
+"""Spectral regularisation (NVAE, Vahdat & Kautz 2020, sec. 3.2): lambda * sum_i sigma_max(W_i) over
+every convolution and linear weight, each weight seen as a matrix ``(out, in * kh * kw)``.
+
+The largest singular value is tracked by power iteration (Miyato et al. 2018) with persistent vectors
+``u`` (out,) and ``v`` (in,) kept as buffers, so a couple of iterations per training step suffice and a
+saved model resumes where it stopped. Weights of one matrix shape are iterated together in one batched
+product, as in NVAE's ``spectral_norm_parallel``. sigma = u^T W v carries the gradient to W; u and v do not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SEED_ITERATIONS = 20  # iterations the first time, from random u, v
+STEP_ITERATIONS = 1  # iterations per training step after that (NVAE: 1)
+_EPS = 1e-12
+
+
+def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and m.weight is not None]
+
+
+class SpectralNorms(nn.Module):
+    """Power-iteration state for the weights of ``model`` (the modules that exist when this is built).
+
+    Call ``norms(model)`` to get sigma_max of every weight, (N,) in the order of :attr:`names`; in
+    training (``update=True``) the stored ``u``, ``v`` advance. The model is passed at call time (not stored)
+    so this module is not a second parent of the model's layers.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        groups: dict[str, list[str]] = {}
+        shapes: dict[str, tuple[int, int]] = {}
+        for name, m in _weighted_modules(model):
+            out = m.weight.shape[0]
+            fan_in = m.weight[0].numel()
+            key = f"{out}x{fan_in}"
+            groups.setdefault(key, []).append(name)
+            shapes[key] = (out, fan_in)
+        self.groups = groups
+        self.names = [n for names in groups.values() for n in names]
+        g = torch.Generator().manual_seed(0)
+        for key, names in groups.items():
+            out, fan_in = shapes[key]
+            self.register_buffer(f"u_{key}", F.normalize(torch.randn(len(names), out, generator=g), dim=1))
+            self.register_buffer(f"v_{key}", F.normalize(torch.randn(len(names), fan_in, generator=g), dim=1))
+        self.register_buffer("seeded", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, model: nn.Module, iterations: int | None = None, update: bool = True) -> Tensor:
+        """sigma_max of every weight, (N,) float32, differentiable w.r.t. the weights."""
+        if iterations is None:
+            iterations = STEP_ITERATIONS if bool(self.seeded) else SEED_ITERATIONS
+        sigmas = []
+        for key, names in self.groups.items():
+            W = torch.stack([model.get_submodule(n).weight.reshape(-1, 1) for n in names])
+            out = getattr(self, f"u_{key}").shape[1]
+            W = W.view(len(names), out, -1).float()  # (n, out, in)
+            u, v = getattr(self, f"u_{key}"), getattr(self, f"v_{key}")
+            with torch.no_grad():
+                Wd = W.detach()
+                for _ in range(iterations):
+                    v = F.normalize(torch.bmm(u.unsqueeze(1), Wd).squeeze(1), dim=1, eps=_EPS)  # W^T u
+                    u = F.normalize(torch.bmm(Wd, v.unsqueeze(2)).squeeze(2), dim=1, eps=_EPS)  # W v
+                if update:
+                    getattr(self, f"u_{key}").copy_(u)
+                    getattr(self, f"v_{key}").copy_(v)
+            # sigma = u^T W v
+            sigmas.append(torch.bmm(u.unsqueeze(1), torch.bmm(W, v.unsqueeze(2))).view(-1))
+        if update:
+            self.seeded.fill_(True)
+        return torch.cat(sigmas) if sigmas else torch.zeros(0)
+
+
+def coefficient(step: int | Tensor, final: float, initial: float, warmup_steps: int) -> float:
+    """NVAE's annealing of lambda: log-linear from ``initial`` to ``final`` over ``warmup_steps`` (the KL
+    warm-up's schedule in NVAE), then ``final``. ``warmup_steps = 0`` or ``initial <= 0`` gives ``final``."""
+    if final <= 0:
+        return 0.0
+    if warmup_steps <= 0 or initial <= 0:
+        return final
+    t = min(1.0, float(step) / warmup_steps)
+    return math.exp((1 - t) * math.log(initial) + t * math.log(final))

@@ -1,0 +1,245 @@
+"""Autoregressive observation models: causality, normalisation, sampler = scorer, and the model API."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import hvae
+from hvae.likelihoods import Autoregressive, build_likelihood
+
+B = 3
+
+
+def _cfg(decoder="pixelcnn", data_shape=(1, 4, 4), likelihood="bernoulli", **overrides):
+    base = dict(
+        data_shape=list(data_shape),
+        latent_dims=[3, 2],
+        hidden_dims=[8, 8],
+        depth=1,
+        decoder=decoder,
+        likelihood=likelihood,
+        ar_cond_channels=3,
+        pixelcnn_layers=2,
+        pixelcnn_channels=8,
+        pixelcnn_kernel=3,
+        seq_layers=2,
+        seq_width=8,
+        seq_heads=2,
+        num_classes=3,
+        num_mixtures=2,
+        num_bits=3,
+    )
+    return hvae.ModelConfig.from_dict({**base, **overrides})
+
+
+def _lik(seed=0, **kw) -> Autoregressive:
+    torch.manual_seed(seed)
+    lik = build_likelihood(_cfg(**kw)).double()
+    assert isinstance(lik, Autoregressive)
+    return lik
+
+
+def _cond(lik, batch=B, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, lik.num_params, *lik.spatial, generator=g, dtype=torch.float64)
+
+
+def _data(lik, batch=B, seed=2):
+    """Random data on the levels of the base model, in channel layout (B, C, *spatial)."""
+    g = torch.Generator().manual_seed(seed)
+    levels = lik.levels
+    k = torch.randint(0, levels, (batch, lik.channels, *lik.spatial), generator=g)
+    return k.double() / (levels - 1)
+
+
+# every decoder with each output distribution it supports
+_KINDS = [
+    dict(decoder="pixelcnn", data_shape=(1, 4, 5), likelihood="bernoulli"),
+    dict(decoder="pixelcnn", data_shape=(1, 7, 3), likelihood="categorical"),  # taller than the reach
+    dict(decoder="pixelcnn", data_shape=(3, 3, 4), likelihood="discretized_logistic_mixture"),
+    dict(decoder="transformer", data_shape=(7,), likelihood="categorical"),
+    dict(decoder="transformer", data_shape=(1, 2, 3), likelihood="bernoulli"),
+    dict(decoder="gru", data_shape=(1, 7), likelihood="categorical"),
+    dict(decoder="gru", data_shape=(6,), likelihood="bernoulli"),
+]
+_IDS = [f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}" for k in _KINDS]
+
+
+@pytest.mark.parametrize("kind", _KINDS, ids=_IDS)
+def test_changing_x_j_changes_no_output_at_positions_up_to_j(kind):
+    lik = _lik(**kind)
+    cond, x = _cond(lik), _data(lik)
+    T = math.prod(lik.spatial)
+    base = lik.net(x, cond).flatten(2)  # (B, P, T)
+    later_moved = False
+    for j in range(T):
+        y = x.clone()
+        y.flatten(2)[:, :, j] = 1 - y.flatten(2)[:, :, j]  # every channel of position j
+        out = lik.net(y, cond).flatten(2)
+        assert torch.equal(out[:, :, : j + 1], base[:, :, : j + 1]), f"position <= {j} read x_{j}"
+        later_moved |= not torch.allclose(out[:, :, j + 1 :], base[:, :, j + 1 :])
+    assert later_moved  # the outputs do depend on the earlier positions
+
+
+def test_pixelcnn_sees_above_and_left_without_a_blind_spot_and_its_receptive_field_is_bounded():
+    lik = _lik(data_shape=(1, 7, 7), pixelcnn_layers=2, pixelcnn_kernel=3)
+    cond, x = _cond(lik, batch=1), _data(lik, batch=1)
+    base = lik.net(x, cond)[0, 0]
+    dst = (4, 3)
+
+    def reads(src):
+        y = x.clone()
+        y[0, 0, src[0], src[1]] = 1 - y[0, 0, src[0], src[1]]
+        return not torch.allclose(lik.net(y, cond)[0, 0][dst], base[dst])
+
+    # the pixel above-right lies in the blind spot of a single masked-convolution stack
+    assert reads((3, 4)) and reads((3, 3)) and reads((4, 2))
+    # L layers of k x k kernels (r = k // 2) reach L r + 1 rows up and columns left, L r columns right
+    assert reads((1, 3)) and reads((4, 0)) and reads((2, 5))
+    assert not reads((0, 3)) and not reads((3, 6)) and not reads((1, 0))
+
+
+@pytest.mark.parametrize("kind", _KINDS, ids=_IDS)
+def test_sequential_samples_scored_by_the_teacher_forced_pass_give_the_samplers_log_probability(kind):
+    lik = _lik(**kind)
+    dist = lik(_cond(lik))
+    torch.manual_seed(3)
+    x = dist.sample()
+    assert x.shape == (B, *lik.data_shape)
+    assert torch.allclose(dist.log_prob(x), dist.sample_log_prob, atol=1e-9)
+    lik.check_support(x)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        dict(decoder="pixelcnn", data_shape=(1, 3, 3)),
+        dict(decoder="pixelcnn", data_shape=(1, 2, 5)),
+        dict(decoder="transformer", data_shape=(1, 3, 3)),
+        dict(decoder="gru", data_shape=(9,)),
+    ],
+    ids=lambda k: f"{k['decoder']}-{'x'.join(map(str, k['data_shape']))}",
+)
+def test_probabilities_of_all_binary_images_sum_to_one(kind):
+    lik = _lik(**kind)
+    D = math.prod(kind["data_shape"])
+    xs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=D)), dtype=torch.float64)
+    xs = xs.view(-1, *kind["data_shape"])  # all 2^D images
+    for cond in _cond(lik, batch=2):
+        log_p = lik(cond.expand(xs.shape[0], *cond.shape)).log_prob(xs)
+        assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_categorical_and_mixture_outputs_sum_to_one_over_all_values():
+    lik = _lik(decoder="transformer", data_shape=(4,), likelihood="categorical")  # 3^4 sequences
+    xs = torch.tensor(list(itertools.product(range(3), repeat=4)), dtype=torch.float64) / 2
+    log_p = lik(_cond(lik, batch=1).expand(xs.shape[0], -1, -1)).log_prob(xs)
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+    lik = _lik(data_shape=(2, 1, 2), likelihood="discretized_logistic_mixture", num_bits=2)  # 4^4 images
+    xs = torch.tensor(list(itertools.product(range(4), repeat=4)), dtype=torch.float64).view(-1, 2, 1, 2) / 3
+    log_p = lik(_cond(lik, batch=1).expand(xs.shape[0], -1, -1, -1)).log_prob(xs)
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_integer_class_data_and_levels_score_alike():
+    lik = _lik(decoder="gru", data_shape=(5,), likelihood="categorical")
+    dist = lik(_cond(lik))
+    k = torch.randint(0, 3, (B, 5))
+    assert torch.allclose(dist.log_prob(k), dist.log_prob(k.double() / 2))
+
+
+@pytest.mark.parametrize("kind", _KINDS[:4], ids=_IDS[:4])
+def test_mean_is_a_greedy_sequential_pass_within_the_data_range(kind):
+    lik = _lik(**kind)
+    dist = lik(_cond(lik))
+    m = dist.mean
+    assert m.shape == (B, *lik.data_shape) and (m >= 0).all() and (m <= 1).all()
+    assert torch.equal(m, dist.mean)  # deterministic
+
+
+# --- through the model --------------------------------------------------------------------------------
+
+
+def _model(block="conv", seed=0, **overrides):
+    torch.manual_seed(seed)
+    extra = dict(block="conv", strides=[2, 2], data_shape=[1, 8, 8]) if block == "conv" else {}
+    return hvae.build_model(_cfg(**{**extra, **overrides}))
+
+
+def _binary(model, n=B, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *model.data_shape, generator=g).round()
+
+
+@pytest.mark.parametrize("block", ["mlp", "conv"])
+@pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
+def test_pixelvae_elbo_iw_bound_and_samples_work_through_the_model_api(block, inference):
+    model = _model(block, inference=inference, kl="mc")
+    x = _binary(model)
+    out = model(x)
+    assert out.elbo.shape == (B,) and torch.isfinite(out.elbo).all()
+    out.loss.backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
+    model.eval()
+    torch.manual_seed(5)
+    elbo = model(x).elbo
+    torch.manual_seed(5)
+    assert torch.allclose(model.log_likelihood(x, num_samples=1), elbo, atol=1e-4)
+    assert model.log_likelihood(x, num_samples=4).shape == (B,)
+    s = model.sample(2, mean=False)
+    assert s.shape == (2, *model.data_shape) and ((s == 0) | (s == 1)).all()
+    assert model.sample(2).shape == (2, *model.data_shape)
+
+
+def test_a_sequence_model_with_a_transformer_decoder_trains_a_step():
+    model = _model("mlp", data_shape=[6], decoder="transformer", likelihood="categorical")
+    x = torch.randint(0, 3, (B, 6)).float() / 2
+    model(x).loss.backward()
+    assert all(p.grad is not None for p in model.likelihood.net.parameters())
+    assert model.eval().sample(2, mean=False).shape == (2, 6)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(data_shape=[16]), "pixelcnn models images"),
+        (dict(data_shape=[3, 4, 4]), "discretized_logistic_mixture"),
+        (dict(likelihood="gaussian"), "discrete likelihood"),
+        (dict(pixelcnn_kernel=4), "pixelcnn_kernel"),
+        (dict(decoder="transformer", likelihood="discretized_logistic_mixture"), "bernoulli or categorical"),
+        (dict(decoder="gru", data_shape=[2, 4]), "one channel"),
+        (dict(decoder="transformer", data_shape=[6], seq_heads=3), "seq_heads"),
+    ],
+)
+def test_unsupported_decoder_settings_are_refused_naming_the_key(overrides, match):
+    with pytest.raises(hvae.ConfigError, match=match):
+        _cfg(**overrides)
+
+
+def test_pixelvae_presets_build_and_the_small_one_trains_a_few_steps(tmp_path):
+    from hvae.runconfig import load_run_config
+    from hvae.train import train
+
+    cfg = hvae.presets.pixelvae()
+    assert cfg.decoder == "pixelcnn" and cfg.data_shape == [1, 28, 28]
+    run_cfg, raw = load_run_config(
+        None,
+        [
+            "model.preset=pixelvae_small",
+            "data.source=digits",
+            "data.flatten=false",
+            "data.binarize=dynamic",
+            "data.max_examples=64",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "train.progress=false",
+            "eval.num_samples=4",
+        ],
+    )
+    out = train(run_cfg, tmp_path / "r", raw=raw, log=lambda m: None)
+    model = hvae.load(out / "model")
+    assert model.config.decoder == "pixelcnn" and model.step.item() > 0
+    assert model.sample(2, mean=False).shape == (2, 1, 8, 8)

@@ -1,0 +1,298 @@
+"""Many processes on the CPU (gloo): DDP equals one process, all-reduced skips, kills, N -> 1 resume,
+exact sharded evaluation, bf16 autocast, and the GPU-path options that also run on a CPU."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import hvae
+from hvae.checkpoint import latest_checkpoint
+from hvae.config import ConfigError
+from hvae.data import load_dataset
+from hvae.distributed import Context, eval_shard, shard
+from hvae.evaluate import elbo_terms, evaluate, evaluation_sums
+from hvae.model import build_model
+from hvae.optim import make_optimizer
+from hvae.runconfig import load_run_config
+from hvae.train import TrainingDiverged, global_batch_size, learning_rate, resolve_config, train
+
+# no batch norm: gloo has no SyncBatchNorm, so per-rank batch statistics would differ from one process's
+TINY = [
+    "model.preset=small",
+    "model.latent_dims=[4,2]",
+    "model.hidden_dims=[16,8]",
+    "model.batch_norm=false",
+    "data.source=digits",
+    "data.flatten=true",
+    "data.binarize=dynamic",
+    "data.max_examples=200",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.progress=false",
+    "train.log_every=2",
+    "train.eval_every=4",
+    "train.checkpoint_every=3",
+    "train.dist_timeout=30",
+    "eval.num_samples=10",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny(*overrides):
+    return load_run_config(None, TINY + list(overrides))
+
+
+def torchrun(*args, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hvae"]
+    return subprocess.Popen(cmd + list(args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def reference_run(overrides, world_size=2):
+    """One process doing what N ranks do: rank r's rows of each global batch, its own noise stream (seeded
+    seed + r), gradients averaged over the ranks, one optimizer step."""
+    cfg, raw = tiny(*overrides)
+    tc = cfg.train
+    dataset = load_dataset(cfg.data)
+    B = global_batch_size(tc, world_size)
+    cfg = resolve_config(cfg, raw, dataset, B)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model)
+    streams = []
+    for r in range(world_size):
+        torch.manual_seed(tc.seed + r)
+        streams.append(torch.get_rng_state())
+    opt = make_optimizer(model, lr=tc.lr, name=tc.optimizer)
+    steps_per_epoch = dataset.num_batches("train", B)
+    total = min(tc.max_steps or 10**9, tc.epochs * steps_per_epoch)
+    step = 0
+    model.train()
+    for epoch in range(tc.epochs):
+        for x in dataset.batches("train", B, epoch=epoch):
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(tc, step, steps_per_epoch, total)
+            step0 = model.step.clone()
+            for r in range(world_size):
+                model.step.copy_(step0)  # every rank sees the same step (KL warm-up)
+                torch.set_rng_state(streams[r])
+                out = model(shard(x, Context(r, world_size)))
+                streams[r] = torch.get_rng_state()
+                (out.loss / world_size).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if step >= total:
+                return model.state_dict()
+    return model.state_dict()
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_the_weights_of_one_process_with_the_same_global_batch(tmp_path):
+    out = tmp_path / "ddp"
+    overrides = ["train.kl_warmup_epochs=1"]
+    proc = torchrun("train", *TINY, *overrides, "--out", str(out))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.count("model written") == 1  # rank 0 alone prints
+    ddp = hvae.load(out / "model").state_dict()
+    ref = reference_run(overrides)
+    assert ddp.keys() == ref.keys()
+    for k in ref:
+        assert torch.allclose(ddp[k].float(), ref[k].float(), atol=2e-5, rtol=1e-4), k
+    assert int(ddp["step"]) == 12
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == [2, 4, 6, 8, 10, 12]  # one writer
+
+
+def _spawned(rank, world_size, port, out, fn):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    fn(rank, Path(out))
+
+
+def _skip_case(rank, out):
+    real_forward = hvae.HierarchicalVAE.forward
+
+    def flaky_on_rank_1(self, x, beta=None):
+        out = real_forward(self, x, beta)
+        step = int(self.step)
+        if rank == 1 and self.training and (step in (3, 4) or step > 7):
+            out.loss = out.loss * float("nan")
+        return out
+
+    hvae.HierarchicalVAE.forward = flaky_on_rank_1
+    cfg, raw = tiny("train.log_every=1", "train.max_consecutive_skips=3")
+    try:
+        train(cfg, out / "r", raw=raw, log=lambda m: None)
+    except TrainingDiverged:
+        (out / f"diverged-{rank}").write_text("yes")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_makes_every_rank_skip(tmp_path):
+    procs = mp.start_processes(
+        _spawned, args=(2, _free_port(), str(tmp_path), _skip_case), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.time() + 150
+    while not procs.join(timeout=5):
+        if time.time() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("the ranks deadlocked")
+    # NaN on rank 1 only at steps 3 and 4: both ranks skip both updates (metrics count 2, weights finite)
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in lines if r["split"] == "train" and r["step"] in (2, 6)] == [0, 2]
+    # from step 8 on: the consecutive-skip stop is the same decision on both ranks, and leaves a checkpoint
+    assert (tmp_path / "diverged-0").exists() and (tmp_path / "diverged-1").exists()
+    model = hvae.load(latest_checkpoint(tmp_path / "r") / "model")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the ranks through /proc")
+def test_killing_one_rank_stops_the_job_with_an_error_and_leaves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "killed"
+    long = ["train.epochs=200", "train.checkpoint_every=2", "train.eval_every=1000"]
+    proc = torchrun("train", *TINY, *long, "--out", str(out))
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            ptr = out / "checkpoints" / "latest.json"
+            if ptr.exists() and json.loads(ptr.read_text())["step"] >= 6:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the ranks wrote no checkpoint in time")
+        victim = next(p for p in _children(proc.pid) if _rank_of(p) == 1)
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)  # the job ends: no rank waits forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "FAILED" in stderr and "rank      : 1" in stderr  # torchrun's report names the dead rank
+    ckpt = latest_checkpoint(out)
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    model = hvae.load(ckpt / "model")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    # the 2-rank checkpoint resumes in one process (fresh noise streams: statistically, not bit for bit)
+    cfg, raw = tiny(*long, f"train.max_steps={step + 3}")
+    notes = []
+    train(cfg, out, raw=raw, resume=True, log=notes.append)
+    assert any("had 2 rank(s), now 1" in n for n in notes)
+    assert int(hvae.load(out / "model").step) == step + 3
+
+
+def test_sharded_evaluation_sums_add_up_to_the_whole_split():
+    torch.manual_seed(0)
+    model = build_model(tiny()[0].model).eval()
+    x = torch.bernoulli(torch.rand(13, 64))
+    shards = [eval_shard(13, Context(r, 3)) for r in range(3)]
+    assert shards == [(0, 5), (5, 9), (9, 13)]
+    per_rank, elbos = [], []
+    for r, (lo, hi) in enumerate(shards):
+        torch.manual_seed(100 + r)
+        per_rank.append(evaluation_sums(model, x[lo:hi], num_samples=4))
+        torch.manual_seed(100 + r)
+        elbos.append(elbo_terms(model, x[lo:hi])["elbo"])  # the same noise: the same first draws
+    total = {k: sum(s[k] for s in per_rank) for k in per_rank[0]}
+    result = evaluate(model, x[:0], num_samples=4, reduce=lambda s: {k: s[k] + total[k] for k in s})
+    assert result["num_examples"] == 13
+    exact = torch.cat(elbos).double()
+    assert result["elbo"] == pytest.approx(exact.mean().item(), abs=1e-9)
+    assert result["elbo_stderr"] == pytest.approx(exact.std().item() / math.sqrt(13), rel=1e-6)
+
+
+def test_bf16_autocast_gives_the_float32_elbo_within_half_a_percent():
+    cfg = tiny("model.latent_dims=[8,4]", "model.hidden_dims=[64,32]")[0]
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    x = torch.bernoulli(torch.rand(256, 64))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        fp32 = model(x, beta=1.0)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x, beta=1.0)
+    # log-probabilities and KL terms stay float32 under autocast
+    assert bf16.elbo.dtype == bf16.log_px.dtype == bf16.kl[0].dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa (relative error ~0.4% per rounding); the batch-mean ELBO agrees to 0.5%
+    assert abs(bf16.elbo.mean() - fp32.elbo.mean()) <= 5e-3 * abs(fp32.elbo.mean())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_runs_and_writes_float32_weights(tmp_path, precision):
+    cfg, raw = tiny(f"train.precision={precision}", "train.max_steps=4")
+    out = train(cfg, tmp_path / precision, raw=raw, log=lambda m: None)
+    state = hvae.load(out / "model").state_dict()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_failing_torch_compile_falls_back_to_eager_and_says_so(tmp_path, monkeypatch):
+    def broken(module, **kw):
+        def fn(*a, **k):
+            raise RuntimeError("no C++ compiler")
+
+        return fn
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg, raw = tiny("train.compile=true", "train.max_steps=3")
+    notes = []
+    out = train(cfg, tmp_path / "c", raw=raw, log=notes.append)
+    assert any("torch.compile failed" in n and "eagerly" in n for n in notes)
+    assert int(hvae.load(out / "model").step) == 3  # the failed first call did not count a step
+
+
+def test_channels_last_conv_model_trains(tmp_path):
+    cfg, raw = tiny(
+        "model.preset=conv_small",
+        "model.latent_dims=[4,4]",
+        "model.hidden_dims=[8,8]",
+        "data.flatten=false",
+        "train.channels_last=true",
+        "train.max_steps=3",
+    )
+    out = train(cfg, tmp_path / "cl", raw=raw, log=lambda m: None)
+    assert int(hvae.load(out / "model").step) == 3
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
+    tc = tiny("train.batch_size=30")[0].train
+    with pytest.raises(ConfigError, match="batch_size_per=rank"):
+        global_batch_size(tc, 4)
+    assert global_batch_size(tc, 3) == 30
+    assert global_batch_size(tiny("train.batch_size=30", "train.batch_size_per=rank")[0].train, 4) == 120
+    x = torch.arange(12).view(12, 1)
+    assert torch.cat([shard(x, Context(r, 3)) for r in range(3)]).equal(x)
