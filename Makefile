@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN ?= runs/demo
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(VENV)/.hvae-installed: pyproject.toml requirements/constraints.txt scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV)
@@ -16,6 +16,9 @@ demo: $(VENV)/.hvae-installed
 test: $(VENV)/.hvae-installed
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
+
+bench: $(VENV)/.hvae-installed
+	$(PY) -m benchmarks.run
 
 lint: $(VENV)/.hvae-installed
 	$(PY) -m ruff check src tests benchmarks

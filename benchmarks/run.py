@@ -225,10 +225,19 @@ def run(smoke: bool = False, with_quality: bool = False, budget_s: float = 900.0
             "lvae_mnist bottom_up", hvae.build_model(lvae.replace(inference="bottom_up")), bs, [784], min_time
         )
     )
-    train.append(
-        train_throughput("conv_small (1x8x8)", hvae.build_model(hvae.presets.conv_small()), bs, [1, 8, 8], min_time)
-    )
     train.append(train_throughput("plain yardstick", PlainLVAE(), bs, [784], min_time, plain=True))
+    # the other model families, each at a batch that suits its size on a CPU
+    for preset, batch in (
+        ("conv_small", 256),
+        ("lvae_discrete", 256),
+        ("nvae_small", 32),
+        ("vdvae_small", 32),
+        ("attentive", 32),
+        ("pixelvae", 32),
+    ):
+        cfg = hvae.presets.get(preset)
+        torch.manual_seed(0)
+        train.append(train_throughput(preset, hvae.build_model(cfg), 4 if smoke else batch, cfg.data_shape, min_time))
     res["train"] = train
     model = hvae.build_model(lvae)
     res["iw"] = iw_eval(model, 2 if smoke else 10, 50 if smoke else 5000, None, min_time)

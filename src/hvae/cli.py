@@ -83,8 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--interpolate", action="store_true", help="interpolate between test inputs through the top layer")
     s.add_argument("--steps", type=int, default=10, help="interpolation steps")
+    s.add_argument(
+        "--readjust-bn",
+        type=int,
+        default=0,
+        metavar="BATCHES",
+        help="re-estimate batch-norm statistics from this many sampling passes first (NVAE); 0 = off",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+
+    b = sub.add_parser(
+        "bench",
+        help="the benchmark suite (from a source checkout): throughput against the compute floor",
+        description="Runs benchmarks/run.py of a source checkout; results go to benchmarks/RESULTS.md.",
+    )
+    b.add_argument("--smoke", action="store_true", help="every benchmark for a few seconds")
+    b.add_argument("--quality", action="store_true", help="also compare models at equal training time")
+    b.add_argument("--budget-min", type=float, default=15.0, help="training minutes per model with --quality")
+    b.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
 
     r = sub.add_parser("report", help="write RUN_DIR/report.html: curves, numbers and pictures in one page")
     r.add_argument("run_dir", type=Path)
@@ -220,6 +237,10 @@ def _cmd_sample(args) -> int:
         raise ValueError("--n must be >= 1")
     torch.manual_seed(args.seed)
     L = model.config.num_layers
+    if args.readjust_bn:
+        from .sampling import readjust_batchnorm
+
+        readjust_batchnorm(model, min(args.n, 500), temperature=temp, num_batches=args.readjust_bn)
     if args.from_data or args.interpolate:
         x = next(load_dataset(cfg.data).eval_batches("test", args.n * (2 if args.interpolate else 1))).to(device)
     if args.interpolate:
@@ -251,6 +272,21 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    root = Path.cwd()
+    if (root / "benchmarks" / "run.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks.run import main as bench_main
+    except ImportError:
+        raise FileNotFoundError(
+            "hvae bench runs the benchmarks/ folder of a source checkout; run it from the repository root"
+        ) from None
+    argv = [f for f, on in (("--smoke", args.smoke), ("--quality", args.quality), ("--no-write", args.no_write)) if on]
+    bench_main([*argv, "--budget-min", str(args.budget_min)])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -259,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train import RunDirError, TrainingDiverged
 
     args = _parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "report": _cmd_report}
+    handlers = {
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "sample": _cmd_sample,
+        "report": _cmd_report,
+        "bench": _cmd_bench,
+    }
     try:
         return handlers[args.command](args)
     except DistributedError as e:
