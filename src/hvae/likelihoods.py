@@ -88,7 +88,8 @@ class BernoulliDistribution(_ObservationDistribution):
         self.logits = logits
 
     def _log_prob_layout(self, x):
-        return -F.binary_cross_entropy_with_logits(self.logits, x, reduction="none")
+        # log p = x l - log(1 + e^l): two elementwise passes where binary_cross_entropy_with_logits makes five
+        return x * self.logits - F.softplus(self.logits)
 
     def _mean_layout(self):
         return torch.sigmoid(self.logits)
@@ -168,28 +169,37 @@ class CategoricalDistribution(_ObservationDistribution):
 
     def _log_prob_layout(self, x):
         log_p = F.log_softmax(self.logits, dim=1)
-        return log_p.gather(1, self._index(x).unsqueeze(1)).squeeze(1)
+        k = self._index(x)
+        out = log_p.gather(1, k.unsqueeze(1)).squeeze(1)
+        pad = self._model.pad_id
+        return out if pad is None else out.masked_fill(k == pad, 0.0)  # padding never counts
 
     def _mean_layout(self):
+        if self._model.tokens:  # token ids: the most probable id (a mean of ids means nothing)
+            return self.logits.argmax(1)
         levels = torch.arange(self.K, device=self.logits.device, dtype=self.logits.dtype) / (self.K - 1)
         p = F.softmax(self.logits, dim=1)
         return (p * levels.view(1, -1, *([1] * (p.dim() - 2)))).sum(1)
 
     def _sample_layout(self):
         k = torch.distributions.Categorical(logits=self.logits.movedim(1, -1)).sample()
-        return k.to(self.logits.dtype) / (self.K - 1)
+        return k if self._model.tokens else k.to(self.logits.dtype) / (self.K - 1)
 
 
 class Categorical(ObservationModel):
     """Categorical over ``num_classes`` values per dimension (256-level pixels, tokens).
 
-    Floating data in [0, 1] are read as levels ``k / (K - 1)``; integer data as class indices.
+    Floating data in [0, 1] are read as levels ``k / (K - 1)``; integer data as class indices. Positions
+    holding ``pad_id`` are padding: they add nothing to ``log_prob``. With ``tokens`` the data are token ids:
+    ``sample()`` and ``mean`` (the most probable id per position) return int64 ids rather than levels.
     """
 
-    def __init__(self, data_shape, num_classes: int = 256):
+    def __init__(self, data_shape, num_classes: int = 256, pad_id: int | None = None, tokens: bool = False):
         super().__init__(data_shape)
         self.num_classes = num_classes
         self.params_per_channel = num_classes
+        self.pad_id = pad_id
+        self.tokens = tokens
 
     def forward(self, params: Tensor) -> CategoricalDistribution:
         B = params.shape[0]
@@ -400,13 +410,19 @@ class AutoregressiveDistribution(_ObservationDistribution):
             means.view(B, m.channels, -1)[:, :, t] = d._mean_layout().reshape(B, m.channels)
         return x, log_p, means
 
+    def _ids(self, x: Tensor) -> Tensor:
+        """Levels k / (K - 1) of the sequential buffer -> int64 token ids."""
+        return torch.round(x * (self._model.levels - 1)).long()
+
     def sample(self) -> Tensor:
         x, self.sample_log_prob, _ = self._sequential(lambda d: d._sample_layout())
-        return self._model._to_user(x)
+        return self._model._to_user(self._ids(x) if self._model.tokens else x)
 
     @property
     def mean(self) -> Tensor:
-        return self._model._to_user(self._sequential(_step_mode)[2])
+        """Token models: the greedy sequence (each position's most probable id given the ones before)."""
+        x, _, means = self._sequential(_step_mode)
+        return self._model._to_user(self._ids(x) if self._model.tokens else means)
 
 
 class Autoregressive(ObservationModel):
@@ -425,6 +441,7 @@ class Autoregressive(ObservationModel):
         self.net = net
         self.cond_channels = cond_channels
         self.levels = levels  # values per position, for integer class data
+        self.tokens = getattr(base, "tokens", False)
 
     @property
     def num_params(self) -> int:
@@ -474,7 +491,7 @@ def build_likelihood(config) -> ObservationModel:
     if name == "gaussian":
         return Gaussian(shape, scale=config.likelihood_scale, min_scale=config.min_scale)
     if name == "categorical":
-        return Categorical(shape, num_classes=config.num_classes)
+        return Categorical(shape, num_classes=config.num_classes, pad_id=config.pad_id, tokens=config.embed_dim > 0)
     if name == "discretized_logistic_mixture":
         return DiscretizedLogisticMixture(shape, num_mixtures=config.num_mixtures, num_bits=config.num_bits)
     raise ValueError(f"unknown likelihood {name!r}")

@@ -28,6 +28,7 @@ from .distributions import Gaussian, kl_divergence
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
+from .nets.temporal import TokenEncoder
 from .spectral import SpectralNorms, coefficient
 
 CONFIG_NAME = "config.json"
@@ -85,7 +86,8 @@ def _tile(t: Tensor, k: int) -> Tensor:
 class HierarchicalVAE(nn.Module):
     """A hierarchical VAE built from a :class:`~hvae.config.ModelConfig` (use :func:`hvae.build_model`).
 
-    Data: ``x`` of shape ``(B, *config.data_shape)``, float, in the likelihood's support.
+    Data: ``x`` of shape ``(B, *config.data_shape)``, float, in the likelihood's support; categorical models
+    also take integer class ids (token ids (B, T), positions equal to ``config.pad_id`` ignored).
     """
 
     def __init__(self, config: ModelConfig):
@@ -99,10 +101,20 @@ class HierarchicalVAE(nn.Module):
         self.likelihood = build_likelihood(cfg)
 
         # latent shapes and the resolution of each level
-        self._pad: tuple[int, int, int, int] | None = None  # (left, right, top, bottom) of padded images
+        self._pad: tuple[int, ...] | None = None  # (left, right, top, bottom) of padded images; (left, right) of sequences
         if cfg.block == "mlp":
             in_ch = math.prod(self.data_shape)
             latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]
+        elif len(self.data_shape) == 2:  # sequences (C, T), block temporal: padded at the end to the total stride
+            in_ch, t = self.data_shape
+            total = math.prod(cfg.strides)
+            if t % total:
+                self._pad = (0, -(-t // total) * total - t)
+                t += self._pad[1]
+            latent_shapes = []
+            for l, s in enumerate(cfg.strides):
+                t //= s
+                latent_shapes.append((latent_channels(cfg, l), t))
         else:
             in_ch = self.data_shape[0]
             h, w = self.data_shape[1:]
@@ -116,6 +128,12 @@ class HierarchicalVAE(nn.Module):
             for l, s in enumerate(cfg.strides):
                 h, w = h // s, w // s
                 latent_shapes.append((latent_channels(cfg, l), h, w))
+
+        # token ids (B, T) are embedded first (sentence-level models over a token sequence)
+        self.token_encoder = None
+        if cfg.embed_dim:
+            self.token_encoder = TokenEncoder(cfg.num_classes, cfg.embed_dim, self.data_shape[0], cfg.pad_id)
+            in_ch = self.token_encoder.out_features
 
         # bottom-up pass: d_l = block_l(d_{l-1}); the stacked VAE feeds z_{l-1} instead of d_{l-1}
         self.encoder = nn.ModuleList()
@@ -174,13 +192,25 @@ class HierarchicalVAE(nn.Module):
             raise ValueError(f"input has shape {tuple(x.shape)}, but this model takes {want}{hint}")
         if x.shape[0] == 0:
             raise ValueError("input batch is empty")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"input must be a floating tensor (values in [0, 1]), got {x.dtype}")
+        if not x.dtype.is_floating_point and not self._takes_ids:
+            raise TypeError(
+                f"input must be a floating tensor (values in [0, 1]), got {x.dtype}; integer token ids need "
+                f"likelihood categorical (this model's is {self.config.likelihood})"
+            )
+
+    @property
+    def _takes_ids(self) -> bool:
+        """Integer class ids are accepted as input by categorical models (plain or autoregressive)."""
+        return self.config.likelihood == "categorical"
 
     # ------------------------------------------------------------------------------------------------
     # the two passes
 
     def _features(self, x: Tensor) -> Tensor:
+        if self.token_encoder is not None:
+            return self.token_encoder(x.long())
+        if not x.dtype.is_floating_point:  # class ids k -> levels k / (K - 1), as the likelihood reads them
+            x = x.float() / (self.config.num_classes - 1)
         if self.config.block == "mlp":
             return x.flatten(1)
         return x if self._pad is None else nn.functional.pad(x, self._pad)
@@ -270,7 +300,9 @@ class HierarchicalVAE(nn.Module):
 
     def _decode_state(self, state: Tensor):
         params = self.decoder_head(self._cells(self.decoder, state)).float()
-        if self._pad is not None:  # crop the padded image back: (B, P, H + ph, W + pw) -> (B, P, H, W)
+        if self._pad is not None and len(self._pad) == 2:  # crop the padded sequence back: (B, P, T')->(B, P, T)
+            params = params[:, :, : self.data_shape[1]]
+        elif self._pad is not None:  # crop the padded image back: (B, P, H + ph, W + pw) -> (B, P, H, W)
             left, _, top, _ = self._pad
             H, W = self.data_shape[1:]
             params = params[:, :, top : top + H, left : left + W]
@@ -420,13 +452,16 @@ class HierarchicalVAE(nn.Module):
         B = x.shape[0]
         if chunk_size is None:
             chunk_size = max(1, min(num_samples, 32768 // B))
+        # the bottom-up pass once per input, tiled once to a full chunk; a shorter last chunk takes a prefix
         ctxs = self._bottom_up(x)
+        k_max = min(chunk_size, num_samples)
+        ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(x, k_max)
         total = torch.full((B,), -math.inf, device=x.device)
         done = 0
         while done < num_samples:
             k = min(chunk_size, num_samples - done)
-            run = self._infer(x, k=k, ctxs=ctxs)
-            lw = self._log_weights(_tile(x, k), run).view(k, B)
+            run = self._infer(x, ctxs=[c[: k * B] for c in ctxs_k])
+            lw = self._log_weights(x_k[: k * B], run).view(k, B)
             total = torch.logaddexp(total, torch.logsumexp(lw, dim=0))
             done += k
         return total - math.log(num_samples)
