@@ -1,6 +1,7 @@
 """The command line: train -> eval -> sample -> report, help, and errors users can act on."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -89,3 +90,13 @@ def test_user_errors_exit_2_with_a_message(argv, message, run_dir, tmp_path, cap
 def test_train_refuses_an_occupied_directory(run_dir, capsys):
     assert main(["train", "--config", "configs/default.yaml", *TINY, "--out", str(run_dir), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_every_shipped_config_is_valid_and_builds(path):
+    import hvae
+    from hvae.runconfig import load_run_config
+
+    cfg, _ = load_run_config(path)
+    if cfg.model.block in ("mlp", "conv") or "small" in path:  # the paper-size models are GPU-sized: config only
+        hvae.build_model(cfg.model)
