@@ -1,9 +1,9 @@
 """The command line: train -> eval -> sample -> report, help, and errors users can act on."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
