@@ -20,6 +20,9 @@ EPILOG = """examples:
   hvae sample runs/lvae --n 64 --temperature 0.8 --out grid.png
   hvae sample runs/lvae --from-data --out keep_top.png
   hvae report runs/lvae
+  hvae train --config configs/text_fortunes.yaml --out runs/fortunes
+  hvae sample runs/fortunes --interpolate --n 2 --steps 6
+  hvae data spoken-digits --out data/spoken_digits --per-digit 100
   torchrun --nproc_per_node 8 -m hvae train --config configs/nvae_fashion_small.yaml --out runs/nvae
 """
 
@@ -69,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         default="1.0",
         help="one float, or one per layer bottom to top, comma-separated (0 = prior means)",
     )
-    s.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/samples/....png)")
+    s.add_argument(
+        "--out",
+        type=Path,
+        help="PNG to write (default RUN_DIR/samples/....png); text runs: a .txt file; audio runs: a folder",
+    )
     s.add_argument(
         "--from-data",
         action="store_true",
@@ -102,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quality", action="store_true", help="also compare models at equal training time")
     b.add_argument("--budget-min", type=float, default=15.0, help="training minutes per model with --quality")
     b.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+
+    d = sub.add_parser("data", help="build the small built-in data sets")
+    dsub = d.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    sd = dsub.add_parser(
+        "spoken-digits",
+        help="spoken digits 0-9 synthesised with espeak-ng (varied voices, pitch, speed) as WAV files",
+    )
+    sd.add_argument("--out", type=Path, required=True, help="folder for the WAV files ({digit}_{i}.wav)")
+    sd.add_argument("--per-digit", type=int, default=20, help="recordings per digit")
+    sd.add_argument("--seed", type=int, default=0)
 
     r = sub.add_parser("report", help="write RUN_DIR/report.html: curves, numbers and pictures in one page")
     r.add_argument("run_dir", type=Path)
@@ -192,6 +209,11 @@ def _cmd_eval(args) -> int:
         jac = 0.0
         if cfg.data.dequantize and dataset.levels:
             jac = dequantization_log_jacobian(dataset.levels, x[0].numel())
+        units = None
+        if dataset.tokenizer is not None:  # sequences: bits per token and per byte / character
+            from .data.text import run_tokenizer, token_counts
+
+            units = token_counts(x, run_tokenizer(args.run_dir, cfg.data))
         lo, hi = eval_shard(x.shape[0], ctx)
         result = evaluate(
             model,
@@ -203,12 +225,15 @@ def _cmd_eval(args) -> int:
             log_jacobian=jac,
             progress=sys.stderr.isatty() and ctx.is_main,
             reduce=ctx.all_sum_dict,
+            unit_counts=units,
         )
         if not ctx.is_main:
             return 0
         if ctx.distributed:
             result["ranks"] = ctx.world_size
     result = {"split": split, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
+    if units:
+        result["tokenizer"] = cfg.data.tokenizer
     path = write_result(args.run_dir, result)
     print(format_table(result))
     print(f"written to {path}")
@@ -254,6 +279,8 @@ def _cmd_sample(args) -> int:
         images, ncol, name = keep_top_rows(model, x, ks, temp), x.shape[0], "keep_top"
     else:
         images, ncol, name = unconditional(model, args.n, temp), None, "samples"
+    if cfg.data.source in ("text", "fortunes", "audio"):
+        return _write_media(args, cfg, images.cpu(), name, ncol)
     pics = to_images(images.cpu(), model.data_shape)
     if pics is None:
         raise ValueError("these data are not images; samples can be read with the Python API (model.sample)")
@@ -261,6 +288,47 @@ def _cmd_sample(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(pics, out, nrow=ncol or max(1, int(round(args.n**0.5))))
     print(f"wrote {out}")
+    return 0
+
+
+def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int:
+    """Text samples printed and written to a .txt; audio as WAV files and a spectrogram PNG. Rows of
+    ``ncol`` examples (inputs, then one row per kept level; or one interpolation per row)."""
+    if cfg.data.source == "audio":
+        from .data import audio
+
+        out = args.out or args.run_dir / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        rate = cfg.data.sample_rate
+        for i, wave in enumerate(audio.to_waveform(x, cfg.data)):
+            (out / f"{name}_{i:03d}.wav").write_bytes(audio.wav_bytes(wave.numpy(), rate))
+        png = out / f"{name}_spectrograms.png"
+        png.write_bytes(audio.spectrogram_png(audio.spectrogram_frames(x, cfg.data)))
+        print(f"wrote {len(x)} WAV files ({rate} Hz) and {png} to {out}")
+        return 0
+    from .data.text import run_tokenizer
+
+    texts = run_tokenizer(args.run_dir, cfg.data).decode_batch(x)
+    lines = []
+    if ncol:  # rows of ncol: keep-top rows (inputs first) or one interpolation per row
+        for r in range(0, len(texts), ncol):
+            lines.append(f"--- row {r // ncol + 1}")
+            lines.extend(repr(t)[1:-1] for t in texts[r : r + ncol])
+    else:
+        lines.extend(repr(t)[1:-1] for t in texts)
+    out = args.out or args.run_dir / "samples" / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from .data.audio import synthesize_spoken_digits
+
+    paths = synthesize_spoken_digits(args.out, per_digit=args.per_digit, seed=args.seed)
+    print(f"wrote {len(paths)} WAV files to {args.out}; train on them with data.source=audio data.path={args.out}")
     return 0
 
 
@@ -300,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": _cmd_eval,
         "sample": _cmd_sample,
         "report": _cmd_report,
+        "data": _cmd_data,
         "bench": _cmd_bench,
     }
     try:

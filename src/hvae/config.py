@@ -191,7 +191,7 @@ def _require(cond: bool, message: str) -> None:
 
 
 Inference = Literal["ladder", "top_down", "bottom_up"]
-Block = Literal["mlp", "conv", "nvae", "vdvae"]
+Block = Literal["mlp", "conv", "nvae", "vdvae", "temporal"]
 Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic_mixture", "categorical"]
 Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "identity"]
 
@@ -273,6 +273,10 @@ class ModelConfig(_Serializable):
     vq_commitment: float = 0.25  # beta of the commitment loss beta ||e - sg(c)||^2
     vq_dead_threshold: float = 0.01  # restart a code used less than this fraction of the uniform share 1/K
     vq_top_prior: Literal["learned", "uniform"] = "learned"
+    # sequences of token ids (B, T) (data/text.py): the padding id (padded positions never count in the
+    # likelihood), and embed_dim > 0 for an encoder that embeds the ids (nets/temporal.py; block: mlp)
+    pad_id: int | None = None
+    embed_dim: int = 0
 
     def __post_init__(self) -> None:
         # direct construction (ModelConfig(...)) is checked like from_dict: every field's type and literal
@@ -305,6 +309,17 @@ class ModelConfig(_Serializable):
         )
         if self.block == "mlp":
             _require(self.strides is None, "strides: only used by block: conv; remove it for block: mlp")
+        elif self.block == "temporal":  # 1-D: sequences [C, T], each level coarser in time
+            _require(
+                len(self.data_shape) == 2,
+                f"data_shape: block: temporal needs sequences [C, T], got {self.data_shape}",
+            )
+            strides = self.strides if self.strides is not None else [2] * L
+            _require(
+                len(strides) == L and all(s >= 1 and s & (s - 1) == 0 for s in strides),
+                f"strides: needs one entry per latent layer ({L}), each a power of two (1, 2, 4, ...), got {strides}",
+            )
+            self.strides = list(strides)
         else:
             _require(
                 len(self.data_shape) == 3,
@@ -351,6 +366,22 @@ class ModelConfig(_Serializable):
             )
         self._check_attention_and_decoder()
         self._check_discrete()
+        self._check_tokens()
+
+    def _check_tokens(self) -> None:
+        if self.pad_id is not None:
+            _require(
+                0 <= self.pad_id < self.num_classes and self.likelihood == "categorical",
+                f"pad_id: padding is a class of a categorical likelihood, in 0..num_classes-1 "
+                f"({self.num_classes - 1}); got pad_id {self.pad_id} with likelihood {self.likelihood}",
+            )
+        _require(self.embed_dim >= 0, f"embed_dim: must be >= 0 (0: no token embedding), got {self.embed_dim}")
+        if self.embed_dim:
+            _require(
+                self.block == "mlp" and len(self.data_shape) == 1 and self.likelihood == "categorical",
+                "embed_dim: token ids (B, T) are embedded for block: mlp with data_shape [T] and likelihood "
+                f"categorical; got block {self.block}, data_shape {self.data_shape}, likelihood {self.likelihood}",
+            )
 
     def _check_attention_and_decoder(self) -> None:
         L = len(self.latent_dims)

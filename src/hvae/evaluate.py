@@ -140,8 +140,12 @@ def evaluate(
     log_jacobian: float = 0.0,
     progress: bool = False,
     reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    unit_counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """All evaluation numbers for ``x`` (N, *data_shape); nats per example unless named bits/dim.
+
+    ``unit_counts``: for sequences, how many of each unit the whole split holds (``{"token": …, "byte": …}``, see
+    :func:`hvae.data.text.token_counts`); adds ``bits_per_<unit>_elbo`` / ``_iw`` = -bound N / (count ln 2).
 
     ``reduce`` sums :func:`evaluation_sums` over processes (under torchrun every rank passes its shard of
     the split and ``Context.all_sum_dict``); the numbers are then those of the whole split.
@@ -181,8 +185,22 @@ def evaluate(
         "active_units": au,
         "units": units,
         **_codebook_perplexity(model, sums),
+        **_per_unit(elbo, iw_bound, n, unit_counts),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _per_unit(elbo: float, iw_bound: float, n: float, units: dict[str, int] | None) -> dict[str, Any]:
+    """Bits per token / byte / character of a sequence split (padding excluded from the counts; the bounds
+    never include it, the end-of-sequence tokens are in both)."""
+    if not units:
+        return {}
+    out: dict[str, Any] = {"nats_per_sequence_elbo": -elbo, "nats_per_sequence_iw": -iw_bound}
+    out["unit_counts"] = dict(units)
+    for unit, count in units.items():
+        out[f"bits_per_{unit}_elbo"] = -elbo * n / (count * math.log(2))
+        out[f"bits_per_{unit}_iw"] = -iw_bound * n / (count * math.log(2))
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -196,6 +214,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'IW bound (K=' + str(result['num_samples']) + ')':<26}{result['iw_bound']:>12.3f} nats  ± "
         f"{result['iw_bound_stderr']:.3f}   {result['bits_per_dim_iw']:.4f} bits/dim",
         f"{'reconstruction log p(x|z)':<26}{result['log_px']:>12.3f} nats",
+        *_unit_lines(result),
         f"{'KL total':<26}{result['kl_total']:>12.3f} nats",
         "",
         f"{'layer':<8}{'KL (nats)':>12}{'active units':>16}",
@@ -206,6 +225,16 @@ def format_table(result: dict[str, Any]) -> str:
         if ppl is not None:
             lines.append(f"{'z_' + str(i + 1) + ' codebook perplexity':<26}{ppl:>12.2f}")
     return "\n".join(lines)
+
+
+def _unit_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for unit, count in (result.get("unit_counts") or {}).items():
+        lines.append(
+            f"{'bits per ' + unit:<26}{result[f'bits_per_{unit}_iw']:>12.4f} (IW)    "
+            f"{result[f'bits_per_{unit}_elbo']:.4f} (ELBO)   over {count} {unit}s"
+        )
+    return lines
 
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:

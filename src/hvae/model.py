@@ -101,7 +101,8 @@ class HierarchicalVAE(nn.Module):
         self.likelihood = build_likelihood(cfg)
 
         # latent shapes and the resolution of each level
-        self._pad: tuple[int, ...] | None = None  # (left, right, top, bottom) of padded images; (left, right) of sequences
+        # (left, right, top, bottom) of padded images; (left, right) of padded sequences
+        self._pad: tuple[int, ...] | None = None
         if cfg.block == "mlp":
             in_ch = math.prod(self.data_shape)
             latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]

@@ -34,6 +34,7 @@ from .optim import make_optimizer
 from .runconfig import RunConfig
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "model", "eval.json", "report.html", "samples")
+RUN_FILES += ("tokenizer.json",)  # text runs: the tokeniser that decodes the model's samples
 
 
 class TrainingDiverged(RuntimeError):
@@ -87,6 +88,16 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
                 f"set model.data_shape={shape} (or data.flatten to match an MLP model)"
             )
         model = model.replace(data_shape=shape)
+    tokenizer = getattr(dataset, "tokenizer", None)
+    if tokenizer is not None:  # token ids: the classes and the padding id are the tokeniser's
+        wanted = {"num_classes": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
+        for key, value in wanted.items():
+            if getattr(model, key) != value and key in model_raw:
+                raise ConfigError(
+                    f"model.{key} is {getattr(model, key)} but the {cfg.data.tokenizer} tokenizer has "
+                    f"{key} {value}; remove model.{key} (it is set from the data) or set it to {value}"
+                )
+        model = model.replace(**wanted)
     if cfg.train.kl_warmup_epochs is not None:
         batches = dataset.num_batches("train", batch_size or cfg.train.batch_size)
         steps = int(round(cfg.train.kl_warmup_epochs * batches))
@@ -226,6 +237,8 @@ def _train(
         saved = RunConfig.from_yaml(run_dir / "config.yaml")
         _check_compatible(saved, config)
     ctx.run_on_main(lambda: _atomic_write_text(run_dir / "config.yaml", config.to_yaml()))
+    if dataset.tokenizer is not None:  # so the trained model decodes its own samples (hvae.data.text)
+        ctx.run_on_main(lambda: dataset.tokenizer.save(run_dir / "tokenizer.json"))
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)

@@ -47,9 +47,23 @@ class DataConfig(_Serializable):
       map, rows gathered per batch; ``images``: files decoded per batch); ``auto`` streams ``npy`` and
       ``images`` sources whose data would take more than ``memory_budget_gb`` in memory (1 byte per 8-bit
       value, 4 per float). Other sources are always loaded. Batches are the same either way.
+
+    Text (``source: text`` — a .txt file or folder — or ``fortunes``; see :mod:`hvae.data.text`): examples are
+    rows of ``max_length`` int64 token ids (end-of-sequence, then padding) from the ``tokenizer``
+    (``byte`` | ``char`` | ``bpe``); ``text_unit`` ``line`` (one example per line or fortune) or ``window``
+    (fixed windows of ``max_length`` characters over the stream); ``too_long`` examples are truncated or
+    skipped, ``text_errors`` says what non-UTF-8 text does (error | replace | skip); all counted and printed.
+
+    Audio (``source: audio``, a folder of WAV / FLAC / OGG; see :mod:`hvae.data.audio`): mixed to mono
+    (``multichannel: mix``; ``error`` refuses), resampled to ``sample_rate`` (``resample: false`` refuses other
+    rates), cropped or padded to ``duration`` seconds; ``audio_features`` ``mulaw`` (1, T) 8-bit codes for a
+    categorical likelihood, or ``logmel`` (n_mels, frames) for a Gaussian one; unreadable files raise or are
+    skipped and counted (``audio_errors``).
     """
 
-    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "npz", "npy", "images", "csv"] = "digits"
+    source: Literal[
+        "digits", "fashion_mnist", "mnist", "cifar10", "npz", "npy", "images", "csv", "text", "fortunes", "audio"
+    ] = "digits"
     path: str | None = None  # folder (IDX, images) or file (npz, npy, csv)
     key: str | None = None  # npz: array name (default 'x' if present, else the first)
     image_size: list[int] | None = None  # images: [H, W], resize shorter side then center-crop
@@ -64,6 +78,23 @@ class DataConfig(_Serializable):
     seed: int = 0
     in_memory: Literal["auto", "always", "never"] = "auto"
     memory_budget_gb: float = 4.0
+    # text
+    tokenizer: Literal["byte", "char", "bpe"] = "byte"
+    max_length: int = 128  # tokens per example, end-of-sequence included
+    text_unit: Literal["line", "window"] = "line"
+    too_long: Literal["truncate", "skip"] = "truncate"
+    text_errors: Literal["error", "replace", "skip"] = "error"
+    bpe_vocab_size: int = 1000
+    # audio
+    sample_rate: int = 8000
+    duration: float = 1.0  # seconds per example (cropped or zero-padded)
+    audio_features: Literal["mulaw", "logmel"] = "mulaw"
+    n_mels: int = 32
+    n_fft: int = 256
+    hop_length: int = 128
+    multichannel: Literal["mix", "error"] = "mix"
+    resample: bool = True
+    audio_errors: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -103,6 +134,18 @@ class DataConfig(_Serializable):
             not (self.dequantize and self.binarize != "none"),
             "dequantize and binarize exclude each other; set dequantize: false or binarize: none",
         )
+        _require(self.max_length >= 2, f"max_length: must be >= 2 tokens, got {self.max_length}")
+        _require(
+            self.bpe_vocab_size >= 260, f"bpe_vocab_size: must be >= 260 (256 bytes + 2), got {self.bpe_vocab_size}"
+        )
+        _require(self.sample_rate > 0 and self.duration > 0, "sample_rate and duration: must be positive")
+        _require(self.n_mels >= 1 and self.hop_length >= 1, "n_mels and hop_length: must be >= 1")
+        _require(self.n_fft >= 16, f"n_fft: must be >= 16, got {self.n_fft}")
+        if self.source in ("text", "fortunes", "audio"):
+            _require(
+                self.binarize == "none" and not self.dequantize and not self.standardize and not self.flatten,
+                f"source {self.source}: binarize, dequantize, standardize and flatten do not apply; remove them",
+            )
         _require(
             not (self.standardize and (self.dequantize or self.binarize != "none")),
             "standardize works on continuous values; set binarize: none and dequantize: false, or standardize: false",
@@ -208,6 +251,8 @@ class Dataset:
         self.mean, self.std = mean, std
         self.shape: tuple[int, ...] = train.shape
         self._eval: dict[str, torch.Tensor] = {}
+        self.tokenizer = None  # text sources: the tokeniser of the token ids (hvae.data.text)
+        self.notes: list[str] = []
         self._fixed: dict[str, Split] = {}
 
     def __repr__(self) -> str:
@@ -353,9 +398,23 @@ class Dataset:
             yield batch if device is None else batch.to(device)
 
 
+def _train_rows(config: DataConfig, n: int) -> torch.Tensor:
+    """The rows of n examples that :func:`load_dataset` puts in the training split (vocabularies use only those)."""
+    perm = torch.randperm(n, generator=transforms.generator(config.seed, "split"))
+    return perm[_count(n, config.val_fraction) + _count(n, config.test_fraction) :][: config.max_examples]
+
+
 def _read(config: DataConfig) -> sources.RawData:
     src, path = config.source, config.path
     budget = config.memory_budget_gb * 2**30
+    if src in ("text", "fortunes"):
+        from hvae.data import text
+
+        return text.read_text(config, lambda n: _train_rows(config, n))
+    if src == "audio":
+        from hvae.data import audio
+
+        return audio.read_audio_folder(config)
     if src == "digits":
         return sources.read_digits()
     if src == "fashion_mnist":
@@ -449,6 +508,7 @@ def load_dataset(config: DataConfig) -> Dataset:
             x = x.reshape(len(x), -1)  # (N, C, H, W) -> (N, C*H*W)
         splits[name] = Split(name, x.contiguous(), y, scale=raw.scale)
     levels = raw.levels
+    tokenizer, notes = getattr(raw, "tokenizer", None), list(getattr(raw, "notes", []))
     del raw  # the splits are copies (or views of the file): drop the full array before standardizing
 
     mean = std = None
@@ -471,4 +531,6 @@ def load_dataset(config: DataConfig) -> Dataset:
                         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         if lo < 0 or hi > 1:
             raise DataError(f"{where}: binarize needs values in [0, 1], found [{lo:g}, {hi:g}]; set binarize: none")
-    return Dataset(splits["train"], splits["val"], splits["test"], levels, config, mean, std)
+    dataset = Dataset(splits["train"], splits["val"], splits["test"], levels, config, mean, std)
+    dataset.tokenizer, dataset.notes = tokenizer, notes  # text: the tokeniser; what reading skipped or fixed
+    return dataset

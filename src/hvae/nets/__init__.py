@@ -10,11 +10,11 @@ A family whose bottom-up and top-down cells differ (``nvae``) may also define ``
 (:func:`encoder_block`, :func:`decoder_block`).
 """
 
-from . import attention, autoregressive, conv, mlp, nvae, vdvae
+from . import attention, autoregressive, conv, mlp, nvae, temporal, vdvae
 from .common import activation
 
 # attention (wraps cells) and autoregressive (nets of observation models) are not families
-FAMILIES = {"mlp": mlp, "conv": conv, "nvae": nvae, "vdvae": vdvae}
+FAMILIES = {"mlp": mlp, "conv": conv, "nvae": nvae, "vdvae": vdvae, "temporal": temporal}
 
 
 def encoder_block(family):
@@ -37,5 +37,6 @@ __all__ = [
     "encoder_block",
     "mlp",
     "nvae",
+    "temporal",
     "vdvae",
 ]

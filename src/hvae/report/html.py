@@ -377,6 +377,9 @@ def _keep_top(model: HierarchicalVAE, x: Tensor) -> str:
 def _pictures(r: _Run, num_samples: int, seed: int, device: str) -> list[str]:
     """Samples, reconstructions and keep-top-k grids, drawn under a fixed torch seed."""
     model = r.model
+    media = _media(r, seed, device)
+    if media is not None:
+        return media
     if to_images(torch.zeros(1, *model.data_shape), model.data_shape) is None:
         note = _note(f"The data (shape {tuple(model.data_shape)}) are not images: no sample or reconstruction grids.")
         return [_section("samples", "Samples", note)]
@@ -392,6 +395,82 @@ def _pictures(r: _Run, num_samples: int, seed: int, device: str) -> list[str]:
         out.append(_reconstructions(model, x[:NUM_RECONSTRUCTIONS]))
         out.append(_keep_top(model, x[:NUM_KEEP_TOP]))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- text, audio
+
+NUM_MEDIA = 8
+
+
+def _media(r: _Run, seed: int, device: str) -> list[str] | None:
+    """Sections for text (samples and reconstructions as text) and audio (players and spectrograms) runs;
+    None for other data."""
+    source = (r.config.get("data") or {}).get("source")
+    if source not in ("text", "fortunes", "audio"):
+        return None
+    dc = DataConfig.from_dict(r.config["data"])
+    devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        model = r.model
+        L = model.config.num_layers
+        rows = [(f"samples, T = {t:g}", model.sample(NUM_MEDIA, temperature=t)) for t in TEMPERATURES]
+        x = _test_inputs(r, NUM_MEDIA)
+        recon = []
+        if x is not None:
+            x = x.to(device)
+            recon = [("test inputs", x), ("reconstructions (one z ~ q(z | x))", model(x).px.mean)]
+            recon += [(_keep_top_label(k, L), model.sample_conditional(x, keep_top=k)) for k in range(L - 1, 0, -1)]
+    if source == "audio":
+        return [
+            _audio_section("samples", "Samples", rows, dc),
+            _audio_section("reconstructions", "Reconstructions", recon, dc),
+        ]
+    from hvae.data.text import run_tokenizer
+
+    try:
+        tok = run_tokenizer(r.path, dc)
+    except DataError as e:
+        return [_section("samples", "Samples", _note(str(e), "warn"))]
+    return [
+        _text_section("samples", "Samples", rows, tok),
+        _text_section("reconstructions", "Reconstructions", recon, tok),
+    ]
+
+
+def _text_section(anchor: str, title: str, rows: list, tok) -> str:
+    if not rows:
+        return _section(anchor, title, _note("no test inputs.", "warn"))
+    note = (
+        f"Token ids decoded by the run's {tok.kind} tokenizer (up to the end-of-sequence token); the decoder's "
+        "output is its greedy sequence given the latents."
+    )
+    body = "".join(
+        f"<h3>{_esc(label)}</h3><pre>" + "\n".join(_esc(repr(t)[1:-1]) for t in tok.decode_batch(x.cpu())) + "</pre>"
+        for label, x in rows
+    )
+    return _section(anchor, title, _note(note) + body)
+
+
+def _audio_section(anchor: str, title: str, rows: list, dc) -> str:
+    import base64
+
+    from hvae.data import audio
+
+    if not rows:
+        return _section(anchor, title, _note("no test inputs.", "warn"))
+    how = "Griffin-Lim from the log-mel frames" if dc.audio_features == "logmel" else "µ-law expansion"
+    body = _note(f"Players hold {dc.sample_rate} Hz WAV audio ({how}); below each row its spectrograms.")
+    for label, x in rows:
+        x = x.cpu()
+        players = "".join(
+            f'<audio controls preload="none" src="data:audio/wav;base64,'
+            f'{base64.b64encode(audio.wav_bytes(w.numpy(), dc.sample_rate)).decode()}"></audio>'
+            for w in audio.to_waveform(x, dc)
+        )
+        png = audio.spectrogram_png(audio.spectrogram_frames(x, dc))
+        body += f"<h3>{_esc(label)}</h3><div>{players}</div>" + _img(png_data_uri(png), label, "plot")
+    return _section(anchor, title, body)
 
 
 # ---------------------------------------------------------------------------------------------------- page

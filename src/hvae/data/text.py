@@ -1,0 +1,383 @@
+"""Text data: tokenisers and the ``text`` / ``fortunes`` sources.
+
+A text example is a row of ``max_length`` token ids (int64): the tokens of one line (or one fortune, or one
+fixed-length window of the stream), then an end-of-sequence token (``line`` mode only), then padding. The
+padding id comes from the tokeniser and must equal ``model.pad_id``: padded positions never count in a
+likelihood. Three tokenisers, each with the same ids layout (``eos_id``, ``pad_id``) and a JSON form that the
+training job writes into the run directory (``tokenizer.json``) so a trained model decodes its own samples:
+
+* ``byte``: the 256 UTF-8 byte values, then end-of-sequence (256) and padding (257). Nothing to build; every
+  text is representable.
+* ``char``: the characters of the training split (sorted), then unknown, end-of-sequence and padding.
+* ``bpe``: byte-level BPE trained on the training split with Hugging Face ``tokenizers``; exact round trip.
+
+Bad input is handled as ``DataConfig`` says and counted: text that is not UTF-8 (``text_errors``: error,
+replace with U+FFFD, or skip the example), empty examples (skipped), examples longer than ``max_length``
+(``too_long``: truncate or skip). The counts are printed and kept in :attr:`TextData.notes`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .sources import DataError, RawData
+
+FORTUNES_PATH = "/usr/share/games/fortunes"
+TOKENIZER_NAME = "tokenizer.json"
+TEXT_SOURCES = ("text", "fortunes")
+
+
+# ---------------------------------------------------------------------------------------------------- tokenisers
+
+
+class Tokenizer:
+    """Token ids for strings. Subclasses set ``kind``, ``unit`` (what bits per unit counts: byte, char, token)
+    and ``vocab_size``; the last two ids are end-of-sequence and padding."""
+
+    kind = ""
+    unit = "token"
+    vocab_size = 0
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocab_size - 2
+
+    @property
+    def pad_id(self) -> int:
+        return self.vocab_size - 1
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """The text of one row of ids: up to the first end-of-sequence token, padding dropped."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self._decode([i for i in ids if i != self.pad_id])
+
+    def decode_batch(self, x: torch.Tensor) -> list[str]:
+        """(B, T) ids -> B strings."""
+        return [self.decode(row) for row in x.reshape(x.shape[0], -1).long().cpu()]
+
+    def count_units(self, text: str) -> int:
+        """How many of ``unit`` the text holds (UTF-8 bytes, characters or tokens)."""
+        if self.unit == "byte":
+            return len(text.encode("utf-8"))
+        if self.unit == "char":
+            return len(text)
+        return len(self.encode(text))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False))
+        return path
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes 0..255, end-of-sequence 256, padding 257."""
+
+    kind, unit, vocab_size = "byte", "byte", 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def _decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class CharTokenizer(Tokenizer):
+    """Characters of the training split (sorted by code point), then unknown, end-of-sequence, padding."""
+
+    kind, unit = "char", "char"
+
+    def __init__(self, chars: Iterable[str]):
+        self.chars = sorted(set(chars))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        self.vocab_size = len(self.chars) + 3
+        self.unk_id = len(self.chars)
+
+    @classmethod
+    def fit(cls, texts: Iterable[str]) -> CharTokenizer:
+        chars: set[str] = set()
+        for t in texts:
+            chars.update(t)
+        return cls(chars)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(c, self.unk_id) for c in text]
+
+    def _decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] if i < len(self.chars) else "\ufffd" for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE (Hugging Face ``tokenizers``): decode(encode(s)) == s for every string. The special
+    tokens are moved to the end of the ids (end-of-sequence, then padding) like the other tokenisers."""
+
+    kind, unit = "bpe", "token"
+
+    def __init__(self, hf):
+        self.hf = hf
+        self.vocab_size = hf.get_vocab_size()
+        # the trainer puts the special tokens first: ids 0 (<eos>) and 1 (<pad>); we shift them to the end
+        self._shift = 2
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<eos>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(list(texts), trainer)
+        return cls(hf)
+
+    def encode(self, text: str) -> list[int]:
+        return [i - self._shift for i in self.hf.encode(text).ids]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.hf.decode([i + self._shift for i in ids if i < self.vocab_size - 2])
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "hf": json.loads(self.hf.to_str())}
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    kind = d.get("kind")
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "char":
+        return CharTokenizer(d["chars"])
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_str(json.dumps(d["hf"])))
+    raise DataError(f"unknown tokenizer kind {kind!r}; expected byte, char or bpe")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokeniser saved with :meth:`Tokenizer.save` (``RUN_DIR/tokenizer.json``)."""
+    path = Path(path)
+    try:
+        return tokenizer_from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise DataError(f"{path} is not a saved tokenizer ({e})") from None
+
+
+def run_tokenizer(run_dir: str | Path, data_config) -> Tokenizer:
+    """The tokeniser of a run: ``RUN_DIR/tokenizer.json``, or the byte tokeniser (nothing to save) if absent."""
+    path = Path(run_dir) / TOKENIZER_NAME
+    if path.is_file():
+        return load_tokenizer(path)
+    if data_config.tokenizer == "byte":
+        return ByteTokenizer()
+    raise DataError(f"{path} is missing: the run's {data_config.tokenizer} tokenizer cannot decode its samples")
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class TextData(RawData):
+    """:class:`RawData` of token ids ``x`` (N, max_length) int64, with the tokeniser and the counts of what
+    was skipped, replaced or truncated (``notes``, one line each)."""
+
+    tokenizer: Tokenizer | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _decode_bytes(raw: bytes, errors: str, where: str, counts: dict) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if errors == "error":
+            raise DataError(
+                f"{where} is not UTF-8 ({e.reason} at byte {e.start}); convert it to UTF-8, or set "
+                "data.text_errors to replace (U+FFFD) or skip"
+            ) from None
+        counts["not_utf8"] += 1
+        return raw.decode("utf-8", errors="replace") if errors == "replace" else None
+
+
+def _text_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"data.path {path} does not exist; give a text file or a folder of .txt files")
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    if not files:
+        raise DataError(f"{path} holds no .txt files")
+    return files
+
+
+def _fortune_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise DataError(
+            f"{path} does not exist: install Debian's fortunes package (apt-get install fortunes) or set data.path "
+            "to a folder of fortune files"
+        )
+    # .dat are strfile indexes, .u8 links to the same texts; folders (off/) hold rot13-encoded sets
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
+    if not files:
+        raise DataError(f"{path} holds no fortune files")
+    return files
+
+
+def read_examples(config) -> tuple[list[str], dict]:
+    """The raw text examples of a ``text`` or ``fortunes`` source, and counts of what was dropped or fixed."""
+    counts = {"empty": 0, "not_utf8": 0}
+    examples: list[str] = []
+    if config.source == "fortunes":
+        for f in _fortune_files(Path(config.path or FORTUNES_PATH)):
+            for i, chunk in enumerate(f.read_bytes().replace(b"\r\n", b"\n").split(b"\n%\n")):
+                text = _decode_bytes(chunk, config.text_errors, f"{f} (fortune {i + 1})", counts)
+                if text is None:
+                    continue
+                text = text.strip("\n%")
+                if not text.strip():
+                    counts["empty"] += 1
+                    continue
+                examples.append(text)
+        return examples, counts
+    if config.path is None:
+        raise DataError("source text needs data.path: a text file or a folder of .txt files")
+    for f in _text_files(Path(config.path).expanduser()):
+        data = f.read_bytes()
+        if config.text_unit == "window":
+            text = _decode_bytes(data, config.text_errors, str(f), counts)
+            if text:
+                n = config.max_length
+                examples.extend(text[i : i + n] for i in range(0, len(text), n))
+            continue
+        for i, line in enumerate(data.splitlines()):
+            text = _decode_bytes(line, config.text_errors, f"{f} line {i + 1}", counts)
+            if text is None:
+                continue
+            if not text.strip():
+                counts["empty"] += 1
+                continue
+            examples.append(text)
+    return examples, counts
+
+
+def build_tokenizer(config, train_texts: Sequence[str]) -> Tokenizer:
+    if config.tokenizer == "byte":
+        return ByteTokenizer()
+    if config.tokenizer == "char":
+        return CharTokenizer.fit(train_texts)
+    return BPETokenizer.fit(train_texts, config.bpe_vocab_size)
+
+
+def encode_rows(
+    texts: Sequence[str], tokenizer: Tokenizer, max_length: int, too_long: str, add_eos: bool
+) -> tuple[torch.Tensor, list[int], int]:
+    """(N', max_length) int64 ids padded with ``tokenizer.pad_id``; the indices of the texts kept; and how
+    many were too long (truncated, or skipped when ``too_long`` is ``skip``). The end-of-sequence token counts
+    towards ``max_length``; a truncated example keeps it, so every line example ends with one."""
+    room = max_length - 1 if add_eos else max_length
+    rows, kept, n_long = [], [], 0
+    for i, t in enumerate(texts):
+        ids = tokenizer.encode(t)
+        if len(ids) > room:
+            n_long += 1
+            if too_long == "skip":
+                continue
+            ids = ids[:room]
+        if add_eos:
+            ids = ids + [tokenizer.eos_id]
+        rows.append(ids + [tokenizer.pad_id] * (max_length - len(ids)))
+        kept.append(i)
+    x = torch.tensor(rows, dtype=torch.long) if rows else torch.empty((0, max_length), dtype=torch.long)
+    return x, kept, n_long
+
+
+def read_text(config, train_rows: Callable[[int], torch.Tensor]) -> TextData:
+    """Read a ``text`` / ``fortunes`` source into token ids (N, max_length).
+
+    ``train_rows(n)`` gives the rows of n examples that the loader will put in the training split: the char
+    and BPE vocabularies are built from those texts only.
+    """
+    where = f"source {config.source}" + (f" ({config.path})" if config.path else "")
+    texts, counts = read_examples(config)
+    if not texts:
+        raise DataError(f"{where}: no text examples found ({counts['empty']} empty skipped)")
+    add_eos = config.text_unit == "line"
+    n_all, n_long = len(texts), 0
+    if config.too_long == "skip" and config.tokenizer != "bpe":
+        # drop long examples before the split, so the vocabulary comes from exactly the training rows (for
+        # bpe the lengths need the vocabulary: it is learned from the training rows of all examples)
+        probe = ByteTokenizer() if config.tokenizer == "byte" else None
+        room = config.max_length - int(add_eos)
+        short = [t for t in texts if (len(probe.encode(t)) if probe else len(t)) <= room]
+        n_long, texts = len(texts) - len(short), short
+        if not texts:
+            raise DataError(f"{where}: every example is longer than max_length {config.max_length}")
+    train_index = train_rows(len(texts)).tolist()
+    tokenizer = build_tokenizer(config, [texts[i] for i in train_index])
+    x, kept, n_more = encode_rows(texts, tokenizer, config.max_length, config.too_long, add_eos)
+    n_long += n_more
+    notes = []
+    if counts["empty"]:
+        notes.append(f"{counts['empty']} empty examples skipped")
+    if counts["not_utf8"]:
+        fix = "decoded with U+FFFD replacements" if config.text_errors == "replace" else "skipped"
+        notes.append(f"{counts['not_utf8']} examples that are not UTF-8 {fix}")
+    if n_long:
+        done = "truncated" if config.too_long == "truncate" else "skipped"
+        notes.append(f"{n_long} of {n_all} examples longer than {config.max_length} tokens {done}")
+    if len(kept) == 0:
+        raise DataError(f"{where}: every example is longer than max_length {config.max_length}; raise data.max_length")
+    for n in notes:
+        print(f"hvae data: {where}: {n}", file=sys.stderr)
+    return TextData(x=x, levels=None, tokenizer=tokenizer, notes=notes)
+
+
+def token_counts(x: torch.Tensor, tokenizer: Tokenizer) -> dict[str, int]:
+    """Units in a batch of rows (N, T): ``token`` (ids that count in the likelihood: all but padding, the
+    end-of-sequence tokens included) and the tokeniser's own unit of the decoded texts (byte / char)."""
+    out = {"token": int((x != tokenizer.pad_id).sum())}
+    if tokenizer.unit != "token":
+        out[tokenizer.unit] = sum(tokenizer.count_units(t) for t in tokenizer.decode_batch(x))
+    return out
+
+
+def bucket_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A permutation of the rows whose consecutive batches hold examples of similar length: shuffle, sort
+    within pools of 50 batches by length, cut into batches, shuffle the batches (the last, partial batch of
+    each pool stays with its pool)."""
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator)
+    pool = 50 * batch_size
+    batches = []
+    for lo in range(0, n, pool):
+        idx = perm[lo : lo + pool]
+        idx = idx[torch.argsort(lengths[idx], stable=True)]
+        batches.extend(idx.split(batch_size))
+    full = [b for b in batches if len(b) == batch_size]
+    rest = [b for b in batches if len(b) != batch_size]
+    order = torch.randperm(len(full), generator=generator).tolist()
+    out = [full[i] for i in order] + rest
+    return torch.cat(out) if out else perm

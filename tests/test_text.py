@@ -1,0 +1,280 @@
+"""Text: tokenisers, padding masks, the text / fortunes sources, the sentence-level preset end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import hvae
+from hvae.cli import main
+from hvae.config import ConfigError, ModelConfig
+from hvae.data import DataConfig, DataError, load_dataset
+from hvae.data.text import (
+    FORTUNES_PATH,
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    token_counts,
+)
+from hvae.likelihoods import Categorical
+from hvae.nets.autoregressive import CausalTransformer, GRUDecoder
+
+CORPUS = [
+    "Hello, world!",
+    "naïve café — déjà vu",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines",
+    "日本語のテキスト",
+    "emoji 😀 and ∑ maths",
+    "",
+]
+
+
+def _write(path, lines: list[bytes]) -> str:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+@pytest.fixture
+def small_text(tmp_path):
+    lines = [f"the quick brown fox {i} jumps over the lazy dog".encode() for i in range(60)]
+    return _write(tmp_path / "a.txt", lines)
+
+
+# ---------------------------------------------------------------------------------------------------- tokenisers
+
+
+def test_byte_tokenizer_round_trip_is_exact():
+    tok = ByteTokenizer()
+    for s in CORPUS:
+        ids = tok.encode(s)
+        assert all(0 <= i < 256 for i in ids)
+        assert tok.decode(ids + [tok.eos_id, tok.pad_id, tok.pad_id]) == s
+    assert (tok.vocab_size, tok.eos_id, tok.pad_id) == (258, 256, 257)
+
+
+def test_char_tokenizer_maps_unseen_characters_to_unknown(tmp_path):
+    tok = CharTokenizer.fit(["abc", "cab d"])
+    assert tok.decode(tok.encode("bad cab")) == "bad cab"
+    ids = tok.encode("az")
+    assert ids[1] == tok.unk_id and tok.decode(ids) == "a\ufffd"
+    assert load_tokenizer(tok.save(tmp_path / "tok.json")).encode("cab") == tok.encode("cab")
+
+
+def test_bpe_round_trip_on_the_corpus_and_after_saving(tmp_path):
+    corpus = [s for s in CORPUS if s] * 5 + [f"line {i} of some repeated text" for i in range(50)]
+    tok = BPETokenizer.fit(corpus, vocab_size=300)
+    loaded = load_tokenizer(tok.save(tmp_path / "tokenizer.json"))
+    for s in corpus + ["unseen: ü ∑ 😀 \r\n x"]:
+        ids = tok.encode(s)
+        assert max(ids) < tok.eos_id  # specials sit at the end of the ids
+        assert tok.decode(ids + [tok.eos_id, tok.pad_id]) == s
+        assert loaded.decode(loaded.encode(s)) == s
+    assert json.loads((tmp_path / "tokenizer.json").read_text())["kind"] == "bpe"
+
+
+@pytest.mark.skipif(not os.path.isdir(FORTUNES_PATH), reason="Debian's fortunes package is not installed")
+def test_bpe_round_trip_on_fortunes():
+    texts = load_dataset(DataConfig(source="fortunes", tokenizer="byte", max_length=256, too_long="skip"))
+    tok = texts.tokenizer
+    sample = tok.decode_batch(texts.train.x[:300])
+    bpe = BPETokenizer.fit(sample, vocab_size=500)
+    assert all(bpe.decode(bpe.encode(s)) == s for s in sample)
+
+
+# ---------------------------------------------------------------------------------------------------- padding
+
+
+def test_categorical_ignores_padding():
+    torch.manual_seed(0)
+    K, T, pad = 12, 6, 11
+    lik, lik_long = Categorical((T,), K, pad_id=pad), Categorical((T + 5,), K, pad_id=pad)
+    logits = torch.randn(2, K, 1, T + 5)
+    x = torch.randint(0, 10, (2, T))
+    x[1, 4:] = pad
+    x_long = torch.cat([x, torch.full((2, 5), pad)], 1)
+    lp = lik(logits[..., :T].reshape(2, K, T)).log_prob(x)
+    lp_long = lik_long(logits.reshape(2, K, T + 5)).log_prob(x_long)
+    torch.testing.assert_close(lp, lp_long)
+    by_hand = torch.log_softmax(logits[1, :, 0, :4], 0).gather(0, x[1, :4].unsqueeze(0)).sum()
+    torch.testing.assert_close(lp[1], by_hand)
+
+
+@pytest.mark.parametrize("decoder", ["transformer", "gru"])
+def test_appending_padding_changes_no_autoregressive_log_prob(decoder):
+    """The same decoder on sequences of length T and T + 5 (the extra positions padding) gives equal log p."""
+    from hvae.likelihoods import Autoregressive
+
+    torch.manual_seed(0)
+    K, T, pad, P = 10, 8, 9, 4
+
+    def build(length):
+        torch.manual_seed(1)
+        if decoder == "gru":
+            net = GRUDecoder(K, P, K, width=16, layers=1)
+        else:
+            net = CausalTransformer(K, P, K, length, width=16, layers=2, heads=2)
+        return Autoregressive((length,), Categorical((length,), K, pad_id=pad, tokens=True), net, P, K)
+
+    short, long = build(T), build(T + 5)
+    if decoder == "transformer":
+        state = long.state_dict()
+        state["net.pos"] = state["net.pos"][:T]
+        short.load_state_dict(state)
+    cond = torch.randn(3, P, T + 5)
+    x = torch.randint(0, 8, (3, T))
+    x[2, 5:] = pad
+    x_long = torch.cat([x, torch.full((3, 5), pad)], 1)
+    torch.testing.assert_close(short(cond[..., :T]).log_prob(x), long(cond).log_prob(x_long))
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+def _token_model(T=24, decoder="gru"):
+    cfg = hvae.presets.text_fortunes(
+        data_shape=[T],
+        latent_dims=[8, 4, 2],
+        hidden_dims=[32, 16, 8],
+        embed_dim=8,
+        decoder=decoder,
+        seq_width=16,
+        seq_heads=2,
+        ar_cond_channels=4,
+    )
+    torch.manual_seed(0)
+    return hvae.build_model(cfg)
+
+
+def _token_batch(tok, texts, T):
+    from hvae.data.text import encode_rows
+
+    return encode_rows(texts, tok, T, "truncate", add_eos=True)[0]
+
+
+def test_model_takes_token_ids_and_returns_ids():
+    model = _token_model()
+    x = _token_batch(ByteTokenizer(), ["hello there", "a", "padding is ignored"], 24)
+    out = model(x)
+    assert out.elbo.shape == (3,) and torch.isfinite(out.loss)
+    model.eval()
+    s = model.sample(2)
+    assert s.dtype == torch.int64 and s.shape == (2, 24)
+    assert model.sample_conditional(x, keep_top=1).dtype == torch.int64
+    with pytest.raises(TypeError, match="integer token ids need likelihood categorical"):
+        hvae.build_model(hvae.presets.small())(torch.zeros(2, 64, dtype=torch.long))
+
+
+def test_iw_bound_is_at_least_the_elbo_on_sequences():
+    model = _token_model(decoder="transformer").eval()
+    x = _token_batch(ByteTokenizer(), ["one sentence", "and another one", "third"], 24)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        elbo = torch.stack([model(x).elbo for _ in range(64)]).mean(0)
+    iw = model.log_likelihood(x, num_samples=64)
+    assert (iw >= elbo - 0.05).all(), (iw, elbo)
+
+
+def test_config_checks_token_settings():
+    with pytest.raises(ConfigError, match="pad_id"):
+        ModelConfig(data_shape=[8], likelihood="categorical", num_classes=10, pad_id=10)
+    with pytest.raises(ConfigError, match="embed_dim"):
+        ModelConfig(data_shape=[8], likelihood="bernoulli", embed_dim=4)
+
+
+# ---------------------------------------------------------------------------------------------------- the sources
+
+
+def test_text_source_lines_padding_and_counts(tmp_path, capsys):
+    path = _write(tmp_path / "t.txt", [b"short", b"", b"   ", b"x" * 50, b"fine line"] * 4)
+    ds = load_dataset(DataConfig(source="text", path=path, max_length=16, val_fraction=0.2, test_fraction=0.2))
+    err = capsys.readouterr().err
+    assert "8 empty examples skipped" in err and "4 of 12 examples longer than 16 tokens truncated" in err
+    assert ds.shape == (16,) and ds.train.x.dtype == torch.int64
+    tok = ds.tokenizer
+    rows = torch.cat([ds.train.x, ds.val.x, ds.test.x])
+    assert sorted(tok.decode_batch(rows)) == sorted(["short", "x" * 15, "fine line"] * 4)
+    assert ((rows == tok.eos_id).sum(1) == 1).all()
+    skipped = load_dataset(DataConfig(source="text", path=path, max_length=16, too_long="skip"))
+    assert len(skipped.train) + len(skipped.val) + len(skipped.test) == 8
+
+
+def test_non_utf8_text_error_replace_or_skip(tmp_path, capsys):
+    path = _write(tmp_path / "bad.txt", [b"good line", b"caf\xe9 latin-1", b"another good one"] * 5)
+    with pytest.raises(DataError, match="line 2 is not UTF-8.*text_errors"):
+        load_dataset(DataConfig(source="text", path=path))
+    ds = load_dataset(DataConfig(source="text", path=path, text_errors="replace"))
+    assert "5 examples that are not UTF-8 decoded with U+FFFD replacements" in capsys.readouterr().err
+    texts = ds.tokenizer.decode_batch(torch.cat([ds.train.x, ds.val.x, ds.test.x]))
+    assert texts.count("caf\ufffd latin-1") == 5
+    ds = load_dataset(DataConfig(source="text", path=path, text_errors="skip"))
+    assert "5 examples that are not UTF-8 skipped" in capsys.readouterr().err
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 10
+
+
+def test_char_vocabulary_comes_from_the_training_split(tmp_path):
+    lines = [b"aaaa"] * 30 + [b"zzzz"]
+    path = _write(tmp_path / "c.txt", lines)
+    ds = load_dataset(DataConfig(source="text", path=path, tokenizer="char", val_fraction=0.2, test_fraction=0.2))
+    held_out = torch.cat([ds.val.x, ds.test.x])
+    in_train = any("z" in t for t in ds.tokenizer.decode_batch(ds.train.x))
+    assert ("z" in ds.tokenizer.chars) == in_train
+    if not in_train:
+        assert (held_out == ds.tokenizer.unk_id).any()
+
+
+def test_windows_over_the_stream(tmp_path):
+    path = _write(tmp_path / "w.txt", [b"abcdefghij" * 5])
+    ds = load_dataset(DataConfig(source="text", path=path, text_unit="window", max_length=8, val_fraction=0.0,
+                                 test_fraction=0.0))  # fmt: skip
+    texts = ds.tokenizer.decode_batch(ds.train.x)
+    assert sorted(len(t) for t in texts) == [3] + [8] * 6  # 51 characters (with the newline) in windows of 8
+    assert "".join(t for t in texts if len(t) == 8)  # no end-of-sequence inside windows
+    assert not (ds.train.x == ds.tokenizer.eos_id).any()
+
+
+def test_token_counts_say_bytes_and_tokens():
+    tok = ByteTokenizer()
+    x = _token_batch(tok, ["héllo", "ab"], 12)
+    assert token_counts(x, tok) == {"token": 6 + 1 + 2 + 1, "byte": 6 + 2}
+
+
+@pytest.mark.skipif(not os.path.isdir(FORTUNES_PATH), reason="Debian's fortunes package is not installed")
+def test_fortunes_source():
+    ds = load_dataset(DataConfig(source="fortunes", max_length=128, too_long="skip", text_errors="replace"))
+    assert ds.shape == (128,) and len(ds.train) > 5000
+    assert all(t.strip() and "\n%\n" not in t for t in ds.tokenizer.decode_batch(ds.test.x[:200]))
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+
+def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, capsys):
+    run = tmp_path / "run"
+    args = [
+        "train", "--config", "configs/text_fortunes.yaml", "data.source=text", f"data.path={small_text}",
+        "data.tokenizer=bpe", "data.bpe_vocab_size=300", "data.max_length=24", "train.epochs=1",
+        "train.batch_size=16", "train.max_steps=3", "--out", str(run), "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert (run / "tokenizer.json").is_file()
+    cfg = ModelConfig.from_json((run / "model" / "config.json").read_text())
+    tok = load_tokenizer(run / "tokenizer.json")
+    assert (cfg.num_classes, cfg.pad_id, cfg.data_shape) == (tok.vocab_size, tok.pad_id, [24])
+    assert main(["eval", str(run), "--num-samples", "4", "--max-examples", "6"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["tokenizer"] == "bpe" and result["bits_per_token_iw"] > 0
+    assert result["nats_per_sequence_iw"] == pytest.approx(-result["iw_bound"])
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "3"]) == 0
+    assert len((run / "samples" / "samples.txt").read_text().splitlines()) == 3
+    assert main(["sample", str(run), "--n", "2", "--interpolate", "--steps", "4"]) == 0
+    assert main(["sample", str(run), "--n", "2", "--from-data", "--keep-top", "1"]) == 0
+    assert "the quick brown fox" in (run / "samples" / "keep_top.txt").read_text()
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Token ids decoded by the run&#x27;s bpe tokenizer" in page and "the quick brown fox" in page
