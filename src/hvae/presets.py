@@ -274,18 +274,6 @@ def pixelvae_small(**overrides) -> ModelConfig:
     return ModelConfig.from_dict({**base, **overrides})
 
 
-PRESETS = {"lvae_mnist": lvae_mnist, "small": small, "conv_small": conv_small}
-PRESETS.update(
-    nvae_mnist=nvae_mnist,
-    nvae_cifar10=nvae_cifar10,
-    vdvae_cifar10=vdvae_cifar10,
-    nvae_small=nvae_small,
-    vdvae_small=vdvae_small,
-)
-
-PRESETS.update(attentive=attentive, attentive_small=attentive_small, pixelvae=pixelvae, pixelvae_small=pixelvae_small)
-
-
 def lvae_discrete(**overrides) -> ModelConfig:
     """The Ladder VAE's MNIST architecture with discrete levels between Gaussian ones, for 784 binary
     pixels: z_1 Gaussian (64), z_2 categorical (16 groups of 10 classes), z_3 Gaussian (16), z_4 categorical
@@ -316,16 +304,6 @@ def lvae_discrete_small(**overrides) -> ModelConfig:
         gumbel_anneal_steps=1000,
     )
     return ModelConfig.from_dict({**base, **overrides})
-
-
-PRESETS.update(lvae_discrete=lvae_discrete, lvae_discrete_small=lvae_discrete_small)
-
-
-def get(name: str, **overrides) -> ModelConfig:
-    """A preset by name."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return PRESETS[name](**overrides)
 
 
 # Sequences (data/text.py, data/audio.py): a sentence-level model with global latent vectors over token ids,
@@ -378,4 +356,31 @@ def audio_digits(**overrides) -> ModelConfig:
     return ModelConfig.from_dict({**base, **overrides})
 
 
-PRESETS.update(text_fortunes=text_fortunes, audio_digits=audio_digits)
+PRESETS = {
+    f.__name__: f
+    for f in (
+        lvae_mnist,
+        small,
+        conv_small,
+        nvae_mnist,
+        nvae_cifar10,
+        vdvae_cifar10,
+        nvae_small,
+        vdvae_small,
+        attentive,
+        attentive_small,
+        pixelvae,
+        pixelvae_small,
+        lvae_discrete,
+        lvae_discrete_small,
+        text_fortunes,
+        audio_digits,
+    )
+}
+
+
+def get(name: str, **overrides) -> ModelConfig:
+    """A preset by name."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name](**overrides)

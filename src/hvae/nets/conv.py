@@ -43,7 +43,3 @@ def block(
 def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     """A 1x1 convolution head ``(B, in_ch, H, W) -> (B, out_ch, H, W)``."""
     return nn.Conv2d(in_ch, out_ch, 1)
-
-
-def norm(ch: int) -> nn.Module:
-    return nn.BatchNorm2d(ch)

@@ -38,7 +38,3 @@ def block(
 def pointwise(in_ch: int, out_ch: int) -> nn.Linear:
     """A linear head ``(B, in_ch) -> (B, out_ch)``."""
     return nn.Linear(in_ch, out_ch)
-
-
-def norm(ch: int) -> nn.Module:
-    return nn.BatchNorm1d(ch)

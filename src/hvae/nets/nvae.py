@@ -179,10 +179,6 @@ def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1)
 
 
-def norm(ch: int) -> nn.Module:
-    return nn.BatchNorm2d(ch)
-
-
 __all__ = [
     "SqueezeExcite",
     "block",
@@ -190,6 +186,5 @@ __all__ = [
     "decoder_cell",
     "encoder_block",
     "encoder_cell",
-    "norm",
     "pointwise",
 ]

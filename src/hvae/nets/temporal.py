@@ -47,10 +47,6 @@ def pointwise(in_ch: int, out_ch: int) -> nn.Conv1d:
     return nn.Conv1d(in_ch, out_ch, 1)
 
 
-def norm(ch: int) -> nn.Module:
-    return nn.BatchNorm1d(ch)
-
-
 class TokenEncoder(nn.Module):
     """Token ids ``(B, T)`` -> features ``(B, out_features)`` for the bottom-up pass of a sentence-level model.
 
