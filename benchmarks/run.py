@@ -28,6 +28,22 @@ from benchmarks.floor import matmul_roofline, record_products, time_products
 from benchmarks.plain_lvae import PlainLVAE
 
 HERE = Path(__file__).parent
+# the device every benchmark runs on (``--device``); CUDA timings synchronise before reading the clock
+_DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if _DEVICE.type == "cuda":
+        torch.cuda.synchronize(_DEVICE)
+
+
+def _peak_memory_mb() -> float:
+    """Peak memory so far: the device's allocator on CUDA, the process's resident set on the CPU."""
+    if _DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated(_DEVICE) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -57,17 +73,20 @@ def machine() -> dict:
 
 
 def _binary_batch(batch: int, shape) -> torch.Tensor:
-    return torch.bernoulli(torch.full((batch, *shape), 0.3), generator=torch.Generator().manual_seed(0))
+    x = torch.bernoulli(torch.full((batch, *shape), 0.3), generator=torch.Generator().manual_seed(0))
+    return x.to(_DEVICE)
 
 
 def _steady(step, min_time: float, warmup: int = 3) -> float:
     """Median-free steady state: seconds per call over at least ``min_time`` after ``warmup`` calls."""
     for _ in range(warmup):
         step()
+    _sync()
     n, t0 = 0, time.perf_counter()
     while True:
         step()
         n += 1
+        _sync()
         dt = time.perf_counter() - t0
         if dt >= min_time and n >= 3:
             return dt / n
@@ -82,7 +101,7 @@ def _flops(fn) -> int:
 def train_throughput(name: str, model: torch.nn.Module, batch: int, shape, min_time: float, plain=False) -> dict:
     """Steady-state training images/s, GFLOP/s and fraction of the model's floor."""
     torch.manual_seed(0)
-    model.train()
+    model = model.to(_DEVICE).train()
     x = _binary_batch(batch, shape)
     opt = hvae.make_optimizer(model, lr=1e-4)
 
@@ -94,7 +113,7 @@ def train_throughput(name: str, model: torch.nn.Module, batch: int, shape, min_t
 
     step()
     products = record_products(step)
-    floor, rows = time_products(products, min_run_time=min(0.2, min_time / 4))
+    floor, rows = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
     flops = _flops(step)
     sec = _steady(step, min_time)
     return {
@@ -113,14 +132,14 @@ def train_throughput(name: str, model: torch.nn.Module, batch: int, shape, min_t
 
 def iw_eval(model, batch: int, num_samples: int, chunk_size: int | None, min_time: float) -> dict:
     """Importance samples/s of ``log_likelihood`` and the fraction of its floor."""
-    model.eval()
+    model = model.to(_DEVICE).eval()
     x = _binary_batch(batch, model.data_shape)
 
     def run():
         model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size)
 
     run()
-    floor, _ = time_products(record_products(run), min_run_time=min(0.2, min_time / 4))
+    floor, _ = time_products(record_products(run), device=_DEVICE, min_run_time=min(0.2, min_time / 4))
     sec = _steady(run, min_time, warmup=1)
     return {
         "batch": batch,
@@ -129,7 +148,7 @@ def iw_eval(model, batch: int, num_samples: int, chunk_size: int | None, min_tim
         "seconds": sec,
         "floor_seconds": floor,
         "fraction_of_floor": floor / sec,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_memory_mb": _peak_memory_mb(),
     }
 
 
@@ -140,7 +159,7 @@ def memory_vs_k(model, ks, batch: int) -> list[dict]:
     out = []
     for k in ks:
         model.log_likelihood(x, num_samples=k)
-        out.append({"K": k, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        out.append({"K": k, "peak_memory_mb": _peak_memory_mb()})
     return out
 
 
@@ -148,7 +167,7 @@ def depth_scaling(depths, batch: int, min_time: float) -> list[dict]:
     out = []
     for L in depths:
         cfg = hvae.ModelConfig(data_shape=[784], latent_dims=[32] * L, hidden_dims=[256] * L)
-        model = hvae.build_model(cfg)
+        model = hvae.build_model(cfg).to(_DEVICE)
         opt = hvae.make_optimizer(model)
         x = _binary_batch(batch, [784])
 
@@ -166,7 +185,7 @@ def quality(budget_s: float, num_samples: int, test_examples: int | None, data_c
     from hvae.data import DataConfig, load_dataset
 
     ds = load_dataset(DataConfig.from_dict(data_cfg))
-    x_test = ds.eval_tensor("test")[:test_examples] if test_examples else ds.eval_tensor("test")
+    x_test = (ds.eval_tensor("test")[:test_examples] if test_examples else ds.eval_tensor("test")).to(_DEVICE)
     D = x_test.shape[1]
     rows = []
     for name in ("lvae_mnist", "lvae_mnist bottom_up", "plain yardstick"):
@@ -176,11 +195,12 @@ def quality(budget_s: float, num_samples: int, test_examples: int | None, data_c
         else:
             inf = "bottom_up" if "bottom_up" in name else "ladder"
             model, plain = hvae.build_model(hvae.presets.lvae_mnist(data_shape=[D], inference=inf)), False
+        model = model.to(_DEVICE)
         opt = hvae.make_optimizer(model, lr=1e-3)
         model.train()
         steps, epoch, t0 = 0, 0, time.perf_counter()
         while time.perf_counter() - t0 < budget_s:
-            for x in ds.batches("train", 256, epoch=epoch):
+            for x in ds.batches("train", 256, epoch=epoch, device=_DEVICE):
                 loss = model(x)[0] if plain else model(x).loss
                 loss.backward()
                 opt.step()
@@ -210,10 +230,21 @@ def quality(budget_s: float, num_samples: int, test_examples: int | None, data_c
     return rows
 
 
-def run(smoke: bool = False, with_quality: bool = False, budget_s: float = 900.0, out: Path | None = None) -> dict:
+def run(
+    smoke: bool = False,
+    with_quality: bool = False,
+    budget_s: float = 900.0,
+    out: Path | None = None,
+    device: str = "cpu",
+) -> dict:
+    global _DEVICE
+    _DEVICE = torch.device(device)
     min_time = 0.02 if smoke else 3.0
-    res: dict = {"machine": machine(), "smoke": smoke}
-    res["roofline_gflops"] = matmul_roofline(256 if smoke else 2048)
+    res: dict = {"machine": machine(), "smoke": smoke, "device": str(_DEVICE)}
+    if _DEVICE.type == "cuda":
+        res["machine"]["gpu"] = torch.cuda.get_device_name(_DEVICE)
+        res["roofline_bf16_gflops"] = matmul_roofline(8192, _DEVICE, torch.bfloat16)
+    res["roofline_gflops"] = matmul_roofline(256 if smoke else 2048 if _DEVICE.type == "cpu" else 8192, _DEVICE)
     lvae = hvae.presets.lvae_mnist()
     train = []
     for batch in [8] if smoke else [256, 1024]:
@@ -259,32 +290,37 @@ def run(smoke: bool = False, with_quality: bool = False, budget_s: float = 900.0
 
 def tables(res: dict) -> str:
     m = res["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads"
+    peak = res["roofline_gflops"]
     lines = [
-        f"Measured {m['date']} at commit {m['commit']} on {m['cpu']}, {m['threads']} threads, torch {m['torch']}, "
-        f"float32. Large-matrix roofline: {res['roofline_gflops']:.0f} GFLOP/s.",
+        f"Measured {m['date']} at commit {m['commit']} on {where}, torch {m['torch']}, float32. Large-matrix "
+        f"roofline: {peak:.0f} GFLOP/s"
+        + (f" (bf16: {res['roofline_bf16_gflops']:.0f} GFLOP/s)." if "roofline_bf16_gflops" in res else "."),
         "",
         "### Training (forward + backward + Adam step, public API)",
         "",
-        "| model | batch | images/s | GFLOP/s | MFLOP/image | floor images/s | fraction of floor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | images/s | GFLOP/s | MFLOP/image | fraction of roofline | floor images/s "
+        "| fraction of floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["train"]:
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['gflops_per_s']:.1f} | "
-            f"{r['mflop_per_image']:.2f} | {r['floor_images_per_s']:,.0f} | {r['fraction_of_floor']:.0%} |"
+            f"{r['mflop_per_image']:.2f} | {r['gflops_per_s'] / peak:.0%} | {r['floor_images_per_s']:,.0f} | "
+            f"{r['fraction_of_floor']:.0%} |"
         )
     iw = res["iw"]
     lines += [
         "",
         "### Importance-weighted evaluation (lvae_mnist)",
         "",
-        "| inputs | K | importance samples/s | fraction of floor | peak RSS (MB) |",
+        "| inputs | K | importance samples/s | fraction of floor | peak memory (MB) |",
         "|---:|---:|---:|---:|---:|",
         f"| {iw['batch']} | {iw['K']} | {iw['samples_per_s']:,.0f} | {iw['fraction_of_floor']:.0%} | "
-        f"{iw['peak_rss_mb']:.0f} |",
+        f"{iw['peak_memory_mb']:.0f} |",
         "",
         "Peak memory against K (ascending, same process): "
-        + ", ".join(f"K={r['K']}: {r['peak_rss_mb']:.0f} MB" for r in res["memory_vs_k"]),
+        + ", ".join(f"K={r['K']}: {r['peak_memory_mb']:.0f} MB" for r in res["memory_vs_k"]),
         "",
         "### Time per training step against depth (latent 32, hidden 256 per level)",
         "",
@@ -325,8 +361,15 @@ def main(argv=None) -> None:
     p.add_argument("--quality", action="store_true", help="also train each model for --budget-min and compare")
     p.add_argument("--budget-min", type=float, default=15.0)
     p.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (on a GPU: fractions of the device's peak)")
     args = p.parse_args(argv)
-    res = run(smoke=args.smoke, with_quality=args.quality, budget_s=60 * args.budget_min, out=HERE / "results")
+    res = run(
+        smoke=args.smoke,
+        with_quality=args.quality,
+        budget_s=60 * args.budget_min,
+        out=HERE / "results",
+        device=args.device,
+    )
     print(tables(res))
     if not args.smoke and not args.no_write:
         write_results(res)

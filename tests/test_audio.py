@@ -13,6 +13,7 @@ import torch
 import hvae
 from hvae.cli import main
 from hvae.data import DataConfig, DataError, audio, load_dataset
+from tests.browser import HAVE_CHROMIUM, dump_dom
 
 
 def _tone(freq: float, rate: int, seconds: float, channels: int = 1) -> np.ndarray:
@@ -156,6 +157,9 @@ def test_audio_preset_trains_samples_wavs_and_reports_players(tones, tmp_path):
     page = (run / "report.html").read_text()
     assert page.count('<audio controls preload="none" src="data:audio/wav;base64,') >= 8
     assert "Griffin-Lim" in page
+    if HAVE_CHROMIUM:  # the page renders with its players and spectrogram images
+        dom = dump_dom(run / "report.html", tmp_path / "profile")
+        assert dom.count("<audio") == page.count("<audio") and "<img" in dom
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")

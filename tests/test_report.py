@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,8 @@ from PIL import Image
 import hvae
 from hvae.data import DataConfig, load_dataset
 from hvae.report import make_grid, png_data_uri, save_grid, to_images, write_report
+from tests.browser import HAVE_CHROMIUM, SKIP_REASON, chromium
 
-CHROMIUM = "/usr/bin/chromium"
 DATA_URI = re.compile(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"')
 
 
@@ -189,32 +187,16 @@ def test_report_for_conv_model(tmp_path):
 # ---------------------------------------------------------------------------------------------------- browser
 
 
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-    ]
-    env = {**os.environ, "HOME": str(profile)}
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, env=env)
-
-
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} not installed: no headless render check")
-def test_report_renders_in_headless_chromium(mlp_run, mlp_report, tmp_path):
+@pytest.mark.skipif(not HAVE_CHROMIUM, reason=SKIP_REASON)
+def test_report_renders_in_headlesschromium(mlp_run, mlp_report, tmp_path):
     url = (mlp_run / "report.html").resolve().as_uri()
-    dom = _chromium(["--dump-dom", url], tmp_path / "p1")
+    dom = chromium(["--dump-dom", url], tmp_path / "p1")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<img") == len(DATA_URI.findall(mlp_report))
     for heading in ("Learning curves", "Evaluation", "Samples", "Reconstructions"):
         assert heading in dom.stdout
     shot = tmp_path / "shot.png"
-    res = _chromium([f"--screenshot={shot}", "--window-size=1200,3000", url], tmp_path / "p2")
+    res = chromium([f"--screenshot={shot}", "--window-size=1200,3000", url], tmp_path / "p2")
     assert shot.is_file(), res.stderr[-2000:]
     with Image.open(shot) as im:
         px = np.asarray(im.convert("L"), dtype=np.float64)

@@ -22,6 +22,7 @@ from hvae.data.text import (
 )
 from hvae.likelihoods import Categorical
 from hvae.nets.autoregressive import CausalTransformer, GRUDecoder
+from tests.browser import HAVE_CHROMIUM, dump_dom
 
 CORPUS = [
     "Hello, world!",
@@ -278,3 +279,6 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "Token ids decoded by the run&#x27;s bpe tokenizer" in page and "the quick brown fox" in page
+    if HAVE_CHROMIUM:  # the page renders: the decoded texts are in the browser's DOM
+        dom = dump_dom(run / "report.html", tmp_path / "profile")
+        assert "the quick brown fox" in dom and "Token ids decoded" in dom
