@@ -446,3 +446,8 @@ def test_lazy_image_folder_names_a_broken_file_when_its_batch_is_read(tmp_path):
         list(d.batches("train", 1, drop_last=False))
     with pytest.raises(DataError, match="zz.png"):
         load_dataset(DataConfig(source="images", path=str(tmp_path), image_size=[4, 4]))
+
+
+def test_flattened_data_with_an_empty_validation_split():
+    ds = load_dataset(DataConfig(source="digits", flatten=True, val_fraction=0.0))
+    assert len(ds.val) == 0 and ds.shape == (64,) and ds.val.x.shape == (0, 64)

@@ -505,7 +505,8 @@ def load_dataset(config: DataConfig) -> Dataset:
             idx = idx[:cap]
             x, y = raw.x[idx], None if raw.labels is None else raw.labels[idx]
         if config.flatten:
-            x = x.reshape(len(x), -1)  # (N, C, H, W) -> (N, C*H*W)
+            # (N, C, H, W) -> (N, C*H*W); flatten(1) also handles an empty split
+            x = x.flatten(1) if isinstance(x, torch.Tensor) else x.reshape(len(x), -1)
         splits[name] = Split(name, x.contiguous(), y, scale=raw.scale)
     levels = raw.levels
     tokenizer, notes = getattr(raw, "tokenizer", None), list(getattr(raw, "notes", []))
