@@ -25,5 +25,11 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   # shellcheck disable=SC2086
   "$PY" -m pip install -q --disable-pip-version-check ${HVAE_TORCH_SPEC:-torch==2.13.0}
 fi
-"$PY" -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[dev]"
+# the pinned versions CI tests (requirements/constraints.txt) are for Python >= 3.11; on 3.10 pip resolves
+# the ranges of pyproject.toml instead
+if "$PY" -c "import sys; sys.exit(sys.version_info < (3, 11))"; then
+  "$PY" -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[dev]"
+else
+  "$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+fi
 touch "$VENV/.hvae-installed"
