@@ -25,26 +25,10 @@ from hvae.model import build_model
 from hvae.optim import make_optimizer
 from hvae.runconfig import load_run_config
 from hvae.train import TrainingDiverged, global_batch_size, learning_rate, resolve_config, train
+from tests.test_train import TINY as TRAIN_TINY
 
 # no batch norm: gloo has no SyncBatchNorm, so per-rank batch statistics would differ from one process's
-TINY = [
-    "model.preset=small",
-    "model.latent_dims=[4,2]",
-    "model.hidden_dims=[16,8]",
-    "model.batch_norm=false",
-    "data.source=digits",
-    "data.flatten=true",
-    "data.binarize=dynamic",
-    "data.max_examples=200",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "train.progress=false",
-    "train.log_every=2",
-    "train.eval_every=4",
-    "train.checkpoint_every=3",
-    "train.dist_timeout=30",
-    "eval.num_samples=10",
-]
+TINY = [*TRAIN_TINY, "model.batch_norm=false", "train.dist_timeout=30"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
