@@ -160,6 +160,9 @@ def session(device_name: str, timeout_s: float = 1800.0) -> Iterator[Context]:
         created = True
     try:
         yield Context(rank, world_size, local_rank, device)
+        if created:
+            # leave together: a gloo rank whose peer tears the group down first can abort at exit
+            _guard(dist.barrier)
     finally:
         if created:
             dist.destroy_process_group()
