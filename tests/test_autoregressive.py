@@ -159,6 +159,87 @@ def test_mean_is_a_greedy_sequential_pass_within_the_data_range(kind):
     assert torch.equal(m, dist.mean)  # deterministic
 
 
+# --- channels ordered within a pixel: p(x_i) = ∏_c p(x_i^c | x_i^<c, x_<i, c) ------------------------------
+
+_ORDERED = [
+    dict(decoder="pixelcnn", data_shape=(2, 3, 4), likelihood="bernoulli"),
+    dict(decoder="pixelcnn", data_shape=(3, 3, 3), likelihood="categorical"),
+]
+_ORDERED_IDS = [f"{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}" for k in _ORDERED]
+
+
+def _by_channel(lik, params):
+    """(B, P C, H, W) -> (B, P, C, T): the likelihoods' layout, parameter p of channel c at p C + c."""
+    return params.view(params.shape[0], -1, lik.channels, math.prod(lik.spatial))
+
+
+@pytest.mark.parametrize("kind", _ORDERED, ids=_ORDERED_IDS)
+def test_changing_channel_c_of_x_j_changes_no_output_up_to_it_in_raster_then_channel_order(kind):
+    lik = _lik(**kind)
+    assert lik.orders_channels
+    cond, x = _cond(lik), _data(lik)
+    C, T = lik.channels, math.prod(lik.spatial)
+    base = _by_channel(lik, lik.net(x, cond))
+    later_moved = False
+    for j in range(T):
+        for c in range(C):
+            y = x.clone()
+            v = y.flatten(2)[:, c, j]
+            y.flatten(2)[:, c, j] = torch.where(v > 0.5, 0.0, 1.0)  # another level
+            out = _by_channel(lik, lik.net(y, cond))
+            assert torch.equal(out[..., :j], base[..., :j]), f"a position before {j} read x_{j}^{c}"
+            assert torch.equal(out[:, :, : c + 1, j], base[:, :, : c + 1, j]), f"channel <= {c} read x_{j}^{c}"
+            if c + 1 < C:  # the next channel of the same pixel reads it
+                assert not torch.allclose(out[:, :, c + 1, j], base[:, :, c + 1, j])
+            later_moved |= not torch.allclose(out[..., j + 1 :], base[..., j + 1 :])
+    assert later_moved
+
+
+@pytest.mark.parametrize("kind", _ORDERED, ids=_ORDERED_IDS)
+def test_channel_ordered_samples_scored_by_the_teacher_forced_pass_give_the_samplers_log_probability(kind):
+    lik = _lik(**kind)
+    dist = lik(_cond(lik))
+    torch.manual_seed(3)
+    x = dist.sample()
+    assert x.shape == (B, *lik.data_shape)
+    assert torch.allclose(dist.log_prob(x), dist.sample_log_prob, atol=1e-9)
+    lik.check_support(x)
+    m = dist.mean
+    assert m.shape == (B, *lik.data_shape) and (m >= 0).all() and (m <= 1).all()
+    assert torch.equal(m, dist.mean)
+
+
+def test_channel_ordered_probabilities_sum_to_one_over_all_images():
+    lik = _lik(data_shape=(2, 2, 2))  # binary: 2^8 images
+    xs = torch.tensor(list(itertools.product([0.0, 1.0], repeat=8)), dtype=torch.float64).view(-1, 2, 2, 2)
+    for cond in _cond(lik, batch=2):
+        log_p = lik(cond.expand(xs.shape[0], *cond.shape)).log_prob(xs)
+        assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+    lik = _lik(data_shape=(3, 1, 2), likelihood="categorical")  # 3 classes: 3^6 images
+    xs = torch.tensor(list(itertools.product(range(3), repeat=6)), dtype=torch.float64).view(-1, 3, 1, 2) / 2
+    log_p = lik(_cond(lik, batch=1).expand(xs.shape[0], -1, -1, -1)).log_prob(xs)
+    assert torch.logsumexp(log_p, 0).item() == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        dict(data_shape=(1, 3, 3), likelihood="categorical"),
+        dict(data_shape=(3, 3, 3), likelihood="discretized_logistic_mixture"),
+    ],
+    ids=["one-channel", "mixture"],
+)
+def test_one_channel_and_mixture_pixelcnns_keep_the_joint_head_and_its_parameter_names(kind):
+    lik = _lik(**kind)
+    assert not lik.orders_channels
+    assert {n for n in lik.net.state_dict() if n.startswith("head.")} == {
+        "head.1.weight",
+        "head.1.bias",
+        "head.3.weight",
+        "head.3.bias",
+    }
+
+
 # --- through the model --------------------------------------------------------------------------------
 
 
@@ -202,11 +283,24 @@ def test_a_sequence_model_with_a_transformer_decoder_trains_a_step():
     assert model.eval().sample(2, mean=False).shape == (2, 6)
 
 
+def test_an_rgb_pixelvae_with_categorical_outputs_trains_a_step_and_samples():
+    model = _model(data_shape=[3, 4, 4], likelihood="categorical", num_classes=4)
+    x = torch.randint(0, 4, (B, 3, 4, 4)).float() / 3
+    out = model(x)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    head = model.likelihood.net.head
+    dead = [n for n, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
+    s = model.eval().sample(2, mean=False)
+    assert s.shape == (2, 3, 4, 4)
+    model.likelihood.check_support(s)
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
         (dict(data_shape=[16]), "pixelcnn models images"),
-        (dict(data_shape=[3, 4, 4]), "discretized_logistic_mixture"),
         (dict(likelihood="gaussian"), "discrete likelihood"),
         (dict(pixelcnn_kernel=4), "pixelcnn_kernel"),
         (dict(decoder="transformer", likelihood="discretized_logistic_mixture"), "bernoulli or categorical"),

@@ -180,6 +180,51 @@ def test_iw_bound_is_at_least_the_elbo_on_sequences():
     assert (iw >= elbo - 0.05).all(), (iw, elbo)
 
 
+@pytest.mark.parametrize("decoder", ["plain", "transformer", "gru"])
+def test_trimmed_batch_gives_the_same_numbers(decoder):
+    """A batch trimmed of the padding all its rows share scores exactly as the full-length rows; a row
+    longer than the model's length is refused with the limit in the message."""
+    model = _token_model(decoder=decoder).eval()
+    x = _token_batch(ByteTokenizer(), ["one sentence", "and another one", "third"], 24)
+    short = model.trim_padding(x)
+    assert short.shape == (3, len("and another one") + 1) and (short == x[:, : short.shape[1]]).all()
+    for fn in (lambda t: model(t).elbo, lambda t: model(t).log_px, lambda t: model.log_likelihood(t, 16)):
+        torch.manual_seed(0)
+        full = fn(x)
+        torch.manual_seed(0)
+        assert torch.allclose(fn(short), full, atol=1e-4), decoder
+    assert model.trim_padding(torch.full((2, 24), 257)).shape == (2, 1)
+    with pytest.raises(ValueError, match=r"T <= 24"):
+        model(torch.zeros(2, 25, dtype=torch.long))
+
+
+def test_training_batches_are_bucketed_by_length_and_trimmed(tmp_path):
+    """Shuffled text batches group similar lengths and drop the padding every row shares; each epoch still
+    visits every example once (the last partial batch dropped) and the order depends on the epoch only."""
+    g = torch.Generator().manual_seed(0)
+    lines = [("w" * int(n)).encode() for n in torch.randint(1, 60, (400,), generator=g)]
+    path = _write(tmp_path / "l.txt", lines)
+    cfg = DataConfig(source="text", path=path, max_length=64, val_fraction=0.0, test_fraction=0.1)
+    ds = load_dataset(cfg)
+    pad = ds.tokenizer.pad_id
+    lengths = (ds.train.x != pad).sum(1)
+    batches = list(ds.batches("train", 16, epoch=3))
+    assert len(batches) == len(ds.train) // 16
+    widths = [b.shape[1] for b in batches]
+    assert all(((b != pad).any(0)).all() for b in batches)  # no column of padding only
+    assert all(b.shape[1] == int((b != pad).sum(1).max()) for b in batches)
+    spread = sum(int((b != pad).sum(1).max() - (b != pad).sum(1).min()) for b in batches) / len(batches)
+    assert spread < 10 and sum(widths) < 0.6 * len(batches) * 64  # random batches: spread ~ 50, width ~ 60
+    seen = torch.cat([(b != pad).sum(1) for b in batches])
+    assert len(seen) == len(batches) * 16 and set(seen.tolist()) <= set(lengths.tolist())
+    again = list(ds.batches("train", 16, epoch=3))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    assert not all(torch.equal(a, b) for a, b in zip(batches, ds.batches("train", 16, epoch=4)))
+    plain = load_dataset(DataConfig(**{**cfg.to_dict(), "length_buckets": False}))
+    spread_plain = [int((b != pad).sum(1).max() - (b != pad).sum(1).min()) for b in plain.batches("train", 16)]
+    assert sum(spread_plain) / len(spread_plain) > 30
+
+
 def test_config_checks_token_settings():
     with pytest.raises(ConfigError, match="pad_id"):
         ModelConfig(data_shape=[8], likelihood="categorical", num_classes=10, pad_id=10)

@@ -426,11 +426,6 @@ class ModelConfig(_Serializable):
                 f"discretized_logistic_mixture), got {self.likelihood!r}",
             )
             _require(
-                C == 1 or self.likelihood == "discretized_logistic_mixture",
-                f"decoder: pixelcnn with likelihood {self.likelihood} models one channel, the data have {C}; "
-                "use discretized_logistic_mixture (it orders the channels of a pixel, R before G before B)",
-            )
-            _require(
                 self.pixelcnn_kernel >= 3 and self.pixelcnn_kernel % 2 == 1,
                 f"pixelcnn_kernel: must be odd and >= 3, got {self.pixelcnn_kernel}",
             )

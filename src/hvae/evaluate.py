@@ -26,14 +26,34 @@ def elbo_terms(model: HierarchicalVAE, x: torch.Tensor, batch_size: int = 100) -
     was_training = model.training
     model.eval()
     elbo, log_px, kls = [], [], []
-    for xb in x.split(batch_size):
-        out = model(xb, beta=1.0)
+    order, xs = _by_length(model, x)
+    for xb in xs.split(batch_size):
+        out = model(model.trim_padding(xb), beta=1.0)
         elbo.append(out.elbo)
         log_px.append(out.log_px)
         kls.append(torch.stack(out.kl, 1))
     model.train(was_training)
-    kl = torch.cat(kls)
-    return {"elbo": torch.cat(elbo), "log_px": torch.cat(log_px), "kl": list(kl.unbind(1))}
+    elbo, log_px, kl = (_unsort(torch.cat(t), order) for t in (elbo, log_px, kls))
+    return {"elbo": elbo, "log_px": log_px, "kl": list(kl.unbind(1))}
+
+
+def _by_length(model: HierarchicalVAE, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Token rows sorted by their length (padding excluded), so that each batch, trimmed of the padding all its
+    rows share (``model.trim_padding``), costs the tokens it holds; the numbers are those of the unsorted,
+    untrimmed rows. Other data: (None, x)."""
+    if model.token_encoder is None or model.config.pad_id is None or x.shape[0] == 0:
+        return None, x
+    lengths = (x != model.config.pad_id).flip(1).int().cumsum(1).bool().sum(1)  # up to the last non-padding id
+    order = torch.argsort(lengths, stable=True)
+    return order, x[order]
+
+
+def _unsort(t: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    if order is None:
+        return t
+    out = torch.empty_like(t)
+    out[order] = t
+    return out
 
 
 @torch.no_grad()
@@ -85,7 +105,7 @@ def evaluation_sums(
     sums["log_px"] += terms["log_px"].double().sum()
     sums["kl"] += torch.stack([k.double().sum() for k in terms["kl"]])
     iw = []
-    batches = x.split(batch_size)
+    batches = [model.trim_padding(xb) for xb in _by_length(model, x)[1].split(batch_size)]  # the sums ignore order
     if progress:
         from tqdm.auto import tqdm
 

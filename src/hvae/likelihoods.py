@@ -51,9 +51,13 @@ class ObservationModel(nn.Module):
         return self.params_per_channel * self.channels
 
     def _to_layout(self, x: Tensor) -> Tensor:  # (B, *data_shape) -> (B, C, *spatial)
+        if len(self.data_shape) == 1:  # sequences (B, T') -> (B, 1, T'): token rows may stop early
+            return x.reshape(x.shape[0], 1, -1)
         return x.reshape(x.shape[0], self.channels, *self.spatial)
 
     def _to_user(self, x: Tensor) -> Tensor:  # (B, C, *spatial) -> (B, *data_shape)
+        if len(self.data_shape) == 1:
+            return x.reshape(x.shape[0], -1)
         return x.reshape(x.shape[0], *self.data_shape)
 
     def check_support(self, x: Tensor) -> None:
@@ -203,7 +207,7 @@ class Categorical(ObservationModel):
 
     def forward(self, params: Tensor) -> CategoricalDistribution:
         B = params.shape[0]
-        logits = params.view(B, self.num_classes, self.channels, *self.spatial)
+        logits = params.view(B, self.num_classes, self.channels, *params.shape[2:])  # a shorter T' for token rows
         return CategoricalDistribution(self, logits)
 
     def check_support(self, x: Tensor) -> None:
@@ -373,8 +377,10 @@ class AutoregressiveDistribution(_ObservationDistribution):
       under the sampler's own conditionals is kept in ``sample_log_prob`` (B,) nats.
     * ``mean``: a greedy sequential pass: the mean of p(x_i | x̂_<i, c) at each position, where x̂_<i are
       the most probable values of the earlier positions. Not E[x] (that has no closed form); it is what a
-      reconstruction or a "mean image" of an autoregressive decoder usually shows.
-    Sequential passes cost one network step per position (no gradients).
+      reconstruction or a "mean image" of an autoregressive decoder usually shows. Where the net orders
+      the channels of a position, channel c's mean is taken given the most probable channels < c.
+    Sequential passes cost one network step per position (no gradients), plus a rerun of the head for
+    each further channel where the net orders them.
     """
 
     def __init__(self, model: Autoregressive, cond: Tensor):
@@ -393,21 +399,31 @@ class AutoregressiveDistribution(_ObservationDistribution):
 
     @torch.no_grad()
     def _sequential(self, pick) -> tuple[Tensor, Tensor, Tensor]:
-        """Fill the positions in order with ``pick(p(x_t | x_<t, c))``; returns x, its log-probability
-        under the conditionals used (B,), and the mean of each conditional, both in channel layout."""
+        """Fill the positions in order with ``pick(p(x_t | x_<t, c))`` (channel by channel where the net
+        orders them); returns x, its log-probability under the conditionals used (B,), and the mean of each
+        conditional, both in channel layout."""
         m = self._model
-        B = self.cond.shape[0]
-        x = self.cond.new_zeros(B, m.channels, *m.spatial)
+        B, C = self.cond.shape[0], m.channels
+        x = self.cond.new_zeros(B, C, *m.spatial)
         means = torch.zeros_like(x)
+        x_flat, means_flat = x.view(B, C, -1), means.view(B, C, -1)  # (B, C, T) views: writing fills x, means
         log_p = self.cond.new_zeros(B)
         one = (1,) * len(m.spatial)
         stepper = m.net.stepper(self.cond)
         for t in range(math.prod(m.spatial)):
-            d = m.step_base(stepper.step(x, t).view(B, -1, *one))
-            v = pick(d)  # (B, C, 1, ...)
-            log_p += d.log_prob(m.step_base._to_user(v))
-            x.view(B, m.channels, -1)[:, :, t] = v.reshape(B, m.channels)
-            means.view(B, m.channels, -1)[:, :, t] = d._mean_layout().reshape(B, m.channels)
+            params = stepper.step(x, t)
+            for c in range(1, C if m.orders_channels else 1):
+                # channel c's conditional reads channels < c of this position: draw channel c - 1, rerun the head
+                x_flat[:, c - 1, t] = pick(m.step_base(params.view(B, -1, *one))).reshape(B, C)[:, c - 1]
+                params = stepper.head(x, t)
+            # the last parameters hold every channel's conditional: channel c's read channels < c only
+            d = m.step_base(params.view(B, -1, *one))
+            v = pick(d).reshape(B, C)
+            if m.orders_channels:
+                v[:, :-1] = x_flat[:, :-1, t]  # the channels drawn above
+            log_p += d.log_prob(m.step_base._to_user(v.view(B, C, *one)))
+            x_flat[:, :, t] = v
+            means_flat[:, :, t] = d._mean_layout().reshape(B, C)
         return x, log_p, means
 
     def _ids(self, x: Tensor) -> Tensor:
@@ -430,7 +446,10 @@ class Autoregressive(ObservationModel):
     features c, and a masked network (``net``, see :mod:`hvae.nets.autoregressive`) turns (x_<i, c) into
     the parameters of the ``base`` observation model at each position i.
 
-    ``step_base`` is the base model for one position, used when sampling.
+    ``step_base`` is the base model for one position, used when sampling. Where the net
+    ``orders_channels`` (a PixelCNN with Bernoulli or categorical outputs for C > 1 channels) the sampler
+    fills the channels of a position one by one; otherwise the base model orders them (the discretised
+    logistic mixture) or there is one.
     """
 
     def __init__(self, data_shape, base: ObservationModel, net: nn.Module, cond_channels: int, levels: int):
@@ -442,6 +461,7 @@ class Autoregressive(ObservationModel):
         self.cond_channels = cond_channels
         self.levels = levels  # values per position, for integer class data
         self.tokens = getattr(base, "tokens", False)
+        self.orders_channels = getattr(net, "orders_channels", False)
 
     @property
     def num_params(self) -> int:
@@ -476,6 +496,8 @@ def _build_autoregressive(config) -> Autoregressive:
         out_ch=base.num_params,
         levels=levels,
         length=math.prod(base.spatial),
+        # Bernoulli and categorical outputs treat channels as independent: the net must order them
+        order_channels=not isinstance(base, DiscretizedLogisticMixture),
     )
     return Autoregressive(base.data_shape, base, net, config.ar_cond_channels, levels)
 

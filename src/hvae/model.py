@@ -185,8 +185,12 @@ class HierarchicalVAE(nn.Module):
             raise TypeError(
                 f"expected a torch.Tensor of shape (B, {', '.join(map(str, self.data_shape))}), got {type(x).__name__}"
             )
-        if tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
+        if self.token_encoder is not None and x.dim() == 2 and 1 <= x.shape[1] <= self.data_shape[0]:
+            pass  # token rows may stop early: the positions after T' are padding (see trim_padding)
+        elif tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
             want = "(B, " + ", ".join(map(str, self.data_shape)) + ")"
+            if self.token_encoder is not None:
+                want = f"(B, T) token ids with T <= {self.data_shape[0]}"
             hint = ""
             if math.prod(x.shape[1:]) == math.prod(self.data_shape):
                 hint = f"; reshape it with x.reshape(-1, {', '.join(map(str, self.data_shape))})"
@@ -198,6 +202,18 @@ class HierarchicalVAE(nn.Module):
                 f"input must be a floating tensor (values in [0, 1]), got {x.dtype}; integer token ids need "
                 f"likelihood categorical (this model's is {self.config.likelihood})"
             )
+
+    def trim_padding(self, x: Tensor) -> Tensor:
+        """Token ids ``(B, T)`` -> ``(B, T')``: the trailing positions that are padding in every row dropped
+        (T' >= 1). Every number of the trimmed batch (ELBO, log p(x | z), IW bound) equals that of ``x``:
+        padding never counts, the token encoder pads back to its length, and each position's decoder output
+        reads only the positions before it. Only the decoder's cost falls, to T' positions. Other models
+        (and models without a ``pad_id``) return ``x`` unchanged."""
+        pad = self.config.pad_id
+        if self.token_encoder is None or pad is None or x.dim() != 2:
+            return x
+        used = (x != pad).any(0).nonzero()
+        return x[:, : int(used[-1]) + 1 if len(used) else 1]
 
     @property
     def _takes_ids(self) -> bool:
@@ -299,7 +315,9 @@ class HierarchicalVAE(nn.Module):
             state = self.depth_attn.decoder(state, states)
         return _Pass(zs, ps, qs, state)
 
-    def _decode_state(self, state: Tensor):
+    def _decode_state(self, state: Tensor, length: int | None = None):
+        """p(x | z_1) from the top-down state; ``length``: token models, the positions of a batch whose rows
+        stop early (the rest is padding, which never counts)."""
         params = self.decoder_head(self._cells(self.decoder, state)).float()
         if self._pad is not None and len(self._pad) == 2:  # crop the padded sequence back: (B, P, T')->(B, P, T)
             params = params[:, :, : self.data_shape[1]]
@@ -309,7 +327,12 @@ class HierarchicalVAE(nn.Module):
             params = params[:, :, top : top + H, left : left + W]
         lik = self.likelihood
         params = params.view(params.shape[0], lik.num_params, *lik.spatial)
+        if length is not None and length != lik.spatial[-1]:
+            params = params[..., :length]
         return lik(params)
+
+    def _length(self, x: Tensor) -> int | None:
+        return x.shape[1] if self.token_encoder is not None else None
 
     def _infer(self, x: Tensor, k: int = 1, ctxs: list[Tensor] | None = None, posterior_mean: bool = False):
         """z ~ q(z | x) (k samples per input, sample-major) and the pass that scores it."""
@@ -381,7 +404,7 @@ class HierarchicalVAE(nn.Module):
         """
         self._check_input(x)
         run = self._infer(x)
-        px = self._decode_state(run.state)
+        px = self._decode_state(run.state, self._length(x))
         log_px = px.log_prob(x)
         kl_elem = self._kl_terms(run)
         kl = [k.flatten(1).sum(1) for k in kl_elem]
@@ -434,7 +457,7 @@ class HierarchicalVAE(nn.Module):
 
     def _log_weights(self, x_k: Tensor, run: _Pass) -> Tensor:
         """log p(x, z) - log q(z | x) per row, (k*B,)."""
-        lw = self._decode_state(run.state).log_prob(x_k)
+        lw = self._decode_state(run.state, self._length(x_k)).log_prob(x_k)
         for z, p, q in zip(run.zs, run.ps, run.qs):
             lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)
         return lw

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hvae.config import _require, _Serializable
-from hvae.data import sources, transforms
+from hvae.data import sources, text, transforms
 from hvae.data.sources import DataError, LazyRows
 
 __all__ = ["DataConfig", "DataError", "Dataset", "LazyRows", "Split", "load_dataset"]
@@ -53,6 +53,9 @@ class DataConfig(_Serializable):
     (``byte`` | ``char`` | ``bpe``); ``text_unit`` ``line`` (one example per line or fortune) or ``window``
     (fixed windows of ``max_length`` characters over the stream); ``too_long`` examples are truncated or
     skipped, ``text_errors`` says what non-UTF-8 text does (error | replace | skip); all counted and printed.
+    Every text batch is trimmed of the padding all its rows share, (B, T') with T' <= ``max_length``; with
+    ``length_buckets`` the shuffled training batches group examples of similar length (pools of 50 batches
+    sorted by length, the batches shuffled), so a batch costs about the tokens it holds.
 
     Audio (``source: audio``, a folder of WAV / FLAC / OGG; see :mod:`hvae.data.audio`): mixed to mono
     (``multichannel: mix``; ``error`` refuses), resampled to ``sample_rate`` (``resample: false`` refuses other
@@ -85,6 +88,7 @@ class DataConfig(_Serializable):
     too_long: Literal["truncate", "skip"] = "truncate"
     text_errors: Literal["error", "replace", "skip"] = "error"
     bpe_vocab_size: int = 1000
+    length_buckets: bool = True  # text: shuffled training batches hold examples of similar length
     # audio
     sample_rate: int = 8000
     duration: float = 1.0  # seconds per example (cropped or zero-padded)
@@ -254,6 +258,7 @@ class Dataset:
         self.tokenizer = None  # text sources: the tokeniser of the token ids (hvae.data.text)
         self.notes: list[str] = []
         self._fixed: dict[str, Split] = {}
+        self._row_lengths: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(self.split(s))}" for s in SPLITS)
@@ -388,14 +393,27 @@ class Dataset:
         noisy = self._per_batch_noise(split)
         source = self.split(split) if noisy else self._fixed_split(split)
         order = None
+        pad = self.tokenizer.pad_id if self.tokenizer is not None else None
         if shuffle:
-            order = torch.randperm(len(source), generator=transforms.generator(self.config.seed, "order", split, epoch))
+            gen = transforms.generator(self.config.seed, "order", split, epoch)
+            if pad is not None and self.config.length_buckets:
+                order = text.bucket_order(self._lengths(split), batch_size, gen)
+            else:
+                order = torch.randperm(len(source), generator=gen)
         for b in range(start_batch, n_batches):
             lo, hi = b * batch_size, min((b + 1) * batch_size, len(source))
             batch = source.rows(order[lo:hi] if order is not None else torch.arange(lo, hi))
             if noisy:
                 batch = self._preprocess(batch, transforms.generator(self.config.seed, "batch", epoch, b))
+            if pad is not None:
+                batch = text.trim_batch(batch, pad)
             yield batch if device is None else batch.to(device)
+
+    def _lengths(self, split: str) -> torch.Tensor:
+        """Token rows: each example's length without its padding (N,), computed once per split."""
+        if split not in self._row_lengths:
+            self._row_lengths[split] = text.row_lengths(self.split(split).data, self.tokenizer.pad_id)
+        return self._row_lengths[split]
 
 
 def _train_rows(config: DataConfig, n: int) -> torch.Tensor:

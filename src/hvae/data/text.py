@@ -364,6 +364,20 @@ def token_counts(x: torch.Tensor, tokenizer: Tokenizer) -> dict[str, int]:
     return out
 
 
+def row_lengths(x: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(N, T) ids -> (N,) int64: each row's length up to and including its last id that is not padding."""
+    if x.shape[1] == 0:
+        return torch.zeros(x.shape[0], dtype=torch.long)
+    not_pad = x != pad_id
+    last = x.shape[1] - 1 - not_pad.flip(1).int().argmax(1)  # index of the last non-padding id
+    return torch.where(not_pad.any(1), last + 1, 0)
+
+
+def trim_batch(x: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, T) ids -> (B, T'): the trailing positions that are padding in every row dropped (T' >= 1)."""
+    return x[:, : max(1, int(row_lengths(x, pad_id).max()))] if len(x) else x
+
+
 def bucket_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """A permutation of the rows whose consecutive batches hold examples of similar length: shuffle, sort
     within pools of 50 batches by length, cut into batches, shuffle the batches (the last, partial batch of

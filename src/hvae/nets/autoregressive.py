@@ -1,16 +1,22 @@
 """Autoregressive networks for observation models p(x | c) = ∏_i p(x_i | x_<i, c).
 
-Positions run in raster order over the spatial axes of the channel layout ``(B, C, *spatial)``; all
-channels of one position (the colours of a pixel) are predicted together, and a per-position
-distribution that orders them (the discretised logistic mixture's coefficients) handles R → G → B.
+Positions run in raster order over the spatial axes of the channel layout ``(B, C, *spatial)``. The
+channels of one position (the colours of a pixel) are ordered too, in one of two ways: a per-position
+distribution that orders them itself (the discretised logistic mixture's coefficients shift G by R and B by
+R and G), or a net that orders them (``orders_channels``: the gated PixelCNN with Bernoulli or categorical
+outputs), p(x_i) = ∏_c p(x_i^c | x_i^<c, x_<i, c) as in PixelCNN (van den Oord et al. 2016).
 
 Every net has the same two entry points:
   * ``forward(x, cond)`` — teacher forcing, one parallel pass. ``x`` (B, C, *spatial), values in [0, 1];
     ``cond`` (B, P_c, *spatial) the latents' decoder features. Returns the parameters of the per-position
-    distribution (B, P_out, *spatial); those at position i depend on ``x`` only through positions < i.
+    distribution (B, P_out, *spatial); those at position i depend on ``x`` only through positions < i,
+    and where the net ``orders_channels``, those of channel c also through channels < c of position i.
   * ``stepper(cond)`` — sequential generation: ``stepper.step(x, t)`` returns the parameters at position
     ``t`` (B, P_out) given ``x`` whose positions < t are filled in; steps are taken in order t = 0, 1, …
-    and the stepper caches what it can (GRU state, transformer keys and values).
+    and the stepper caches what it can (GRU state, transformer keys and values). A net that
+    ``orders_channels`` reads the channels of position t that ``x`` holds, and its stepper's
+    ``head(x, t)`` returns the parameters at t again after channels of t were filled in, reusing the
+    spatial features of the last step.
 """
 
 from __future__ import annotations
@@ -63,46 +69,113 @@ class GatedLayer(nn.Module):
         return _gate(v_feat + c_v), h_new
 
 
+class _ChannelHead(nn.Module):
+    """Output head that orders the C channels of a pixel (PixelCNN's colour masks, van den Oord et al. 2016).
+
+    Hidden units come in C blocks of ``ch``: every block reads the spatial features h (which see positions
+    < i only), block c also reads the pixel's own channels < c through a masked 1x1 convolution (mask A),
+    and the P parameters of channel c read block c alone (a 1x1 convolution in C groups: mask B). So channel
+    c's parameters depend on x_i^<c through a hidden layer, not only linearly as the mixture's coefficients do.
+    """
+
+    def __init__(self, ch: int, C: int, P: int):
+        super().__init__()
+        self.C = C
+        self.h_in = nn.Conv2d(ch, C * ch, 1)
+        self.x_in = nn.Conv2d(C, C * ch, 1, bias=False)
+        block = torch.arange(C).repeat_interleave(ch)  # (C ch,): the block of each hidden unit
+        mask = torch.arange(C).view(1, C) < block.view(-1, 1)  # (C ch, C): block c reads channels < c
+        self.register_buffer("mask", mask.view(C * ch, C, 1, 1), persistent=False)
+        self.out = nn.Conv2d(C * ch, C * P, 1, groups=C)
+
+    def forward(self, h: Tensor, x: Tensor) -> Tensor:
+        """h (B, ch, H, W), x (B, C, H, W) in [-1, 1] -> (B, P C, H, W), parameter p of channel c at p C + c."""
+        a = self.h_in(F.relu(h)) + F.conv2d(x, self.x_in.weight * self.mask)
+        out = self.out(F.relu(a))  # (B, C P, H, W), channel-major
+        B, _, *sp = out.shape
+        # the likelihoods' layout is parameter-major: Bernoulli's logit c at c, Categorical's (K, C) view
+        return out.view(B, self.C, -1, *sp).transpose(1, 2).reshape(B, -1, *sp)
+
+
 class GatedPixelCNN(nn.Module):
     """Gated PixelCNN conditioned on per-pixel features of the latents (PixelVAE; VLAE).
 
     ``x`` (B, C, H, W) in [0, 1] -> parameters (B, out_ch, H, W). With r = kernel // 2 the receptive field
     of ``layers`` layers reaches layers * r + 1 rows up and columns left and layers * r columns right (in
     the rows above): a small one leaves global structure to the latents.
+
+    With ``order_channels`` and C > 1 the head orders the channels of a pixel (see ``_ChannelHead``): the
+    ``out_ch`` = P C parameters hold parameter p of channel c at index p C + c, the layout of the Bernoulli
+    and categorical likelihoods. Otherwise all channels of a pixel are predicted together, for an output
+    distribution that orders them itself (the discretised logistic mixture).
     """
 
-    def __init__(self, in_ch: int, cond_ch: int, out_ch: int, channels: int = 64, layers: int = 4, kernel: int = 5):
+    def __init__(
+        self,
+        in_ch: int,
+        cond_ch: int,
+        out_ch: int,
+        channels: int = 64,
+        layers: int = 4,
+        kernel: int = 5,
+        order_channels: bool = False,
+    ):
         super().__init__()
         self.layers = nn.ModuleList(
             GatedLayer(in_ch if i == 0 else channels, channels, kernel, cond_ch, first=(i == 0)) for i in range(layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, out_ch, 1)
-        )
+        self.orders_channels = order_channels and in_ch > 1
+        if self.orders_channels:
+            if out_ch % in_ch:
+                raise ValueError(f"order_channels needs parameters per channel: {out_ch} over {in_ch} channels")
+            self.head = _ChannelHead(channels, in_ch, out_ch // in_ch)
+        else:
+            self.head = nn.Sequential(
+                nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, out_ch, 1)
+            )
         self.reach = layers * (kernel // 2) + 1  # rows above a pixel that its output can read
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def _features(self, x: Tensor, cond: Tensor) -> Tensor:
+        """The spatial stacks: (B, channels, H, W), at position i reading ``x`` at positions < i only."""
         v = h = 2 * x - 1
         for layer in self.layers:
             v, h = layer(v, h, cond)
-        return self.head(h)
+        return h
+
+    def _params(self, h: Tensor, x: Tensor) -> Tensor:
+        """Features h (B, channels, H, W) and ``x`` (B, C, H, W) in [0, 1] -> parameters (B, out_ch, H, W);
+        ``x`` is read at the same position only, and only when the net orders channels."""
+        return self.head(h, 2 * x - 1) if self.orders_channels else self.head(h)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return self._params(self._features(x, cond), x)
 
     def stepper(self, cond: Tensor) -> _PixelStepper:
         return _PixelStepper(self, cond)
 
 
 class _PixelStepper:
-    """Recomputes the network for each pixel on the rows its output can read: those below row i cannot
-    reach it, nor can those more than ``reach`` rows above, so cropping them changes nothing."""
+    """Recomputes the spatial stacks for each pixel on the rows its output can read: those below row i
+    cannot reach it, nor can those more than ``reach`` rows above, so cropping them changes nothing. The
+    features of the pixel are kept for ``head``, which the channels of one pixel share."""
 
     def __init__(self, net: GatedPixelCNN, cond: Tensor):
         self.net, self.cond = net, cond
         self.W = cond.shape[-1]
+        self.h: Tensor | None = None  # (B, channels, 1, 1): the features of the last step's pixel
 
     def step(self, x: Tensor, t: int) -> Tensor:
         i, j = divmod(t, self.W)
         top = max(0, i - self.net.reach)
-        return self.net(x[:, :, top : i + 1], self.cond[:, :, top : i + 1])[:, :, i - top, j]
+        h = self.net._features(x[:, :, top : i + 1], self.cond[:, :, top : i + 1])
+        self.h = h[:, :, i - top, j].unsqueeze(-1).unsqueeze(-1)
+        return self.head(x, t)
+
+    def head(self, x: Tensor, t: int) -> Tensor:
+        """The parameters at ``t`` (B, P_out) from the last step's features and the channels of ``x`` at
+        ``t`` (those a channel-ordering head reads: the ones filled in since the step)."""
+        i, j = divmod(t, self.W)
+        return self.net._params(self.h, x[:, :, i : i + 1, j : j + 1])[:, :, 0, 0]
 
 
 # --- sequences: causal transformer and GRU --------------------------------------------------------------
@@ -185,7 +258,8 @@ class CausalTransformer(_SequenceNet):
         self.blocks = nn.ModuleList(_CausalBlock(width, heads) for _ in range(layers))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        h = self.embed(self._shifted_tokens(x)) + self.pos + self.cond_proj(_per_position(cond))  # (B, T, width)
+        tok = self._shifted_tokens(x)  # (B, T): T may be shorter than the length built for (trimmed padding)
+        h = self.embed(tok) + self.pos[: tok.shape[1]] + self.cond_proj(_per_position(cond))  # (B, T, width)
         for blk in self.blocks:
             h = blk(h)
         return _to_layout(self.head(self.norm(h)), cond)
@@ -237,12 +311,21 @@ class _GRUStepper:
         return net.head(net.norm(out[:, 0]))
 
 
-def build(config, in_ch: int, cond_ch: int, out_ch: int, levels: int, length: int) -> nn.Module:
+def build(
+    config, in_ch: int, cond_ch: int, out_ch: int, levels: int, length: int, order_channels: bool = False
+) -> nn.Module:
     """The network named by ``config.decoder``. ``in_ch``: data channels; ``cond_ch``: conditioning channels;
-    ``out_ch``: parameters per position; ``levels``: values per token; ``length``: positions."""
+    ``out_ch``: parameters per position; ``levels``: values per token; ``length``: positions;
+    ``order_channels``: the net, not the output distribution, orders the channels of a position."""
     if config.decoder == "pixelcnn":
         return GatedPixelCNN(
-            in_ch, cond_ch, out_ch, config.pixelcnn_channels, config.pixelcnn_layers, config.pixelcnn_kernel
+            in_ch,
+            cond_ch,
+            out_ch,
+            config.pixelcnn_channels,
+            config.pixelcnn_layers,
+            config.pixelcnn_kernel,
+            order_channels=order_channels,
         )
     if config.decoder == "transformer":
         return CausalTransformer(levels, cond_ch, out_ch, length, config.seq_width, config.seq_layers, config.seq_heads)
