@@ -3,7 +3,8 @@
 A step cannot be faster than its matrix products. :func:`record_products` runs a function under a
 ``TorchDispatchMode`` and records every matrix product and convolution it issues (forward, grad-input and
 grad-weight alike) with its exact shapes and strides; :func:`time_products` replays each one alone on
-fresh tensors and sums the median times. That sum is the floor; ``batch / floor`` the most examples per
+fresh tensors, with the threads the step uses (``torch.get_num_threads()``; ``Timer`` defaults to one), and
+sums the median times. That sum is the floor; ``batch / floor`` the most examples per
 second any implementation of the same mathematics can reach on this machine.
 """
 
@@ -79,7 +80,8 @@ def time_products(calls: Counter, device="cpu", min_run_time: float = 0.2) -> tu
     total, rows = 0.0, []
     for prod, count in calls.items():
         args = prod.materialise(device)
-        t = Timer(stmt="op(*args)", globals={"op": prod.op, "args": args}).blocked_autorange(min_run_time=min_run_time)
+        t = Timer(stmt="op(*args)", globals={"op": prod.op, "args": args}, num_threads=torch.get_num_threads())
+        t = t.blocked_autorange(min_run_time=min_run_time)
         total += count * t.median
         shapes = [
             a[0] if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype) else None for a in prod.args
@@ -93,5 +95,6 @@ def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32) -> float:
     """GFLOP/s of one large square matrix product: the machine's practical peak for this dtype."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = Timer(stmt="a @ b", globals={"a": a, "b": b}).blocked_autorange(min_run_time=1.0)
+    t = Timer(stmt="a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+    t = t.blocked_autorange(min_run_time=1.0)
     return 2 * n**3 / t.median / 1e9

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .compiled import LazyCompile
 from .config import ModelConfig
 from .distributions import Gaussian, kl_divergence
 from .layers import LatentLayer, latent_channels
@@ -176,6 +177,14 @@ class HierarchicalVAE(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # keep last: it tracks every conv / linear weight built above
         self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
+        self.compiler = LazyCompile(HierarchicalVAE._elbo, mode="auto")
+
+    def set_compile(self, mode: str = "auto", after_s: float = 120.0) -> None:
+        """How training calls are compiled (:mod:`hvae.compiled`): ``auto`` (the default) compiles once the
+        model has trained ``after_s`` seconds eagerly and keeps the compiled step only if it is faster;
+        ``always`` compiles at the first training call; ``never`` stays eager. ``self.compiler.status`` says
+        what happened. Evaluation and sampling are always eager."""
+        self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s)
 
     # ------------------------------------------------------------------------------------------------
     # input checks
@@ -399,9 +408,19 @@ class HierarchicalVAE(nn.Module):
     def forward(self, x: Tensor, beta: float | None = None) -> ModelOutput:
         """ELBO of a batch ``x`` (B, *data_shape), with one posterior sample per example.
 
-        In training mode (with gradients on) each call advances ``step``, which drives KL warm-up.
-        ``beta`` overrides the warm-up weight for this call.
+        In training mode (with gradients on) each call advances ``step``, which drives KL warm-up, and may
+        run compiled (see :meth:`set_compile`). ``beta`` overrides the warm-up weight for this call.
         """
+        if self.training and torch.is_grad_enabled():
+            return self.compiler(self, x, beta, snapshot=self._step_snapshot)
+        self.compiler.other_call()
+        return self._elbo(x, beta)
+
+    def _step_snapshot(self):
+        saved = self.step.clone()
+        return lambda: self.step.copy_(saved)
+
+    def _elbo(self, x: Tensor, beta: float | None = None) -> ModelOutput:
         self._check_input(x)
         run = self._infer(x)
         px = self._decode_state(run.state, self._length(x))

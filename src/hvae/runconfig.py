@@ -40,11 +40,17 @@ class TrainConfig(_Serializable):
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun auto/cuda = cuda:LOCAL_RANK)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the networks; fp16 adds a grad scaler
     channels_last: bool = False  # conv models: NHWC memory layout (faster convolutions on recent GPUs)
-    compile: bool = False  # torch.compile the model; falls back to eager (logged) when compilation fails
+    # torch.compile of the training step (hvae.compiled): auto compiles after compile_after_s seconds of eager
+    # training and keeps it only where it is faster; always | never. Failures fall back to eager (logged).
+    compile: Literal["auto", "always", "never"] | bool = "auto"  # true / false (older configs): always / never
+    compile_after_s: float = 120.0
     dist_timeout: float = 1800.0  # seconds a rank waits for the others in a collective before failing
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):
+            self.compile = "always" if self.compile else "never"
+        _require(self.compile_after_s >= 0, f"train.compile_after_s: must be >= 0, got {self.compile_after_s}")
         _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps: must be >= 1 or null")
         _require(self.batch_size >= 1, f"train.batch_size: must be >= 1, got {self.batch_size}")

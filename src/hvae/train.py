@@ -316,8 +316,7 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel
 
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tc.compile:
-        step_model = _CompiledOrEager(step_model, model, log)
+    model.set_compile(tc.compile, after_s=tc.compile_after_s)
 
     metrics = _Metrics(run_dir, resume_step) if ctx.is_main else None
     eval_model = ema.module if ema is not None else model
@@ -349,36 +348,6 @@ def _is_comm_failure(e: BaseException) -> bool:
         return True
     text = str(e)
     return any(w in text for w in ("Gloo", "gloo", "NCCL", "Connection", "onnection reset", "imed out", "peer"))
-
-
-class _CompiledOrEager:
-    """``torch.compile`` of the training forward; if compiling fails (no compiler, an unsupported op), the
-    first call says so in the log and training goes on eagerly."""
-
-    def __init__(self, module, model: HierarchicalVAE, log):
-        self.eager, self.model, self.log = module, model, log
-        self.fn, self.checked = module, False
-        try:
-            self.fn = torch.compile(module)
-        except Exception as e:  # torch.compile refuses this platform up front
-            self._fallback(e)
-
-    def _fallback(self, e: Exception) -> None:
-        self.fn, self.checked = self.eager, True
-        self.log(f"note: train.compile: torch.compile failed ({type(e).__name__}: {e}); training runs eagerly")
-
-    def __call__(self, x: torch.Tensor):
-        if self.checked:
-            return self.fn(x)
-        step = self.model.step.clone()
-        try:
-            out = self.fn(x)
-        except Exception as e:  # compilation happens at the first call
-            self.model.step.copy_(step)
-            self._fallback(e)
-            return self.fn(x)
-        self.checked = True
-        return out
 
 
 def _autocast(precision: str, device: torch.device):
@@ -461,6 +430,7 @@ def _loop(
         checkpoint(best=is_best)
 
     max_norm = tc.grad_clip if tc.grad_clip is not None else float("inf")
+    compile_events = 0
     done = state["step"] >= total_steps
     while not done and state["epoch"] < tc.epochs:
         model.train()
@@ -471,6 +441,9 @@ def _loop(
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
             with _autocast(tc.precision, device):
                 out = step_model(x)
+            while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
+                log(f"note: train.compile: {model.compiler.events[compile_events]}")
+                compile_events += 1
             loss = out.loss
             loss_ok = torch.isfinite(loss)
             grad_norm = torch.full((), float("nan"), device=device)

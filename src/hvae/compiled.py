@@ -1,0 +1,130 @@
+"""Compilation of the model's training step where it pays: lazily, measured, with an eager fallback.
+
+``torch.compile`` fuses the many small elementwise operations of a hierarchical VAE (batch norm, activations,
+the Gaussian merge, the KL terms) into a few kernels; on the CPU it makes an ``lvae_mnist`` step about a
+quarter faster (benchmarks/RESULTS.md), but compiling takes tens of seconds, a deep convolutional model
+minutes, and on some platforms it fails or does not pay. :class:`LazyCompile` decides per model:
+
+* ``never``: eager.
+* ``always``: compile at the first training call.
+* ``auto`` (the default): eager until the model has spent ``after_s`` seconds in training steps (a short run
+  never pays the compile), then compile, time ``probe`` compiled steps against the eager steps before and
+  keep whichever is faster.
+
+Only training calls (``model.train()`` with gradients on) go through the compiled function; evaluation,
+sampling and the importance-weighted bound stay eager. If compiling or a compiled call raises, the model goes
+on eagerly and says why in :attr:`LazyCompile.status`. A step is timed as the wall clock between two
+consecutive training calls (forward, backward, optimizer and data, as the user's loop runs them); any other
+call in between restarts the clock.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+MODES = ("never", "auto", "always")
+
+
+class LazyCompile:
+    """Routes a module's training forward through ``torch.compile(fn)`` when that pays (see the module doc).
+
+    ``status`` says where it stands: ``eager``, ``compiling (...)``, ``probing``, ``compiled (1.31x faster)``,
+    ``eager (the compiled step was 0.97x the eager one)`` or ``eager (torch.compile failed: ...)``;
+    ``events`` lists the changes in order (the trainer logs them).
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        mode: str = "auto",
+        after_s: float = 120.0,
+        probe: int = 20,
+        skip: int = 5,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.fn, self.mode, self.after_s, self.probe, self.skip = fn, mode, after_s, probe, skip
+        self.clock = clock
+        self.compiled: Callable | None = None
+        self.status = "eager"
+        self.events: list[str] = []
+        self._eager_s = 0.0  # training time spent eagerly
+        self._eager_steps: deque[float] = deque(maxlen=50)
+        self._compiled_steps: list[float] = []
+        self._last: float | None = None
+        self._done = mode == "never"
+
+    def _say(self, status: str) -> None:
+        self.status = status
+        self.events.append(status)
+
+    def _fail(self, e: Exception) -> None:
+        self.compiled, self._done = None, True
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        self._say(f"eager (torch.compile failed: {why}; training runs eagerly)")
+
+    def other_call(self) -> None:
+        """A call that is not a training step (evaluation, sampling): the step clock restarts."""
+        self._last = None
+
+    def __call__(self, *args, snapshot: Callable[[], Callable[[], None]] | None = None):
+        """``fn(*args)`` or its compiled version. Before a compiled call ``snapshot()`` returns a function that
+        undoes the call's side effects (the model's step counter), run if it fails before the eager call."""
+        now = self.clock()
+        dt = None if self._last is None else now - self._last
+        self._last = now
+        if self.compiled is None:
+            if dt is not None:
+                self._eager_s += dt
+                self._eager_steps.append(dt)
+            if self._done or not self._due():
+                return self.fn(*args)
+            try:
+                self.compiled = torch.compile(self.fn)
+            except Exception as e:  # torch.compile refuses this platform up front
+                self._fail(e)
+                return self.fn(*args)
+            self._say(f"compiling (after {self._eager_s:.0f} s of eager training steps)")
+        elif self.status == "probing" and dt is not None:
+            self._compiled_steps.append(dt)
+            self._judge()
+            if self.compiled is None:  # judged no faster
+                return self.fn(*args)
+        undo = snapshot() if snapshot is not None else None
+        try:
+            out = self.compiled(*args)
+        except Exception as e:  # compilation happens at the first call; a later call may recompile
+            if undo is not None:
+                undo()
+            self._fail(e)
+            return self.fn(*args)
+        if self.status.startswith("compiling"):
+            self._say("probing" if self.mode == "auto" else "compiled")
+            self._last = self.clock()  # the compile itself is not a step
+            if self.mode != "auto":
+                self._done = True
+        return out
+
+    def _due(self) -> bool:
+        if self.mode == "always":
+            return True
+        return self._eager_s >= self.after_s and len(self._eager_steps) >= min(self.probe, self._eager_steps.maxlen)
+
+    def _judge(self) -> None:
+        """After ``skip`` warm-up steps (recompiles), ``probe`` compiled steps against the recent eager ones."""
+        timed = self._compiled_steps[self.skip :]
+        if len(timed) < self.probe:
+            return
+        speedup = statistics.median(self._eager_steps) / statistics.median(timed)
+        self._done = True
+        if speedup > 1.03:
+            self._say(f"compiled ({speedup:.2f}x faster)")
+        else:
+            self.compiled = None
+            self._say(f"eager (the compiled step was {speedup:.2f}x the eager one)")

@@ -1,0 +1,141 @@
+"""Compilation where it pays: the lazy, measured policy of hvae.compiled, and a real compiled training step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hvae
+from hvae.compiled import LazyCompile
+
+
+class FakeClock:
+    """A clock the test advances: each call of a step function costs its ``cost`` seconds."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _policy(monkeypatch, eager_cost: float, compiled_cost: float, **kw):
+    clock, calls = FakeClock(), []
+
+    def eager(x):
+        calls.append("eager")
+        clock.t += eager_cost
+        return x
+
+    def fake_compile(fn, **_):
+        def compiled(x):
+            calls.append("compiled")
+            clock.t += compiled_cost
+            return x
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return LazyCompile(eager, clock=clock, **kw), calls
+
+
+@pytest.mark.parametrize("compiled_cost, kept", [(0.5, True), (1.0, False)])
+def test_auto_compiles_after_the_eager_budget_and_keeps_it_only_if_faster(monkeypatch, compiled_cost, kept):
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=compiled_cost, after_s=30, probe=10, skip=2)
+    for _ in range(30):
+        lazy(0)
+    assert set(calls) == {"eager"}  # 29 s of timed eager steps: the first call has no interval before it
+    lazy(0)
+    assert calls[-1] == "compiled" and lazy.status == "probing"
+    for _ in range(2 + 10):
+        lazy(0)
+    if kept:
+        assert lazy.status == "compiled (2.00x faster)"
+    else:
+        assert lazy.status.startswith("eager (the compiled step was 1.00x")
+    n = len(calls)
+    lazy(0)
+    assert calls[n] == ("compiled" if kept else "eager")
+    assert lazy.events[0] == "compiling (after 30 s of eager training steps)" and len(lazy.events) == 3
+
+
+def test_short_runs_never_compile_and_other_calls_restart_the_step_clock(monkeypatch):
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
+    for _ in range(6):
+        lazy(0)
+        lazy.other_call()  # e.g. evaluation between steps: no interval is counted
+    for _ in range(8):
+        lazy(0)
+    assert set(calls) == {"eager"} and lazy.status == "eager"
+    never, calls = _policy(monkeypatch, eager_cost=100.0, compiled_cost=0.5, mode="never", after_s=0)
+    for _ in range(30):
+        never(0)
+    assert set(calls) == {"eager"}
+
+
+def test_a_failing_compile_goes_on_eagerly_and_undoes_the_call(monkeypatch):
+    def broken(fn, **_):
+        def compiled(*a):
+            raise RuntimeError("no C++ compiler\ndetails")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken)
+    undone = []
+    lazy = LazyCompile(lambda x: x + 1, mode="always")
+    assert lazy(1, snapshot=lambda: lambda: undone.append(True)) == 2
+    assert undone == [True] and lazy.status == "eager (torch.compile failed: RuntimeError: no C++ compiler; " \
+        "training runs eagerly)"  # fmt: skip
+    assert lazy(1) == 2 and lazy.compiled is None
+    with pytest.raises(ValueError, match="auto, always"):
+        LazyCompile(lambda x: x, mode="sometimes")
+
+
+def test_model_training_calls_go_through_the_policy_and_evaluation_stays_eager(monkeypatch):
+    model = hvae.build_model(hvae.presets.small())
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        seen.append(fn)
+        return real(fn, backend="eager")  # traced by dynamo, run without code generation: fast
+
+    monkeypatch.setattr(torch, "compile", spy)
+    model.set_compile("always")
+    x = torch.bernoulli(torch.full((8, 64), 0.5))
+    torch.manual_seed(0)
+    out = model(x)
+    assert seen and model.compiler.status == "compiled" and int(model.step) == 1
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert len(seen) == 1 and int(model.step) == 1
+
+
+def test_a_compiled_training_step_matches_the_eager_one(monkeypatch):
+    """A real torch.compile (inductor) of a small model: the same loss and gradients as eager, given the same
+    noise (inductor's own random numbers are switched to eager's for the comparison)."""
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    torch.manual_seed(0)
+    eager = hvae.build_model(hvae.presets.small(batch_norm=False))
+    compiled = hvae.build_model(hvae.presets.small(batch_norm=False))
+    compiled.load_state_dict(eager.state_dict())
+    eager.set_compile("never")
+    compiled.set_compile("always")
+    x = torch.bernoulli(torch.full((16, 64), 0.5))
+    for model in (eager, compiled):
+        torch.manual_seed(1)
+        model(x, beta=1.0).loss.backward()
+    if compiled.compiler.status != "compiled":
+        pytest.skip(f"torch.compile is not available here: {compiled.compiler.status}")
+    losses = []
+    for model in (eager, compiled):
+        torch.manual_seed(2)
+        losses.append(model(x, beta=1.0).loss)
+    assert torch.allclose(*losses, rtol=1e-4, atol=1e-4)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-4), name
