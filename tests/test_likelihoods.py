@@ -218,3 +218,15 @@ def test_build_likelihood_follows_the_config(overrides, cls):
         assert lik.bits == 5 and lik.num_params == 2 * (1 + 2)
     if cls is Categorical:
         assert lik.num_params == 16
+
+
+@pytest.mark.parametrize("shape", [(12,), (2, 3, 4)])
+def test_prepared_data_score_as_the_data(shape):
+    """The IW bound scores ``likelihood.prepare(x)`` once for all importance samples: for Bernoulli the signs
+    1 - 2x with log p = -softplus(s l); every model gives log_prob(x) back."""
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((5, *shape), 0.5))
+    for lik in (Bernoulli(shape), Categorical(shape, num_classes=2)):
+        d = lik(torch.randn(5, lik.num_params, *lik.spatial))
+        assert torch.allclose(d.log_prob_prepared(lik.prepare(x)), d.log_prob(x), atol=1e-5)
+    assert torch.equal(Bernoulli(shape).prepare(x), (1 - 2 * x).reshape(5, *((1,) if len(shape) == 1 else ()), *shape))

@@ -505,3 +505,28 @@ def test_loading_weights_of_another_architecture_or_a_damaged_config_raises_valu
     (tmp_path / "config.json").write_text('{"latent_dimz": [4]}')
     with pytest.raises(hvae.ConfigError, match="unknown key latent_dimz"):
         hvae.load(tmp_path)
+
+
+def test_inference_folds_batch_norm_into_the_products_without_changing_numbers():
+    """Eval mode without gradients runs Linear + BatchNorm as one product (and activations in place): the
+    same ELBO and IW bound as the unfolded eval pass, and the caller's input is left untouched."""
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small(batch_norm=True))
+    x = torch.bernoulli(torch.full((32, 64), 0.4))
+    for _ in range(3):
+        model(x)  # move the running statistics away from their initial values
+    model.eval()
+    block = model.encoder[0]
+    h = torch.randn(5, 64)
+    h0 = h.clone()
+    with torch.no_grad():
+        folded = block(h)
+    unfolded = torch.nn.Sequential(*block)(h)
+    assert torch.equal(h, h0) and torch.allclose(folded, unfolded, rtol=1e-5, atol=1e-5)
+    assert block[1].running_mean.abs().sum() > 0.1  # the running statistics (what is folded) have moved
+    torch.manual_seed(1)
+    with torch.no_grad():
+        elbo_folded = model(x).elbo
+    torch.manual_seed(1)
+    elbo = model(x).elbo.detach()
+    assert torch.allclose(elbo_folded, elbo, rtol=1e-5, atol=1e-4)

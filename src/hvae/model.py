@@ -474,9 +474,10 @@ class HierarchicalVAE(nn.Module):
         for layer in self.layers:
             layer.set_relaxation(tau, relaxed)
 
-    def _log_weights(self, x_k: Tensor, run: _Pass) -> Tensor:
-        """log p(x, z) - log q(z | x) per row, (k*B,)."""
-        lw = self._decode_state(run.state, self._length(x_k)).log_prob(x_k)
+    def _log_weights(self, x_k: Tensor, run: _Pass, prepared: bool = False) -> Tensor:
+        """log p(x, z) - log q(z | x) per row, (k*B,). ``prepared``: ``x_k`` is ``likelihood.prepare(x)``."""
+        px = self._decode_state(run.state, self._length(x_k))
+        lw = px.log_prob_prepared(x_k) if prepared else px.log_prob(x_k)
         for z, p, q in zip(run.zs, run.ps, run.qs):
             lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)
         return lw
@@ -498,13 +499,13 @@ class HierarchicalVAE(nn.Module):
         # the bottom-up pass once per input, tiled once to a full chunk; a shorter last chunk takes a prefix
         ctxs = self._bottom_up(x)
         k_max = min(chunk_size, num_samples)
-        ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(x, k_max)
+        ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(self.likelihood.prepare(x), k_max)
         total = torch.full((B,), -math.inf, device=x.device)
         done = 0
         while done < num_samples:
             k = min(chunk_size, num_samples - done)
             run = self._infer(x, ctxs=[c[: k * B] for c in ctxs_k])
-            lw = self._log_weights(x_k[: k * B], run).view(k, B)
+            lw = self._log_weights(x_k[: k * B], run, prepared=True).view(k, B)
             total = torch.logaddexp(total, torch.logsumexp(lw, dim=0))
             done += k
         return total - math.log(num_samples)

@@ -90,7 +90,8 @@ class DepthAttention(nn.Module):
 
     ``query``: (B, C_q, *spatial) or (B, C_q); ``memory``: a list of ``len(memory_chs)`` states
     ``(B, C_i, *spatial_i)`` (the i-th has ``memory_chs[i]`` channels), each projected by its own
-    per-position map to ``dim`` keys and values. Returns the query's shape.
+    per-position map to ``dim`` keys and values. Returns the query's shape. With one memory state the
+    attention weights are 1 whatever the query, so no query map is built: the output reads its value.
     """
 
     def __init__(self, query_ch: int, memory_chs: list[int], dim: int = 64, heads: int = 4):
@@ -99,8 +100,8 @@ class DepthAttention(nn.Module):
             raise ValueError(f"depth attention: width {dim} does not split into {heads} heads")
         self.heads, self.dim = heads, dim
         self.num_memory = len(memory_chs)
-        self.norm_q = ChannelNorm(query_ch)
-        self.to_q = nn.Linear(query_ch, dim)
+        self.norm_q = ChannelNorm(query_ch) if self.num_memory > 1 else None
+        self.to_q = nn.Linear(query_ch, dim) if self.num_memory > 1 else None
         self.norms_m = nn.ModuleList(ChannelNorm(c) for c in memory_chs)
         self.to_kv = nn.ModuleList(nn.Linear(c, 2 * dim) for c in memory_chs)
         self.out = nn.Linear(dim, query_ch)
@@ -109,14 +110,18 @@ class DepthAttention(nn.Module):
         if len(memory) != self.num_memory:
             raise ValueError(f"depth attention was built for {self.num_memory} memory states, got {len(memory)}")
         size = query.shape[2:]
-        q = self.to_q(_positions(self.norm_q(query)))  # (B, P, dim)
-        B, P, _ = q.shape
         kv = [proj(_positions(norm(_resize(m, size)))) for m, norm, proj in zip(memory, self.norms_m, self.to_kv)]
         kv = torch.stack(kv, dim=2)  # (B, P, N, 2 dim): N memory states at every position
+        B, P = kv.shape[:2]
         k, v = kv.reshape(B * P, self.num_memory, 2 * self.dim).chunk(2, dim=-1)
-        q = _split_heads(q.reshape(B * P, 1, self.dim), self.heads)  # (B*P, heads, 1, dim/heads)
-        a = F.scaled_dot_product_attention(q, _split_heads(k, self.heads), _split_heads(v, self.heads))
-        a = self.out(a.transpose(1, 2).reshape(B, P, self.dim))  # (B, P, C_q)
+        if self.to_q is None:  # one memory state: its value, with weight 1
+            a = v.reshape(B, P, self.dim)
+        else:
+            q = self.to_q(_positions(self.norm_q(query)))  # (B, P, dim)
+            q = _split_heads(q.reshape(B * P, 1, self.dim), self.heads)  # (B*P, heads, 1, dim/heads)
+            a = F.scaled_dot_product_attention(q, _split_heads(k, self.heads), _split_heads(v, self.heads))
+            a = a.transpose(1, 2).reshape(B, P, self.dim)
+        a = self.out(a)  # (B, P, C_q)
         if query.dim() == 2:
             return query + a[:, 0]
         return query + a.transpose(1, 2).reshape(query.shape)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def activation(name: str, leaky_slope: float = 0.1) -> nn.Module:
@@ -25,8 +27,48 @@ def activation(name: str, leaky_slope: float = 0.1) -> nn.Module:
 
 
 class Sequential(nn.Sequential):
-    """``nn.Sequential`` that records its output channel count (``out_ch``) for the layer that follows."""
+    """``nn.Sequential`` that records its output channel count (``out_ch``) for the layer that follows.
+
+    In inference (eval mode, no gradients: the IW bound, sampling) a ``Linear`` followed by a ``BatchNorm1d``
+    with running statistics runs as one product: BN(W x + b) = (s W) x + s (b - m) + beta, with
+    s = gamma / sqrt(v + eps) per output unit, which saves a pass over the activations per layer, and
+    activations then work in place. The same function up to float rounding.
+    """
 
     def __init__(self, out_ch: int, *modules: nn.Module):
         super().__init__(*modules)
         self.out_ch = out_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or torch.is_grad_enabled():
+            return super().forward(x)
+        mods = list(self)
+        i, fresh = 0, False  # fresh: x was made by this block (never the caller's tensor), so it may be overwritten
+        while i < len(mods):
+            m = mods[i]
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if isinstance(m, nn.Linear) and _foldable(nxt) and x.dim() == 2:
+                scale = nxt.weight * torch.rsqrt(nxt.running_var + nxt.eps)  # (out,)
+                shift = nxt.bias - nxt.running_mean * scale
+                if m.bias is not None:
+                    shift = shift + m.bias * scale
+                x = torch.addmm(shift.to(x.dtype), x, (m.weight * scale[:, None]).t().to(x.dtype))
+                i, fresh = i + 2, True
+                continue
+            if isinstance(m, nn.LeakyReLU) and fresh:
+                x = F.leaky_relu_(x, m.negative_slope)
+            else:
+                x = m(x)
+                fresh = isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm))
+            i += 1
+        return x
+
+
+def _foldable(m: nn.Module | None) -> bool:
+    return (
+        isinstance(m, nn.BatchNorm1d)
+        and m.affine
+        and m.track_running_stats
+        and m.running_mean is not None
+        and not m.training
+    )
