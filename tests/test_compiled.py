@@ -139,3 +139,18 @@ def test_a_compiled_training_step_matches_the_eager_one(monkeypatch):
     assert torch.allclose(*losses, rtol=1e-4, atol=1e-4)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-4), name
+
+
+def test_auto_skips_a_compile_that_the_steps_left_cannot_repay(monkeypatch):
+    left = [100]
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
+    lazy.steps_left = lambda: left[0]
+    for _ in range(12):
+        lazy(0)
+        left[0] -= 1
+    assert "compiled" in calls  # 88 steps of 1 s left > 10 s: worth compiling
+    short, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
+    short.steps_left = lambda: 5  # 5 s of eager steps left < 10 s
+    for _ in range(30):
+        short(0)
+    assert set(calls) == {"eager"} and short.status == "eager"

@@ -7,9 +7,10 @@ minutes, and on some platforms it fails or does not pay. :class:`LazyCompile` de
 
 * ``never``: eager.
 * ``always``: compile at the first training call.
-* ``auto`` (the default): eager until the model has spent ``after_s`` seconds in training steps (a short run
-  never pays the compile), then compile, time ``probe`` compiled steps against the eager steps before and
-  keep whichever is faster.
+* ``auto`` (the default): eager until the model has spent ``after_s`` seconds (300) in training steps (a
+  short run never pays the compile), then compile, time ``probe`` compiled steps against the eager steps
+  before and keep whichever is faster. Where the caller knows how many steps are left (the trainer does),
+  a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either.
 
 Only training calls (``model.train()`` with gradients on) go through the compiled function; evaluation,
 sampling and the importance-weighted bound stay eager. If compiling or a compiled call raises, the model goes
@@ -42,15 +43,16 @@ class LazyCompile:
         self,
         fn: Callable,
         mode: str = "auto",
-        after_s: float = 120.0,
+        after_s: float = 300.0,
         probe: int = 20,
         skip: int = 5,
         clock: Callable[[], float] = time.perf_counter,
+        steps_left: Callable[[], int] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.fn, self.mode, self.after_s, self.probe, self.skip = fn, mode, after_s, probe, skip
-        self.clock = clock
+        self.clock, self.steps_left = clock, steps_left
         self.compiled: Callable | None = None
         self.status = "eager"
         self.events: list[str] = []
@@ -114,7 +116,12 @@ class LazyCompile:
     def _due(self) -> bool:
         if self.mode == "always":
             return True
-        return self._eager_s >= self.after_s and len(self._eager_steps) >= min(self.probe, self._eager_steps.maxlen)
+        if self._eager_s < self.after_s or len(self._eager_steps) < min(self.probe, self._eager_steps.maxlen):
+            return False
+        if self.steps_left is not None and self.steps_left() * statistics.median(self._eager_steps) < self.after_s:
+            self._done = True  # too little left to win back a compile; the run ends eagerly
+            return False
+        return True
 
     def _judge(self) -> None:
         """After ``skip`` warm-up steps (recompiles), ``probe`` compiled steps against the recent eager ones."""

@@ -179,12 +179,13 @@ class HierarchicalVAE(nn.Module):
         self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
         self.compiler = LazyCompile(HierarchicalVAE._elbo, mode="auto")
 
-    def set_compile(self, mode: str = "auto", after_s: float = 120.0) -> None:
+    def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:
         """How training calls are compiled (:mod:`hvae.compiled`): ``auto`` (the default) compiles once the
         model has trained ``after_s`` seconds eagerly and keeps the compiled step only if it is faster;
-        ``always`` compiles at the first training call; ``never`` stays eager. ``self.compiler.status`` says
-        what happened. Evaluation and sampling are always eager."""
-        self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s)
+        ``always`` compiles at the first training call; ``never`` stays eager. ``steps_left()``, if given,
+        says how many training steps remain: ``auto`` skips a compile that little training is left to repay.
+        ``self.compiler.status`` says what happened. Evaluation and sampling are always eager."""
+        self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
 
     # ------------------------------------------------------------------------------------------------
     # input checks

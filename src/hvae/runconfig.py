@@ -43,7 +43,7 @@ class TrainConfig(_Serializable):
     # torch.compile of the training step (hvae.compiled): auto compiles after compile_after_s seconds of eager
     # training and keeps it only where it is faster; always | never. Failures fall back to eager (logged).
     compile: Literal["auto", "always", "never"] | bool = "auto"  # true / false (older configs): always / never
-    compile_after_s: float = 120.0
+    compile_after_s: float = 300.0
     dist_timeout: float = 1800.0  # seconds a rank waits for the others in a collective before failing
     progress: bool = True
 

@@ -316,7 +316,7 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel
 
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    model.set_compile(tc.compile, after_s=tc.compile_after_s)
+    model.set_compile(tc.compile, after_s=tc.compile_after_s, steps_left=lambda: total_steps - state["step"])
 
     metrics = _Metrics(run_dir, resume_step) if ctx.is_main else None
     eval_model = ema.module if ema is not None else model
