@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .data.text import row_lengths
 from .model import HierarchicalVAE, _atomic_write_text
 from .quantize import perplexity
 
@@ -43,8 +44,7 @@ def _by_length(model: HierarchicalVAE, x: torch.Tensor) -> tuple[torch.Tensor | 
     untrimmed rows. Other data: (None, x)."""
     if model.token_encoder is None or model.config.pad_id is None or x.shape[0] == 0:
         return None, x
-    lengths = (x != model.config.pad_id).flip(1).int().cumsum(1).bool().sum(1)  # up to the last non-padding id
-    order = torch.argsort(lengths, stable=True)
+    order = torch.argsort(row_lengths(x, model.config.pad_id), stable=True)
     return order, x[order]
 
 
