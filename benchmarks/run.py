@@ -391,7 +391,7 @@ def extensions_table(rows: list[dict], budget_s: float) -> str:
     r0 = rows[0]
     lines = [
         f"{budget_s / 60:.1f} min of training each (batch 32) on dynamically binarised Fashion-MNIST, then the IW "
-        f"bound with K = {r0['K']} on the first {r0['test_examples']} test images (binarised once with a fixed "
+        f"bound with K = {r0['K']} on {_test_images(r0['test_examples'])} (binarised once with a fixed "
         "seed); the same images for every model.",
         "",
         "| model | steps | epochs | IW bound (nats) | active units per level |",
@@ -403,6 +403,10 @@ def extensions_table(rows: list[dict], budget_s: float) -> str:
             f"{r.get('active_units', '—')} |"
         )
     return "\n".join(lines)
+
+
+def _test_images(n: int) -> str:
+    return f"all {n:,} test images" if n == 10_000 else f"the first {n:,} test images"
 
 
 def _replace_between(text: str, start: str, end: str, body: str) -> str:
