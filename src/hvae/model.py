@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .compiled import LazyCompile
 from .config import ModelConfig
+from .data.text import trim_batch
 from .distributions import Gaussian, kl_divergence
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
@@ -222,8 +223,7 @@ class HierarchicalVAE(nn.Module):
         pad = self.config.pad_id
         if self.token_encoder is None or pad is None or x.dim() != 2:
             return x
-        used = (x != pad).any(0).nonzero()
-        return x[:, : int(used[-1]) + 1 if len(used) else 1]
+        return trim_batch(x, pad)
 
     @property
     def _takes_ids(self) -> bool:
