@@ -6,10 +6,17 @@ grad-weight alike) with its exact shapes and strides; :func:`time_products` repl
 fresh tensors, with the threads the step uses (``torch.get_num_threads()``; ``Timer`` defaults to one), and
 sums the median times. That sum is the floor; ``batch / floor`` the most examples per
 second any implementation of the same mathematics can reach on this machine.
+
+:func:`products_in_situ` times the same products where they run, inside the step. A product that follows
+other work finds its operands out of cache (the step sweeps parameters, gradients and optimiser state far
+larger than a core's L2), so it can take longer than alone: floor / (time in the products in situ) is the
+ceiling on the fraction of floor that any implementation built on the same product kernels reaches, with
+everything else in the step costing nothing.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -73,6 +80,34 @@ def record_products(fn) -> Counter:
     with rec:
         fn()
     return rec.calls
+
+
+class _InSitu(TorchDispatchMode):
+    def __init__(self, sync):
+        super().__init__()
+        self.sync, self.seconds = sync, 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in PRODUCTS:
+            return func(*args, **(kwargs or {}))
+        self.sync()
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.sync()
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def products_in_situ(fn, repeats: int, device="cpu") -> float:
+    """Seconds per call of ``fn()`` spent inside its products (eager code only: a compiled function hides
+    them). On CUDA each product is synchronised, so this is its kernel time plus launch."""
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    mode = _InSitu(sync)
+    with mode:
+        for _ in range(repeats):
+            fn()
+    return mode.seconds / repeats
 
 
 def time_products(calls: Counter, device="cpu", min_run_time: float = 0.2) -> tuple[float, list[dict]]:

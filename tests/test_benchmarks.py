@@ -2,6 +2,11 @@
 
 import math
 
+import time
+
+import torch
+
+from benchmarks.floor import products_in_situ
 from benchmarks.run import run, tables, write_results
 
 
@@ -14,10 +19,25 @@ def test_benchmark_suite_smoke(tmp_path):
         assert r["floor_ms"] > 0 and r["images_per_s"] > 0 and r["mflop_per_image"] > 0
     lvae = next(r for r in res["train"] if r["name"] == "lvae_mnist")
     assert math.isclose(lvae["mflop_per_image"], 12.2, rel_tol=0.25)  # the count for lvae_mnist
-    assert res["iw"]["fraction_of_floor"] > 0
+    assert all(r["ceiling"] > 0 and r["products_in_step_ms"] > 0 for r in res["train"])
+    assert res["iw"]["fraction_of_floor"] > 0 and res["iw"]["ceiling"] > 0
     assert [r["model"] for r in res["quality"]] == ["lvae_mnist", "lvae_mnist bottom_up", "plain yardstick"]
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\nnotes kept\n")
     write_results(res, path)
     text = path.read_text()
     assert "notes kept" in text and "fraction of floor" in text and tables(res) in text
+
+
+def test_products_in_situ_counts_products_only():
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    assert products_in_situ(lambda: (a + b).exp().sum(), repeats=3) == 0.0  # no product, nothing counted
+
+    def step():
+        t0 = time.perf_counter()
+        a @ b, torch.addmm(a, a, b)
+        return time.perf_counter() - t0
+
+    wall = []
+    inside = products_in_situ(lambda: wall.append(step()), repeats=4)
+    assert len(wall) == 4 and 0.0 < inside <= sum(wall) / 4
