@@ -7,7 +7,7 @@ import time
 import torch
 
 from benchmarks.floor import products_in_situ
-from benchmarks.run import run, tables, write_results
+from benchmarks.run import keep_quality, run, tables, write_results
 
 
 def test_benchmark_suite_smoke(tmp_path):
@@ -27,6 +27,15 @@ def test_benchmark_suite_smoke(tmp_path):
     write_results(res, path)
     text = path.read_text()
     assert "notes kept" in text and "fraction of floor" in text and tables(res) in text
+
+    # a later run without --quality keeps these quality results, marked with when they were measured
+    later = {k: v for k, v in res.items() if not k.startswith("quality")}
+    keep_quality(later, res)
+    assert later["quality"] == res["quality"] and res["machine"]["commit"] in later["quality_from"]
+    assert f"Measured {later['quality_from']}" in tables(later)
+    fresh = dict(res)
+    keep_quality(fresh, {**res, "quality": ["older"]})  # a run that measured quality keeps its own
+    assert fresh["quality"] == res["quality"] and "quality_from" not in fresh
 
 
 def test_products_in_situ_counts_products_only():
