@@ -2,7 +2,8 @@
 
 Measures in one process, on this machine: the large-matrix roofline; for each model the floor (its matrix
 products timed alone, see floor.py) and the training throughput reached through the public API
-(``build_model`` / ``make_optimizer`` / ``model(x).loss.backward()`` / ``opt.step()``); the
+(``build_model`` / ``make_optimizer`` / ``model(x).loss.backward()`` / ``opt.step()``), with the time its
+products take inside the step (the ceiling) and hvae against the plain yardstick interleaved; the
 importance-weighted evaluation rate at K = 5000 against its own floor, with peak memory against K; time
 per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock
 budget. Writes ``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
@@ -16,6 +17,7 @@ import json
 import math
 import platform
 import resource
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -138,6 +140,54 @@ def train_throughput(
         "products_in_step_ms": None if in_situ is None else 1e3 * in_situ,
         "ceiling": None if in_situ is None else floor / in_situ,
         "top_products": rows[:5],
+    }
+
+
+def paired_speed(batch: int, rounds: int, block: int, compiled: bool = True) -> dict:
+    """ms per training step of hvae's ``lvae_mnist`` (eager, and compiled when ``compiled``) and the plain
+    yardstick, timed in alternating blocks of ``block`` steps for ``rounds`` rounds in one process: the
+    speed of this shared machine drifts by tens of percent over minutes, and interleaving lays the drift on
+    all contenders alike (the table rows above are measured one after another). Medians over rounds."""
+    lvae = hvae.presets.lvae_mnist()
+    x = _binary_batch(batch, [784])
+    steps = {}
+    for name in ("lvae_mnist", "lvae_mnist compiled", "plain yardstick"):
+        if name == "lvae_mnist compiled" and not compiled:
+            continue
+        torch.manual_seed(0)
+        if name == "plain yardstick":
+            model, plain = PlainLVAE(), True
+        else:
+            model, plain = hvae.build_model(lvae), False
+            model.set_compile("always" if name.endswith("compiled") else "never")
+        model = model.to(_DEVICE).train()
+        opt = hvae.make_optimizer(model, lr=1e-4)
+
+        def step(model=model, opt=opt, plain=plain):
+            loss = model(x)[0] if plain else model(x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(5):  # the compiled contender compiles here
+            step()
+        steps[name] = step
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            _sync()
+            t0 = time.perf_counter()
+            for _ in range(block):
+                step()
+            _sync()
+            times[name].append((time.perf_counter() - t0) / block)
+    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {
+        "batch": batch,
+        "rounds": rounds,
+        "block": block,
+        "step_ms": ms,
+        "speedup_vs_yardstick": {name: ms["plain yardstick"] / t for name, t in ms.items()},
     }
 
 
@@ -311,6 +361,7 @@ def run(
         torch.manual_seed(0)
         train.append(train_throughput(preset, hvae.build_model(cfg), 4 if smoke else batch, cfg.data_shape, min_time))
     res["train"] = train
+    res["paired"] = paired_speed(8 if smoke else 256, 2 if smoke else 8, 2 if smoke else 20, compiled=not smoke)
     model = hvae.build_model(lvae)
     res["iw"] = iw_eval(model, 2 if smoke else 10, 50 if smoke else 5000, None, min_time)
     res["memory_vs_k"] = memory_vs_k(model, [10, 50] if smoke else [100, 1000, 5000, 20000], 2 if smoke else 10)
@@ -354,6 +405,20 @@ def tables(res: dict) -> str:
             f"{r['mflop_per_image']:.2f} | {r['gflops_per_s'] / peak:.0%} | {r['floor_images_per_s']:,.0f} | "
             f"{r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} |"
         )
+    if "paired" in res:
+        pr = res["paired"]
+        lines += [
+            "",
+            f"hvae against the yardstick, interleaved in one process (batch {pr['batch']}, {pr['rounds']} rounds of "
+            f"{pr['block']} steps each, medians):",
+            "",
+            "| model | ms/step | images/s | speed-up over the yardstick |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, t in pr["step_ms"].items():
+            lines.append(
+                f"| {name} | {t:.1f} | {1e3 * pr['batch'] / t:,.0f} | {pr['speedup_vs_yardstick'][name]:.2f}x |"
+            )
     iw = res["iw"]
     lines += [
         "",

@@ -1,7 +1,6 @@
 """The benchmark suite runs end to end in smoke mode, so it never rots (no timing is asserted)."""
 
 import math
-
 import time
 
 import torch
@@ -21,6 +20,9 @@ def test_benchmark_suite_smoke(tmp_path):
     assert math.isclose(lvae["mflop_per_image"], 12.2, rel_tol=0.25)  # the issue's count for lvae_mnist
     assert all(r["ceiling"] > 0 and r["products_in_step_ms"] > 0 for r in res["train"])
     assert res["iw"]["fraction_of_floor"] > 0 and res["iw"]["ceiling"] > 0
+    paired = res["paired"]
+    assert set(paired["step_ms"]) == {"lvae_mnist", "plain yardstick"}  # smoke: no compiled contender
+    assert paired["speedup_vs_yardstick"]["plain yardstick"] == 1.0
     assert [r["model"] for r in res["quality"]] == ["lvae_mnist", "lvae_mnist bottom_up", "plain yardstick"]
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\nnotes kept\n")
