@@ -97,6 +97,10 @@ def test_elbo_equals_log_px_with_exact_posterior():
     # with q = p(z | x) every importance weight equals p(x): a single sample is exact
     torch.manual_seed(0)
     assert torch.allclose(model.log_likelihood(x, num_samples=1), exact, atol=2e-4)
+    # and so does any number of them in any chunks: the automatic ones (one sample, then chunks that fill
+    # the per-tensor budget, then the rest) and explicit ones
+    assert torch.allclose(model.log_likelihood(x, num_samples=37), exact, atol=2e-4)
+    assert torch.allclose(model.log_likelihood(x, num_samples=37, chunk_size=10), exact, atol=2e-4)
     # the analytic-KL ELBO is unbiased for the same value
     n = 20000
     elbo = model(x.repeat(n, 1), beta=1.0).elbo.view(n, -1)

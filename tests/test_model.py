@@ -254,6 +254,52 @@ def test_iw_bound_with_one_sample_is_the_single_sample_elbo():
     assert torch.allclose(model.log_likelihood(x, num_samples=1), elbo, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", ["mlp", "conv"])
+def test_iw_automatic_chunks_keep_every_per_row_tensor_under_the_budget(block, monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import hvae.model as model_module
+
+    class Widest(TorchDispatchMode):  # the widest tensor of rows x ... an aten op returns, at the op level
+        def __init__(self, rows):
+            super().__init__()
+            self.rows, self.numel = rows, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == self.rows:
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    model = _model(block).eval()
+    x = _x(model)
+    with torch.no_grad(), Widest(B) as one:  # one importance sample: the widest tensor per input
+        model._iw_chunk(torch.zeros(B), model._bottom_up(x), model.likelihood.prepare(x), 1)
+    width = one.numel // B
+    budget = 7 * B * width + 3  # room for 7 samples per input
+    monkeypatch.setitem(model_module.IW_CHUNK_ELEMENTS, "cpu", budget)
+    chunks, widest = [], []
+    run_chunk = model._iw_chunk
+
+    def spy(total, ctxs, x_k, k):
+        chunks.append(k)
+        with Widest(k * B) as w:
+            out = run_chunk(total, ctxs, x_k, k)
+        widest.append(w.numel)
+        return out
+
+    monkeypatch.setattr(model, "_iw_chunk", spy)
+    model.log_likelihood(x, num_samples=30)
+    assert chunks == [1, 7, 7, 7, 7, 1]  # the first sample alone measures; then full chunks, the rest last
+    assert max(widest) <= budget
+    chunks.clear()
+    model.log_likelihood(x, num_samples=30, chunk_size=12)  # an explicit chunk size is kept
+    assert chunks == [12, 12, 6]
+    with pytest.raises(ValueError, match="chunk_size"):
+        model.log_likelihood(x, num_samples=3, chunk_size=0)
+
+
 # --- posteriors ----------------------------------------------------------------------------------------
 
 
