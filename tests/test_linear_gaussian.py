@@ -108,6 +108,19 @@ def test_elbo_equals_log_px_with_exact_posterior():
     assert ((elbo.mean(0) - exact).abs() < 5 * se + 1e-4).all()
 
 
+def test_a_compiled_iw_bound_is_exact_with_the_exact_posterior():
+    """A real torch.compile (inductor) of the IW bound's chunks: every importance weight still equals p(x)."""
+    model, params = _linear_model()
+    m, S, levels = _exact(params)
+    _set_posterior(model, levels)
+    model.set_compile("always")
+    x = _data()
+    bound = model.log_likelihood(x, num_samples=25, chunk_size=10)  # chunks 10 and 10 compiled, 5 eager
+    if model.iw_compiler.status != "compiled":
+        pytest.skip(f"torch.compile is not available here: {model.iw_compiler.status}")
+    assert torch.allclose(bound, _log_px(x, m, S), atol=2e-4)
+
+
 @pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
 def test_elbo_below_log_px_and_iw_bound_rises_to_it(inference):
     model, params = _linear_model(inference)

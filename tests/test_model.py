@@ -289,7 +289,8 @@ def test_iw_automatic_chunks_keep_every_per_row_tensor_under_the_budget(block, m
         widest.append(w.numel)
         return out
 
-    monkeypatch.setattr(model, "_iw_chunk", spy)
+    monkeypatch.setattr(model, "_iw_chunk", spy)  # the first and last chunks
+    monkeypatch.setattr(model.iw_compiler, "fn", lambda self, *args: spy(*args))  # full ones (eager)
     model.log_likelihood(x, num_samples=30)
     assert chunks == [1, 7, 7, 7, 7, 1]  # the first sample alone measures; then full chunks, the rest last
     assert max(widest) <= budget

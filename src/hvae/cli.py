@@ -232,6 +232,8 @@ def _cmd_eval(args) -> int:
         )
         if not ctx.is_main:
             return 0
+        for event in model.iw_compiler.events:  # auto-compilation of a long evaluation
+            print(f"note: eval.compile: {event}", file=sys.stderr)
         if ctx.distributed:
             result["ranks"] = ctx.world_size
     result = {"split": split, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}

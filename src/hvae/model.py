@@ -194,15 +194,19 @@ class HierarchicalVAE(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # keep last: it tracks every conv / linear weight built above
         self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
-        self.compiler = LazyCompile(HierarchicalVAE._elbo, mode="auto")
+        self.set_compile()
 
     def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:
-        """How training calls are compiled (:mod:`hvae.compiled`): ``auto`` (the default) compiles once the
-        model has trained ``after_s`` seconds eagerly and keeps the compiled step only if it is faster;
-        ``always`` compiles at the first training call; ``never`` stays eager. ``steps_left()``, if given,
-        says how many training steps remain: ``auto`` skips a compile that little training is left to repay.
-        ``self.compiler.status`` says what happened. Evaluation and sampling are always eager."""
+        """How the model's two hot loops are compiled (:mod:`hvae.compiled`): training calls, and the chunks
+        of importance samples of :meth:`log_likelihood`. ``auto`` (the default) compiles a loop once it has
+        run ``after_s`` seconds eagerly and keeps the compiled version only if it is faster; ``always``
+        compiles at the first call; ``never`` stays eager. ``steps_left()``, if given, says how many training
+        steps remain: ``auto`` skips a training compile that little training is left to repay.
+        ``self.compiler.status`` and ``self.iw_compiler.status`` say what happened. Sampling is eager."""
         self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
+        self.iw_compiler = LazyCompile(
+            HierarchicalVAE._iw_chunk, mode=mode, after_s=after_s, steps="chunks of importance samples"
+        )
 
     # ------------------------------------------------------------------------------------------------
     # input checks
@@ -508,7 +512,8 @@ class HierarchicalVAE(nn.Module):
         first importance sample runs alone and measures the widest tensor of a pass per input; the chunks
         after it hold as many samples as keep every tensor under ``IW_CHUNK_ELEMENTS`` (on a CPU, larger
         tensors cost page faults at every allocation: a fifth of the time of an ``lvae_mnist`` bound).
-        Call ``model.eval()`` first for networks with batch norm.
+        Full chunks may run compiled (:meth:`set_compile`). Call ``model.eval()`` first for networks with
+        batch norm.
         """
         self._check_input(x)
         if num_samples < 1:
@@ -528,9 +533,13 @@ class HierarchicalVAE(nn.Module):
         k_max = min(chunk_size, num_samples - done)
         if k_max > 0:  # tiled once to a full chunk; a shorter last chunk takes a prefix
             ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(prepared, k_max)
+        self.iw_compiler.other_call()  # the step clock times chunks, not what ran between two calls
         while done < num_samples:
             k = min(k_max, num_samples - done)
-            total = self._iw_chunk(total, [c[: k * B] for c in ctxs_k], x_k[: k * B], k)
+            if k == k_max:  # full chunks, all of one shape, may run compiled
+                total = self.iw_compiler(self, total, ctxs_k, x_k, k)
+            else:
+                total = self._iw_chunk(total, [c[: k * B] for c in ctxs_k], x_k[: k * B], k)
             done += k
         return total - math.log(num_samples)
 
