@@ -1,11 +1,12 @@
 """hvae's benchmark suite: ``python -m benchmarks.run`` (``make bench``); ``--smoke`` runs everything briefly.
 
-Measures in one process, on this machine: the large-matrix roofline; for each model the floor (its matrix
+Measures on this machine, in one process (the memory of the IW bound: a fresh one per K): the large-matrix
+roofline; for each model the floor (its matrix
 products timed alone, see floor.py) and the training throughput reached through the public API
 (``build_model`` / ``make_optimizer`` / ``model(x).loss.backward()`` / ``opt.step()``), with the time its
 products take inside the step (the ceiling) and hvae against the plain yardstick interleaved; the
-importance-weighted evaluation rate at K = 5000 against its own floor, with peak memory against K; time
-per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock
+importance-weighted evaluation rate at K = 5000 against its own floor, with the memory it takes against
+K; time per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock
 budget. Writes ``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
 """
 
@@ -16,9 +17,9 @@ import datetime
 import json
 import math
 import platform
-import resource
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,13 +38,6 @@ _DEVICE = torch.device("cpu")
 def _sync() -> None:
     if _DEVICE.type == "cuda":
         torch.cuda.synchronize(_DEVICE)
-
-
-def _peak_memory_mb() -> float:
-    """Peak memory so far: the device's allocator on CUDA, the process's resident set on the CPU."""
-    if _DEVICE.type == "cuda":
-        return torch.cuda.max_memory_allocated(_DEVICE) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -143,6 +137,50 @@ def train_throughput(
     }
 
 
+def _interleaved(fns: dict, rounds: int, block: int) -> dict:
+    """Median seconds per call of each function, timed in alternating blocks of ``block`` calls."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync()
+            t0 = time.perf_counter()
+            for _ in range(block):
+                fn()
+            _sync()
+            times[name].append((time.perf_counter() - t0) / block)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def paired_iw(batch: int, num_samples: int, rounds: int) -> dict:
+    """Importance samples/s of the IW bound of one ``lvae_mnist`` three ways, interleaved (see
+    :func:`paired_speed`): automatic chunks eager, the same compiled, and the fixed chunks of 32,768 rows
+    per pass that ``log_likelihood`` used before it sized them (the before/after of RESULTS.md)."""
+    torch.manual_seed(0)
+    eager = hvae.build_model(hvae.presets.lvae_mnist()).to(_DEVICE).eval()
+    eager.set_compile("never")
+    compiled = hvae.build_model(hvae.presets.lvae_mnist()).to(_DEVICE).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.set_compile("always")
+    x = _binary_batch(batch, [784])
+    fns = {
+        "automatic chunks": lambda: eager.log_likelihood(x, num_samples=num_samples),
+        "automatic chunks, compiled": lambda: compiled.log_likelihood(x, num_samples=num_samples),
+        "32,768 rows per chunk (before)": lambda: eager.log_likelihood(
+            x, num_samples=num_samples, chunk_size=max(1, 32768 // batch)
+        ),
+    }
+    for fn in fns.values():  # the compiled contender compiles here
+        fn()
+    sec = _interleaved(fns, rounds, 1)
+    return {
+        "batch": batch,
+        "K": num_samples,
+        "rounds": rounds,
+        "samples_per_s": {name: batch * num_samples / t for name, t in sec.items()},
+        "compile": compiled.iw_compiler.status,
+    }
+
+
 def paired_speed(batch: int, rounds: int, block: int, compiled: bool = True) -> dict:
     """ms per training step of hvae's ``lvae_mnist`` (eager, and compiled when ``compiled``) and the plain
     yardstick, timed in alternating blocks of ``block`` steps for ``rounds`` rounds in one process: the
@@ -172,16 +210,7 @@ def paired_speed(batch: int, rounds: int, block: int, compiled: bool = True) -> 
         for _ in range(5):  # the compiled contender compiles here
             step()
         steps[name] = step
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            _sync()
-            t0 = time.perf_counter()
-            for _ in range(block):
-                step()
-            _sync()
-            times[name].append((time.perf_counter() - t0) / block)
-    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    ms = {name: 1e3 * sec for name, sec in _interleaved(steps, rounds, block).items()}
     return {
         "batch": batch,
         "rounds": rounds,
@@ -217,19 +246,43 @@ def iw_eval(
         "floor_seconds": floor,
         "fraction_of_floor": floor / sec,
         "ceiling": None if in_situ is None else floor / in_situ,
-        "peak_memory_mb": _peak_memory_mb(),
         "compile": model.iw_compiler.status,
     }
 
 
-def memory_vs_k(model, ks, batch: int) -> list[dict]:
-    """Peak resident memory after evaluating at each K, ascending (ru_maxrss only grows)."""
-    model.eval()
-    x = _binary_batch(batch, model.data_shape)
+_MEMORY_SCRIPT = """
+import resource, torch, hvae
+torch.set_num_threads({threads})
+torch.manual_seed(0)
+model = hvae.build_model(hvae.presets.lvae_mnist()).eval()
+x = torch.bernoulli(torch.full(({batch}, 784), 0.5))
+model.log_likelihood(x, num_samples=2)  # libraries loaded, first buffers allocated
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.log_likelihood(x, num_samples={k}, chunk_size={chunk})
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def memory_vs_k(ks, batch: int, chunk_size: int | None = None) -> list[dict]:
+    """Memory the IW bound of ``lvae_mnist`` takes above the model's own, per K: on a CPU the growth of the
+    peak resident set of a fresh process (a process's peak only grows, so each K gets its own), on CUDA the
+    allocator's peak over what was allocated before the call."""
     out = []
     for k in ks:
-        model.log_likelihood(x, num_samples=k)
-        out.append({"K": k, "peak_memory_mb": _peak_memory_mb()})
+        if _DEVICE.type == "cuda":
+            model = hvae.build_model(hvae.presets.lvae_mnist()).to(_DEVICE).eval()
+            x = _binary_batch(batch, [784])
+            torch.cuda.synchronize(_DEVICE)
+            base = torch.cuda.memory_allocated(_DEVICE)
+            torch.cuda.reset_peak_memory_stats(_DEVICE)
+            model.log_likelihood(x, num_samples=k, chunk_size=chunk_size)
+            extra = (torch.cuda.max_memory_allocated(_DEVICE) - base) / 2**20
+        else:
+            script = _MEMORY_SCRIPT.format(threads=torch.get_num_threads(), batch=batch, k=k, chunk=chunk_size)
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+            base, peak = map(int, done.stdout.split())
+            extra = (peak - base) / 1024  # ru_maxrss is in KiB on Linux
+        out.append({"K": k, "batch": batch, "chunk_size": chunk_size, "extra_memory_mb": extra})
     return out
 
 
@@ -377,7 +430,10 @@ def run(
         compiled.load_state_dict(model.state_dict())
         compiled.set_compile("always")
         res["iw_compiled"] = iw_eval(compiled, 10, 5000, None, min_time, floor_of=res["iw"])
-    res["memory_vs_k"] = memory_vs_k(model, [10, 50] if smoke else [100, 1000, 5000, 20000], 2 if smoke else 10)
+        res["paired_iw"] = paired_iw(10, 5000, 6)
+    res["memory_vs_k"] = memory_vs_k([10] if smoke else [100, 1000, 5000, 20000], 2 if smoke else 10)
+    if not smoke:
+        res["memory_before"] = memory_vs_k([5000], 10, chunk_size=32768 // 10)[0]
     res["depth"] = depth_scaling([2, 3] if smoke else [2, 4, 6, 8, 10, 12], 8 if smoke else 256, min_time)
     if with_quality or smoke:
         data = (
@@ -391,6 +447,20 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
         (out / ("smoke.json" if smoke else "latest.json")).write_text(json.dumps(res, indent=1))
     return res
+
+
+def _paired_iw_lines(pr: dict) -> list[str]:
+    rates = pr["samples_per_s"]
+    base = rates["32,768 rows per chunk (before)"]
+    return [
+        f"The same bound three ways, interleaved in one process ({pr['batch']} inputs, K = {pr['K']}, "
+        f"{pr['rounds']} rounds, medians; compile: {pr['compile']}):",
+        "",
+        "| chunks | importance samples/s | against the chunks before |",
+        "|---|---:|---:|",
+        *(f"| {name} | {r:,.0f} | {r / base:.2f}x |" for name, r in rates.items()),
+        "",
+    ]
 
 
 def _pct(x: float | None) -> str:
@@ -437,18 +507,25 @@ def tables(res: dict) -> str:
         "",
         "### Importance-weighted evaluation (lvae_mnist)",
         "",
-        "| chunks | inputs | K | importance samples/s | fraction of floor | ceiling | peak memory (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| chunks | inputs | K | importance samples/s | fraction of floor | ceiling |",
+        "|---|---:|---:|---:|---:|---:|",
         *(
             f"| {'compiled' if r.get('compile') == 'compiled' else 'eager'} | {r['batch']} | {r['K']} | "
-            f"{r['samples_per_s']:,.0f} | {r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} | "
-            f"{r['peak_memory_mb']:.0f} |"
+            f"{r['samples_per_s']:,.0f} | {r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} |"
             for r in (iw, res.get("iw_compiled"))
             if r is not None
         ),
         "",
-        "Peak memory against K (ascending, same process): "
-        + ", ".join(f"K={r['K']}: {r['peak_memory_mb']:.0f} MB" for r in res["memory_vs_k"]),
+        *(_paired_iw_lines(res["paired_iw"]) if "paired_iw" in res else []),
+        f"Memory the bound takes above the model's own, against K ({res['memory_vs_k'][0]['batch']} inputs, "
+        "automatic chunks): "
+        + ", ".join(f"K={r['K']}: {r['extra_memory_mb']:.0f} MB" for r in res["memory_vs_k"])
+        + (
+            f"; with 32,768 rows per chunk (before) K={res['memory_before']['K']}: "
+            f"{res['memory_before']['extra_memory_mb']:.0f} MB."
+            if "memory_before" in res
+            else "."
+        ),
         "",
         "### Time per training step against depth (latent 32, hidden 256 per level)",
         "",

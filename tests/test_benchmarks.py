@@ -20,6 +20,7 @@ def test_benchmark_suite_smoke(tmp_path):
     assert math.isclose(lvae["mflop_per_image"], 12.2, rel_tol=0.25)  # the count for lvae_mnist
     assert all(r["ceiling"] > 0 and r["products_in_step_ms"] > 0 for r in res["train"])
     assert res["iw"]["fraction_of_floor"] > 0 and res["iw"]["ceiling"] > 0
+    assert [r["K"] for r in res["memory_vs_k"]] == [10] and res["memory_vs_k"][0]["extra_memory_mb"] >= 0
     paired = res["paired"]
     assert set(paired["step_ms"]) == {"lvae_mnist", "plain yardstick"}  # smoke: no compiled contender
     assert paired["speedup_vs_yardstick"]["plain yardstick"] == 1.0
