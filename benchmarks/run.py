@@ -1,13 +1,13 @@
 """hvae's benchmark suite: ``python -m benchmarks.run`` (``make bench``); ``--smoke`` runs everything briefly.
 
 Measures on this machine, in one process (the memory of the IW bound: a fresh one per K): the large-matrix
-roofline; for each model the floor (its matrix
-products timed alone, see floor.py) and the training throughput reached through the public API
-(``build_model`` / ``make_optimizer`` / ``model(x).loss.backward()`` / ``opt.step()``), with the time its
-products take inside the step (the ceiling) and hvae against the plain yardstick interleaved; the
-importance-weighted evaluation rate at K = 5000 against its own floor, with the memory it takes against
-K; time per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock
-budget. Writes ``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
+roofline; for each model the floor (its matrix products timed alone, see floor.py) and the training
+throughput reached through the public API (``build_model`` / ``make_optimizer`` /
+``model(x).loss.backward()`` / ``opt.step()``), with the time its products take inside the step (the
+ceiling) and hvae against the plain yardstick interleaved; the importance-weighted evaluation rate at
+K = 5000 against its own floor, with the memory it takes against K; time per step against depth; and
+(``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock budget. Writes
+``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -251,15 +251,24 @@ def iw_eval(
 
 
 _MEMORY_SCRIPT = """
-import resource, torch, hvae
+import resource, sys, torch, hvae
+
+def peak_kib():  # this process's own peak (ru_maxrss starts at the parent's, inherited across fork and exec)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except OSError:
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r // 1024 if sys.platform == "darwin" else r
+
 torch.set_num_threads({threads})
 torch.manual_seed(0)
 model = hvae.build_model(hvae.presets.lvae_mnist()).eval()
 x = torch.bernoulli(torch.full(({batch}, 784), 0.5))
 model.log_likelihood(x, num_samples=2)  # libraries loaded, first buffers allocated
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kib()
 model.log_likelihood(x, num_samples={k}, chunk_size={chunk})
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(base, peak_kib())
 """
 
 
@@ -281,7 +290,7 @@ def memory_vs_k(ks, batch: int, chunk_size: int | None = None) -> list[dict]:
             script = _MEMORY_SCRIPT.format(threads=torch.get_num_threads(), batch=batch, k=k, chunk=chunk_size)
             done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
             base, peak = map(int, done.stdout.split())
-            extra = (peak - base) / 1024  # ru_maxrss is in KiB on Linux
+            extra = (peak - base) / 1024
         out.append({"K": k, "batch": batch, "chunk_size": chunk_size, "extra_memory_mb": extra})
     return out
 
