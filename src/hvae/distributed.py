@@ -163,6 +163,11 @@ def session(device_name: str, timeout_s: float = 1800.0) -> Iterator[Context]:
         if created:
             # leave together: a gloo rank whose peer tears the group down first can abort at exit
             _guard(dist.barrier)
+    except Exception as e:
+        if created and getattr(e, "collective", False):
+            # every rank raises this one at the same step (a decision they share): leave together too
+            _guard(dist.barrier)
+        raise
     finally:
         if created:
             dist.destroy_process_group()

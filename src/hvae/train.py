@@ -38,7 +38,10 @@ RUN_FILES += ("tokenizer.json",)  # text runs: the tokeniser that decodes the mo
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive updates had a non-finite loss or gradient."""
+    """Too many consecutive updates had a non-finite loss or gradient. Under torchrun every rank raises it
+    at the same step (the skip decision is shared), so the ranks leave the process group together."""
+
+    collective = True
 
 
 class RunDirError(ValueError):
