@@ -280,3 +280,25 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused():
     assert global_batch_size(tiny("train.batch_size=30", "train.batch_size_per=rank")[0].train, 4) == 120
     x = torch.arange(12).view(12, 1)
     assert torch.cat([shard(x, Context(r, 3)) for r in range(3)]).equal(x)
+
+
+@pytest.mark.parametrize("collective", [True, False])
+def test_a_stop_every_rank_shares_leaves_the_group_together(monkeypatch, collective):
+    """A one-rank gloo group: an exception every rank raises at the same step (TrainingDiverged) meets the
+    other ranks at a barrier before the group is torn down, as a normal exit does; any other does not wait
+    (its peers may be gone)."""
+    import torch.distributed as dist
+
+    from hvae import distributed
+
+    env = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    barriers = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (barriers.append(1), real_barrier(*a, **k))[1])
+    error = TrainingDiverged("stop") if collective else RuntimeError("a rank's own failure")
+    with pytest.raises(type(error)):
+        with distributed.session("cpu"):
+            raise error
+    assert len(barriers) == (1 if collective else 0) and not dist.is_initialized()
