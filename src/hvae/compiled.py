@@ -3,7 +3,8 @@
 ``torch.compile`` fuses the many small elementwise operations of a hierarchical VAE (batch norm, activations,
 the Gaussian merge, the KL terms) into a few kernels; on a 2-core CPU it makes an ``lvae_mnist`` step at
 batch 256 about 1.4x faster (benchmarks/RESULTS.md), but compiling takes tens of seconds, a deep
-convolutional model minutes, and on some platforms it fails or does not pay. :class:`LazyCompile` decides per model:
+convolutional model minutes, and on some platforms it fails or does not pay. :class:`LazyCompile` decides
+per model:
 
 * ``never``: eager.
 * ``always``: compile at the first call.
