@@ -94,6 +94,14 @@ def _flops(fn) -> int:
     return fc.get_total_flops()
 
 
+def _train_step(model, opt, x: torch.Tensor, plain: bool = False) -> None:
+    """One training step through the public API (``plain``: the yardstick, whose forward returns a tuple)."""
+    loss = model(x)[0] if plain else model(x).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train_throughput(
     name: str, model: torch.nn.Module, batch: int, shape, min_time: float, plain=False, floor_of: dict | None = None
 ) -> dict:
@@ -106,10 +114,7 @@ def train_throughput(
     opt = hvae.make_optimizer(model, lr=1e-4)
 
     def step():
-        loss = model(x)[0] if plain else model(x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _train_step(model, opt, x, plain)
 
     step()  # a compiled model compiles here
     if floor_of is None:
@@ -151,16 +156,11 @@ def _interleaved(fns: dict, rounds: int, block: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def paired_iw(batch: int, num_samples: int, rounds: int) -> dict:
+def paired_iw(eager, compiled, batch: int, num_samples: int, rounds: int) -> dict:
     """Importance samples/s of the IW bound of one ``lvae_mnist`` three ways, interleaved (see
-    :func:`paired_speed`): automatic chunks eager, the same compiled, and the fixed chunks of 32,768 rows
-    per pass that ``log_likelihood`` used before it sized them (the before/after of RESULTS.md)."""
-    torch.manual_seed(0)
-    eager = hvae.build_model(hvae.presets.lvae_mnist()).to(_DEVICE).eval()
-    eager.set_compile("never")
-    compiled = hvae.build_model(hvae.presets.lvae_mnist()).to(_DEVICE).eval()
-    compiled.load_state_dict(eager.state_dict())
-    compiled.set_compile("always")
+    :func:`paired_speed`): automatic chunks eager (``eager``), the same compiled (``compiled``, the same
+    weights), and the fixed chunks of 32,768 rows per pass that ``log_likelihood`` used before it sized them
+    (the before/after of RESULTS.md)."""
     x = _binary_batch(batch, [784])
     fns = {
         "automatic chunks": lambda: eager.log_likelihood(x, num_samples=num_samples),
@@ -169,7 +169,7 @@ def paired_iw(batch: int, num_samples: int, rounds: int) -> dict:
             x, num_samples=num_samples, chunk_size=max(1, 32768 // batch)
         ),
     }
-    for fn in fns.values():  # the compiled contender compiles here
+    for fn in fns.values():  # warm (the compiled model compiled in iw_eval, for these shapes)
         fn()
     sec = _interleaved(fns, rounds, 1)
     return {
@@ -202,10 +202,7 @@ def paired_speed(batch: int, rounds: int, block: int, compiled: bool = True) -> 
         opt = hvae.make_optimizer(model, lr=1e-4)
 
         def step(model=model, opt=opt, plain=plain):
-            loss = model(x)[0] if plain else model(x).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            _train_step(model, opt, x, plain)
 
         for _ in range(5):  # the compiled contender compiles here
             step()
@@ -304,9 +301,7 @@ def depth_scaling(depths, batch: int, min_time: float) -> list[dict]:
         x = _binary_batch(batch, [784])
 
         def step(model=model, opt=opt, x=x):
-            model(x).loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            _train_step(model, opt, x)
 
         out.append({"layers": L, "step_ms": 1e3 * _steady(step, min_time)})
     return out
@@ -351,11 +346,7 @@ def quality(
         steps, epoch, t0 = 0, 0, time.perf_counter()
         while time.perf_counter() - t0 < budget_s:
             for x in ds.batches("train", batch_size, epoch=epoch, device=_DEVICE):
-                x = x.view(-1, *shape)
-                loss = model(x)[0] if plain else model(x).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                _train_step(model, opt, x.view(-1, *shape), plain)
                 steps += 1
                 if time.perf_counter() - t0 >= budget_s:
                     break
@@ -439,7 +430,7 @@ def run(
         compiled.load_state_dict(model.state_dict())
         compiled.set_compile("always")
         res["iw_compiled"] = iw_eval(compiled, 10, 5000, None, min_time, floor_of=res["iw"])
-        res["paired_iw"] = paired_iw(10, 5000, 6)
+        res["paired_iw"] = paired_iw(model, compiled, 10, 5000, 6)
     res["memory_vs_k"] = memory_vs_k([10] if smoke else [100, 1000, 5000, 20000], 2 if smoke else 10)
     if not smoke:
         res["memory_before"] = memory_vs_k([5000], 10, chunk_size=32768 // 10)[0]
