@@ -2,7 +2,7 @@
 
 ``torch.compile`` fuses the many small elementwise operations of a hierarchical VAE (batch norm, activations,
 the Gaussian merge, the KL terms) into a few kernels; on a 2-core CPU it makes an ``lvae_mnist`` step at
-batch 256 about 1.4x faster (benchmarks/RESULTS.md), but compiling takes tens of seconds, a deep
+batch 256 1.4-1.6x faster (benchmarks/RESULTS.md), but compiling takes tens of seconds, a deep
 convolutional model minutes, and on some platforms it fails or does not pay. :class:`LazyCompile` decides
 per model:
 
@@ -14,7 +14,7 @@ per model:
   a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either.
 
 The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full
-chunks of importance samples of the IW bound (about 1.4x faster compiled on a CPU); sampling and the other
+chunks of importance samples of the IW bound (1.2-1.4x faster compiled on a CPU); sampling and the other
 evaluation calls stay eager. If compiling or a compiled call raises, the model goes on eagerly and says why
 in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
 training: forward, backward, optimizer and data, as the user's loop runs them); any other call in between
