@@ -20,23 +20,27 @@ class FakeClock:
 
 
 def _policy(monkeypatch, eager_cost: float, compiled_cost: float, **kw):
+    """A LazyCompile over fake step functions; ``clock.slow`` multiplies every step's cost (machine drift)."""
     clock, calls = FakeClock(), []
+    clock.slow = 1.0
 
     def eager(x):
         calls.append("eager")
-        clock.t += eager_cost
+        clock.t += eager_cost * clock.slow
         return x
 
     def fake_compile(fn, **_):
         def compiled(x):
             calls.append("compiled")
-            clock.t += compiled_cost
+            clock.t += compiled_cost * clock.slow
             return x
 
         return compiled
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    return LazyCompile(eager, clock=clock, **kw), calls
+    lazy = LazyCompile(eager, clock=clock, **kw)
+    lazy.clock_under_test = clock
+    return lazy, calls
 
 
 @pytest.mark.parametrize("compiled_cost, kept", [(0.5, True), (1.0, False)])
@@ -47,16 +51,34 @@ def test_auto_compiles_after_the_eager_budget_and_keeps_it_only_if_faster(monkey
     assert set(calls) == {"eager"}  # 29 s of timed eager steps: the first call has no interval before it
     lazy(0)
     assert calls[-1] == "compiled" and lazy.status == "probing"
-    for _ in range(2 + 10):
+    n = len(calls)
+    for _ in range(2 * (2 + 10) - 2):  # the probe alternates: 2 warm-up and 10 timed compiled steps, eager between
         lazy(0)
+    assert calls[n - 1 :] == ["compiled", "eager"] * (1 + 10) + ["compiled"]
+    assert lazy.status == "probing"
+    lazy(0)  # the last compiled step is timed: the verdict
     if kept:
         assert lazy.status == "compiled (2.00x faster)"
     else:
         assert lazy.status.startswith("eager (the compiled step was 1.00x")
     n = len(calls)
-    lazy(0)
-    assert calls[n] == ("compiled" if kept else "eager")
+    for _ in range(3):
+        lazy(0)
+    assert calls[n:] == ["compiled" if kept else "eager"] * 3
     assert lazy.events[0] == "compiling (after 30 s of eager training steps)" and len(lazy.events) == 3
+
+
+def test_the_probe_times_compiled_and_eager_steps_interleaved(monkeypatch):
+    # the machine gets twice as slow just as the model compiles: against the eager steps before it, a 2x
+    # faster compiled step would read 1.00x and be dropped; interleaved, both see the same machine
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=30, probe=10, skip=2)
+    for _ in range(31):
+        lazy(0)
+    assert lazy.status == "probing"
+    lazy.clock_under_test.slow = 2.0
+    for _ in range(2 * (2 + 10)):
+        lazy(0)
+    assert lazy.status == "compiled (2.00x faster)"
 
 
 def test_short_runs_never_compile_and_other_calls_restart_the_step_clock(monkeypatch):
