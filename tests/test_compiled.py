@@ -38,9 +38,7 @@ def _policy(monkeypatch, eager_cost: float, compiled_cost: float, **kw):
         return compiled
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    lazy = LazyCompile(eager, clock=clock, **kw)
-    lazy.clock_under_test = clock
-    return lazy, calls
+    return LazyCompile(eager, clock=clock, **kw), calls
 
 
 @pytest.mark.parametrize("compiled_cost, kept", [(0.5, True), (1.0, False)])
@@ -75,7 +73,7 @@ def test_the_probe_times_compiled_and_eager_steps_interleaved(monkeypatch):
     for _ in range(31):
         lazy(0)
     assert lazy.status == "probing"
-    lazy.clock_under_test.slow = 2.0
+    lazy.clock.slow = 2.0
     for _ in range(2 * (2 + 10)):
         lazy(0)
     assert lazy.status == "compiled (2.00x faster)"
