@@ -327,7 +327,7 @@ def quality(
     ds = load_dataset(DataConfig.from_dict(data_cfg))
     x_test = (ds.eval_tensor("test")[:test_examples] if test_examples else ds.eval_tensor("test")).to(_DEVICE)
     D = x_test.shape[1]
-    rows = []
+    rows, bounds = [], {}
     side = math.isqrt(D)
     for name in models:
         torch.manual_seed(0)
@@ -355,6 +355,7 @@ def quality(
         torch.manual_seed(1)
         x_eval = x_test.view(-1, *shape)
         iw = torch.cat([model.log_likelihood(xb, num_samples=num_samples) for xb in x_eval.split(50)])
+        bounds[name] = iw
         row = {
             "model": name,
             "steps": steps,
@@ -371,6 +372,12 @@ def quality(
             row["active_units"] = au
             row["compile"] = model.compiler.status  # compile: auto, as a user's loop gets it
         rows.append(row)
+    if "plain yardstick" in bounds:  # every model scores the same images: the difference's spread is paired
+        for row in rows:
+            if row["model"] != "plain yardstick":
+                diff = bounds[row["model"]] - bounds["plain yardstick"]
+                row["vs_yardstick"] = diff.mean().item()
+                row["vs_yardstick_stderr"] = diff.std().item() / math.sqrt(len(diff))
     return rows
 
 
@@ -545,14 +552,24 @@ def tables(res: dict) -> str:
                 if "quality_from" in res
                 else []
             ),
-            "| model | steps | epochs | IW bound (nats) | K | test images | active units per level | compile |",
-            "|---|---:|---:|---:|---:|---:|---|---|",
+            "| model | steps | epochs | IW bound (nats) | against the yardstick (paired) | K | test images "
+            "| active units per level | compile |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in q:
+            paired = f"{r['vs_yardstick']:+.2f} ± {r['vs_yardstick_stderr']:.2f}" if "vs_yardstick" in r else "—"
             lines.append(
                 f"| {r['model']} | {r['steps']} | {r['epochs']} | {r['iw_bound']:.2f} ± {r['iw_stderr']:.2f} | "
-                f"{r['K']} | {r['test_examples']} | {r.get('active_units', '—')} | {r.get('compile', 'eager')} |"
+                f"{paired} | {r['K']} | {r['test_examples']} | {r.get('active_units', '—')} | "
+                f"{r.get('compile', 'eager')} |"
             )
+        if any("vs_yardstick" in r for r in q):
+            lines += [
+                "",
+                "± after a bound: the standard error over test images; against the yardstick: the mean per-image "
+                "difference and its standard error (the same images for every model; one training run each, so "
+                "run-to-run variation is not in it).",
+            ]
     return "\n".join(lines)
 
 

@@ -25,6 +25,11 @@ def test_benchmark_suite_smoke(tmp_path):
     assert set(paired["step_ms"]) == {"lvae_mnist", "plain yardstick"}  # smoke: no compiled contender
     assert paired["speedup_vs_yardstick"]["plain yardstick"] == 1.0
     assert [r["model"] for r in res["quality"]] == ["lvae_mnist", "lvae_mnist bottom_up", "plain yardstick"]
+    *hvae_rows, yard = res["quality"]
+    assert "vs_yardstick" not in yard
+    for r in hvae_rows:  # the paired difference: per image, on the same images, so its mean is the bounds'
+        assert math.isclose(r["vs_yardstick"], r["iw_bound"] - yard["iw_bound"], abs_tol=1e-3)
+        assert r["vs_yardstick_stderr"] > 0
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\nnotes kept\n")
     write_results(res, path)
