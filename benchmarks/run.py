@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import platform
@@ -113,9 +114,7 @@ def train_throughput(
     x = _binary_batch(batch, shape)
     opt = hvae.make_optimizer(model, lr=1e-4)
 
-    def step():
-        _train_step(model, opt, x, plain)
-
+    step = functools.partial(_train_step, model, opt, x, plain)
     step()  # a compiled model compiles here
     if floor_of is None:
         products = record_products(step)
@@ -201,9 +200,7 @@ def paired_speed(batch: int, rounds: int, block: int, compiled: bool = True) -> 
         model = model.to(_DEVICE).train()
         opt = hvae.make_optimizer(model, lr=1e-4)
 
-        def step(model=model, opt=opt, plain=plain):
-            _train_step(model, opt, x, plain)
-
+        step = functools.partial(_train_step, model, opt, x, plain)
         for _ in range(5):  # the compiled contender compiles here
             step()
         steps[name] = step
@@ -300,9 +297,7 @@ def depth_scaling(depths, batch: int, min_time: float) -> list[dict]:
         opt = hvae.make_optimizer(model)
         x = _binary_batch(batch, [784])
 
-        def step(model=model, opt=opt, x=x):
-            _train_step(model, opt, x)
-
+        step = functools.partial(_train_step, model, opt, x)
         out.append({"layers": L, "step_ms": 1e3 * _steady(step, min_time)})
     return out
 

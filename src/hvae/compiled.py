@@ -67,7 +67,7 @@ class LazyCompile:
         self.events: list[str] = []
         self._eager_s = 0.0  # training time spent eagerly
         self._eager_steps: deque[float] = deque(maxlen=50)
-        self._compiled_steps: list[float] = []  # the probe's, alternating with
+        self._compiled_steps: list[float] = []  # the probe's compiled and eager steps, alternating
         self._probe_eager: list[float] = []
         self._last: float | None = None
         self._last_compiled = False  # whether the call that ``_last`` started ran compiled
