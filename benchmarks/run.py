@@ -312,8 +312,11 @@ def quality(
     data_cfg: dict,
     models: tuple[str, ...] = QUALITY_MODELS,
     batch_size: int = 256,
+    seeds: tuple[int, ...] = (0,),
 ) -> list[dict]:
-    """Train each model for ``budget_s`` seconds of wall clock, then the IW bound on the test split.
+    """Train each model for ``budget_s`` seconds of wall clock, then the IW bound on the test split; once per
+    seed in ``seeds`` (the seed of the initialisation and of the training noise; data order and the test set's
+    binarisation stay fixed). One row per model and seed.
 
     ``models``: "plain yardstick", "lvae_mnist bottom_up" or any preset name (its data shape is set to the
     data's; image presets see the flattened pixels reshaped to (1, 28, 28))."""
@@ -321,11 +324,18 @@ def quality(
 
     ds = load_dataset(DataConfig.from_dict(data_cfg))
     x_test = (ds.eval_tensor("test")[:test_examples] if test_examples else ds.eval_tensor("test")).to(_DEVICE)
+    rows = []
+    for seed in seeds:
+        rows += _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size)
+    return rows
+
+
+def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -> list[dict]:
     D = x_test.shape[1]
     rows, bounds = [], {}
     side = math.isqrt(D)
     for name in models:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         shape = [D]
         if name == "plain yardstick":
             model, plain = PlainLVAE(D), True
@@ -353,6 +363,7 @@ def quality(
         bounds[name] = iw
         row = {
             "model": name,
+            "seed": seed,
             "steps": steps,
             "epochs": round(steps / ds.num_batches("train", batch_size), 2),
             "iw_bound": iw.mean().item(),
@@ -376,12 +387,36 @@ def quality(
     return rows
 
 
+def quality_over_seeds(rows: list[dict]) -> list[dict]:
+    """Per model, the mean over seeds of its steps, bound and difference from the yardstick, with the standard
+    error over seeds of that difference (what a single run's paired error leaves out: how much training
+    from another initialisation and noise moves the result)."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        runs = [r for r in rows if r["model"] == name]
+        row = {
+            "model": name,
+            "seeds": [r.get("seed", 0) for r in runs],
+            "steps": statistics.mean(r["steps"] for r in runs),
+            "iw_bound": statistics.mean(r["iw_bound"] for r in runs),
+        }
+        diffs = [r["vs_yardstick"] for r in runs if "vs_yardstick" in r]
+        if diffs:
+            row["vs_yardstick"] = statistics.mean(diffs)
+            row["vs_yardstick_per_seed"] = diffs
+            if len(diffs) > 1:
+                row["vs_yardstick_stderr_seeds"] = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        out.append(row)
+    return out
+
+
 def run(
     smoke: bool = False,
     with_quality: bool = False,
     budget_s: float = 900.0,
     out: Path | None = None,
     device: str = "cpu",
+    seeds: int = 1,
 ) -> dict:
     global _DEVICE
     _DEVICE = torch.device(device)
@@ -443,7 +478,9 @@ def run(
             if smoke
             else {"source": "fashion_mnist", "flatten": True, "binarize": "dynamic", "val_fraction": 0.0}
         )
-        res["quality"] = quality(0.3 if smoke else budget_s, 10 if smoke else 1000, 20 if smoke else None, data)
+        res["quality"] = quality(
+            0.3 if smoke else budget_s, 10 if smoke else 1000, 20 if smoke else None, data, seeds=tuple(range(seeds))
+        )
         res["quality_budget_s"] = 0.3 if smoke else budget_s
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -536,36 +573,60 @@ def tables(res: dict) -> str:
         "| ms/step | " + " | ".join(f"{r['step_ms']:.1f}" for r in res["depth"]) + " |",
     ]
     if "quality" in res:
-        q = res["quality"]
+        lines += quality_lines(res)
+    return "\n".join(lines)
+
+
+def quality_lines(res: dict) -> list[str]:
+    """The quality-per-budget tables: one row per model and seed, then the means over seeds."""
+    q = res["quality"]
+    lines = [
+        "",
+        f"### Quality per budget ({res['quality_budget_s'] / 60:.1f} min of training each, "
+        f"dynamically binarised, test set binarised once with a fixed seed)",
+        "",
+        *(
+            [f"Measured {res['quality_from']} (this run did not repeat it: `--quality`).", ""]
+            if "quality_from" in res
+            else []
+        ),
+        "| model | seed | steps | epochs | IW bound (nats) | against the yardstick (paired) | K | test images "
+        "| active units per level | compile |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in q:
+        paired = f"{r['vs_yardstick']:+.2f} ± {r['vs_yardstick_stderr']:.2f}" if "vs_yardstick" in r else "—"
+        lines.append(
+            f"| {r['model']} | {r.get('seed', 0)} | {r['steps']} | {r['epochs']} | {r['iw_bound']:.2f} ± "
+            f"{r['iw_stderr']:.2f} | {paired} | {r['K']} | {r['test_examples']} | {r.get('active_units', '—')} | "
+            f"{r.get('compile', 'eager')} |"
+        )
+    if any("vs_yardstick" in r for r in q):
         lines += [
             "",
-            f"### Quality per budget ({res['quality_budget_s'] / 60:.1f} min of training each, "
-            f"dynamically binarised, test set binarised once with a fixed seed)",
-            "",
-            *(
-                [f"Measured {res['quality_from']} (this run did not repeat it: `--quality`).", ""]
-                if "quality_from" in res
-                else []
-            ),
-            "| model | steps | epochs | IW bound (nats) | against the yardstick (paired) | K | test images "
-            "| active units per level | compile |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---|",
+            "± after a bound: the standard error over test images; against the yardstick: the mean per-image "
+            "difference and its standard error (the same images for every model and the same seed: the "
+            "seed sets the initialisation and the training noise; one training run per row, so run-to-run "
+            "variation is not in it).",
         ]
-        for r in q:
-            paired = f"{r['vs_yardstick']:+.2f} ± {r['vs_yardstick_stderr']:.2f}" if "vs_yardstick" in r else "—"
-            lines.append(
-                f"| {r['model']} | {r['steps']} | {r['epochs']} | {r['iw_bound']:.2f} ± {r['iw_stderr']:.2f} | "
-                f"{paired} | {r['K']} | {r['test_examples']} | {r.get('active_units', '—')} | "
-                f"{r.get('compile', 'eager')} |"
-            )
-        if any("vs_yardstick" in r for r in q):
-            lines += [
-                "",
-                "± after a bound: the standard error over test images; against the yardstick: the mean per-image "
-                "difference and its standard error (the same images for every model; one training run each, so "
-                "run-to-run variation is not in it).",
-            ]
-    return "\n".join(lines)
+    summary = quality_over_seeds(q)
+    if len(summary[0]["seeds"]) > 1:
+        lines += [
+            "",
+            f"Over seeds {', '.join(map(str, summary[0]['seeds']))} (means; ± the standard error over seeds):",
+            "",
+            "| model | steps | IW bound (nats) | against the yardstick | per seed |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for r in summary:
+            vs, per = "—", "—"
+            if "vs_yardstick" in r:
+                vs = f"{r['vs_yardstick']:+.2f}" + (
+                    f" ± {r['vs_yardstick_stderr_seeds']:.2f}" if "vs_yardstick_stderr_seeds" in r else ""
+                )
+                per = ", ".join(f"{d:+.2f}" for d in r["vs_yardstick_per_seed"])
+            lines.append(f"| {r['model']} | {r['steps']:,.0f} | {r['iw_bound']:.2f} | {vs} | {per} |")
+    return lines
 
 
 EXTENSION_MODELS = ("lvae_mnist", "lvae_discrete", "attentive", "pixelvae")
@@ -623,6 +684,7 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="every benchmark for a few seconds (the test suite runs this)")
     p.add_argument("--quality", action="store_true", help="also train each model for --budget-min and compare")
     p.add_argument("--budget-min", type=float, default=15.0)
+    p.add_argument("--seeds", type=int, default=1, help="--quality: train every model from this many seeds (0, 1, ...)")
     p.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (on a GPU: fractions of the device's peak)")
     p.add_argument(
@@ -633,6 +695,8 @@ def main(argv=None) -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="--extensions: importance samples K")
     p.add_argument("--test-examples", type=int, default=None, help="--extensions: first N test images (all)")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.extensions:
         global _DEVICE
         _DEVICE = torch.device(args.device)
@@ -653,6 +717,7 @@ def main(argv=None) -> None:
         smoke=args.smoke,
         with_quality=args.quality,
         budget_s=60 * args.budget_min,
+        seeds=args.seeds,
         out=HERE / "results" if args.smoke else None,  # a full run's JSON is written below
         device=args.device,
     )

@@ -6,7 +6,7 @@ import time
 import torch
 
 from benchmarks.floor import products_in_situ
-from benchmarks.run import keep_quality, run, tables, write_results
+from benchmarks.run import keep_quality, quality, quality_lines, quality_over_seeds, run, tables, write_results
 
 
 def test_benchmark_suite_smoke(tmp_path):
@@ -58,3 +58,34 @@ def test_products_in_situ_counts_products_only():
     wall = []
     inside = products_in_situ(lambda: wall.append(step()), repeats=4)
     assert len(wall) == 4 and 0.0 < inside <= sum(wall) / 4
+
+
+def test_quality_over_seeds():
+    # the summary's mean and standard error over seeds, closed form: differences +1 and +3 -> 2 ± stdev/sqrt(2) = 1
+    rows = [
+        {"model": "a", "seed": 0, "steps": 10, "iw_bound": -90.0, "vs_yardstick": 1.0},
+        {"model": "y", "seed": 0, "steps": 8, "iw_bound": -91.0},
+        {"model": "a", "seed": 1, "steps": 12, "iw_bound": -88.0, "vs_yardstick": 3.0},
+        {"model": "y", "seed": 1, "steps": 6, "iw_bound": -91.0},
+    ]
+    a, y = quality_over_seeds(rows)
+    assert a["seeds"] == [0, 1] and a["steps"] == 11 and a["iw_bound"] == -89.0
+    assert a["vs_yardstick"] == 2.0 and math.isclose(a["vs_yardstick_stderr_seeds"], 1.0)
+    assert a["vs_yardstick_per_seed"] == [1.0, 3.0] and "vs_yardstick" not in y and y["steps"] == 7
+
+
+def test_quality_trains_every_model_from_every_seed():
+    data = {"source": "digits", "flatten": True, "binarize": "dynamic"}
+    rows = quality(0.2, 5, 20, data, models=("lvae_mnist", "plain yardstick"), seeds=(0, 1))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("lvae_mnist", 0),
+        ("plain yardstick", 0),
+        ("lvae_mnist", 1),
+        ("plain yardstick", 1),
+    ]
+    assert rows[0]["iw_bound"] != rows[2]["iw_bound"]  # another seed, another initialisation
+    for r in rows[::2]:  # each seed's difference is against the yardstick of the same seed
+        yard = rows[rows.index(r) + 1]
+        assert math.isclose(r["vs_yardstick"], r["iw_bound"] - yard["iw_bound"], abs_tol=1e-3)
+    text = "\n".join(quality_lines({"quality": rows, "quality_budget_s": 0.2}))
+    assert "Over seeds 0, 1" in text and "| lvae_mnist | 1 |" in text

@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="every benchmark for a few seconds")
     b.add_argument("--quality", action="store_true", help="also compare models at equal training time")
     b.add_argument("--budget-min", type=float, default=15.0, help="training minutes per model with --quality")
+    b.add_argument("--seeds", type=int, default=1, help="with --quality: train every model from this many seeds")
     b.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     b.add_argument(
         "--device", default="cpu", help="cpu, cuda or cuda:N (on a GPU the tables give fractions of its peak)"
@@ -356,7 +357,7 @@ def _cmd_bench(args) -> int:
             "hvae bench runs the benchmarks/ folder of a source checkout; run it from the repository root"
         ) from None
     argv = [f for f, on in (("--smoke", args.smoke), ("--quality", args.quality), ("--no-write", args.no_write)) if on]
-    bench_main([*argv, "--budget-min", str(args.budget_min), "--device", args.device])
+    bench_main([*argv, "--budget-min", str(args.budget_min), "--seeds", str(args.seeds), "--device", args.device])
     return 0
 
 
