@@ -697,6 +697,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.extensions and args.seeds != 1:
+        p.error("--seeds applies to --quality; --extensions trains every model once")
     if args.extensions:
         global _DEVICE
         _DEVICE = torch.device(args.device)
