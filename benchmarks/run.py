@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import itertools
 import json
 import math
 import platform
@@ -22,6 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -314,9 +317,10 @@ def quality(
     batch_size: int = 256,
     seeds: tuple[int, ...] = (0,),
 ) -> list[dict]:
-    """Train each model for ``budget_s`` seconds of wall clock, then the IW bound on the test split; once per
-    seed in ``seeds`` (the seed of the initialisation and of the training noise; data order and the test set's
-    binarisation stay fixed). One row per model and seed.
+    """Train each model for ``budget_s`` seconds of its own wall clock, the models taking turns of a few seconds
+    (:func:`train_interleaved`), then the IW bound on the test split; once per seed in ``seeds`` (the seed of
+    the initialisation and of the training noise; data order and the test set's binarisation stay fixed). One
+    row per model and seed.
 
     ``models``: "plain yardstick", "lvae_mnist bottom_up" or any preset name (its data shape is set to the
     data's; image presets see the flattened pixels reshaped to (1, 28, 28))."""
@@ -330,10 +334,73 @@ def quality(
     return rows
 
 
+#: seconds of one model's turn in the quality comparison: long against a step, short against machine drift
+TURN_S = 5.0
+
+
+@dataclass
+class Contender:
+    """One model of the quality comparison, as :func:`train_interleaved` runs it: ``step()`` trains one batch,
+    ``resume()`` runs before each of its turns, ``rng`` is its own random-number stream (:func:`_rng_state`),
+    so the noise a model draws does not depend on how the turns fell."""
+
+    step: Callable[[], None]
+    resume: Callable[[], None] = lambda: None
+    rng: tuple | None = None
+
+
+def _rng_state() -> tuple:
+    """The state of the generators the benchmark device draws from (the CPU's, and the GPU's on CUDA)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(_DEVICE) if _DEVICE.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], _DEVICE)
+
+
+def train_interleaved(
+    contenders: dict[str, Contender], budget_s: float, turn_s: float = TURN_S, clock=time.perf_counter
+) -> dict[str, dict]:
+    """Train every contender for ``budget_s`` seconds of its own time, in turns of about ``turn_s`` seconds
+    (a turn ends after the step that reaches it, or the budget), so a machine whose speed drifts or is shared
+    slows all of them alike. Returns per name ``steps`` and ``train_s`` (the time its turns took)."""
+    used = dict.fromkeys(contenders, 0.0)
+    steps = dict.fromkeys(contenders, 0)
+    while any(t < budget_s for t in used.values()):
+        for name, c in contenders.items():
+            if used[name] >= budget_s:
+                continue
+            if c.rng is not None:
+                _set_rng_state(c.rng)
+            c.resume()
+            _sync()
+            start = clock()
+            turn = min(turn_s, budget_s - used[name])
+            while True:
+                c.step()
+                steps[name] += 1
+                _sync()
+                if clock() - start >= turn:
+                    break
+            used[name] += clock() - start
+            if c.rng is not None:
+                c.rng = _rng_state()
+    return {name: {"steps": steps[name], "train_s": used[name]} for name in contenders}
+
+
+def _batches_forever(ds, batch_size: int, shape):
+    """The training batches epoch after epoch (each epoch its own order and binarisation), reshaped."""
+    for epoch in itertools.count():
+        for x in ds.batches("train", batch_size, epoch=epoch, device=_DEVICE):
+            yield x.view(-1, *shape)
+
+
 def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -> list[dict]:
     D = x_test.shape[1]
-    rows, bounds = [], {}
     side = math.isqrt(D)
+    built, contenders = {}, {}
     for name in models:
         torch.manual_seed(seed)
         shape = [D]
@@ -345,26 +412,30 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
             cfg = hvae.presets.get(name)
             shape = [D] if len(cfg.data_shape) == 1 else [1, side, side]
             model, plain = hvae.build_model(cfg.replace(data_shape=shape)), False
-        model = model.to(_DEVICE)
+        model = model.to(_DEVICE).train()
         opt = hvae.make_optimizer(model, lr=1e-3)
-        model.train()
-        steps, epoch, t0 = 0, 0, time.perf_counter()
-        while time.perf_counter() - t0 < budget_s:
-            for x in ds.batches("train", batch_size, epoch=epoch, device=_DEVICE):
-                _train_step(model, opt, x.view(-1, *shape), plain)
-                steps += 1
-                if time.perf_counter() - t0 >= budget_s:
-                    break
-            epoch += 1
+        batches = _batches_forever(ds, batch_size, shape)
+        built[name] = model, plain, shape
+        contenders[name] = Contender(
+            step=lambda m=model, o=opt, b=batches, p=plain: _train_step(m, o, next(b), p),
+            # the compile policy times steps as the clock between two calls: a turn starts its clock afresh
+            resume=(lambda: None) if plain else model.compiler.other_call,
+            rng=_rng_state(),
+        )
+    trained = train_interleaved(contenders, budget_s)
+    rows, bounds = [], {}
+    for name, (model, plain, shape) in built.items():
         model.eval()
         torch.manual_seed(1)
         x_eval = x_test.view(-1, *shape)
         iw = torch.cat([model.log_likelihood(xb, num_samples=num_samples) for xb in x_eval.split(50)])
         bounds[name] = iw
+        steps = trained[name]["steps"]
         row = {
             "model": name,
             "seed": seed,
             "steps": steps,
+            "train_s": round(trained[name]["train_s"], 1),
             "epochs": round(steps / ds.num_batches("train", batch_size), 2),
             "iw_bound": iw.mean().item(),
             "iw_stderr": iw.std().item() / math.sqrt(len(iw)),
@@ -582,8 +653,9 @@ def quality_lines(res: dict) -> list[str]:
     q = res["quality"]
     lines = [
         "",
-        f"### Quality per budget ({res['quality_budget_s'] / 60:.1f} min of training each, "
-        f"dynamically binarised, test set binarised once with a fixed seed)",
+        f"### Quality per budget ({res['quality_budget_s'] / 60:.1f} min of training each"
+        + (f", the models taking turns of {TURN_S:.0f} s" if "train_s" in res["quality"][0] else "")
+        + ", dynamically binarised, test set binarised once with a fixed seed)",
         "",
         *(
             [f"Measured {res['quality_from']} (this run did not repeat it: `--quality`).", ""]

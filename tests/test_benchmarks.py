@@ -6,7 +6,18 @@ import time
 import torch
 
 from benchmarks.floor import products_in_situ
-from benchmarks.run import keep_quality, quality, quality_lines, quality_over_seeds, run, tables, write_results
+from benchmarks.run import (
+    Contender,
+    _rng_state,
+    keep_quality,
+    quality,
+    quality_lines,
+    quality_over_seeds,
+    run,
+    tables,
+    train_interleaved,
+    write_results,
+)
 
 
 def test_benchmark_suite_smoke(tmp_path):
@@ -89,3 +100,32 @@ def test_quality_trains_every_model_from_every_seed():
         assert math.isclose(r["vs_yardstick"], r["iw_bound"] - yard["iw_bound"], abs_tol=1e-3)
     text = "\n".join(quality_lines({"quality": rows, "quality_budget_s": 0.2}))
     assert "Over seeds 0, 1" in text and "| lvae_mnist | 1 |" in text
+
+
+def test_models_train_interleaved_each_for_its_own_budget():
+    # a fake clock: a step of "a" takes 1 s, of "b" 2 s; a budget of 10 s each, in turns of 3 s
+    now, calls, draws = [0.0], [], {"a": [], "b": []}
+
+    def stepper(name, cost):
+        def step():
+            calls.append(name)
+            now[0] += cost
+            draws[name].append(torch.rand(1).item())
+
+        return step
+
+    resumed = []
+    torch.manual_seed(0)
+    start = _rng_state()
+    contenders = {
+        "a": Contender(stepper("a", 1.0), resume=lambda: resumed.append("a"), rng=start),
+        "b": Contender(stepper("b", 2.0), rng=start),
+    }
+    out = train_interleaved(contenders, budget_s=10.0, turn_s=3.0, clock=lambda: now[0])
+    assert out == {"a": {"steps": 10, "train_s": 10.0}, "b": {"steps": 5, "train_s": 10.0}}
+    # a turn ends with the step that reaches 3 s or the budget left: b's third turn has 2 s, a's fourth 1 s
+    assert "".join(calls) == "aaabbaaabbaaaba"
+    assert resumed == ["a"] * 4
+    # each draws its own stream, whatever the turns: both started from one state, so b's is a's beginning
+    torch.manual_seed(0)
+    assert draws["a"] == torch.rand(10).tolist() and draws["b"] == draws["a"][:5]
