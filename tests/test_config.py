@@ -31,6 +31,7 @@ def test_lvae_mnist_is_the_papers_architecture():
     assert cfg.latent_dims == [64, 32, 16, 8, 4]
     assert cfg.hidden_dims == [512, 256, 128, 64, 32]
     assert (cfg.inference, cfg.activation, cfg.leaky_slope, cfg.batch_norm) == ("ladder", "leaky_relu", 0.1, True)
+    assert cfg.scale_param == "variance"  # sigma^2 = softplus(Linear(d)), as in the paper
     assert hvae.presets.lvae_mnist(inference="bottom_up").inference == "bottom_up"
 
 
@@ -59,6 +60,7 @@ def test_unknown_key_names_the_valid_keys():
         ("kl", "exact", "'analytic' | 'mc'"),
         ("free_bits_mode", "group", "'layer' | 'channel'"),
         ("activation", "sigmoid", "'leaky_relu'"),
+        ("scale_param", "logvar", "'std' | 'variance'"),
     ],
 )
 def test_bad_literal_names_the_key_and_the_accepted_values(key, value, accepted):

@@ -111,9 +111,23 @@ def test_family_merge_matches_gaussian_merge_and_from_raw_applies_the_floor():
     assert torch.equal(fam.merge(d, p).mu, d.merge(p).mu)
 
 
-def test_raw_from_scale_inverts_scale_from_raw():
+@pytest.mark.parametrize("param", ["std", "variance"])
+def test_raw_from_scale_inverts_scale_from_raw(param):
     s = torch.tensor([1e-2, 0.5, 1.0, 7.0], dtype=torch.float64)
-    assert torch.allclose(scale_from_raw(raw_from_scale(s, 1e-3).double(), 1e-3), s, atol=1e-6)
+    assert torch.allclose(scale_from_raw(raw_from_scale(s, 1e-3, param).double(), 1e-3, param), s, atol=1e-6)
+
+
+def test_variance_parametrisation_is_softplus_of_the_variance_with_the_same_floor():
+    fam = GaussianFamily(min_scale=1e-3, scale_param="variance")
+    raw = torch.randn(4, 6, dtype=torch.float64)
+    d = fam.from_raw(raw)
+    assert torch.allclose(d.sigma**2, torch.nn.functional.softplus(raw[:, 3:]) + 1e-6)
+    floored = fam.from_raw(torch.tensor([[0.0, -1e4]], dtype=torch.float64))
+    assert floored.sigma.item() == pytest.approx(1e-3)
+    # at raw = 0 the two differ: sigma = log 2 + floor against sqrt(log 2 + floor^2)
+    zero = torch.zeros(1, 2, dtype=torch.float64)
+    assert GaussianFamily(1e-3).from_raw(zero).sigma.item() == pytest.approx(math.log(2) + 1e-3)
+    assert fam.from_raw(zero).sigma.item() == pytest.approx(math.sqrt(math.log(2) + 1e-6))
 
 
 def test_temperature_scales_the_noise_and_zero_gives_the_mean():

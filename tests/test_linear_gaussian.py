@@ -18,7 +18,7 @@ D = 3
 MIN_SCALE = 1e-4
 
 
-def _linear_model(inference="ladder", seed=0):
+def _linear_model(inference="ladder", seed=0, scale_param="std"):
     cfg = hvae.ModelConfig(
         data_shape=[D],
         latent_dims=[1, 1],
@@ -29,6 +29,7 @@ def _linear_model(inference="ladder", seed=0):
         inference=inference,
         likelihood="gaussian",
         min_scale=MIN_SCALE,
+        scale_param=scale_param,
     )
     torch.manual_seed(seed)
     model = hvae.build_model(cfg).eval()
@@ -44,7 +45,7 @@ def _linear_model(inference="ladder", seed=0):
     with torch.no_grad():
         prior = model.layers[0].prior_head  # Linear(1 -> 2): [mu_p ; raw sigma_p]
         prior.weight.copy_(torch.tensor([[params["a"]], [0.0]]))
-        prior.bias.copy_(torch.stack([params["b"], raw_from_scale(params["s1"], MIN_SCALE)]))
+        prior.bias.copy_(torch.stack([params["b"], raw_from_scale(params["s1"], MIN_SCALE, scale_param)]))
         dec = model.decoder_head  # Linear(1 -> D)
         dec.weight.copy_(params["w"].view(D, 1))
         dec.bias.copy_(params["c"])
@@ -72,12 +73,13 @@ def _exact(params):
 
 
 def _set_posterior(model, levels, sigma_factor=1.0, shift=0.0):
+    param = model.config.scale_param
     with torch.no_grad():
         for layer, (wt, bias, sigma) in zip(model.layers, levels):
             head = layer.posterior_head
             head.weight.zero_()
             head.weight[0].copy_(wt)
-            head.bias.copy_(torch.stack([bias + shift, raw_from_scale(sigma * sigma_factor, MIN_SCALE)]))
+            head.bias.copy_(torch.stack([bias + shift, raw_from_scale(sigma * sigma_factor, MIN_SCALE, param)]))
 
 
 def _log_px(x, m, S):
@@ -88,8 +90,9 @@ def _data(n=4, seed=1):
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
 
 
-def test_elbo_equals_log_px_with_exact_posterior():
-    model, params = _linear_model()
+@pytest.mark.parametrize("scale_param", ["std", "variance"])
+def test_elbo_equals_log_px_with_exact_posterior(scale_param):
+    model, params = _linear_model(scale_param=scale_param)
     m, S, levels = _exact(params)
     _set_posterior(model, levels)
     x = _data()

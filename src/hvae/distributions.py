@@ -41,15 +41,24 @@ def kl_divergence(q, p) -> Tensor:
     return fn(q, p)
 
 
-def scale_from_raw(raw: Tensor, min_scale: float) -> Tensor:
+def scale_from_raw(raw: Tensor, min_scale: float, param: str = "std") -> Tensor:
     """A standard deviation from an unconstrained value: softplus keeps it positive and smooth,
-    ``min_scale`` keeps the log-density and the KL finite when a network pushes sigma towards 0."""
+    ``min_scale`` keeps the log-density and the KL finite when a network pushes sigma towards 0.
+
+    ``param`` (``ModelConfig.scale_param``) says what the softplus gives: ``"std"``, sigma = softplus(raw) +
+    min_scale; ``"variance"``, as in the Ladder VAE paper (Sønderby et al. 2016: sigma^2 = softplus(Linear(d))),
+    sigma^2 = softplus(raw) + min_scale^2.
+    Both floor sigma at ``min_scale``; for small sigma, a step in ``raw`` moves log sigma about twice as far
+    under ``std`` as under ``variance``."""
+    if param == "variance":
+        return (F.softplus(raw) + min_scale**2).sqrt()
     return F.softplus(raw) + min_scale
 
 
-def raw_from_scale(scale: Tensor | float, min_scale: float) -> Tensor:
+def raw_from_scale(scale: Tensor | float, min_scale: float, param: str = "std") -> Tensor:
     """Inverse of :func:`scale_from_raw` (for initialising and for tests)."""
-    s = torch.as_tensor(scale, dtype=torch.get_default_dtype()) - min_scale
+    s = torch.as_tensor(scale, dtype=torch.get_default_dtype())
+    s = s**2 - min_scale**2 if param == "variance" else s - min_scale
     return s + torch.log(-torch.expm1(-s))
 
 
@@ -169,12 +178,12 @@ class LatentFamily:
 class GaussianFamily(LatentFamily):
     params_per_channel = 2
 
-    def __init__(self, min_scale: float):
-        self.min_scale = min_scale
+    def __init__(self, min_scale: float, scale_param: str = "std"):
+        self.min_scale, self.scale_param = min_scale, scale_param
 
     def from_raw(self, raw: Tensor) -> Gaussian:
         mu, raw_sigma = raw.chunk(2, dim=1)
-        return Gaussian(mu, scale_from_raw(raw_sigma, self.min_scale))
+        return Gaussian(mu, scale_from_raw(raw_sigma, self.min_scale, self.scale_param))
 
     def prior_top(self, shape, device, dtype) -> StandardNormal:
         return StandardNormal(shape, device=device, dtype=dtype)

@@ -143,7 +143,7 @@ def make_family(cfg, index: int):
     """The latent family of level ``index`` from ``cfg.latent_types`` (Gaussian by default)."""
     kind = cfg.latent_type(index)
     if kind == "gaussian":
-        return GaussianFamily(cfg.min_scale)
+        return GaussianFamily(cfg.min_scale, cfg.scale_param)
     if kind == "categorical":
         return CategoricalFamily(cfg.categorical_classes, cfg.straight_through)
     if kind == "bernoulli":

@@ -12,7 +12,8 @@ from .config import ModelConfig
 def lvae_mnist(**overrides) -> ModelConfig:
     """The Ladder VAE paper's MNIST model (Sønderby et al. 2016): 5 stochastic layers of 64-32-16-8-4
     units, deterministic widths 512-256-128-64-32 with two hidden layers per mapping, batch norm,
-    leaky ReLU (0.1), Bernoulli likelihood on 28x28 = 784 binarised pixels."""
+    leaky ReLU (0.1), variances from a softplus (sigma^2 = softplus(Linear(d))), Bernoulli likelihood on
+    28x28 = 784 binarised pixels."""
     base = dict(
         data_shape=[784],
         latent_dims=[64, 32, 16, 8, 4],
@@ -24,6 +25,7 @@ def lvae_mnist(**overrides) -> ModelConfig:
         leaky_slope=0.1,
         inference="ladder",
         likelihood="bernoulli",
+        scale_param="variance",
     )
     return ModelConfig.from_dict({**base, **overrides})
 
