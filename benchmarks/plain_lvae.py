@@ -1,8 +1,9 @@
 """The yardstick: a plain eager Ladder VAE for 784-pixel binary images, written the way a paper's code is.
 
 Same mathematics as ``hvae.presets.lvae_mnist()`` (5 levels 64-32-16-8-4, hidden 512-256-128-64-32,
-two hidden layers per mapping, batch norm, leaky ReLU 0.1, precision-weighted merge, analytic KL,
-Bernoulli likelihood), with separate mean and variance heads and no reuse across importance samples.
+two hidden layers per mapping, batch norm, leaky ReLU 0.1, variances sigma^2 = softplus(.) + 1e-6,
+precision-weighted merge, analytic KL, Bernoulli likelihood), with separate mean and variance heads and
+no reuse across importance samples.
 """
 
 from __future__ import annotations

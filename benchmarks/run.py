@@ -682,20 +682,23 @@ def quality_lines(res: dict) -> list[str]:
             "variation is not in it).",
         ]
     summary = quality_over_seeds(q)
-    if len(summary[0]["seeds"]) > 1:
+    if any(len(r["seeds"]) > 1 for r in summary):
         lines += [
             "",
-            f"Over seeds {', '.join(map(str, summary[0]['seeds']))} (means; ± the standard error over seeds):",
+            "Over seeds (means; ± the standard error over seeds):",
             "",
-            "| model | steps | IW bound (nats) | against the yardstick | per seed |",
-            "|---|---:|---:|---:|---|",
+            "| model | seeds | steps | IW bound (nats) | against the yardstick | per seed |",
+            "|---|---|---:|---:|---:|---|",
         ]
         for r in summary:
             vs, per = "—", "—"
-            if "vs_yardstick" in r:  # more than one seed here, so the error over seeds is there
-                vs = f"{r['vs_yardstick']:+.2f} ± {r['vs_yardstick_stderr_seeds']:.2f}"
+            if "vs_yardstick" in r:
+                vs = f"{r['vs_yardstick']:+.2f}"
+                if "vs_yardstick_stderr_seeds" in r:  # a model trained from one seed has no error over seeds
+                    vs += f" ± {r['vs_yardstick_stderr_seeds']:.2f}"
                 per = ", ".join(f"{d:+.2f}" for d in r["vs_yardstick_per_seed"])
-            lines.append(f"| {r['model']} | {r['steps']:,.0f} | {r['iw_bound']:.2f} | {vs} | {per} |")
+            seeds = ", ".join(map(str, r["seeds"]))
+            lines.append(f"| {r['model']} | {seeds} | {r['steps']:,.0f} | {r['iw_bound']:.2f} | {vs} | {per} |")
     return lines
 
 
