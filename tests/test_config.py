@@ -35,6 +35,17 @@ def test_lvae_mnist_is_the_papers_architecture():
     assert hvae.presets.lvae_mnist(inference="bottom_up").inference == "bottom_up"
 
 
+def test_a_config_saved_before_scale_param_existed_reads_as_std():
+    """Saved models and runs from before the option keep the parametrisation they were trained with."""
+    old = hvae.presets.lvae_mnist().to_dict()
+    del old["scale_param"]
+    assert ModelConfig.from_dict(old).scale_param == "std"
+
+
+def test_lvae_discrete_keeps_the_ladder_vaes_variance_parametrisation():
+    assert hvae.presets.lvae_discrete().scale_param == "variance"
+
+
 def test_conv_preset_fills_default_strides():
     cfg = ModelConfig(data_shape=[1, 8, 8], latent_dims=[4, 4], hidden_dims=[8, 8], block="conv")
     assert cfg.strides == [2, 2]

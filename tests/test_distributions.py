@@ -130,6 +130,15 @@ def test_variance_parametrisation_is_softplus_of_the_variance_with_the_same_floo
     assert fam.from_raw(zero).sigma.item() == pytest.approx(math.sqrt(math.log(2) + 1e-6))
 
 
+def test_an_unknown_scale_parametrisation_is_refused_not_read_as_std():
+    with pytest.raises(ValueError, match="scale_param: expected one of std, variance, got 'logvar'"):
+        scale_from_raw(torch.zeros(2), 1e-3, "logvar")
+    with pytest.raises(ValueError, match="scale_param"):
+        raw_from_scale(1.0, 1e-3, "var")
+    with pytest.raises(ValueError, match="scale_param"):
+        GaussianFamily(1e-3, "var")
+
+
 def test_temperature_scales_the_noise_and_zero_gives_the_mean():
     q, _ = _random_pair()
     assert torch.equal(q.rsample(0.0), q.mu)

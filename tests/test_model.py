@@ -304,9 +304,10 @@ def test_iw_automatic_chunks_keep_every_per_row_tensor_under_the_budget(block, m
 # --- posteriors ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("scale_param", ["std", "variance"])
 @pytest.mark.parametrize("block", ["mlp", "conv"])
-def test_residual_posterior_starts_at_the_prior(block):
-    model = _model(block, inference="top_down", residual_posterior=True).eval()
+def test_residual_posterior_starts_at_the_prior(block, scale_param):
+    model = _model(block, inference="top_down", residual_posterior=True, scale_param=scale_param).eval()
     out = model(_x(model))
     assert all(torch.allclose(k, torch.zeros(B), atol=1e-5) for k in out.kl[:-1])
     assert (out.kl[-1] > 0).all()  # the top level has no prior network: q(z_L | x) is free from the start
@@ -314,15 +315,21 @@ def test_residual_posterior_starts_at_the_prior(block):
     assert (plain(_x(plain)).kl[0] > 1e-3).all()
 
 
-def test_residual_posterior_is_the_prior_shifted_and_scaled():
-    model = _model(inference="top_down", residual_posterior=True).eval()
+@pytest.mark.parametrize("scale_param", ["std", "variance"])
+def test_residual_posterior_is_the_prior_shifted_and_scaled(scale_param):
+    """The residual posterior's scale ratio follows ``scale_param`` too (under ``variance`` the softplus gives
+    its square), and a zero output is the ratio 1 either way."""
+    model = _model(inference="top_down", residual_posterior=True, scale_param=scale_param).eval()
     layer = model.layers[0]
     d_mu = torch.tensor([0.5, -1.0, 0.0, 2.0])
     d_sigma = torch.tensor([0.5, 1.0, 2.0, 0.1])
     softplus_inv_one = raw_from_scale(1.0, 0.0)
+    raw_ds = raw_from_scale(d_sigma, 0.0, scale_param) - softplus_inv_one
+    if scale_param == "variance":  # the same ratios need other raw values than under std
+        assert not torch.allclose(raw_ds, raw_from_scale(d_sigma, 0.0) - softplus_inv_one, atol=1e-2)
     with torch.no_grad():
         layer.posterior_head.weight.zero_()
-        layer.posterior_head.bias.copy_(torch.cat([d_mu, raw_from_scale(d_sigma, 0.0) - softplus_inv_one]))
+        layer.posterior_head.bias.copy_(torch.cat([d_mu, raw_ds]))
     x = _x(model)
     with torch.no_grad():
         ctx = layer.context(model.encoder[0](x.flatten(1)))

@@ -221,7 +221,7 @@ class ModelConfig(_Serializable):
     inference: Inference = "ladder"
     generative_skip: bool = False
     residual_posterior: bool = False
-    min_scale: float = 1e-3  # floor on every standard deviation (latents and Gaussian likelihood)
+    min_scale: float = 1e-3  # floor on the sigma each head gives (latents and Gaussian likelihood)
     # what the softplus of a Gaussian latent's scale head gives: the standard deviation ("std"), or the
     # variance ("variance", the Ladder VAE paper's sigma^2 = softplus(Linear(d)); lvae_mnist uses it)
     scale_param: Literal["std", "variance"] = "std"

@@ -41,6 +41,14 @@ def kl_divergence(q, p) -> Tensor:
     return fn(q, p)
 
 
+SCALE_PARAMS = ("std", "variance")
+
+
+def _check_scale_param(param: str) -> None:
+    if param not in SCALE_PARAMS:
+        raise ValueError(f"scale_param: expected one of {', '.join(SCALE_PARAMS)}, got {param!r}")
+
+
 def scale_from_raw(raw: Tensor, min_scale: float, param: str = "std") -> Tensor:
     """A standard deviation from an unconstrained value: softplus keeps it positive and smooth,
     ``min_scale`` keeps the log-density and the KL finite when a network pushes sigma towards 0.
@@ -50,6 +58,7 @@ def scale_from_raw(raw: Tensor, min_scale: float, param: str = "std") -> Tensor:
     sigma^2 = softplus(raw) + min_scale^2.
     Both floor sigma at ``min_scale``; for small sigma, a step in ``raw`` moves log sigma about twice as far
     under ``std`` as under ``variance``."""
+    _check_scale_param(param)
     if param == "variance":
         return (F.softplus(raw) + min_scale**2).sqrt()
     return F.softplus(raw) + min_scale
@@ -57,6 +66,7 @@ def scale_from_raw(raw: Tensor, min_scale: float, param: str = "std") -> Tensor:
 
 def raw_from_scale(scale: Tensor | float, min_scale: float, param: str = "std") -> Tensor:
     """Inverse of :func:`scale_from_raw` (for initialising and for tests)."""
+    _check_scale_param(param)
     s = torch.as_tensor(scale, dtype=torch.get_default_dtype())
     s = s**2 - min_scale**2 if param == "variance" else s - min_scale
     return s + torch.log(-torch.expm1(-s))
@@ -179,6 +189,7 @@ class GaussianFamily(LatentFamily):
     params_per_channel = 2
 
     def __init__(self, min_scale: float, scale_param: str = "std"):
+        _check_scale_param(scale_param)
         self.min_scale, self.scale_param = min_scale, scale_param
 
     def from_raw(self, raw: Tensor) -> Gaussian:

@@ -129,7 +129,7 @@ class LatentLayer(nn.Module):
             # NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.)
             # rescaled so a zero output gives dsigma = 1 (q = p at initialisation)
             d_mu, raw_ds = raw.chunk(2, dim=1)
-            d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0)
+            d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.family.scale_param)
             return Gaussian(p.mu + d_mu, p.sigma * d_sigma)
         return self.family.from_raw(raw)
 

@@ -279,7 +279,8 @@ def pixelvae_small(**overrides) -> ModelConfig:
 def lvae_discrete(**overrides) -> ModelConfig:
     """The Ladder VAE's MNIST architecture with discrete levels between Gaussian ones, for 784 binary
     pixels: z_1 Gaussian (64), z_2 categorical (16 groups of 10 classes), z_3 Gaussian (16), z_4 categorical
-    (8 groups of 10), z_5 Gaussian (4). The Gumbel-softmax temperature anneals from 1 to 0.5 over 40k steps
+    (8 groups of 10), z_5 Gaussian (4); the Gaussian levels' variances from a softplus, as in
+    :func:`lvae_mnist`. The Gumbel-softmax temperature anneals from 1 to 0.5 over 40k steps
     (about 190 epochs of 60k images at batch 256); the KL of the categorical levels is exact."""
     base = lvae_mnist().to_dict()
     base.update(
