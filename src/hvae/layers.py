@@ -126,8 +126,8 @@ class LatentLayer(nn.Module):
             # the discrete analogue of a residual posterior: logits_q = logits_p + delta (a merge)
             return self.family.merge(self.family.from_raw(raw), p)
         if self.residual:
-            # NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.)
-            # rescaled so a zero output gives dsigma = 1 (q = p at initialisation)
+            # NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.) (its
+            # square under scale_param: variance), shifted so a zero output gives dsigma = 1 (q = p at first)
             d_mu, raw_ds = raw.chunk(2, dim=1)
             d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.family.scale_param)
             return Gaussian(p.mu + d_mu, p.sigma * d_sigma)
