@@ -98,26 +98,36 @@ def _flops(fn) -> int:
     return fc.get_total_flops()
 
 
-def _train_step(model, opt, x: torch.Tensor, plain: bool = False) -> None:
-    """One training step through the public API (``plain``: the yardstick, whose forward returns a tuple)."""
-    loss = model(x)[0] if plain else model(x).loss
+def _train_step(model, opt, x: torch.Tensor, plain: bool = False, bf16: bool = False) -> None:
+    """One training step through the public API (``plain``: the yardstick, whose forward returns a tuple;
+    ``bf16``: the forward under bf16 autocast, as ``train.precision: bf16`` runs it)."""
+    with torch.autocast(_DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    loss = out[0] if plain else out.loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
 def train_throughput(
-    name: str, model: torch.nn.Module, batch: int, shape, min_time: float, plain=False, floor_of: dict | None = None
+    name: str,
+    model: torch.nn.Module,
+    batch: int,
+    shape,
+    min_time: float,
+    plain=False,
+    floor_of: dict | None = None,
+    bf16: bool = False,
 ) -> dict:
     """Steady-state training images/s, GFLOP/s and fraction of the model's floor. ``floor_of``: the row of
     the same model run eagerly, whose floor and FLOPs apply (a compiled step hides its products from the
-    recorder)."""
+    recorder). ``bf16``: the step under bf16 autocast; its floor is its own products, in bf16."""
     torch.manual_seed(0)
     model = model.to(_DEVICE).train()
     x = _binary_batch(batch, shape)
     opt = hvae.make_optimizer(model, lr=1e-4)
 
-    step = functools.partial(_train_step, model, opt, x, plain)
+    step = functools.partial(_train_step, model, opt, x, plain, bf16)
     step()  # a compiled model compiles here
     if floor_of is None:
         products = record_products(step)
@@ -131,6 +141,7 @@ def train_throughput(
     return {
         "name": name,
         "batch": batch,
+        "precision": "bf16" if bf16 else "fp32",
         "images_per_s": batch / sec,
         "step_ms": 1e3 * sec,
         "gflops_per_s": flops / sec / 1e9,
@@ -323,7 +334,8 @@ def quality(
     row per model and seed.
 
     ``models``: "plain yardstick", "lvae_mnist bottom_up" or any preset name (its data shape is set to the
-    data's; image presets see the flattened pixels reshaped to (1, 28, 28))."""
+    data's; image presets see the flattened pixels reshaped to (1, 28, 28)); a name ending in " bf16" trains
+    under bf16 autocast (``train.precision: bf16``) and is evaluated in float32 like every other."""
     from hvae.data import DataConfig, load_dataset
 
     ds = load_dataset(DataConfig.from_dict(data_cfg))
@@ -404,12 +416,13 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
     for name in models:
         torch.manual_seed(seed)
         shape = [D]
-        if name == "plain yardstick":
+        base, bf16 = name.removesuffix(" bf16"), name.endswith(" bf16")
+        if base == "plain yardstick":
             model, plain = PlainLVAE(D), True
-        elif name == "lvae_mnist bottom_up":
+        elif base == "lvae_mnist bottom_up":
             model, plain = hvae.build_model(hvae.presets.lvae_mnist(data_shape=[D], inference="bottom_up")), False
         else:
-            cfg = hvae.presets.get(name)
+            cfg = hvae.presets.get(base)
             shape = [D] if len(cfg.data_shape) == 1 else [1, side, side]
             model, plain = hvae.build_model(cfg.replace(data_shape=shape)), False
         model = model.to(_DEVICE).train()
@@ -417,7 +430,7 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
         batches = _batches_forever(ds, batch_size, shape)
         built[name] = model, plain, shape
         contenders[name] = Contender(
-            step=lambda m=model, o=opt, b=batches, p=plain: _train_step(m, o, next(b), p),
+            step=lambda m=model, o=opt, b=batches, p=plain, h=bf16: _train_step(m, o, next(b), p, h),
             # the compile policy times steps as the clock between two calls: a turn starts its clock afresh
             resume=(lambda: None) if plain else model.compiler.other_call,
             rng=_rng_state(),
@@ -495,20 +508,28 @@ def run(
     res: dict = {"machine": machine(), "smoke": smoke, "device": str(_DEVICE)}
     if _DEVICE.type == "cuda":
         res["machine"]["gpu"] = torch.cuda.get_device_name(_DEVICE)
-        res["roofline_bf16_gflops"] = matmul_roofline(8192, _DEVICE, torch.bfloat16)
-    res["roofline_gflops"] = matmul_roofline(256 if smoke else 2048 if _DEVICE.type == "cpu" else 8192, _DEVICE)
+    side = 256 if smoke else 2048 if _DEVICE.type == "cpu" else 8192
+    res["roofline_gflops"] = matmul_roofline(side, _DEVICE)
+    res["roofline_bf16_gflops"] = matmul_roofline(side, _DEVICE, torch.bfloat16)
     lvae = hvae.presets.lvae_mnist()
     train = []
     for batch in [8] if smoke else [256, 1024]:
-        torch.manual_seed(0)
-        model = hvae.build_model(lvae)
-        model.set_compile("never")
-        train.append(train_throughput("lvae_mnist", model, batch, [784], min_time))
-        if not smoke:  # the same model compiled from the first step (train.compile: always; auto after 5 min)
+        # fp32, then bf16 autocast (train.precision: bf16): each eager, then compiled from the first step
+        # (train.compile: always; auto compiles after 5 min) with the eager row's floor
+        for bf16 in (False, True):
+            suffix = " bf16" if bf16 else ""
             torch.manual_seed(0)
             model = hvae.build_model(lvae)
-            model.set_compile("always")
-            train.append(train_throughput("lvae_mnist compiled", model, batch, [784], min_time, floor_of=train[-1]))
+            model.set_compile("never")
+            train.append(train_throughput("lvae_mnist" + suffix, model, batch, [784], min_time, bf16=bf16))
+            if not smoke:
+                torch.manual_seed(0)
+                model = hvae.build_model(lvae)
+                model.set_compile("always")
+                row = train_throughput(
+                    "lvae_mnist compiled" + suffix, model, batch, [784], min_time, floor_of=train[-1], bf16=bf16
+                )
+                train.append(row)
     bs = 8 if smoke else 256
     train.append(
         train_throughput(
@@ -585,6 +606,8 @@ def tables(res: dict) -> str:
         f"Measured {m['date']} at commit {m['commit']} on {where}, torch {m['torch']}, float32. Large-matrix "
         f"roofline: {peak:.0f} GFLOP/s"
         + (f" (bf16: {res['roofline_bf16_gflops']:.0f} GFLOP/s)." if "roofline_bf16_gflops" in res else "."),
+        "Rows marked bf16 train under bf16 autocast (`train.precision: bf16`): their floor is their own products"
+        " in bf16, their fraction of roofline is of the bf16 roofline.",
         "",
         "### Training (forward + backward + Adam step, public API)",
         "",
@@ -593,9 +616,10 @@ def tables(res: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["train"]:
+        top = res["roofline_bf16_gflops"] if r.get("precision") == "bf16" else peak
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['gflops_per_s']:.1f} | "
-            f"{r['mflop_per_image']:.2f} | {r['gflops_per_s'] / peak:.0%} | {r['floor_images_per_s']:,.0f} | "
+            f"{r['mflop_per_image']:.2f} | {r['gflops_per_s'] / top:.0%} | {r['floor_images_per_s']:,.0f} | "
             f"{r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} |"
         )
     if "paired" in res:

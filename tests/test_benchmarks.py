@@ -5,10 +5,13 @@ import time
 
 import torch
 
-from benchmarks.floor import products_in_situ
+import hvae
+from benchmarks import run as bench
+from benchmarks.floor import products_in_situ, record_products
 from benchmarks.run import (
     Contender,
     _rng_state,
+    _train_step,
     keep_quality,
     quality,
     quality_lines,
@@ -30,6 +33,8 @@ def test_benchmark_suite_smoke(tmp_path):
     lvae = next(r for r in res["train"] if r["name"] == "lvae_mnist")
     assert math.isclose(lvae["mflop_per_image"], 12.2, rel_tol=0.25)  # the count for lvae_mnist
     assert all(r["ceiling"] > 0 and r["products_in_step_ms"] > 0 for r in res["train"])
+    bf16 = next(r for r in res["train"] if r["name"] == "lvae_mnist bf16")
+    assert bf16["precision"] == "bf16" and lvae["precision"] == "fp32" and res["roofline_bf16_gflops"] > 0
     assert res["iw"]["fraction_of_floor"] > 0 and res["iw"]["ceiling"] > 0
     assert [r["K"] for r in res["memory_vs_k"]] == [10] and res["memory_vs_k"][0]["extra_memory_mb"] >= 0
     paired = res["paired"]
@@ -46,6 +51,9 @@ def test_benchmark_suite_smoke(tmp_path):
     write_results(res, path)
     text = path.read_text()
     assert "notes kept" in text and "fraction of floor" in text and tables(res) in text
+    # a bf16 row's fraction of roofline is of the bf16 roofline
+    line = next(l for l in text.splitlines() if l.startswith("| lvae_mnist bf16 |"))
+    assert f"| {bf16['gflops_per_s'] / res['roofline_bf16_gflops']:.0%} |" in line
 
     # a later run without --quality keeps these quality results, marked with when they were measured
     later = {k: v for k, v in res.items() if not k.startswith("quality")}
@@ -137,3 +145,30 @@ def test_models_train_interleaved_each_for_its_own_budget():
     # each draws its own stream, whatever the turns: both started from one state, so b's is a's beginning
     torch.manual_seed(0)
     assert draws["a"] == torch.rand(10).tolist() and draws["b"] == draws["a"][:5]
+
+
+def test_bf16_training_step_runs_its_products_in_bf16():
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small())
+    opt = hvae.make_optimizer(model)
+    x = torch.bernoulli(torch.full((8, 64), 0.3))
+    for bf16, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        products = record_products(lambda b=bf16: _train_step(model, opt, x, bf16=b))
+        dtypes = {a[2] for p in products for a in p.args if isinstance(a, tuple) and len(a) == 3}
+        assert dtypes == {dtype}, (bf16, dtypes)  # forward, grad-input and grad-weight products alike
+    assert all(p.grad is None and p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+
+def test_quality_trains_a_bf16_model_under_autocast(monkeypatch):
+    seen = []
+
+    def step(model, opt, x, plain=False, bf16=False):
+        seen.append((type(model).__name__, bf16))
+        _train_step(model, opt, x, plain, bf16)
+
+    monkeypatch.setattr(bench, "_train_step", step)
+    data = {"source": "digits", "flatten": True, "binarize": "dynamic"}
+    rows = quality(0.2, 5, 20, data, models=("lvae_mnist bf16", "plain yardstick"), seeds=(0,))
+    assert [r["model"] for r in rows] == ["lvae_mnist bf16", "plain yardstick"]
+    assert set(seen) == {("HierarchicalVAE", True), ("PlainLVAE", False)}
+    assert math.isclose(rows[0]["vs_yardstick"], rows[0]["iw_bound"] - rows[1]["iw_bound"], abs_tol=1e-3)

