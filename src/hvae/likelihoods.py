@@ -36,7 +36,7 @@ def _sum_per_example(t: Tensor) -> Tensor:
 
 
 def _softplus_groups(d: int) -> int:
-    """The most terms, up to 32, that split ``d`` into equal groups (1 if none but 1 does)."""
+    """The most terms, up to 32, that split ``d`` into equal groups (1 for a prime ``d`` above 32)."""
     return next(g for g in range(min(d, 32), 0, -1) if d % g == 0)
 
 
@@ -48,8 +48,8 @@ def sum_softplus(y: Tensor, grouped: bool | None = None) -> Tensor:
     takes one exp per term and one log per group where softplus takes an exp and a log per term. In one
     fused kernel that makes the compiled IW bound's last kernel (the Bernoulli term, the levels' densities,
     the log-sum-exp) 1.5x faster on a CPU; eagerly it would be more passes over memory, so eager code takes
-    softplus. The two agree to float32 rounding (a factor 1 + e^-|y|
-    loses e^-|y| < 6e-8 against 1; at most 6e-8 nats a term)."""
+    softplus. The two agree to float32 rounding (a factor 1 + e^-|y| loses e^-|y| < 6e-8 against 1: at most
+    6e-8 nats a term)."""
     flat = y.flatten(1)
     b, d = flat.shape
     if grouped is None:
