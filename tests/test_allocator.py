@@ -23,7 +23,8 @@ model.set_compile("never")
 x = (torch.rand(10, 784) < 0.3).float()
 model.log_likelihood(x, 2000, chunk_size=200)  # the first call: tuning, warm-up
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-model.log_likelihood(x, 2000, chunk_size=200)  # ten chunks of 2,000 rows: (2000, 784) tensors, 6 MiB each
+for _ in range(3):  # thirty chunks of 2,000 rows: (2000, 784) tensors, 6 MiB each
+    model.log_likelihood(x, 2000, chunk_size=200)
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
 """
 
@@ -39,8 +40,11 @@ def _faults_of_iw_bound(tuning: str) -> int:
 def test_the_iw_bound_reuses_its_memory_across_chunks():
     pages = 2000 * 784 * 4 // 4096  # one chunk's decoder output
     untuned, tuned = _faults_of_iw_bound("0"), _faults_of_iw_bound("1")
-    assert untuned > 10 * pages  # glibc's defaults: the chunks' large tensors are fresh pages
-    assert tuned < pages  # kept: nothing to fault in after the first call
+    # glibc's defaults: the chunks' large tensors are fresh pages, over and over (measured: 70-100 chunk outputs)
+    assert untuned > 20 * pages
+    # kept: what faults in after the first call no longer grows with the chunks; the heap may still grow by a
+    # chunk output or two as the layout settles (measured: 0-2 outputs, at 1 to 8 threads)
+    assert tuned < 5 * pages
 
 
 def test_bad_thresholds_are_refused():
