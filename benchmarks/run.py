@@ -334,8 +334,9 @@ def quality(
     row per model and seed.
 
     ``models``: "plain yardstick", "lvae_mnist bottom_up" or any preset name (its data shape is set to the
-    data's; image presets see the flattened pixels reshaped to (1, 28, 28)); a name ending in " bf16" trains
-    under bf16 autocast (``train.precision: bf16``) and is evaluated in float32 like every other."""
+    data's; image presets see the flattened pixels reshaped to (1, 28, 28)), then optionally " bf16": it trains
+    under bf16 autocast (``train.precision: bf16``) and is evaluated in float32 like every other; then
+    optionally " @B": it trains at batch size B instead of ``batch_size`` (e.g. "lvae_mnist bf16 @1024")."""
     from hvae.data import DataConfig, load_dataset
 
     ds = load_dataset(DataConfig.from_dict(data_cfg))
@@ -409,6 +410,17 @@ def _batches_forever(ds, batch_size: int, shape):
             yield x.view(-1, *shape)
 
 
+def quality_model_name(name: str, batch_size: int) -> tuple[str, bool, int]:
+    """A quality model's name read as (model, trains in bf16, batch size): "<model>[ bf16][ @B]"."""
+    base, batch = name, batch_size
+    head, sep, tail = name.rpartition(" @")
+    if sep:
+        if not tail.isdigit() or int(tail) < 1:
+            raise ValueError(f"quality model {name!r}: the batch size after '@' must be a positive integer")
+        base, batch = head, int(tail)
+    return base.removesuffix(" bf16"), base.endswith(" bf16"), batch
+
+
 def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -> list[dict]:
     D = x_test.shape[1]
     side = math.isqrt(D)
@@ -416,7 +428,7 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
     for name in models:
         torch.manual_seed(seed)
         shape = [D]
-        base, bf16 = name.removesuffix(" bf16"), name.endswith(" bf16")
+        base, bf16, batch = quality_model_name(name, batch_size)
         if base == "plain yardstick":
             model, plain = PlainLVAE(D), True
         elif base == "lvae_mnist bottom_up":
@@ -427,8 +439,8 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
             model, plain = hvae.build_model(cfg.replace(data_shape=shape)), False
         model = model.to(_DEVICE).train()
         opt = hvae.make_optimizer(model, lr=1e-3)
-        batches = _batches_forever(ds, batch_size, shape)
-        built[name] = model, plain, shape
+        batches = _batches_forever(ds, batch, shape)
+        built[name] = model, plain, shape, batch
         contenders[name] = Contender(
             step=lambda m=model, o=opt, b=batches, p=plain, h=bf16: _train_step(m, o, next(b), p, h),
             # the compile policy times steps as the clock between two calls: a turn starts its clock afresh
@@ -437,7 +449,7 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
         )
     trained = train_interleaved(contenders, budget_s)
     rows, bounds = [], {}
-    for name, (model, plain, shape) in built.items():
+    for name, (model, plain, shape, batch) in built.items():
         model.eval()
         torch.manual_seed(1)
         x_eval = x_test.view(-1, *shape)
@@ -449,7 +461,8 @@ def _quality_seed(seed, budget_s, num_samples, ds, x_test, models, batch_size) -
             "seed": seed,
             "steps": steps,
             "train_s": round(trained[name]["train_s"], 1),
-            "epochs": round(steps / ds.num_batches("train", batch_size), 2),
+            "batch_size": batch,
+            "epochs": round(steps / ds.num_batches("train", batch), 2),
             "iw_bound": iw.mean().item(),
             "iw_stderr": iw.std().item() / math.sqrt(len(iw)),
             "test_examples": len(iw),

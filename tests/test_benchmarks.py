@@ -3,6 +3,7 @@
 import math
 import time
 
+import pytest
 import torch
 
 import hvae
@@ -15,12 +16,14 @@ from benchmarks.run import (
     keep_quality,
     quality,
     quality_lines,
+    quality_model_name,
     quality_over_seeds,
     run,
     tables,
     train_interleaved,
     write_results,
 )
+from hvae.data import DataConfig, load_dataset
 
 
 def test_benchmark_suite_smoke(tmp_path):
@@ -172,3 +175,28 @@ def test_quality_trains_a_bf16_model_under_autocast(monkeypatch):
     assert [r["model"] for r in rows] == ["lvae_mnist bf16", "plain yardstick"]
     assert set(seen) == {("HierarchicalVAE", True), ("PlainLVAE", False)}
     assert math.isclose(rows[0]["vs_yardstick"], rows[0]["iw_bound"] - rows[1]["iw_bound"], abs_tol=1e-3)
+
+
+def test_quality_trains_a_model_at_its_own_batch_size(monkeypatch):
+    seen = []
+
+    def step(model, opt, x, plain=False, bf16=False):
+        seen.append((type(model).__name__, bf16, len(x)))
+        _train_step(model, opt, x, plain, bf16)
+
+    monkeypatch.setattr(bench, "_train_step", step)
+    data = {"source": "digits", "flatten": True, "binarize": "dynamic"}
+    rows = quality(0.2, 5, 20, data, models=("lvae_mnist bf16 @24", "plain yardstick"), batch_size=16, seeds=(0,))
+    assert [(r["model"], r["batch_size"]) for r in rows] == [("lvae_mnist bf16 @24", 24), ("plain yardstick", 16)]
+    assert set(seen) == {("HierarchicalVAE", True, 24), ("PlainLVAE", False, 16)}
+    ds = load_dataset(DataConfig.from_dict(data))
+    assert rows[0]["epochs"] == round(rows[0]["steps"] / ds.num_batches("train", 24), 2)
+
+
+def test_quality_model_names():
+    assert quality_model_name("lvae_mnist", 256) == ("lvae_mnist", False, 256)
+    assert quality_model_name("lvae_mnist bf16 @1024", 256) == ("lvae_mnist", True, 1024)
+    assert quality_model_name("plain yardstick @64", 256) == ("plain yardstick", False, 64)
+    for bad in ("lvae_mnist @", "lvae_mnist @0", "lvae_mnist @x2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            quality_model_name(bad, 256)
