@@ -15,6 +15,7 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-dev-shm-usage",  # a container's /dev/shm can be too small for it
         "--disable-quic",
         "--no-first-run",
         "--disable-background-networking",

@@ -92,7 +92,14 @@ def test_train_refuses_an_occupied_directory(run_dir, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+SHIPPED_CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_the_shipped_configs_are_found():
+    assert len(SHIPPED_CONFIGS) >= 5  # the test below has a case for each
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: Path(p).name)
 def test_every_shipped_config_is_valid_and_builds(path):
     import hvae
     from hvae.runconfig import load_run_config

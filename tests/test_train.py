@@ -122,7 +122,7 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline:
             ptr = out / "checkpoints" / "latest.json"
             if ptr.exists() and json.loads(ptr.read_text())["step"] >= 8:
