@@ -514,6 +514,9 @@ def run(
     out: Path | None = None,
     device: str = "cpu",
     seeds: int = 1,
+    quality_models: tuple[str, ...] = QUALITY_MODELS,
+    num_samples: int = 1000,
+    test_examples: int | None = None,
 ) -> dict:
     global _DEVICE
     _DEVICE = torch.device(device)
@@ -584,7 +587,12 @@ def run(
             else {"source": "fashion_mnist", "flatten": True, "binarize": "dynamic", "val_fraction": 0.0}
         )
         res["quality"] = quality(
-            0.3 if smoke else budget_s, 10 if smoke else 1000, 20 if smoke else None, data, seeds=tuple(range(seeds))
+            0.3 if smoke else budget_s,
+            10 if smoke else num_samples,
+            20 if smoke else test_examples,
+            data,
+            quality_models,
+            seeds=tuple(range(seeds)),
         )
         res["quality_budget_s"] = 0.3 if smoke else budget_s
     if out is not None:
@@ -802,11 +810,28 @@ def main(argv=None) -> None:
         action="store_true",
         help="only the quality-per-budget table of the extension presets against the Ladder VAE",
     )
-    p.add_argument("--num-samples", type=int, default=1000, help="--extensions: importance samples K")
-    p.add_argument("--test-examples", type=int, default=None, help="--extensions: first N test images (all)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=list(QUALITY_MODELS),
+        metavar="NAME",
+        help='--quality: the models to compare, each "<model>[ bf16][ @B]" (a preset, "lvae_mnist bottom_up" or '
+        '"plain yardstick"; bf16: trained under bf16 autocast; @B: at batch size B)',
+    )
+    p.add_argument("--num-samples", type=int, default=1000, help="--quality, --extensions: importance samples K")
+    p.add_argument(
+        "--test-examples", type=int, default=None, help="--quality, --extensions: the first N test images (all)"
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    for name in args.models:
+        try:
+            base = quality_model_name(name, 256)[0]
+        except ValueError as e:
+            p.error(str(e))
+        if base not in ("plain yardstick", "lvae_mnist bottom_up", *hvae.presets.PRESETS):
+            p.error(f"--models: unknown model {base!r}; presets: {', '.join(hvae.presets.PRESETS)}")
     if args.extensions and args.seeds != 1:
         p.error("--seeds applies to --quality; --extensions trains every model once")
     if args.extensions:
@@ -830,6 +855,9 @@ def main(argv=None) -> None:
         with_quality=args.quality,
         budget_s=60 * args.budget_min,
         seeds=args.seeds,
+        quality_models=tuple(args.models),
+        num_samples=args.num_samples,
+        test_examples=args.test_examples,
         out=HERE / "results" if args.smoke else None,  # a full run's JSON is written below
         device=args.device,
     )

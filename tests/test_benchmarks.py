@@ -200,3 +200,10 @@ def test_quality_model_names():
     for bad in ("lvae_mnist @", "lvae_mnist @0", "lvae_mnist @x2"):
         with pytest.raises(ValueError, match="positive integer"):
             quality_model_name(bad, 256)
+
+
+def test_bench_refuses_an_unknown_quality_model(capsys):
+    for bad, says in (("lvae_mnist @0", "positive integer"), ("lvae_mnst bf16", "unknown model 'lvae_mnst'")):
+        with pytest.raises(SystemExit):
+            bench.main(["--quality", "--no-write", "--models", "lvae_mnist", bad])
+        assert says in capsys.readouterr().err

@@ -107,3 +107,17 @@ def test_every_shipped_config_is_valid_and_builds(path):
     cfg, _ = load_run_config(path)
     if cfg.model.block in ("mlp", "conv") or "small" in path:  # the paper-size models are GPU-sized: config only
         hvae.build_model(cfg.model)
+
+
+def test_bench_forwards_the_quality_options(monkeypatch):
+    import benchmarks.run
+
+    seen = []
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # hvae bench runs a source checkout's benchmarks/
+    monkeypatch.setattr(benchmarks.run, "main", seen.append)
+    models = ["lvae_mnist", "lvae_mnist bf16 @1024"]
+    assert main(["bench", "--quality", "--no-write", "--models", *models, "--test-examples", "2000"]) == 0
+    argv = seen[0]
+    assert argv[:2] == ["--quality", "--no-write"]
+    assert argv[argv.index("--models") + 1 :] == models
+    assert argv[argv.index("--test-examples") + 1] == "2000" and argv[argv.index("--num-samples") + 1] == "1000"

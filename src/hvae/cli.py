@@ -109,6 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quality", action="store_true", help="also compare models at equal training time")
     b.add_argument("--budget-min", type=float, default=15.0, help="training minutes per model with --quality")
     b.add_argument("--seeds", type=int, default=1, help="with --quality: train every model from this many seeds")
+    b.add_argument(
+        "--models",
+        nargs="+",
+        metavar="NAME",
+        help='with --quality: the models to compare, each "<model>[ bf16][ @B]" (a preset, "lvae_mnist bottom_up" '
+        'or "plain yardstick"; bf16: under bf16 autocast; @B: at batch size B)',
+    )
+    b.add_argument("--num-samples", type=int, default=1000, help="with --quality: importance samples K")
+    b.add_argument("--test-examples", type=int, help="with --quality: the first N test images (default: all)")
     b.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     b.add_argument(
         "--device", default="cpu", help="cpu, cuda or cuda:N (on a GPU the tables give fractions of its peak)"
@@ -357,7 +366,11 @@ def _cmd_bench(args) -> int:
             "hvae bench runs the benchmarks/ folder of a source checkout; run it from the repository root"
         ) from None
     argv = [f for f, on in (("--smoke", args.smoke), ("--quality", args.quality), ("--no-write", args.no_write)) if on]
-    bench_main([*argv, "--budget-min", str(args.budget_min), "--seeds", str(args.seeds), "--device", args.device])
+    argv += ["--budget-min", str(args.budget_min), "--seeds", str(args.seeds), "--device", args.device]
+    argv += ["--num-samples", str(args.num_samples)]
+    argv += [] if args.test_examples is None else ["--test-examples", str(args.test_examples)]
+    argv += [] if args.models is None else ["--models", *args.models]
+    bench_main(argv)
     return 0
 
 
