@@ -825,6 +825,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.num_samples < 1 or (args.test_examples is not None and args.test_examples < 1):
+        p.error("--num-samples and --test-examples must be >= 1")
     for name in args.models:
         try:
             base = quality_model_name(name, 256)[0]

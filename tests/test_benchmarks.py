@@ -207,3 +207,6 @@ def test_bench_refuses_an_unknown_quality_model(capsys):
         with pytest.raises(SystemExit):
             bench.main(["--quality", "--no-write", "--models", "lvae_mnist", bad])
         assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--quality", "--no-write", "--test-examples", "0"])
+    assert "--test-examples must be >= 1" in capsys.readouterr().err
