@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import hvae
 from benchmarks.floor import matmul_roofline, products_in_situ, record_products, time_products
 from benchmarks.plain_lvae import PlainLVAE
+from hvae.train import _autocast
 
 HERE = Path(__file__).parent
 # the device every benchmark runs on (``--device``); CUDA timings synchronise before reading the clock
@@ -101,7 +102,7 @@ def _flops(fn) -> int:
 def _train_step(model, opt, x: torch.Tensor, plain: bool = False, bf16: bool = False) -> None:
     """One training step through the public API (``plain``: the yardstick, whose forward returns a tuple;
     ``bf16``: the forward under bf16 autocast, as ``train.precision: bf16`` runs it)."""
-    with torch.autocast(_DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+    with _autocast("bf16" if bf16 else "fp32", _DEVICE):  # the trainer's own autocast
         out = model(x)
     loss = out[0] if plain else out.loss
     loss.backward()
@@ -317,6 +318,8 @@ def depth_scaling(depths, batch: int, min_time: float) -> list[dict]:
 
 
 QUALITY_MODELS = ("lvae_mnist", "lvae_mnist bottom_up", "plain yardstick")
+#: the quality models that are not presets (:func:`_quality_seed` builds them)
+BUILT_HERE = ("plain yardstick", "lvae_mnist bottom_up")
 
 
 def quality(
@@ -832,7 +835,7 @@ def main(argv=None) -> None:
             base = quality_model_name(name, 256)[0]
         except ValueError as e:
             p.error(str(e))
-        if base not in ("plain yardstick", "lvae_mnist bottom_up", *hvae.presets.PRESETS):
+        if base not in (*BUILT_HERE, *hvae.presets.PRESETS):
             p.error(f"--models: unknown model {base!r}; presets: {', '.join(hvae.presets.PRESETS)}")
     if args.extensions and args.seeds != 1:
         p.error("--seeds applies to --quality; --extensions trains every model once")
