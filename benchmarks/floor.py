@@ -12,15 +12,21 @@ other work finds its operands out of cache (the step sweeps parameters, gradient
 larger than a core's L2), so it can take longer than alone: floor / (time in the products in situ) is the
 ceiling on the fraction of floor that any implementation built on the same product kernels reaches, with
 everything else in the step costing nothing.
+
+:func:`as_written` gives the model as the papers write it, for its floor: each Gaussian latent's mean and
+scale from two maps of one input where hvae computes both with one map of twice the width (the same
+mathematics in fewer, larger products, which lowers the floor itself).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.benchmark import Timer
 
@@ -124,6 +130,54 @@ def time_products(calls: Counter, device="cpu", min_run_time: float = 0.2) -> tu
         rows.append({"op": str(prod.op), "count": count, "shapes": [s for s in shapes if s], "seconds": t.median})
     rows.sort(key=lambda r: -r["seconds"] * r["count"])
     return total, rows
+
+
+class WrittenHead(nn.Module):
+    """A Gaussian head as the papers write it: one map for the means, one for the scales' raw values, their
+    outputs side by side along dimension 1 as the merged head's (same weights, same outputs)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        n = head.weight.shape[0]
+        if n % 2:
+            raise ValueError(f"a mean/scale head has an even number of outputs, got {n}")
+        halves = []
+        for w, b in zip(head.weight.detach().chunk(2), head.bias.detach().chunk(2)):
+            if isinstance(head, nn.Linear):
+                m = nn.Linear(head.in_features, n // 2)
+            else:  # a 1x1 convolution
+                m = type(head)(head.in_channels, n // 2, head.kernel_size)
+            with torch.no_grad():
+                m.weight.copy_(w)
+                m.bias.copy_(b)
+            halves.append(m.to(device=head.weight.device, dtype=head.weight.dtype))
+        self.mean, self.scale = halves
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mean(x), self.scale(x)], dim=1)
+
+
+def as_written(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of an hvae model whose Gaussian latent heads are each split into a mean map and a scale map
+    (:class:`WrittenHead`), and how many heads were split (0: nothing to split, e.g. discrete latents only).
+    The copy computes the same ELBO from the same weights; only its products differ."""
+    from hvae.distributions import GaussianFamily
+    from hvae.spectral import SpectralNorms
+
+    twin = copy.deepcopy(model)
+    split = 0
+    for layer in twin.layers:
+        if not isinstance(layer.family, GaussianFamily):
+            continue
+        for name in ("prior_head", "posterior_head"):
+            head = getattr(layer, name, None)
+            if isinstance(head, (nn.Linear, nn.modules.conv._ConvNd)):
+                setattr(layer, name, WrittenHead(head))
+                split += 1
+    if twin.spectral is not None:  # the power iterations follow the weights the written model has
+        twin.spectral = SpectralNorms(twin)
+    twin.set_compile("never")
+    return twin.to(next(model.parameters()).device), split
 
 
 def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32) -> float:

@@ -8,7 +8,7 @@ import torch
 
 import hvae
 from benchmarks import run as bench
-from benchmarks.floor import products_in_situ, record_products
+from benchmarks.floor import as_written, products_in_situ, record_products
 from benchmarks.run import (
     Contender,
     _rng_state,
@@ -39,6 +39,11 @@ def test_benchmark_suite_smoke(tmp_path):
     bf16 = next(r for r in res["train"] if r["name"] == "lvae_mnist bf16")
     assert bf16["precision"] == "bf16" and lvae["precision"] == "fp32" and res["roofline_bf16_gflops"] > 0
     assert res["iw"]["fraction_of_floor"] > 0 and res["iw"]["ceiling"] > 0
+    # the floor as written (a mean map and a scale map per head): more, smaller products than hvae's
+    yard = next(r for r in res["train"] if r["name"] == "plain yardstick")
+    assert yard["written_floor_ms"] is None  # written that way already: nothing to split
+    assert all(r["written_floor_ms"] > 0 for r in res["train"] if r is not yard)
+    assert res["iw"]["written_floor_seconds"] > 0
     assert [r["K"] for r in res["memory_vs_k"]] == [10] and res["memory_vs_k"][0]["extra_memory_mb"] >= 0
     paired = res["paired"]
     assert set(paired["step_ms"]) == {"lvae_mnist", "plain yardstick"}  # smoke: no compiled contender
@@ -66,6 +71,70 @@ def test_benchmark_suite_smoke(tmp_path):
     fresh = dict(res)
     keep_quality(fresh, {**res, "quality": ["older"]})  # a run that measured quality keeps its own
     assert fresh["quality"] == res["quality"] and "quality_from" not in fresh
+
+
+def _product_flops(calls) -> dict[str, int]:
+    """Multiply-adds of the recorded matrix products, and how many there are."""
+    macs = sum(n * math.prod(p.args[-2][0]) * p.args[-1][0][-1] for p, n in calls.items())
+    return {"macs": macs, "count": sum(calls.values())}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        hvae.presets.lvae_mnist().replace(hidden_dims=[64, 32, 32], latent_dims=[8, 4, 2]),
+        hvae.presets.lvae_mnist().replace(
+            inference="top_down", hidden_dims=[64, 32, 32], latent_dims=[8, 4, 2]
+        ),
+    ],
+    ids=["ladder", "top_down"],
+)
+def test_the_model_as_written_computes_the_same_with_each_head_split(cfg):
+    torch.manual_seed(0)
+    model = hvae.build_model(cfg)
+    model.set_compile("never")
+    twin, split = as_written(model)
+    assert split == 2 * len(cfg.latent_dims) - 1  # a posterior head per level, a prior head below the top
+    x = (torch.rand(16, 784) < 0.3).float()
+    torch.manual_seed(1)
+    loss = model(x).loss
+    torch.manual_seed(1)
+    twin_loss = twin(x).loss
+    torch.testing.assert_close(twin_loss, loss, rtol=1e-5, atol=1e-4)
+    loss.backward()
+    twin_loss.backward()
+    grads = {n: p.grad for n, p in twin.named_parameters()}
+    head = model.layers[0].posterior_head.weight.grad
+    torch.testing.assert_close(
+        torch.cat([grads["layers.0.posterior_head.mean.weight"], grads["layers.0.posterior_head.scale.weight"]]),
+        head,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    # the same arithmetic in one more product per split head, forward, grad-input and grad-weight
+    torch.manual_seed(3)  # the same noise, so batch norm's running statistics stay the same in both
+    ours = _product_flops(record_products(lambda: model(x).loss.backward()))
+    torch.manual_seed(3)
+    written = _product_flops(record_products(lambda: twin(x).loss.backward()))
+    assert written["macs"] == ours["macs"] and written["count"] == ours["count"] + 3 * split
+    torch.manual_seed(2)
+    bound = model.eval().log_likelihood(x[:4], num_samples=20)
+    torch.manual_seed(2)
+    torch.testing.assert_close(twin.eval().log_likelihood(x[:4], num_samples=20), bound, rtol=1e-5, atol=1e-4)
+
+
+def test_the_model_as_written_splits_convolutional_heads():
+    cfg = hvae.presets.get("conv_small")
+    torch.manual_seed(0)
+    model = hvae.build_model(cfg)
+    twin, split = as_written(model)
+    assert split == 2 * len(cfg.latent_dims) - 1
+    assert isinstance(twin.layers[0].posterior_head.mean, torch.nn.Conv2d)
+    x = (torch.rand(4, *cfg.data_shape) < 0.3).float()
+    torch.manual_seed(1)
+    loss = model(x).loss
+    torch.manual_seed(1)
+    torch.testing.assert_close(twin(x).loss, loss, rtol=1e-5, atol=1e-3)
 
 
 def test_products_in_situ_counts_products_only():
