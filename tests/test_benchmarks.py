@@ -83,9 +83,7 @@ def _product_flops(calls) -> dict[str, int]:
     "cfg",
     [
         hvae.presets.lvae_mnist().replace(hidden_dims=[64, 32, 32], latent_dims=[8, 4, 2]),
-        hvae.presets.lvae_mnist().replace(
-            inference="top_down", hidden_dims=[64, 32, 32], latent_dims=[8, 4, 2]
-        ),
+        hvae.presets.lvae_mnist().replace(inference="top_down", hidden_dims=[64, 32, 32], latent_dims=[8, 4, 2]),
     ],
     ids=["ladder", "top_down"],
 )
