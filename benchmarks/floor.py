@@ -21,6 +21,7 @@ mathematics in fewer, larger products, which lowers the floor itself).
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -178,6 +179,22 @@ def as_written(model: nn.Module) -> tuple[nn.Module, int]:
         twin.spectral = SpectralNorms(twin)
     twin.set_compile("never")
     return twin.to(next(model.parameters()).device), split
+
+
+def floor_of_other(
+    floor: float, calls: Counter, other: Counter, device="cpu", min_run_time: float = 0.05, rounds: int = 3
+) -> float:
+    """The floor of ``other``'s products given ``floor``, that of ``calls``: ``floor`` plus the products
+    only ``other`` issues minus those only ``calls`` issues, the two sets timed in alternating rounds
+    (medians), so the difference is not lost in the machine's drift between two separate floors."""
+    extra, saved = other - calls, calls - other
+    if not extra and not saved:
+        return floor
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for t, products in zip(times, (extra, saved)):
+            t.append(time_products(products, device, min_run_time)[0])
+    return floor + statistics.median(times[0]) - statistics.median(times[1])
 
 
 def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32) -> float:

@@ -31,7 +31,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import hvae
-from benchmarks.floor import as_written, matmul_roofline, products_in_situ, record_products, time_products
+from benchmarks.floor import (
+    as_written,
+    floor_of_other,
+    matmul_roofline,
+    products_in_situ,
+    record_products,
+    time_products,
+)
 from benchmarks.plain_lvae import PlainLVAE
 from hvae.train import _autocast
 
@@ -134,7 +141,7 @@ def train_throughput(
         products = record_products(step)
         floor, rows = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
         flops = _flops(step)
-        written = None if plain else _written_floor(model, x, bf16, min_time)
+        written = None if plain else _written_floor(model, x, bf16, floor, products, min_time)
     else:
         floor, rows = floor_of["floor_ms"] / 1e3, floor_of["top_products"]
         flops = floor_of["mflop_per_image"] * 1e6 * batch
@@ -160,15 +167,15 @@ def train_throughput(
     }
 
 
-def _written_floor(model, x: torch.Tensor, bf16: bool, min_time: float) -> float | None:
+def _written_floor(model, x: torch.Tensor, bf16: bool, floor: float, products, min_time: float) -> float | None:
     """The floor of the model as written (:func:`benchmarks.floor.as_written`: a mean map and a scale map
-    per Gaussian head), from one step of a copy; None when the model has no such head to split."""
+    per Gaussian head), from one step of a copy and the products it issues where the model's differ
+    (:func:`benchmarks.floor.floor_of_other`); None when the model has no such head to split."""
     twin, split = as_written(model)
     if not split:
         return None
     step = functools.partial(_train_step, twin, hvae.make_optimizer(twin, lr=1e-4), x, False, bf16)
-    floor, _ = time_products(record_products(step), device=_DEVICE, min_run_time=min(0.2, min_time / 4))
-    return floor
+    return floor_of_other(floor, products, record_products(step), _DEVICE, min(0.05, min_time / 4))
 
 
 def _interleaved(fns: dict, rounds: int, block: int) -> dict:
@@ -258,10 +265,11 @@ def iw_eval(
     run()  # a compiled model compiles here
     timed = functools.partial(time_products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
     if floor_of is None:
-        floor, _ = timed(record_products(run))
+        products = record_products(run)
+        floor, _ = timed(products)
         twin, split = as_written(model)  # the model as written: a mean map and a scale map per Gaussian head
-        written = timed(record_products(lambda: twin.log_likelihood(x, num_samples, chunk_size=chunk_size)))[0]
-        written = written if split else None
+        twin_run = record_products(lambda: twin.log_likelihood(x, num_samples, chunk_size=chunk_size))
+        written = floor_of_other(floor, products, twin_run, _DEVICE, min(0.05, min_time / 4)) if split else None
     else:
         floor, written = floor_of["floor_seconds"], floor_of.get("written_floor_seconds")
     sec = _steady(run, min_time, warmup=1)

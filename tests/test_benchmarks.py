@@ -8,7 +8,7 @@ import torch
 
 import hvae
 from benchmarks import run as bench
-from benchmarks.floor import as_written, products_in_situ, record_products
+from benchmarks.floor import as_written, floor_of_other, products_in_situ, record_products
 from benchmarks.run import (
     Contender,
     _rng_state,
@@ -119,6 +119,16 @@ def test_the_model_as_written_computes_the_same_with_each_head_split(cfg):
     bound = model.eval().log_likelihood(x[:4], num_samples=20)
     torch.manual_seed(2)
     torch.testing.assert_close(twin.eval().log_likelihood(x[:4], num_samples=20), bound, rtol=1e-5, atol=1e-4)
+
+
+def test_the_floor_of_other_products_times_only_where_they_differ():
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    shared = record_products(lambda: a @ b)
+    assert floor_of_other(0.5, shared, shared) == 0.5  # nothing differs: nothing is timed
+    more = record_products(lambda: (a @ b, a @ b, torch.randn(256, 256) @ torch.randn(256, 256)))
+    # the second a @ b and the larger product are what ``more`` adds; nothing is only in ``shared``
+    assert floor_of_other(0.0, shared, more, min_run_time=0.001, rounds=1) > 0
+    assert floor_of_other(1.0, more, shared, min_run_time=0.001, rounds=1) < 1.0
 
 
 def test_the_model_as_written_splits_convolutional_heads():
