@@ -1,0 +1,134 @@
+"""hvae's Adam: the same steps and state as torch's fused Adam, through the shortcut wherever it applies."""
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import hvae
+from hvae.checkpoint import _flatten_optimizer, _unflatten_optimizer
+from hvae.optim import Adam
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+
+
+def _grads(step: int, params, skip: int | None = None) -> None:
+    g = torch.Generator().manual_seed(100 + step)
+    for i, p in enumerate(params):
+        p.grad = None if i == skip else torch.randn(p.shape, generator=g)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How many steps went through ``torch.optim.Adam.step`` itself (not the kept lists)."""
+    calls = []
+    base = torch.optim.Adam.step
+
+    def step(self, closure=None):
+        calls.append(type(self))
+        return base(self, closure)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return calls
+
+
+def _assert_same(ours: torch.optim.Optimizer, ref: torch.optim.Optimizer) -> None:
+    for p, q in zip(ours.param_groups[0]["params"], ref.param_groups[0]["params"]):
+        assert torch.equal(p, q)
+        a, b = ours.state[p], ref.state[q]
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.01}, {"decoupled_weight_decay": True, "weight_decay": 0.1}])
+def test_adam_takes_torch_fused_adams_steps(options, counted):
+    ours_net, ref_net = _net(), _net()
+    ours = hvae.make_optimizer(ours_net, lr=1e-2, **options)
+    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True, **options)
+    assert type(ours) is Adam
+    for step in range(8):
+        skip = 2 if step == 4 else None  # one parameter without a gradient: torch's own step, that one left alone
+        _grads(step, list(ours_net.parameters()), skip)
+        _grads(step, list(ref_net.parameters()), skip)
+        if step == 5:  # a scheduler's change of the learning rate applies at once
+            for opt in (ours, ref):
+                opt.param_groups[0]["lr"] = 3e-3
+        ours.step()
+        ref.step()
+        _assert_same(ours, ref)
+    # torch's own step for the reference's 8, and for ours the first (no state yet) and the one with a gap
+    assert counted.count(Adam) == 2 and counted.count(torch.optim.Adam) == 8
+
+
+def test_adam_state_saves_and_loads_as_torchs(tmp_path, counted):
+    ours_net, ref_net = _net(), _net()
+    ours = hvae.make_optimizer(ours_net, lr=1e-2)
+    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    for step in range(3):
+        _grads(step, list(ours_net.parameters()))
+        _grads(step, list(ref_net.parameters()))
+        ours.step()
+        ref.step()
+    sd = ours.state_dict()
+    for i, p in enumerate(ours_net.parameters()):  # the step counters are copies, not views of the shared ones
+        assert sd["state"][i]["step"].untyped_storage().data_ptr() != ours.state[p]["step"].untyped_storage().data_ptr()
+    assert sd["state"][0]["step"].item() == 3.0
+    ref_sd = ref.state_dict()
+    assert sd["param_groups"] == ref_sd["param_groups"]
+    for i in ref_sd["state"]:
+        for k, v in ref_sd["state"][i].items():
+            assert torch.equal(sd["state"][i][k], v)
+    tensors, meta = _flatten_optimizer(sd)  # hvae's checkpoint format: safetensors refuses shared memory
+    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
+    loaded_net = _net()
+    loaded_net.load_state_dict(ours_net.state_dict())
+    loaded = hvae.make_optimizer(loaded_net, lr=1e-2)
+    loaded.load_state_dict(_unflatten_optimizer(load_file(str(tmp_path / "optimizer.safetensors")), meta))
+    before = counted.count(Adam)
+    for step in range(3, 6):
+        _grads(step, list(loaded_net.parameters()))
+        _grads(step, list(ref_net.parameters()))
+        loaded.step()
+        ref.step()
+        _assert_same(loaded, ref)
+    assert counted.count(Adam) == before  # a loaded state takes the shortcut from its first step
+
+
+def test_adam_leaves_what_the_shortcut_does_not_cover_to_torch(counted):
+    ours_net, ref_net = _net(), _net()
+    ours = hvae.make_optimizer(ours_net, lr=1e-2)
+    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    for step in range(6):
+        _grads(step, list(ours_net.parameters()))
+        _grads(step, list(ref_net.parameters()))
+        if step == 2:  # AMP's grad scaling, as torch.amp.GradScaler hands it to a fused optimiser
+            for opt in (ours, ref):
+                opt.grad_scale, opt.found_inf = torch.tensor(2.0), torch.tensor(0.0)
+        if step == 3:
+            for opt in (ours, ref):
+                del opt.grad_scale, opt.found_inf
+                opt.param_groups[0]["maximize"] = True  # an option changed in the middle of training
+        if step == 4:
+            for opt in (ours, ref):
+                opt.param_groups[0]["maximize"] = False
+        ours.step()
+        ref.step()
+        _assert_same(ours, ref)
+    # torch's step: the first, the scaled one and the maximising one; the shortcut at steps 1, 4 and 5
+    assert counted.count(Adam) == 3
+    loss = ours.step(lambda: torch.tensor(1.5))  # a closure: torch's step, its loss returned
+    assert loss == 1.5 and counted.count(Adam) == 4
+
+
+@pytest.mark.parametrize("options", [{"fused": False, "foreach": True}, {"amsgrad": True}])
+def test_adam_without_the_shortcut_is_torchs_adam(options, counted):
+    net = _net()
+    opt = hvae.make_optimizer(net, lr=1e-2, **options)
+    for step in range(3):
+        _grads(step, list(net.parameters()))
+        opt.step()
+    assert counted.count(Adam) == 3  # nothing kept: every step is torch's
