@@ -74,15 +74,13 @@ def test_adam_state_saves_and_loads_as_torchs(tmp_path, counted):
         ours.step()
         ref.step()
     sd = ours.state_dict()
-    for i, p in enumerate(ours_net.parameters()):  # the step counters are copies, not views of the shared ones
-        assert sd["state"][i]["step"].untyped_storage().data_ptr() != ours.state[p]["step"].untyped_storage().data_ptr()
-    assert sd["state"][0]["step"].item() == 3.0
     ref_sd = ref.state_dict()
-    assert sd["param_groups"] == ref_sd["param_groups"]
+    assert sd["param_groups"] == ref_sd["param_groups"] and sd["state"][0]["step"].item() == 3.0
     for i in ref_sd["state"]:
         for k, v in ref_sd["state"][i].items():
             assert torch.equal(sd["state"][i][k], v)
     tensors, meta = _flatten_optimizer(sd)  # hvae's checkpoint format: safetensors refuses shared memory
+    assert len({t.untyped_storage().data_ptr() for t in tensors.values()}) == len(tensors)
     save_file(tensors, str(tmp_path / "optimizer.safetensors"))
     loaded_net = _net()
     loaded_net.load_state_dict(ours_net.state_dict())
@@ -132,3 +130,74 @@ def test_adam_without_the_shortcut_is_torchs_adam(options, counted):
         _grads(step, list(net.parameters()))
         opt.step()
     assert counted.count(Adam) == 3  # nothing kept: every step is torch's
+
+
+def test_adam_state_dict_is_live_like_torchs():
+    ours_net, ref_net = _net(), _net()
+    ours = hvae.make_optimizer(ours_net, lr=1e-2)
+    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    for step in range(2):
+        _grads(step, list(ours_net.parameters()))
+        _grads(step, list(ref_net.parameters()))
+        ours.step()
+        ref.step()
+    sd, ref_sd = ours.state_dict(), ref.state_dict()  # kept, not copied: torch's follows later steps
+    for step in range(2, 4):
+        _grads(step, list(ours_net.parameters()))
+        _grads(step, list(ref_net.parameters()))
+        ours.step()
+        ref.step()
+    for i in ref_sd["state"]:
+        for k, v in ref_sd["state"][i].items():
+            assert torch.equal(sd["state"][i][k], v), k
+    assert sd["state"][0]["step"].item() == 4.0
+
+
+def test_adam_runs_its_hooks_once_a_step():
+    torch.optim.Adam(_net().parameters())  # a torch Adam exists: torch has wrapped its step with the hooks
+    net = _net()
+    opt = hvae.make_optimizer(net, lr=1e-2)
+    calls = []
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    for step, skip in enumerate([None, None, 1]):  # torch's step, the shortcut, torch's step (a gap)
+        _grads(step, list(net.parameters()), skip)
+        opt.step()
+        assert calls == ["pre", "post"] * (step + 1)
+
+
+def test_adam_notices_state_and_parameters_replaced_in_place(counted):
+    ours_net, ref_net = _net(), _net()
+    ours = hvae.make_optimizer(ours_net, lr=1e-2)
+    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    extra = {opt: nn.Parameter(torch.ones(5)) for opt in (ours, ref)}
+    for step in range(7):
+        _grads(step, list(ours_net.parameters()))
+        _grads(step, list(ref_net.parameters()))
+        if step == 3:  # a parameter's state replaced, as a sharded optimiser's load_state_dict does
+            for opt in (ours, ref):
+                p = opt.param_groups[0]["params"][0]
+                opt.state[p] = {k: v.clone() * 0.5 for k, v in opt.state[p].items()}
+        if step == 5:  # a parameter swapped into a group
+            for opt in (ours, ref):
+                opt.param_groups[0]["params"][1] = extra[opt]
+                extra[opt].grad = torch.full((5,), 0.25)
+        ours.step()
+        ref.step()
+        for p, q in zip(ours.param_groups[0]["params"], ref.param_groups[0]["params"]):
+            assert torch.equal(p, q)
+            for k in ref.state[q]:
+                assert torch.equal(ours.state[p][k], ref.state[q][k]), (step, k)
+    # torch's step at 0 and 5 (the new parameter has no state); the shortcut, gathered again, elsewhere
+    assert counted.count(Adam) == 2
+
+
+def test_adam_takes_the_shortcut_again_once_an_option_is_off(counted):
+    net = _net()
+    opt = hvae.make_optimizer(net, lr=1e-2, maximize=True)
+    for step in range(5):
+        if step == 2:
+            opt.param_groups[0]["maximize"] = False
+        _grads(step, list(net.parameters()))
+        opt.step()
+    assert counted.count(Adam) == 2  # steps 0 and 1; 2-4 through the kept lists

@@ -37,7 +37,10 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     for pid, pstate in state["state"].items():
         for name, value in pstate.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{name}"] = value.detach().contiguous().cpu()
+                # a scalar (hvae's Adam's step counters are views of one tensor) is copied: safetensors
+                # refuses tensors that share memory
+                value = value.detach().contiguous().cpu()
+                tensors[f"{pid}.{name}"] = value.clone() if value.dim() == 0 else value
             else:
                 scalars[f"{pid}.{name}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}

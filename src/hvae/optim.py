@@ -15,6 +15,7 @@ class _FusedGroup:
 
     group: dict
     params: list[Tensor]
+    states: list[dict]
     exp_avgs: list[Tensor]
     exp_avg_sqs: list[Tensor]
     steps: Tensor
@@ -33,7 +34,8 @@ def _plain(group: dict) -> bool:
 class Adam(torch.optim.Adam):
     """``torch.optim.Adam`` whose fused step skips the per-parameter Python of ``Adam.step``.
 
-    Same arguments, mathematics, kernel and state (``state_dict`` reads and loads as ``torch.optim.Adam``'s).
+    Same arguments, mathematics, kernel and state (``state_dict`` reads and loads as ``torch.optim.Adam``'s;
+    its step counters are views of one tensor, which ``torch.save`` keeps as such and hvae's checkpoints copy).
     Once every parameter has its state, a step gathers the gradients and calls the fused kernel on lists
     kept from the step before; the step counters become views of one tensor per group, incremented by one
     call (torch keeps one scalar tensor per parameter and increments each by its own call). For a model of
@@ -41,7 +43,8 @@ class Adam(torch.optim.Adam):
     this shortcut does not cover runs ``torch.optim.Adam.step`` itself: a closure, a parameter without a
     gradient, AMP's grad scaling, amsgrad, maximize, capturable or differentiable groups, a tensor
     learning rate, parameters of several devices or dtypes in a group, and the first step of each state.
-    The state's tensors are updated in place; code that replaces them should call ``load_state_dict``.
+    A parameter or state tensor replaced in place of a kept one is noticed at the next step, which gathers
+    the lists again.
     """
 
     _fused_groups: list[_FusedGroup] | None = None
@@ -51,7 +54,12 @@ class Adam(torch.optim.Adam):
     def step(self, closure=None):
         if closure is None and self._fused_step():
             return None
-        return super().step(closure)  # on the same tensors: the kept lists stay valid
+        # torch's own step, on the same tensors (the kept lists stay valid). Once any torch.optim.Adam exists,
+        # torch has wrapped that step with the hook runner, which this step's own wrapper has already run.
+        base = torch.optim.Adam.step
+        if getattr(base, "hooked", False):
+            base = base.__wrapped__
+        return base(self, closure)
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._fused_groups = self._gathered_at = None
@@ -61,33 +69,20 @@ class Adam(torch.optim.Adam):
         self._fused_groups = self._gathered_at = None
         super().add_param_group(param_group)
 
-    def state_dict(self) -> dict:
-        """As ``torch.optim.Adam.state_dict``; each step counter is its own tensor (not a view of the
-        shared counters), so the state saves with safetensors and loads anywhere."""
-        sd = super().state_dict()
-        sd["state"] = {
-            k: {n: v.clone() if n == "step" and isinstance(v, Tensor) else v for n, v in s.items()}
-            for k, s in sd["state"].items()
-        }
-        return sd
-
     def _fused_step(self) -> bool:
         """Run the step through the kept lists; False (nothing done) where it does not apply."""
         if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
             return False
         groups = self._fused_groups
-        if groups is None or self._fused_state is not self.state or len(groups) != len(self.param_groups):
+        if groups is None or not self._still_kept(groups):
+            self._fused_groups = None
             if self._gathered_at == len(self.state):  # no new state since the last try: still incomplete
                 return False
             groups = self._gather()
             if groups is None:
-                self._gathered_at = len(self.state)
                 return False
         grads = []
-        for g, group in zip(groups, self.param_groups):
-            if g.group is not group or len(group["params"]) != len(g.params) or not _plain(group):
-                self._fused_groups = None
-                return False
+        for g in groups:
             gs = [p.grad for p in g.params]
             if any(x is None or x.is_sparse for x in gs):
                 return False
@@ -116,7 +111,25 @@ class Adam(torch.optim.Adam):
                 )
         return True
 
+    def _still_kept(self, groups: list[_FusedGroup]) -> bool:
+        """The kept lists are still those of the groups, with their options still covered."""
+        return (
+            self._fused_state is self.state
+            and len(groups) == len(self.param_groups)
+            and all(g.group is group and _plain(group) and self._kept(g) for g, group in zip(groups, self.param_groups))
+        )
+
+    def _kept(self, g: _FusedGroup) -> bool:
+        """The group still holds the kept parameters, and the state the kept tensors (nothing replaced them:
+        ``opt.state[p] = ...``, a parameter swapped in, a sharded optimiser's load)."""
+        params, state = g.group["params"], self.state
+        return len(params) == len(g.params) and all(
+            p is q and state.get(p) is s and s.get("exp_avg") is a and s.get("exp_avg_sq") is b and s.get("step") is c
+            for p, q, s, a, b, c in zip(params, g.params, g.states, g.exp_avgs, g.exp_avg_sqs, g.step_views)
+        )
+
     def _gather(self) -> list[_FusedGroup] | None:
+        """Keep the lists of every group; None (and nothing kept) where a group is not covered."""
         groups = []
         for group in self.param_groups:
             if not _plain(group):
@@ -124,6 +137,7 @@ class Adam(torch.optim.Adam):
             params = list(group["params"])
             states = [self.state.get(p) for p in params]
             if not params or any(not s or {"step", "exp_avg", "exp_avg_sq"} - s.keys() for s in states):
+                self._gathered_at = len(self.state)  # tried again once a step has made more state
                 return None
             if len({(p.device, p.dtype) for p in params}) != 1 or any(torch.is_complex(p) for p in params):
                 return None
@@ -133,10 +147,16 @@ class Adam(torch.optim.Adam):
                 s["step"] = v
             groups.append(
                 _FusedGroup(
-                    group, params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps, views
+                    group,
+                    params,
+                    states,
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                    steps,
+                    views,
                 )
             )
-        self._fused_groups, self._fused_state = groups, self.state
+        self._fused_groups, self._fused_state, self._gathered_at = groups, self.state, None
         return groups
 
 
