@@ -18,7 +18,7 @@ def _net(seed: int = 0) -> nn.Module:
 def _grads(step: int, params, skip: int | None = None) -> None:
     g = torch.Generator().manual_seed(100 + step)
     for i, p in enumerate(params):
-        p.grad = None if i == skip else torch.randn(p.shape, generator=g)
+        p.grad = None if i == skip else torch.randn(p.shape, generator=g).to(p.dtype)
 
 
 @pytest.fixture
@@ -201,3 +201,25 @@ def test_adam_takes_the_shortcut_again_once_an_option_is_off(counted):
         _grads(step, list(net.parameters()))
         opt.step()
     assert counted.count(Adam) == 2  # steps 0 and 1; 2-4 through the kept lists
+
+
+def test_adam_with_a_group_of_mixed_dtypes_is_torchs_adam(counted):
+    def groups(net):  # a float32 group, and a group of a float64 and a float32 parameter
+        torch.manual_seed(1)
+        mixed = [nn.Parameter(torch.randn(4, dtype=torch.float64)), nn.Parameter(torch.randn(3))]
+        return [{"params": list(net.parameters())}, {"params": mixed, "lr": 5e-3}]
+
+    ours_groups, ref_groups = groups(_net()), groups(_net())
+    ours = Adam(ours_groups, lr=1e-2, fused=True)
+    ref = torch.optim.Adam(ref_groups, lr=1e-2, fused=True)
+    for step in range(4):
+        for opt in (ours, ref):
+            _grads(step, [p for g in opt.param_groups for p in g["params"]])
+        ours.step()
+        ref.step()
+        for g, h in zip(ours.param_groups, ref.param_groups):
+            for p, q in zip(g["params"], h["params"]):
+                assert torch.equal(p, q)
+                for k in ref.state[q]:
+                    assert torch.equal(ours.state[p][k], ref.state[q][k])
+    assert counted.count(Adam) == 4  # a group the fused kernel takes in two calls: torch's step every time

@@ -49,7 +49,7 @@ class Adam(torch.optim.Adam):
 
     _fused_groups: list[_FusedGroup] | None = None
     _fused_state: object = None  # the state dict the lists were gathered from
-    _gathered_at: int | None = None  # len(self.state) when gathering last found a state missing
+    _gathered_at: int | None = None  # len(self.state) when gathering last failed on the state or the tensors
 
     def step(self, closure=None):
         if closure is None and self._fused_step():
@@ -76,7 +76,9 @@ class Adam(torch.optim.Adam):
         groups = self._fused_groups
         if groups is None or not self._still_kept(groups):
             self._fused_groups = None
-            if self._gathered_at == len(self.state):  # no new state since the last try: still incomplete
+            if not all(map(_plain, self.param_groups)):
+                return False
+            if self._gathered_at == len(self.state):  # no new state since the last try: still not covered
                 return False
             groups = self._gather()
             if groups is None:
@@ -129,33 +131,28 @@ class Adam(torch.optim.Adam):
         )
 
     def _gather(self) -> list[_FusedGroup] | None:
-        """Keep the lists of every group; None (and nothing kept) where a group is not covered."""
-        groups = []
+        """Keep the lists of every group; None (and nothing kept or changed) where a group is not covered."""
+        found = []
         for group in self.param_groups:
-            if not _plain(group):
-                return None
             params = list(group["params"])
             states = [self.state.get(p) for p in params]
-            if not params or any(not s or {"step", "exp_avg", "exp_avg_sq"} - s.keys() for s in states):
+            if not _plain(group) or not params:
+                return None
+            if any(not s or {"step", "exp_avg", "exp_avg_sq"} - s.keys() for s in states):
                 self._gathered_at = len(self.state)  # tried again once a step has made more state
                 return None
             if len({(p.device, p.dtype) for p in params}) != 1 or any(torch.is_complex(p) for p in params):
+                self._gathered_at = len(self.state)
                 return None
+            found.append((group, params, states))
+        groups = []
+        for group, params, states in found:
             steps = torch.stack([s["step"].reshape(()) for s in states])
             views = list(steps.unbind())
             for s, v in zip(states, views):
                 s["step"] = v
-            groups.append(
-                _FusedGroup(
-                    group,
-                    params,
-                    states,
-                    [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states],
-                    steps,
-                    views,
-                )
-            )
+            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            groups.append(_FusedGroup(group, params, states, exp_avgs, exp_avg_sqs, steps, views))
         self._fused_groups, self._fused_state, self._gathered_at = groups, self.state, None
         return groups
 
