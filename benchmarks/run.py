@@ -263,13 +263,14 @@ def iw_eval(
         model.log_likelihood(x, num_samples=num_samples, chunk_size=chunk_size)
 
     run()  # a compiled model compiles here
-    timed = functools.partial(time_products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
     if floor_of is None:
         products = record_products(run)
-        floor, _ = timed(products)
+        floor, _ = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
         twin, split = as_written(model)  # the model as written: a mean map and a scale map per Gaussian head
-        twin_run = record_products(lambda: twin.log_likelihood(x, num_samples, chunk_size=chunk_size))
-        written = floor_of_other(floor, products, twin_run, _DEVICE, min(0.05, min_time / 4)) if split else None
+        written = None
+        if split:
+            twin_run = record_products(lambda: twin.log_likelihood(x, num_samples, chunk_size=chunk_size))
+            written = floor_of_other(floor, products, twin_run, _DEVICE, min(0.05, min_time / 4))
     else:
         floor, written = floor_of["floor_seconds"], floor_of.get("written_floor_seconds")
     sec = _steady(run, min_time, warmup=1)

@@ -35,74 +35,78 @@ def counted(monkeypatch):
     return calls
 
 
+def _pair(**options) -> tuple[Adam, torch.optim.Adam]:
+    """hvae's Adam and torch's fused Adam over two copies of one network."""
+    ours = hvae.make_optimizer(_net(), lr=1e-2, **options)
+    return ours, torch.optim.Adam(_net().parameters(), lr=1e-2, fused=True, **options)
+
+
+def _step_both(ours, ref, step: int, skip: int | None = None) -> None:
+    """The same gradients for both optimisers' parameters (every group), then a step of each."""
+    for opt in (ours, ref):
+        _grads(step, [p for g in opt.param_groups for p in g["params"]], skip)
+    ours.step()
+    ref.step()
+
+
 def _assert_same(ours: torch.optim.Optimizer, ref: torch.optim.Optimizer) -> None:
-    for p, q in zip(ours.param_groups[0]["params"], ref.param_groups[0]["params"]):
-        assert torch.equal(p, q)
-        a, b = ours.state[p], ref.state[q]
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), k
+    for g, h in zip(ours.param_groups, ref.param_groups):
+        for p, q in zip(g["params"], h["params"]):
+            assert torch.equal(p, q)
+            a, b = ours.state[p], ref.state[q]
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+
+
+def _assert_same_state_dicts(sd: dict, ref_sd: dict) -> None:
+    for i in ref_sd["state"]:
+        for k, v in ref_sd["state"][i].items():
+            assert torch.equal(sd["state"][i][k], v), k
 
 
 @pytest.mark.parametrize("options", [{}, {"weight_decay": 0.01}, {"decoupled_weight_decay": True, "weight_decay": 0.1}])
 def test_adam_takes_torch_fused_adams_steps(options, counted):
-    ours_net, ref_net = _net(), _net()
-    ours = hvae.make_optimizer(ours_net, lr=1e-2, **options)
-    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True, **options)
+    ours, ref = _pair(**options)
     assert type(ours) is Adam
     for step in range(8):
-        skip = 2 if step == 4 else None  # one parameter without a gradient: torch's own step, that one left alone
-        _grads(step, list(ours_net.parameters()), skip)
-        _grads(step, list(ref_net.parameters()), skip)
         if step == 5:  # a scheduler's change of the learning rate applies at once
             for opt in (ours, ref):
                 opt.param_groups[0]["lr"] = 3e-3
-        ours.step()
-        ref.step()
+        # at step 4 one parameter without a gradient: torch's own step, that one left alone
+        _step_both(ours, ref, step, skip=2 if step == 4 else None)
         _assert_same(ours, ref)
     # torch's own step for the reference's 8, and for ours the first (no state yet) and the one with a gap
     assert counted.count(Adam) == 2 and counted.count(torch.optim.Adam) == 8
 
 
 def test_adam_state_saves_and_loads_as_torchs(tmp_path, counted):
-    ours_net, ref_net = _net(), _net()
-    ours = hvae.make_optimizer(ours_net, lr=1e-2)
-    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    ours, ref = _pair()
     for step in range(3):
-        _grads(step, list(ours_net.parameters()))
-        _grads(step, list(ref_net.parameters()))
-        ours.step()
-        ref.step()
+        _step_both(ours, ref, step)
     sd = ours.state_dict()
     ref_sd = ref.state_dict()
     assert sd["param_groups"] == ref_sd["param_groups"] and sd["state"][0]["step"].item() == 3.0
-    for i in ref_sd["state"]:
-        for k, v in ref_sd["state"][i].items():
-            assert torch.equal(sd["state"][i][k], v)
+    _assert_same_state_dicts(sd, ref_sd)
     tensors, meta = _flatten_optimizer(sd)  # hvae's checkpoint format: safetensors refuses shared memory
     assert len({t.untyped_storage().data_ptr() for t in tensors.values()}) == len(tensors)
     save_file(tensors, str(tmp_path / "optimizer.safetensors"))
     loaded_net = _net()
-    loaded_net.load_state_dict(ours_net.state_dict())
+    with torch.no_grad():
+        for p, q in zip(loaded_net.parameters(), ours.param_groups[0]["params"]):
+            p.copy_(q)
     loaded = hvae.make_optimizer(loaded_net, lr=1e-2)
     loaded.load_state_dict(_unflatten_optimizer(load_file(str(tmp_path / "optimizer.safetensors")), meta))
     before = counted.count(Adam)
     for step in range(3, 6):
-        _grads(step, list(loaded_net.parameters()))
-        _grads(step, list(ref_net.parameters()))
-        loaded.step()
-        ref.step()
+        _step_both(loaded, ref, step)
         _assert_same(loaded, ref)
     assert counted.count(Adam) == before  # a loaded state takes the shortcut from its first step
 
 
 def test_adam_leaves_what_the_shortcut_does_not_cover_to_torch(counted):
-    ours_net, ref_net = _net(), _net()
-    ours = hvae.make_optimizer(ours_net, lr=1e-2)
-    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    ours, ref = _pair()
     for step in range(6):
-        _grads(step, list(ours_net.parameters()))
-        _grads(step, list(ref_net.parameters()))
         if step == 2:  # AMP's grad scaling, as torch.amp.GradScaler hands it to a fused optimiser
             for opt in (ours, ref):
                 opt.grad_scale, opt.found_inf = torch.tensor(2.0), torch.tensor(0.0)
@@ -113,8 +117,7 @@ def test_adam_leaves_what_the_shortcut_does_not_cover_to_torch(counted):
         if step == 4:
             for opt in (ours, ref):
                 opt.param_groups[0]["maximize"] = False
-        ours.step()
-        ref.step()
+        _step_both(ours, ref, step)
         _assert_same(ours, ref)
     # torch's step: the first, the scaled one and the maximising one; the shortcut at steps 1, 4 and 5
     assert counted.count(Adam) == 3
@@ -133,23 +136,13 @@ def test_adam_without_the_shortcut_is_torchs_adam(options, counted):
 
 
 def test_adam_state_dict_is_live_like_torchs():
-    ours_net, ref_net = _net(), _net()
-    ours = hvae.make_optimizer(ours_net, lr=1e-2)
-    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    ours, ref = _pair()
     for step in range(2):
-        _grads(step, list(ours_net.parameters()))
-        _grads(step, list(ref_net.parameters()))
-        ours.step()
-        ref.step()
+        _step_both(ours, ref, step)
     sd, ref_sd = ours.state_dict(), ref.state_dict()  # kept, not copied: torch's follows later steps
     for step in range(2, 4):
-        _grads(step, list(ours_net.parameters()))
-        _grads(step, list(ref_net.parameters()))
-        ours.step()
-        ref.step()
-    for i in ref_sd["state"]:
-        for k, v in ref_sd["state"][i].items():
-            assert torch.equal(sd["state"][i][k], v), k
+        _step_both(ours, ref, step)
+    _assert_same_state_dicts(sd, ref_sd)
     assert sd["state"][0]["step"].item() == 4.0
 
 
@@ -167,13 +160,9 @@ def test_adam_runs_its_hooks_once_a_step():
 
 
 def test_adam_notices_state_and_parameters_replaced_in_place(counted):
-    ours_net, ref_net = _net(), _net()
-    ours = hvae.make_optimizer(ours_net, lr=1e-2)
-    ref = torch.optim.Adam(ref_net.parameters(), lr=1e-2, fused=True)
+    ours, ref = _pair()
     extra = {opt: nn.Parameter(torch.ones(5)) for opt in (ours, ref)}
     for step in range(7):
-        _grads(step, list(ours_net.parameters()))
-        _grads(step, list(ref_net.parameters()))
         if step == 3:  # a parameter's state replaced, as a sharded optimiser's load_state_dict does
             for opt in (ours, ref):
                 p = opt.param_groups[0]["params"][0]
@@ -181,13 +170,8 @@ def test_adam_notices_state_and_parameters_replaced_in_place(counted):
         if step == 5:  # a parameter swapped into a group
             for opt in (ours, ref):
                 opt.param_groups[0]["params"][1] = extra[opt]
-                extra[opt].grad = torch.full((5,), 0.25)
-        ours.step()
-        ref.step()
-        for p, q in zip(ours.param_groups[0]["params"], ref.param_groups[0]["params"]):
-            assert torch.equal(p, q)
-            for k in ref.state[q]:
-                assert torch.equal(ours.state[p][k], ref.state[q][k]), (step, k)
+        _step_both(ours, ref, step)
+        _assert_same(ours, ref)
     # torch's step at 0 and 5 (the new parameter has no state); the shortcut, gathered again, elsewhere
     assert counted.count(Adam) == 2
 
@@ -213,13 +197,6 @@ def test_adam_with_a_group_of_mixed_dtypes_is_torchs_adam(counted):
     ours = Adam(ours_groups, lr=1e-2, fused=True)
     ref = torch.optim.Adam(ref_groups, lr=1e-2, fused=True)
     for step in range(4):
-        for opt in (ours, ref):
-            _grads(step, [p for g in opt.param_groups for p in g["params"]])
-        ours.step()
-        ref.step()
-        for g, h in zip(ours.param_groups, ref.param_groups):
-            for p, q in zip(g["params"], h["params"]):
-                assert torch.equal(p, q)
-                for k in ref.state[q]:
-                    assert torch.equal(ours.state[p][k], ref.state[q][k])
+        _step_both(ours, ref, step)
+        _assert_same(ours, ref)
     assert counted.count(Adam) == 4  # a group the fused kernel takes in two calls: torch's step every time

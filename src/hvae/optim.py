@@ -76,8 +76,6 @@ class Adam(torch.optim.Adam):
         groups = self._fused_groups
         if groups is None or not self._still_kept(groups):
             self._fused_groups = None
-            if not all(map(_plain, self.param_groups)):
-                return False
             if self._gathered_at == len(self.state):  # no new state since the last try: still not covered
                 return False
             groups = self._gather()
