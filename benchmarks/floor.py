@@ -5,7 +5,9 @@ A step cannot be faster than its matrix products. :func:`record_products` runs a
 grad-weight alike) with its exact shapes and strides; :func:`time_products` replays each one alone on
 fresh tensors, with the threads the step uses (``torch.get_num_threads()``; ``Timer`` defaults to one), and
 sums the median times. That sum is the floor; ``batch / floor`` the most examples per
-second any implementation of the same mathematics can reach on this machine.
+second any implementation of the same mathematics can reach on this machine. For evaluation
+(``packed=True``) a linear map's product counts at the faster of torch's kernel and MKL's kernel on weights
+packed beforehand, which a compiled IW chunk with frozen weights uses (:mod:`hvae.compiled`).
 
 :func:`products_in_situ` times the same products where they run, inside the step. A product that follows
 other work finds its operands out of cache (the step sweeps parameters, gradients and optimiser state far
@@ -117,19 +119,51 @@ def products_in_situ(fn, repeats: int, device="cpu") -> float:
     return mode.seconds / repeats
 
 
-def time_products(calls: Counter, device="cpu", min_run_time: float = 0.2) -> tuple[float, list[dict]]:
-    """Sum over recorded products of (count x median time of that product alone). Returns (seconds, rows)."""
+def _median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
+    t = Timer(stmt=stmt, globals=env, num_threads=torch.get_num_threads())
+    return t.blocked_autorange(min_run_time=min_run_time).median
+
+
+def _packed_linear(prod: Product, args: list):
+    """For a float32 ``mm`` / ``addmm`` (input @ weight.T, + bias) on a CPU with MKL: the same product through
+    MKL's kernel on weights packed beforehand (what a compiled chunk with frozen weights runs), as a statement
+    and its globals for :class:`Timer`; None for any other product."""
+    if not torch._C.has_mkl or prod.op not in (aten.mm.default, aten.addmm.default):
+        return None
+    bias, a, wt = (None, *args) if prod.op is aten.mm.default else args
+    if len(args) != (2 if bias is None else 3) or a.dim() != 2 or not a.is_contiguous():
+        return None
+    if a.device.type != "cpu" or a.dtype != torch.float32:
+        return None
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != wt.shape[1]):
+        return None
+    w = wt.t().contiguous()
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(w, a.shape[0])
+    env = {"f": torch.ops.mkl._mkl_linear, "a": a, "p": packed, "w": w, "b": bias, "m": a.shape[0]}
+    return "f(a, p, w, b, m)", env
+
+
+def time_products(
+    calls: Counter, device="cpu", min_run_time: float = 0.2, packed: bool = False
+) -> tuple[float, list[dict]]:
+    """Sum over recorded products of (count x median time of that product alone). Returns (seconds, rows).
+    ``packed``: a linear map's product counts at the faster of torch's kernel and MKL's on packed weights
+    (the floor of evaluation, where weights stay fixed and a frozen compiled chunk packs them once)."""
     total, rows = 0.0, []
     for prod, count in calls.items():
         args = prod.materialise(device)
-        t = Timer(stmt="op(*args)", globals={"op": prod.op, "args": args}, num_threads=torch.get_num_threads())
-        t = t.blocked_autorange(min_run_time=min_run_time)
-        total += count * t.median
+        sec = _median_seconds("op(*args)", {"op": prod.op, "args": args}, min_run_time)
+        row = {"op": str(prod.op), "count": count, "seconds": sec}
+        other = _packed_linear(prod, args) if packed else None
+        if other is not None:
+            row["packed_seconds"] = _median_seconds(*other, min_run_time)
+            sec = min(sec, row["packed_seconds"])
+        total += count * sec
         shapes = [
             a[0] if isinstance(a, tuple) and len(a) == 3 and isinstance(a[2], torch.dtype) else None for a in prod.args
         ]
-        rows.append({"op": str(prod.op), "count": count, "shapes": [s for s in shapes if s], "seconds": t.median})
-    rows.sort(key=lambda r: -r["seconds"] * r["count"])
+        rows.append({**row, "shapes": [s for s in shapes if s]})
+    rows.sort(key=lambda r: -min(r["seconds"], r.get("packed_seconds", r["seconds"])) * r["count"])
     return total, rows
 
 
@@ -182,7 +216,13 @@ def as_written(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 def floor_of_other(
-    floor: float, calls: Counter, other: Counter, device="cpu", min_run_time: float = 0.05, rounds: int = 3
+    floor: float,
+    calls: Counter,
+    other: Counter,
+    device="cpu",
+    min_run_time: float = 0.05,
+    rounds: int = 3,
+    packed: bool = False,
 ) -> float:
     """The floor of ``other``'s products given ``floor``, that of ``calls``: ``floor`` plus the products
     only ``other`` issues minus those only ``calls`` issues, the two sets timed in alternating rounds
@@ -193,7 +233,7 @@ def floor_of_other(
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
         for t, products in zip(times, (extra, saved)):
-            t.append(time_products(products, device, min_run_time)[0])
+            t.append(time_products(products, device, min_run_time, packed)[0])
     return floor + statistics.median(times[0]) - statistics.median(times[1])
 
 

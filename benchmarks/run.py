@@ -139,14 +139,15 @@ def train_throughput(
     step()  # a compiled model compiles here
     if floor_of is None:
         products = record_products(step)
-        floor, rows = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
         flops = _flops(step)
-        written = None if plain else _written_floor(model, x, bf16, floor, products, min_time)
-    else:
-        floor, rows = floor_of["floor_ms"] / 1e3, floor_of["top_products"]
+        extra = None if plain else _written_extra(model, x, bf16, products, min_time)
+    else:  # a compiled step hides its products: the eager row's, timed again beside this step
+        products, extra = floor_of["_products"], floor_of["_written_extra"]
         flops = floor_of["mflop_per_image"] * 1e6 * batch
-        written = floor_of.get("written_floor_ms") and floor_of["written_floor_ms"] / 1e3
-    sec = _steady(step, min_time, warmup=10)
+    for _ in range(10):
+        step()
+    timed = _floor_beside(products, step, min_time, packed=False)
+    sec, floor = timed["seconds"], timed["floor_seconds"]
     in_situ = products_in_situ(step, max(3, round(min_time / sec)), _DEVICE) if floor_of is None else None
     return {
         "name": name,
@@ -158,24 +159,54 @@ def train_throughput(
         "mflop_per_image": flops / batch / 1e6,
         "floor_ms": 1e3 * floor,
         "floor_images_per_s": batch / floor,
-        "fraction_of_floor": floor / sec,
-        "written_floor_ms": written and 1e3 * written,
-        "written_floor_images_per_s": written and batch / written,
+        "fraction_of_floor": timed["fraction"],
+        "written_floor_ms": None if extra is None else 1e3 * (floor + extra),
+        "written_floor_images_per_s": None if extra is None else batch / (floor + extra),
+        "fraction_of_written_floor": _written_fraction(timed, extra),
         "products_in_step_ms": None if in_situ is None else 1e3 * in_situ,
         "ceiling": None if in_situ is None else floor / in_situ,
-        "top_products": rows[:5],
+        "top_products": timed["rows"][:5],
+        "_products": products,
+        "_written_extra": extra,
     }
 
 
-def _written_floor(model, x: torch.Tensor, bf16: bool, floor: float, products, min_time: float) -> float | None:
-    """The floor of the model as written (:func:`benchmarks.floor.as_written`: a mean map and a scale map
-    per Gaussian head), from one step of a copy and the products it issues where the model's differ
-    (:func:`benchmarks.floor.floor_of_other`); None when the model has no such head to split."""
+def _floor_beside(products, fn, min_time: float, packed: bool, rounds: int = 3) -> dict:
+    """The floor of ``products`` and the seconds per call of ``fn()``, timed in ``rounds`` alternating rounds
+    (a floor, then calls for ``min_time / rounds``): this shared machine's speed drifts by tens of percent
+    within minutes, more than the fractions measured, so a floor and a step timed minutes apart would not
+    compare. Medians over rounds; the fraction of the floor is the median of the rounds' own fractions."""
+    floors, secs, rows = [], [], None
+    for _ in range(rounds):
+        floor, r = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4) / rounds, packed=packed)
+        floors.append(floor)
+        rows = rows or r
+        secs.append(_steady(fn, min_time / rounds, warmup=1))
+    return {
+        "seconds": statistics.median(secs),
+        "floor_seconds": statistics.median(floors),
+        "fraction": statistics.median(f / t for f, t in zip(floors, secs)),
+        "rounds": list(zip(floors, secs)),
+        "rows": rows,
+    }
+
+
+def _written_fraction(timed: dict, extra: float | None) -> float | None:
+    """The fraction of the floor as written (``extra`` seconds more than the floor), round by round."""
+    if extra is None:
+        return None
+    return statistics.median((f + extra) / t for f, t in timed["rounds"])
+
+
+def _written_extra(model, x: torch.Tensor, bf16: bool, products, min_time: float) -> float | None:
+    """How much longer the floor of the model as written is (:func:`benchmarks.floor.as_written`: a mean map
+    and a scale map per Gaussian head), from one step of a copy and the products it issues where the model's
+    differ (:func:`benchmarks.floor.floor_of_other`); None when the model has no such head to split."""
     twin, split = as_written(model)
     if not split:
         return None
     step = functools.partial(_train_step, twin, hvae.make_optimizer(twin, lr=1e-4), x, False, bf16)
-    return floor_of_other(floor, products, record_products(step), _DEVICE, min(0.05, min_time / 4))
+    return floor_of_other(0.0, products, record_products(step), _DEVICE, min(0.05, min_time / 4))
 
 
 def _interleaved(fns: dict, rounds: int, block: int) -> dict:
@@ -264,16 +295,17 @@ def iw_eval(
 
     run()  # a compiled model compiles here
     if floor_of is None:
-        products = record_products(run)
-        floor, _ = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4))
+        products = record_products(run)  # each product at its faster kernel: torch's, or MKL's on packed weights
         twin, split = as_written(model)  # the model as written: a mean map and a scale map per Gaussian head
-        written = None
+        extra = None
         if split:
             twin_run = record_products(lambda: twin.log_likelihood(x, num_samples, chunk_size=chunk_size))
-            written = floor_of_other(floor, products, twin_run, _DEVICE, min(0.05, min_time / 4))
-    else:
-        floor, written = floor_of["floor_seconds"], floor_of.get("written_floor_seconds")
-    sec = _steady(run, min_time, warmup=1)
+            extra = floor_of_other(0.0, products, twin_run, _DEVICE, min(0.05, min_time / 4), packed=True)
+    else:  # a compiled chunk hides its products: the eager row's, timed again beside this bound
+        products, extra = floor_of["_products"], floor_of["_written_extra"]
+    run()
+    timed = _floor_beside(products, run, min_time, packed=True)
+    sec, floor = timed["seconds"], timed["floor_seconds"]
     in_situ = products_in_situ(run, max(1, round(min_time / sec)), _DEVICE) if floor_of is None else None
     return {
         "batch": batch,
@@ -281,11 +313,14 @@ def iw_eval(
         "samples_per_s": batch * num_samples / sec,
         "seconds": sec,
         "floor_seconds": floor,
-        "fraction_of_floor": floor / sec,
+        "fraction_of_floor": timed["fraction"],
         "ceiling": None if in_situ is None else floor / in_situ,
-        "written_floor_seconds": written,
-        "written_floor_samples_per_s": written and batch * num_samples / written,
+        "written_floor_seconds": None if extra is None else floor + extra,
+        "written_floor_samples_per_s": None if extra is None else batch * num_samples / (floor + extra),
+        "fraction_of_written_floor": _written_fraction(timed, extra),
         "compile": model.iw_compiler.status,
+        "_products": products,
+        "_written_extra": extra,
     }
 
 
@@ -628,9 +663,20 @@ def run(
             seeds=tuple(range(seeds)),
         )
         res["quality_budget_s"] = 0.3 if smoke else budget_s
+    res = _public(res)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / ("smoke.json" if smoke else "latest.json")).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _public(res):
+    """``res`` without the keys that start with ``_`` (what a row keeps for the rows after it: recorded
+    products, which are not JSON)."""
+    if isinstance(res, dict):
+        return {k: _public(v) for k, v in res.items() if not k.startswith("_")}
+    if isinstance(res, list):
+        return [_public(v) for v in res]
     return res
 
 
@@ -655,7 +701,9 @@ def _pct(x: float | None) -> str:
 def _written(r: dict, rate: str) -> str:
     """The two cells of the floor as written: its rate, and the fraction of it the row reaches."""
     w = r.get(f"written_floor_{rate}")
-    return "— | —" if w is None else f"{w:,.0f} | {r[rate] / w:.0%}"
+    if w is None:
+        return "— | —"
+    return f"{w:,.0f} | {r.get('fraction_of_written_floor') or r[rate] / w:.0%}"
 
 
 def tables(res: dict) -> str:

@@ -8,7 +8,14 @@ import torch
 
 import hvae
 from benchmarks import run as bench
-from benchmarks.floor import as_written, floor_of_other, products_in_situ, record_products
+from benchmarks.floor import (
+    _packed_linear,
+    as_written,
+    floor_of_other,
+    products_in_situ,
+    record_products,
+    time_products,
+)
 from benchmarks.run import (
     Contender,
     _rng_state,
@@ -129,6 +136,26 @@ def test_the_floor_of_other_products_times_only_where_they_differ():
     # the second a @ b and the larger product are what ``more`` adds; nothing is only in ``shared``
     assert floor_of_other(0.0, shared, more, min_run_time=0.001, rounds=1) > 0
     assert floor_of_other(1.0, more, shared, min_run_time=0.001, rounds=1) < 1.0
+
+
+@pytest.mark.skipif(not torch._C.has_mkl, reason="MKL's packed kernel is what is compared")
+def test_the_evaluation_floor_counts_each_linear_map_at_its_faster_kernel():
+    linear = torch.nn.Linear(32, 48)
+    x = torch.randn(100, 32)
+    calls = record_products(lambda: (linear(x), x @ linear.weight.t()))  # addmm and mm
+    assert {str(p.op) for p in calls} == {"aten.addmm.default", "aten.mm.default"}
+    for prod in calls:
+        args = prod.materialise("cpu")
+        stmt, env = _packed_linear(prod, args)
+        # the packed kernel computes the same product as the recorded one
+        torch.testing.assert_close(eval(stmt, env), prod.op(*args), rtol=1e-4, atol=1e-4)
+    total, rows = time_products(calls, min_run_time=0.001, packed=True)
+    assert all("packed_seconds" in r for r in rows)
+    assert total == pytest.approx(sum(r["count"] * min(r["seconds"], r["packed_seconds"]) for r in rows))
+    plain, rows = time_products(calls, min_run_time=0.001)
+    assert not any("packed_seconds" in r for r in rows)
+    conv = record_products(lambda: torch.nn.functional.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)))
+    assert _packed_linear(next(iter(conv)), next(iter(conv)).materialise("cpu")) is None  # not a linear map
 
 
 def test_the_model_as_written_splits_convolutional_heads():

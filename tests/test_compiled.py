@@ -203,3 +203,91 @@ def test_auto_skips_a_compile_that_the_steps_left_cannot_repay(monkeypatch):
     for _ in range(30):
         short(0)
     assert set(calls) == {"eager"} and short.status == "eager"
+
+
+def test_a_frozen_compile_is_dropped_when_its_weights_change(monkeypatch):
+    """A graph compiled with frozen weights keeps the values it was compiled with: ``check_weights`` compares the
+    weights with their copy, bit for bit, and drops the graph when any differs or is another tensor."""
+    w = torch.ones(3)
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always", freeze=lambda: [w])
+    compiles = lambda: sum(e.startswith("compiling") for e in lazy.events)  # noqa: E731
+    lazy(0)
+    lazy.check_weights()
+    lazy(0)
+    assert calls == ["compiled", "compiled"] and compiles() == 1 and lazy.status == "compiled"
+    w.data[1] = float("nan")  # through .data: no version counter sees it (nor one of fused Adam's steps)
+    lazy.check_weights()
+    assert lazy.compiled is None and lazy.status.startswith("eager (the weights changed since the compile")
+    lazy(0)
+    assert calls[-1] == "compiled" and compiles() == 2  # always: compiled again with the new weights
+    lazy.check_weights()  # a NaN equals itself bit for bit: nothing changed
+    assert compiles() == 2 and lazy.compiled is not None
+    w = w.clone()  # the same values in another tensor (a parameter replaced): the graph's constant is not it
+    lazy.check_weights()
+    assert lazy.compiled is None
+
+
+def test_after_its_weights_change_auto_runs_eagerly_until_the_budget_again(monkeypatch):
+    w = torch.ones(3)
+    kw = dict(after_s=10, probe=3, skip=1, freeze=lambda: [w])
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, **kw)
+    for _ in range(11 + 2 * 4):
+        lazy(0)
+    assert lazy.status == "compiled (2.00x faster)"
+    w.add_(1)
+    lazy.check_weights()
+    assert lazy.status == "eager (the weights changed since the compile; compiling again after 10 s)"
+    n = len(calls)
+    for _ in range(10):  # the interval before the first is not an eager chunk's: 9 s counted
+        lazy(0)
+    assert set(calls[n:]) == {"eager"}
+    lazy(0)
+    assert calls[-1] == "compiled" and lazy.status == "probing"
+
+
+def test_weights_off_the_cpu_and_no_freeze_are_never_frozen(monkeypatch):
+    for freeze in (None, lambda: [torch.empty(3, device="meta")]):
+        lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always", freeze=freeze)
+        lazy(0)
+        assert lazy._frozen is None and lazy._freezing().__class__.__name__ == "nullcontext"
+        lazy.check_weights()
+        assert lazy.compiled is not None and calls == ["compiled"]
+
+
+def test_a_frozen_compiled_iw_bound_follows_the_weights():
+    """A real inductor compile with frozen weights (a CPU): the compiled chunks give the eager bound, and after a
+    fused Adam step (which bumps no version counter) and a ``load_state_dict`` they give the new weights' bound,
+    not the one the graph was compiled with."""
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small()).eval()
+    twin = hvae.build_model(hvae.presets.small()).eval()
+    twin.load_state_dict(model.state_dict())
+    model.set_compile("always")
+    twin.set_compile("never")
+    x = torch.bernoulli(torch.full((8, 64), 0.5))
+
+    def bounds():
+        out = []
+        for m in (model, twin):
+            torch.manual_seed(1)
+            out.append(m.log_likelihood(x, num_samples=25, chunk_size=10))  # chunks 10 and 10 compiled, 5 eager
+        return out
+
+    first = bounds()
+    if model.iw_compiler.status != "compiled":
+        pytest.skip(f"torch.compile is not available here: {model.iw_compiler.status}")
+    assert model.iw_compiler._frozen is not None and torch.allclose(*first, atol=1e-4)
+    for m in (model, twin):  # one training step of each, the same
+        m.train()
+        opt = hvae.make_optimizer(m, lr=1e-2)
+        torch.manual_seed(2)
+        m(x).loss.backward()
+        opt.step()
+        m.eval()
+    stepped = bounds()
+    assert torch.allclose(*stepped, atol=1e-4) and not torch.allclose(stepped[0], first[0], atol=1e-2)
+    other = hvae.build_model(hvae.presets.small()).state_dict()
+    model.load_state_dict(other)
+    twin.load_state_dict(other)
+    assert torch.allclose(*bounds(), atol=1e-4)
+    assert sum(e.startswith("compiling") for e in model.iw_compiler.events) == 3

@@ -206,8 +206,16 @@ class HierarchicalVAE(nn.Module):
         ``self.compiler.status`` and ``self.iw_compiler.status`` say what happened. Sampling is eager."""
         self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
         self.iw_compiler = LazyCompile(
-            HierarchicalVAE._iw_chunk, mode=mode, after_s=after_s, steps="chunks of importance samples"
+            HierarchicalVAE._iw_chunk,
+            mode=mode,
+            after_s=after_s,
+            steps="chunks of importance samples",
+            freeze=self._weights,
         )
+
+    def _weights(self) -> list[Tensor]:
+        """What a frozen compiled chunk of the IW bound takes as constants: every parameter and buffer."""
+        return [*self.parameters(), *self.buffers()]
 
     # ------------------------------------------------------------------------------------------------
     # input checks
@@ -539,6 +547,7 @@ class HierarchicalVAE(nn.Module):
         if k_max > 0:  # tiled once to a full chunk; a shorter last chunk takes a prefix
             ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(prepared, k_max)
         self.iw_compiler.other_call()  # the step clock times chunks, not what ran between two calls
+        self.iw_compiler.check_weights()  # a chunk compiled with frozen weights needs the same weights
         while done < num_samples:
             k = min(k_max, num_samples - done)
             if k == k_max:  # full chunks, all of one shape, may run compiled
