@@ -16,7 +16,7 @@ per model:
   a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either.
 
 The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full
-chunks of importance samples of the IW bound (1.2-1.4x faster compiled on a CPU); sampling and the other
+chunks of importance samples of the IW bound (1.4-1.6x faster compiled on a CPU, with frozen weights); sampling and the other
 evaluation calls stay eager. If compiling or a compiled call raises, the model goes on eagerly and says why
 in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
 training: forward, backward, optimizer and data, as the user's loop runs them); any other call in between
@@ -24,7 +24,7 @@ restarts the clock.
 
 **Frozen weights** (``freeze``, the IW bound's chunks on a CPU): inductor's freezing treats the weights as
 constants, so it packs each linear map's weights once for the CPU's matrix kernels and folds batch norm
-into them (1.1-1.5x faster chunks than compiled without it). A frozen graph goes on using the weights it
+into them (1.1-1.3x faster chunks than compiled without it, interleaved). A frozen graph goes on using the weights it
 was compiled with, so :meth:`LazyCompile.check_weights`, called before each batch of calls, compares the
 tensors ``freeze()`` names with a copy taken at the compile (bit for bit) and drops the compiled chunk
 when any differs: a training step, ``load_state_dict`` or an edit through ``.data`` in between can never

@@ -203,7 +203,10 @@ class HierarchicalVAE(nn.Module):
         run ``after_s`` seconds eagerly and keeps the compiled version only if it is faster; ``always``
         compiles at the first call; ``never`` stays eager. ``steps_left()``, if given, says how many training
         steps remain: ``auto`` skips a training compile that little training is left to repay.
-        ``self.compiler.status`` and ``self.iw_compiler.status`` say what happened. Sampling is eager."""
+        On a CPU the IW chunks compile with frozen weights (:mod:`hvae.compiled`): a change of the weights
+        after the compile is noticed at the next bound, which compiles again (``always``) or runs eagerly
+        (``auto``). ``self.compiler.status`` and ``self.iw_compiler.status`` say what happened. Sampling is
+        eager."""
         self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
         self.iw_compiler = LazyCompile(
             HierarchicalVAE._iw_chunk,
@@ -523,7 +526,8 @@ class HierarchicalVAE(nn.Module):
         tensors are fresh pages at every allocation; an ``lvae_mnist`` bound takes a tenth of the memory
         of fixed 32,768-row chunks, at the same speed). On a CPU the first call keeps freed memory in the
         process (:func:`hvae.allocator.retain_freed_memory`).
-        Full chunks may run compiled (:meth:`set_compile`). Call ``model.eval()`` first for networks with
+        Full chunks may run compiled (:meth:`set_compile`; on a CPU with frozen weights, checked at every call
+        against the weights the chunks were compiled with). Call ``model.eval()`` first for networks with
         batch norm.
         """
         self._check_input(x)
