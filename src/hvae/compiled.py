@@ -17,8 +17,8 @@ per model:
 
 The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full
 chunks of importance samples of the IW bound (1.4-1.6x faster compiled on a CPU, with frozen weights);
-sampling and the other evaluation calls stay eager. If compiling or a compiled call raises, the model goes on eagerly and says why
-in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
+sampling and the other evaluation calls stay eager. If compiling or a compiled call raises, the model goes
+on eagerly and says why in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
 training: forward, backward, optimizer and data, as the user's loop runs them); any other call in between
 restarts the clock.
 
