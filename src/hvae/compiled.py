@@ -15,10 +15,10 @@ per model:
   1.5x faster compiled step 1.07x). Where the caller knows how many steps are left (the trainer does),
   a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either.
 
-The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full
-chunks of importance samples of the IW bound (1.4-1.6x faster compiled on a CPU, with frozen weights);
-sampling and the other evaluation calls stay eager. If compiling or a compiled call raises, the model goes
-on eagerly and says why in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
+The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full chunks
+of importance samples of the IW bound (1.4-1.6x faster compiled on a CPU, with frozen weights); sampling and
+the other evaluation calls stay eager. If compiling or a compiled call raises, the model goes on eagerly and
+says why in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
 training: forward, backward, optimizer and data, as the user's loop runs them); any other call in between
 restarts the clock.
 
