@@ -88,10 +88,12 @@ class Gaussian:
         return self.mu.shape
 
     def rsample(self, temperature: float = 1.0) -> Tensor:
-        """Reparameterised sample mu + t * sigma * eps; temperature 0 gives the mean."""
+        """Reparameterised sample mu + t * sigma * eps; temperature 0 gives the mean. The noise is drawn in
+        the logical order of the elements whatever the memory layout of ``mu`` (channels-last in a compiled
+        convolutional graph, say), so one seed gives the same sample eager or compiled."""
         if temperature == 0:
             return self.mu
-        return self.mu + temperature * self.sigma * torch.randn_like(self.mu)
+        return self.mu + temperature * self.sigma * torch.randn_like(self.mu, memory_format=torch.contiguous_format)
 
     def sample(self, temperature: float = 1.0) -> Tensor:
         with torch.no_grad():
@@ -209,9 +211,10 @@ class GaussianFamily(LatentFamily):
 
 
 def _uniform_open(t: Tensor) -> Tensor:
-    """U(0, 1) noise kept off 0 and 1 so that its logarithms stay finite."""
+    """U(0, 1) noise kept off 0 and 1 so that its logarithms stay finite, in the elements' logical order
+    (see :meth:`Gaussian.rsample`)."""
     fi = torch.finfo(t.dtype)
-    return torch.rand_like(t).clamp(fi.tiny, 1.0 - fi.eps)
+    return torch.rand_like(t, memory_format=torch.contiguous_format).clamp(fi.tiny, 1.0 - fi.eps)
 
 
 class Categorical:
