@@ -207,24 +207,40 @@ def test_auto_skips_a_compile_that_the_steps_left_cannot_repay(monkeypatch):
 
 def test_a_frozen_compile_is_dropped_when_its_weights_change(monkeypatch):
     """A graph compiled with frozen weights keeps the values it was compiled with: ``check_weights`` compares the
-    weights with their copy, bit for bit, and drops the graph when any differs or is another tensor."""
-    w = torch.ones(3)
+    weights with their copy, bit for bit, and drops the graph when any differs or is another tensor; the
+    compile after that is unfrozen (its weights are inputs, valid whatever they become)."""
+    w = torch.tensor([1.0, float("nan"), 1.0])
     lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always", freeze=lambda: [w])
+    fake, how = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: how.append(kw) or fake(fn, **kw))
     compiles = lambda: sum(e.startswith("compiling") for e in lazy.events)  # noqa: E731
     lazy(0)
-    lazy.check_weights()
+    assert how[-1].get("fullgraph") and lazy._frozen is not None  # frozen: one whole graph
+    lazy.check_weights()  # a NaN equals itself bit for bit: nothing changed
     lazy(0)
     assert calls == ["compiled", "compiled"] and compiles() == 1 and lazy.status == "compiled"
-    w.data[1] = float("nan")  # through .data: no version counter sees it (nor one of fused Adam's steps)
+    w.data[0] = 3.0  # through .data: no version counter sees it (nor one of fused Adam's steps)
     lazy.check_weights()
     assert lazy.compiled is None and lazy.status.startswith("eager (the weights changed since the compile")
     lazy(0)
-    assert calls[-1] == "compiled" and compiles() == 2  # always: compiled again with the new weights
-    lazy.check_weights()  # a NaN equals itself bit for bit: nothing changed
-    assert compiles() == 2 and lazy.compiled is not None
-    w = w.clone()  # the same values in another tensor (a parameter replaced): the graph's constant is not it
+    assert calls[-1] == "compiled" and compiles() == 2  # always: compiled again at the next call,
+    assert lazy._frozen is None and not how[-1].get("fullgraph")  # unfrozen
+    w.data[0] = 4.0
+    lazy.check_weights()  # nothing frozen: the weights are the graph's inputs
+    assert lazy.compiled is not None and compiles() == 2
+
+
+def test_a_replaced_weight_drops_a_frozen_compile(monkeypatch):
+    weights = [torch.ones(3)]
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always", freeze=lambda: weights)
+    lazy(0)
+    weights[0] = weights[0].clone()  # the same values in another tensor: the graph's constant is not it
     lazy.check_weights()
     assert lazy.compiled is None
+    lazy(0)
+    weights[0] = weights[0].to(torch.float64)
+    lazy.check_weights()
+    assert lazy.compiled is not None  # unfrozen since the first change
 
 
 def test_after_its_weights_change_auto_runs_eagerly_until_the_budget_again(monkeypatch):
@@ -236,7 +252,7 @@ def test_after_its_weights_change_auto_runs_eagerly_until_the_budget_again(monke
     assert lazy.status == "compiled (2.00x faster)"
     w.add_(1)
     lazy.check_weights()
-    assert lazy.status == "eager (the weights changed since the compile; compiling again after 10 s)"
+    assert lazy.status == "eager (the weights changed since the compile; compiling again after 10 s, unfrozen)"
     n = len(calls)
     for _ in range(10):  # the interval before the first is not an eager chunk's: 9 s counted
         lazy(0)
@@ -257,7 +273,8 @@ def test_weights_off_the_cpu_and_no_freeze_are_never_frozen(monkeypatch):
 def test_a_frozen_compiled_iw_bound_follows_the_weights():
     """A real inductor compile with frozen weights (a CPU): the compiled chunks give the eager bound, and after a
     fused Adam step (which bumps no version counter) and a ``load_state_dict`` they give the new weights' bound,
-    not the one the graph was compiled with."""
+    not the one the graph was compiled with (the compile after the step, unfrozen, must not find the frozen
+    graph again)."""
     torch.manual_seed(0)
     model = hvae.build_model(hvae.presets.small()).eval()
     twin = hvae.build_model(hvae.presets.small()).eval()
@@ -286,11 +303,12 @@ def test_a_frozen_compiled_iw_bound_follows_the_weights():
         m.eval()
     stepped = bounds()
     assert torch.allclose(*stepped, atol=1e-4) and not torch.allclose(stepped[0], first[0], atol=1e-2)
+    assert model.iw_compiler._frozen is None  # compiled again, unfrozen: the weights are its inputs
     other = hvae.build_model(hvae.presets.small()).state_dict()
     model.load_state_dict(other)
     twin.load_state_dict(other)
     assert torch.allclose(*bounds(), atol=1e-4)
-    assert sum(e.startswith("compiling") for e in model.iw_compiler.events) == 3
+    assert sum(e.startswith("compiling") for e in model.iw_compiler.events) == 2
 
 
 def test_a_compiled_convolutional_iw_bound_draws_the_eager_noise():

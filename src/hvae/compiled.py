@@ -29,7 +29,12 @@ was compiled with, so :meth:`LazyCompile.check_weights`, called before each batc
 tensors ``freeze()`` names with a copy taken at the compile (bit for bit) and drops the compiled chunk
 when any differs: a training step, ``load_state_dict`` or an edit through ``.data`` in between can never
 leave a bound computed with old weights. After such a change ``always`` compiles again at the next call
-and ``auto`` goes back to eager (compiling again once the chunks have run ``after_s`` seconds).
+and ``auto`` goes back to eager (compiling again once the chunks have run ``after_s`` seconds), both
+without freezing: weights that change between bounds would need a compile for every bound, and inductor
+keeps every frozen graph's constants until the process ends. The frozen graph is compiled whole
+(``fullgraph``), from a copy of the function with its own code object: dynamo keeps compiled graphs per
+code object and, guarding the weight tensors' identity but not their values, would otherwise find the
+frozen graph again after the weights changed.
 """
 
 from __future__ import annotations
@@ -76,7 +81,9 @@ class LazyCompile:
         self.options = {"fallback_random": True} if options is None else options
         self.compiled: Callable | None = None
         self.freeze = freeze
-        self._frozen: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (weight, its copy at the compile)
+        # (weight, its dtype, a copy of its bits at the compile); _thawed: a frozen graph was dropped
+        self._frozen: list[tuple[torch.Tensor, torch.dtype, torch.Tensor]] | None = None
+        self._thawed = False
         self.status = "eager"
         self.events: list[str] = []
         self._eager_s = 0.0  # training time spent eagerly
@@ -147,15 +154,21 @@ class LazyCompile:
         keeps its compiled graphs per code object and would find a frozen graph again for the same weight
         tensors after their values changed; a fresh code object starts with no graphs."""
         fn = self.fn
-        if self._freezes():
-            fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-            self._frozen = [(t, _bits(t).clone()) for t in self.freeze()]
-        return torch.compile(fn, options=self.options)
+        if not self._freezes():
+            return torch.compile(fn, options=self.options)
+        fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        self._frozen = [(t, t.dtype, _bits(t).clone()) for t in self.freeze()]
+        # one graph: after a graph break dynamo would compile the rest of a called function under that
+        # function's own code object, where a frozen graph of old weights could be found again; with
+        # fullgraph a break fails the compile and the chunks run eagerly
+        return torch.compile(fn, fullgraph=True, options=self.options)
 
     def _freezes(self) -> bool:
-        """Whether a compile now freezes the weights: asked for, and all of them on a CPU (where inductor packs
-        them for its matrix kernels; on an accelerator the chunks compile as in training)."""
-        return self.freeze is not None and all(t.device.type == "cpu" for t in self.freeze())
+        """Whether a compile now freezes the weights: asked for, all of them on a CPU (where inductor packs
+        them for its matrix kernels; on an accelerator the chunks compile as in training), and no frozen
+        graph dropped before (weights that change between calls, as in a loop that trains between bounds,
+        compile unfrozen: inductor keeps each frozen graph's constants for the life of the process)."""
+        return self.freeze is not None and not self._thawed and all(t.device.type == "cpu" for t in self.freeze())
 
     def _freezing(self):
         """The context of a compiled call: inductor's freezing on for a frozen graph (a call may compile or
@@ -174,15 +187,17 @@ class LazyCompile:
         now = list(self.freeze())
         if len(now) == len(self._frozen) and all(map(_unchanged, now, self._frozen)):
             return
-        self.compiled, self._frozen, self._done = None, None, False
+        self.compiled, self._frozen, self._done, self._thawed = None, None, False, True
         if self.mode == "always":
-            self._say("eager (the weights changed since the compile; compiling again at the next call)")
-        else:  # auto: back to the eager clock; a run long enough compiles again
+            self._say("eager (the weights changed since the compile; compiling again at the next call, unfrozen)")
+        else:  # auto: back to the eager clock; a run long enough compiles again, unfrozen
             self._eager_s, self._last = 0.0, None
             self._eager_steps.clear()
             self._compiled_steps.clear()
             self._probe_eager.clear()
-            self._say(f"eager (the weights changed since the compile; compiling again after {self.after_s:.0f} s)")
+            self._say(
+                f"eager (the weights changed since the compile; compiling again after {self.after_s:.0f} s, unfrozen)"
+            )
 
     def _due(self) -> bool:
         if self.mode == "always":
@@ -212,15 +227,15 @@ class LazyCompile:
 _INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _unchanged(t: torch.Tensor, kept: tuple[torch.Tensor, torch.Tensor]) -> bool:
-    """Whether ``t`` is the tensor ``kept`` names, with the same bits as its copy."""
-    w, c = kept
-    return t is w and t.device == c.device and t.shape == c.shape and torch.equal(_bits(t), c)
+def _unchanged(t: torch.Tensor, kept: tuple[torch.Tensor, torch.dtype, torch.Tensor]) -> bool:
+    """Whether ``t`` is the tensor ``kept`` names, of the same dtype, with the same bits as its copy."""
+    w, dtype, c = kept
+    return t is w and t.dtype == dtype and t.device == c.device and t.shape == c.shape and torch.equal(_bits(t), c)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """``t`` seen as integers of its width, so that comparing two copies is bit for bit (a NaN equals itself)."""
     t = t.detach()
-    if (t.is_floating_point() or t.is_complex()) and t.element_size() in _INTS and t.is_contiguous():
-        return t.view(_INTS[t.element_size()])
+    if (t.is_floating_point() or t.is_complex()) and t.element_size() in _INTS:
+        return t.contiguous().view(_INTS[t.element_size()])  # a copy only for a non-contiguous weight
     return t
