@@ -23,18 +23,18 @@ training: forward, backward, optimizer and data, as the user's loop runs them); 
 restarts the clock.
 
 **Frozen weights** (``freeze``, the IW bound's chunks on a CPU): inductor's freezing treats the weights as
-constants, so it packs each linear map's weights once for the CPU's matrix kernels and folds batch norm
-into them (1.1-1.3x faster chunks than compiled without it, interleaved). A frozen graph goes on using the weights it
-was compiled with, so :meth:`LazyCompile.check_weights`, called before each batch of calls, compares the
-tensors ``freeze()`` names with a copy taken at the compile (bit for bit) and drops the compiled chunk
-when any differs: a training step, ``load_state_dict`` or an edit through ``.data`` in between can never
-leave a bound computed with old weights. After such a change ``always`` compiles again at the next call
-and ``auto`` goes back to eager (compiling again once the chunks have run ``after_s`` seconds), both
-without freezing: weights that change between bounds would need a compile for every bound, and inductor
-keeps every frozen graph's constants until the process ends. The frozen graph is compiled whole
-(``fullgraph``), from a copy of the function with its own code object: dynamo keeps compiled graphs per
-code object and, guarding the weight tensors' identity but not their values, would otherwise find the
-frozen graph again after the weights changed.
+constants, so it packs each linear map's weights once for the CPU's matrix kernels and folds batch norm into
+them (1.1-1.3x faster chunks than compiled without it, interleaved). A frozen graph goes on using the
+weights it was compiled with, so :meth:`LazyCompile.check_weights`, called before each batch of calls,
+compares the tensors ``freeze()`` names with a copy taken at the compile (bit for bit) and drops the
+compiled chunk when any differs: a training step, ``load_state_dict`` or an edit through ``.data`` in
+between can never leave a bound computed with old weights. After such a change ``always`` compiles again at
+the next call and ``auto`` goes back to eager (compiling again once the chunks have run ``after_s``
+seconds), both without freezing: weights that change between bounds would need a compile for every bound,
+and inductor keeps every frozen graph's constants until the process ends. The frozen graph is compiled whole
+(``fullgraph``), from a copy of the function with its own code object: dynamo keeps compiled graphs per code
+object and, guarding the weight tensors' identity but not their values, would otherwise find the frozen
+graph again after the weights changed.
 """
 
 from __future__ import annotations

@@ -205,8 +205,8 @@ class HierarchicalVAE(nn.Module):
         steps remain: ``auto`` skips a training compile that little training is left to repay.
         On a CPU the IW chunks compile with frozen weights (:mod:`hvae.compiled`): a change of the weights
         after the compile is noticed at the next bound, which compiles again (``always``) or runs eagerly
-        (``auto``). ``self.compiler.status`` and ``self.iw_compiler.status`` say what happened. Sampling is
-        eager."""
+        (``auto``), unfrozen from then on. ``self.compiler.status`` and ``self.iw_compiler.status`` say what
+        happened. Sampling is eager."""
         self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
         self.iw_compiler = LazyCompile(
             HierarchicalVAE._iw_chunk,
