@@ -304,7 +304,6 @@ def iw_eval(
             extra = floor_of_other(0.0, products, twin_run, _DEVICE, min(0.05, min_time / 4), packed=True)
     else:  # a compiled chunk hides its products: the eager row's, timed again beside this bound
         products, extra = floor_of["_products"], floor_of["_written_extra"]
-    run()
     timed = _floor_beside(products, run, min_time, packed=True)
     sec, floor = timed["seconds"], timed["floor_seconds"]
     in_situ = products_in_situ(run, max(1, round(min_time / sec)), _DEVICE) if floor_of is None else None
@@ -703,9 +702,7 @@ def _pct(x: float | None) -> str:
 def _written(r: dict, rate: str) -> str:
     """The two cells of the floor as written: its rate, and the fraction of it the row reaches."""
     w = r.get(f"written_floor_{rate}")
-    if w is None:
-        return "— | —"
-    return f"{w:,.0f} | {r.get('fraction_of_written_floor') or r[rate] / w:.0%}"
+    return "— | —" if w is None else f"{w:,.0f} | {r['fraction_of_written_floor']:.0%}"
 
 
 def tables(res: dict) -> str:

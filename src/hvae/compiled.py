@@ -153,22 +153,26 @@ class LazyCompile:
         """``torch.compile(fn)``; with frozen weights, of a copy of ``fn`` with its own code object. Dynamo
         keeps its compiled graphs per code object and would find a frozen graph again for the same weight
         tensors after their values changed; a fresh code object starts with no graphs."""
-        fn = self.fn
-        if not self._freezes():
+        fn, weights = self.fn, self._weights_to_freeze()
+        if weights is None:
             return torch.compile(fn, options=self.options)
         fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        self._frozen = [(t, t.dtype, _bits(t).clone()) for t in self.freeze()]
+        self._frozen = [(t, t.dtype, _bits(t).clone()) for t in weights]
         # one graph: after a graph break dynamo would compile the rest of a called function under that
         # function's own code object, where a frozen graph of old weights could be found again; with
         # fullgraph a break fails the compile and the chunks run eagerly
         return torch.compile(fn, fullgraph=True, options=self.options)
 
-    def _freezes(self) -> bool:
-        """Whether a compile now freezes the weights: asked for, all of them on a CPU (where inductor packs
-        them for its matrix kernels; on an accelerator the chunks compile as in training), and no frozen
-        graph dropped before (weights that change between calls, as in a loop that trains between bounds,
-        compile unfrozen: inductor keeps each frozen graph's constants for the life of the process)."""
-        return self.freeze is not None and not self._thawed and all(t.device.type == "cpu" for t in self.freeze())
+    def _weights_to_freeze(self) -> list[torch.Tensor] | None:
+        """The weights a compile now freezes, or None where it does not: freezing asked for, all of them on a
+        CPU (where inductor packs them for its matrix kernels; on an accelerator the chunks compile as in
+        training), and no frozen graph dropped before (weights that change between calls, as in a loop that
+        trains between bounds, compile unfrozen: inductor keeps each frozen graph's constants for the life
+        of the process)."""
+        if self.freeze is None or self._thawed:
+            return None
+        weights = list(self.freeze())
+        return weights if all(t.device.type == "cpu" for t in weights) else None
 
     def _freezing(self):
         """The context of a compiled call: inductor's freezing on for a frozen graph (a call may compile or

@@ -136,11 +136,12 @@ class Adam(torch.optim.Adam):
             states = [self.state.get(p) for p in params]
             if not _plain(group) or not params:
                 return None
-            if any(not s or {"step", "exp_avg", "exp_avg_sq"} - s.keys() for s in states):
+            if (
+                any(not s or {"step", "exp_avg", "exp_avg_sq"} - s.keys() for s in states)
+                or len({(p.device, p.dtype) for p in params}) != 1
+                or any(torch.is_complex(p) for p in params)
+            ):
                 self._gathered_at = len(self.state)  # tried again once a step has made more state
-                return None
-            if len({(p.device, p.dtype) for p in params}) != 1 or any(torch.is_complex(p) for p in params):
-                self._gathered_at = len(self.state)
                 return None
             found.append((group, params, states))
         groups = []
