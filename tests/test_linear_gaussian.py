@@ -90,8 +90,18 @@ def _data(n=4, seed=1):
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed))
 
 
+def _room_for(model, samples: int, monkeypatch) -> None:
+    """Automatic IW chunks of ``samples`` samples per input of ``_data()``, the widest tensor per input
+    measured again at the next bound."""
+    import hvae.model as model_module
+
+    model.log_likelihood(_data(), num_samples=1)  # measures the widest tensor per input
+    width = model._iw_widths.pop((D,))
+    monkeypatch.setitem(model_module.IW_CHUNK_ELEMENTS, "cpu", samples * len(_data()) * width)
+
+
 @pytest.mark.parametrize("scale_param", ["std", "variance"])
-def test_elbo_equals_log_px_with_exact_posterior(scale_param):
+def test_elbo_equals_log_px_with_exact_posterior(scale_param, monkeypatch):
     model, params = _linear_model(scale_param=scale_param)
     m, S, levels = _exact(params)
     _set_posterior(model, levels)
@@ -104,6 +114,12 @@ def test_elbo_equals_log_px_with_exact_posterior(scale_param):
     # the per-tensor budget, then the rest) and explicit ones
     assert torch.allclose(model.log_likelihood(x, num_samples=37), exact, atol=2e-4)
     assert torch.allclose(model.log_likelihood(x, num_samples=37, chunk_size=10), exact, atol=2e-4)
+    # a last chunk padded to the others' size counts only its first samples (one more would add log(31/30))
+    model, x = _linear_model(scale_param=scale_param)[0], _data()
+    _set_posterior(model, levels)
+    _room_for(model, 7, monkeypatch)
+    assert torch.allclose(model.log_likelihood(x, num_samples=30), exact, atol=2e-4)  # 1, then 6 x 6 for 29
+    assert torch.allclose(model.log_likelihood(x, num_samples=33), exact, atol=2e-4)  # 5 x 7 for 33
     # the analytic-KL ELBO is unbiased for the same value
     n = 20000
     elbo = model(x.repeat(n, 1), beta=1.0).elbo.view(n, -1)

@@ -275,28 +275,32 @@ def test_iw_automatic_chunks_keep_every_per_row_tensor_under_the_budget(block, m
     model = _model(block).eval()
     x = _x(model)
     with torch.no_grad(), Widest(B) as one:  # one importance sample: the widest tensor per input
-        model._iw_chunk(torch.zeros(B), model._bottom_up(x), model.likelihood.prepare(x), 1)
+        model._iw_log_weights(model._bottom_up(x), model.likelihood.prepare(x), 1)
     width = one.numel // B
     budget = 7 * B * width + 3  # room for 7 samples per input
     monkeypatch.setitem(model_module.IW_CHUNK_ELEMENTS, "cpu", budget)
     chunks, widest = [], []
-    run_chunk = model._iw_chunk
+    run_chunk = model._iw_log_weights
 
-    def spy(total, ctxs, x_k, k):
+    def spy(ctxs, x_k, k):
         chunks.append(k)
         with Widest(k * B) as w:
-            out = run_chunk(total, ctxs, x_k, k)
+            out = run_chunk(ctxs, x_k, k)
         widest.append(w.numel)
         return out
 
-    monkeypatch.setattr(model, "_iw_chunk", spy)  # the first and last chunks
-    monkeypatch.setattr(model.iw_compiler, "fn", lambda self, *args: spy(*args))  # full ones (eager)
+    monkeypatch.setattr(model, "_iw_log_weights", spy)  # the first sample, and a shorter last chunk
+    monkeypatch.setattr(model.iw_compiler, "fn", lambda self, *args: spy(*args))  # the others (eager)
     model.log_likelihood(x, num_samples=30)
-    assert chunks == [1, 7, 7, 7, 7, 1]  # the first sample alone measures; then full chunks, the rest last
+    # the first sample alone measures; then 29 in five even chunks: the last, one short, runs at their size
+    assert chunks == [1, 6, 6, 6, 6, 6]
     assert max(widest) <= budget
     chunks.clear()
+    model.log_likelihood(x, num_samples=30)  # the width is known for this input shape: no sample alone
+    assert chunks == [6, 6, 6, 6, 6]
+    chunks.clear()
     model.log_likelihood(x, num_samples=30, chunk_size=12)  # an explicit chunk size is kept
-    assert chunks == [12, 12, 6]
+    assert chunks == [12, 12, 6]  # the last, short by half, runs at its own size
     with pytest.raises(ValueError, match="chunk_size"):
         model.log_likelihood(x, num_samples=3, chunk_size=0)
 

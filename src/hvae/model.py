@@ -86,6 +86,11 @@ def _temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
 IW_CHUNK_ELEMENTS = {"cpu": 2**21, "accelerator": 2**26}
 
 
+def _add_log_weights(total: Tensor, lw: Tensor) -> Tensor:
+    """The running log-sum-exp ``total`` (B,) with the log weights ``lw`` (k, B) added."""
+    return torch.logaddexp(total, torch.logsumexp(lw, dim=0))
+
+
 class _WidestRow(torch.overrides.TorchFunctionMode):
     """The most elements per row of the tensors of ``rows`` rows that the torch functions called inside it
     return (tensors of other leading sizes, such as weights folded with batch norm, are not per row)."""
@@ -195,6 +200,7 @@ class HierarchicalVAE(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # keep last: it tracks every conv / linear weight built above
         self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
+        self._iw_widths: dict[tuple[int, ...], int] = {}  # per input shape: see log_likelihood
         self.set_compile()
 
     def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:
@@ -209,7 +215,7 @@ class HierarchicalVAE(nn.Module):
         happened. Sampling is eager."""
         self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
         self.iw_compiler = LazyCompile(
-            HierarchicalVAE._iw_chunk,
+            HierarchicalVAE._iw_log_weights,
             mode=mode,
             after_s=after_s,
             steps="chunks of importance samples",
@@ -521,11 +527,14 @@ class HierarchicalVAE(nn.Module):
 
         The bottom-up pass runs once per input; the top-down pass runs on ``chunk_size`` copies at a time
         (memory stays bounded for any K), accumulated by a running log-sum-exp in float32. By default the
-        first importance sample runs alone and measures the widest tensor of a pass per input; the chunks
-        after it hold as many samples as keep every tensor under ``IW_CHUNK_ELEMENTS`` (on a CPU, larger
-        tensors are fresh pages at every allocation; an ``lvae_mnist`` bound takes a tenth of the memory
-        of fixed 32,768-row chunks, at the same speed). On a CPU the first call keeps freed memory in the
-        process (:func:`hvae.allocator.retain_freed_memory`).
+        chunks hold as many samples as keep every tensor of a pass under ``IW_CHUNK_ELEMENTS`` (on a CPU,
+        larger tensors are fresh pages at every allocation; an ``lvae_mnist`` bound takes a tenth of the
+        memory of fixed 32,768-row chunks, at the same speed), spread evenly over the K samples: the first
+        bound for an input shape runs its first importance sample alone to measure the widest tensor per
+        input. A last chunk short of the others by at most a quarter runs at their size, and only its first
+        samples count (so all chunks may run compiled); an explicit ``chunk_size`` is kept as given, and a
+        shorter last chunk runs eagerly. On a CPU the first call keeps freed memory in the process
+        (:func:`hvae.allocator.retain_freed_memory`).
         Full chunks may run compiled (:meth:`set_compile`; on a CPU with frozen weights, checked at every call
         against the weights the chunks were compiled with). Call ``model.eval()`` first for networks with
         batch norm.
@@ -542,11 +551,15 @@ class HierarchicalVAE(nn.Module):
         total = torch.full((B,), -math.inf, device=x.device)
         done = 0
         if chunk_size is None:
-            with _WidestRow(B) as widest:
-                total = self._iw_chunk(total, ctxs, prepared, 1)
-            done = 1
+            shape = tuple(x.shape[1:])
+            if shape not in self._iw_widths:  # the widest tensor of a pass per input: the shapes alone decide it
+                with _WidestRow(B) as widest:
+                    total = _add_log_weights(total, self._iw_log_weights(ctxs, prepared, 1))
+                self._iw_widths[shape], done = widest.width, 1
             budget = IW_CHUNK_ELEMENTS["cpu" if x.device.type == "cpu" else "accelerator"]
-            chunk_size = max(1, budget // widest.width // B)
+            most = max(1, budget // self._iw_widths[shape] // B)
+            left = num_samples - done
+            chunk_size = -(-left // -(-left // most)) if left else 1  # as many chunks as needed, sized evenly
         k_max = min(chunk_size, num_samples - done)
         if k_max > 0:  # tiled once to a full chunk; a shorter last chunk takes a prefix
             ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(prepared, k_max)
@@ -554,18 +567,18 @@ class HierarchicalVAE(nn.Module):
         self.iw_compiler.check_weights()  # a chunk compiled with frozen weights needs the same weights
         while done < num_samples:
             k = min(k_max, num_samples - done)
-            if k == k_max:  # full chunks, all of one shape, may run compiled
-                total = self.iw_compiler(self, total, ctxs_k, x_k, k)
+            if k == k_max or (k_max - k) * 4 <= k_max:  # one shape for all: they may run compiled
+                lw = self.iw_compiler(self, ctxs_k, x_k, k_max)[:k]  # the samples past K are dropped
             else:
-                total = self._iw_chunk(total, [c[: k * B] for c in ctxs_k], x_k[: k * B], k)
+                lw = self._iw_log_weights([c[: k * B] for c in ctxs_k], x_k[: k * B], k)
+            total = _add_log_weights(total, lw)
             done += k
         return total - math.log(num_samples)
 
-    def _iw_chunk(self, total: Tensor, ctxs_k: list[Tensor], x_k: Tensor, k: int) -> Tensor:
-        """The running log-sum-exp ``total`` (B,) updated with ``k`` importance samples per input."""
+    def _iw_log_weights(self, ctxs_k: list[Tensor], x_k: Tensor, k: int) -> Tensor:
+        """log p(x, z) - log q(z | x) of ``k`` importance samples per input, (k, B)."""
         run = self._infer(None, ctxs=ctxs_k)
-        lw = self._log_weights(x_k, run, prepared=True).view(k, -1)
-        return torch.logaddexp(total, torch.logsumexp(lw, dim=0))
+        return self._log_weights(x_k, run, prepared=True).view(k, -1)
 
     def bits_per_dim(self, log_px: Tensor) -> Tensor:
         """Convert a bound in nats per example to bits per dimension: -bound / (D ln 2)."""
