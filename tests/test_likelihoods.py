@@ -240,10 +240,10 @@ def test_prepared_data_score_as_the_data(shape):
     assert torch.equal(Bernoulli(shape).prepare(x), (1 - 2 * x).reshape(5, *((1,) if len(shape) == 1 else ()), *shape))
 
 
-@pytest.mark.parametrize("d", [784, 64, 37])
+@pytest.mark.parametrize("d", [784, 64, 67])
 def test_grouped_softplus_sum_matches_float64(d):
     """The compiled IW bound sums softplus as sum relu(y) + sum log prod(1 + e^-|y|) over groups: against
-    float64 softplus, to float32 rounding, for logits from 1e-3 to 80 in size (a prime width has groups of 1)."""
+    float64 softplus, to float32 rounding, for logits from 1e-3 to 80 in size (a prime width above 64: softplus)."""
     torch.manual_seed(0)
     y = torch.randn(50, d) * torch.logspace(-3, math.log10(80), d)
     want = F.softplus(y.double()).sum(1)
@@ -251,9 +251,10 @@ def test_grouped_softplus_sum_matches_float64(d):
         got = sum_softplus(y, grouped=grouped)
         assert got.dtype == torch.float32 and got.shape == (50,)
         assert torch.allclose(got.double(), want, rtol=2e-6, atol=1e-4), grouped
-    assert [_softplus_groups(d) for d in (784, 64, 37, 13)] == [28, 32, 1, 13]
+    # the most factors up to 64, for products that fill vectors of 16: 784 = 49 x 16, 3072 = 64 x 48
+    assert [_softplus_groups(d) for d in (784, 3072, 64, 96, 37, 67)] == [49, 64, 4, 6, 37, 1]
     # one wide row that a product over all of it would overflow: groups keep every product finite
-    wide = torch.full((1, 784), -60.0)
+    wide = torch.full((1, 3072), -60.0)
     assert torch.isfinite(sum_softplus(wide, grouped=True)).all()
     assert torch.allclose(sum_softplus(-wide, grouped=True).double(), F.softplus(-wide.double()).sum(1), rtol=1e-6)
 
