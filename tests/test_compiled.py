@@ -207,6 +207,48 @@ def test_auto_skips_a_compile_that_the_steps_left_cannot_repay(monkeypatch):
     assert set(calls) == {"eager"} and short.status == "eager"
 
 
+def test_auto_compiles_at_once_when_the_work_left_repays_it_and_never_when_it_cannot(monkeypatch):
+    left = [None]
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
+    lazy.work_left = lambda: left[0]
+    lazy(0)
+    lazy(0)
+    assert set(calls) == {"eager"}  # not known yet, and far from 10 s of eager steps
+    left[0] = 12.0
+    lazy(0)
+    assert calls[-1] == "compiled"  # 12 s of eager calls to come >= 10 s: at once
+    short, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
+    short.work_left = lambda: 9.0
+    for _ in range(30):  # 29 s of eager steps, past after_s: what is left decides
+        short(0)
+    assert set(calls) == {"eager"} and short.status == "eager"
+
+
+def test_evaluation_compiles_the_bound_from_its_first_batch(monkeypatch):
+    """``evaluate`` times its first bound and tells the IW policy what the others would take eagerly."""
+    from hvae.evaluate import evaluate
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager"))
+    x = torch.bernoulli(torch.full((12, 64), 0.5))
+    for after_s, compiles in ((0.0, True), (1e6, False)):
+        model = hvae.build_model(hvae.presets.small()).eval()
+        model.set_compile("auto", after_s=after_s)
+        seen, run = [], model.iw_compiler.fn
+
+        def spy(self, *args, seen=seen, run=run):  # what the policy is told at each chunk
+            seen.append(self.iw_compiler.work_left())
+            return run(self, *args)
+
+        model.iw_compiler.fn = spy
+        evaluate(model, x, num_samples=4, chunk_size=2, batch_size=4)  # 3 bounds of 2 chunks: 6 < 20 eager steps
+        assert any(e.startswith("compiling") for e in model.iw_compiler.events) == compiles
+        assert seen[:2] == [None, None]  # the first bound is not timed yet
+        if not compiles:
+            assert len(seen) == 6 and seen[2] == 2 * seen[4] > 0  # two bounds left, then one
+        assert model.iw_compiler.work_left is None  # the model's own policy again after the evaluation
+
+
 def test_a_frozen_compile_is_dropped_when_its_weights_change(monkeypatch):
     """A graph compiled with frozen weights keeps the values it was compiled with: ``check_weights`` compares the
     weights with their copy, bit for bit, and drops the graph when any differs or is another tensor; the

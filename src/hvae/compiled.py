@@ -13,7 +13,9 @@ per model:
   are timed, and keep whichever is faster (interleaved, as a machine's speed can drift by tens of percent
   within minutes: against the eager steps before the compile, a shared 2-core machine once judged a
   1.5x faster compiled step 1.07x). Where the caller knows how many steps are left (the trainer does),
-  a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either.
+  a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either. Where it
+  knows how many seconds of eager calls are left (``work_left``: :func:`hvae.evaluate.evaluate` after its
+  first batch), the loop compiles as soon as that is at least ``after_s``, and not otherwise.
 
 The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full chunks
 of importance samples of the IW bound (1.4-1.6x faster compiled on a CPU, with frozen weights); sampling and
@@ -71,11 +73,14 @@ class LazyCompile:
         steps: str = "training steps",
         options: dict | None = None,
         freeze: Callable[[], Iterable[torch.Tensor]] | None = None,
+        work_left: Callable[[], float | None] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.fn, self.mode, self.after_s, self.probe, self.skip = fn, mode, after_s, probe, skip
         self.clock, self.steps_left, self.steps = clock, steps_left, steps
+        # seconds of eager calls the caller still expects (None: not known yet); see _due
+        self.work_left = work_left
         # inductor's own random numbers cost ~40 ns each on a CPU (one Philox draw per element, not
         # vectorised) against ~3 ns for eager's normal_: the reparameterisation noise comes from eager
         self.options = {"fallback_random": True} if options is None else options
@@ -206,6 +211,9 @@ class LazyCompile:
     def _due(self) -> bool:
         if self.mode == "always":
             return True
+        left = self.work_left() if self.work_left is not None else None
+        if left is not None:  # the caller knows: compile as soon as what is left would take after_s eagerly
+            return left >= self.after_s
         if self._eager_s < self.after_s or len(self._eager_steps) < min(self.probe, self._eager_steps.maxlen):
             return False
         if self.steps_left is not None and self.steps_left() * statistics.median(self._eager_steps) < self.after_s:

@@ -106,12 +106,22 @@ def evaluation_sums(
     sums["kl"] += torch.stack([k.double().sum() for k in terms["kl"]])
     iw = []
     batches = [model.trim_padding(xb) for xb in _by_length(model, x)[1].split(batch_size)]  # the sums ignore order
+    todo = len(batches)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"IW bound (K={num_samples})", leave=False)
-    for xb in batches:
-        iw.append(model.log_likelihood(xb, num_samples=num_samples, chunk_size=chunk_size))
+    first: list[float] = []  # the first bound's seconds, eager: what each of the others would take eagerly
+    lazy, before = model.iw_compiler, model.iw_compiler.work_left
+    lazy.work_left = lambda: first[0] * (todo - len(iw)) if first else None
+    try:
+        for xb in batches:
+            start = time.perf_counter()
+            iw.append(model.log_likelihood(xb, num_samples=num_samples, chunk_size=chunk_size))
+            if not first:
+                first.append(time.perf_counter() - start)
+    finally:
+        lazy.work_left = before
     iw = torch.cat(iw).double()
     sums["iw"] += torch.stack([iw.sum(), (iw**2).sum()])
     means = [torch.cat(m).flatten(1) for m in zip(*(model.encode(xb, sample=False) for xb in x.split(batch_size)))]
