@@ -194,12 +194,14 @@ def test_a_compiled_training_step_matches_the_eager_one():
 
 def test_auto_skips_a_compile_that_the_steps_left_cannot_repay(monkeypatch):
     left = [100]
-    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=30, probe=3)
     lazy.steps_left = lambda: left[0]
-    for _ in range(12):
+    for _ in range(4):
         lazy(0)
         left[0] -= 1
-    assert "compiled" in calls  # 88 steps of 1 s left > 10 s: worth compiling
+    # three timed eager steps (the first call has no interval before it), 3 s of the 30: 97 steps of 1 s
+    # left repay a compile, so it compiles at once
+    assert calls == ["eager"] * 3 + ["compiled"]
     short, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=10, probe=3)
     short.steps_left = lambda: 5  # 5 s of eager steps left < 10 s
     for _ in range(30):

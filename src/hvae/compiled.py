@@ -12,10 +12,10 @@ per model:
   run never pays the compile), then compile, alternate compiled and eager steps until ``probe`` of each
   are timed, and keep whichever is faster (interleaved, as a machine's speed can drift by tens of percent
   within minutes: against the eager steps before the compile, a shared 2-core machine once judged a
-  1.5x faster compiled step 1.07x). Where the caller knows how many steps are left (the trainer does),
-  a run whose remaining steps would take less than ``after_s`` eagerly is not compiled either. Where it
-  knows how many seconds of eager calls are left (``work_left``: :func:`hvae.evaluate.evaluate` after its
-  first batch), the loop compiles as soon as that is at least ``after_s``, and not otherwise.
+  1.5x faster compiled step 1.07x). Where the caller knows what is left, the loop compiles as soon as
+  that would take at least ``after_s`` eagerly, and never otherwise: ``steps_left`` (the trainer's
+  remaining steps, timed by the median of the first ``probe`` eager steps) or ``work_left`` (seconds of
+  eager calls: :func:`hvae.evaluate.evaluate` after its first batch).
 
 The model holds two: one for training calls (``model.train()`` with gradients on) and one for the full chunks
 of importance samples of the IW bound (1.4-1.6x faster compiled on a CPU, with frozen weights); sampling and
@@ -211,15 +211,15 @@ class LazyCompile:
     def _due(self) -> bool:
         if self.mode == "always":
             return True
-        left = self.work_left() if self.work_left is not None else None
+        timed = len(self._eager_steps) >= min(self.probe, self._eager_steps.maxlen)  # enough for a median
+        left = self.work_left() if self.work_left is not None else None  # seconds of eager calls to come
+        if left is None and self.steps_left is not None and timed:
+            left = self.steps_left() * statistics.median(self._eager_steps)
+            if left < self.after_s:
+                self._done = True  # too little left to win back a compile; the run ends eagerly
         if left is not None:  # the caller knows: compile as soon as what is left would take after_s eagerly
             return left >= self.after_s
-        if self._eager_s < self.after_s or len(self._eager_steps) < min(self.probe, self._eager_steps.maxlen):
-            return False
-        if self.steps_left is not None and self.steps_left() * statistics.median(self._eager_steps) < self.after_s:
-            self._done = True  # too little left to win back a compile; the run ends eagerly
-            return False
-        return True
+        return timed and self._eager_s >= self.after_s
 
     def _judge(self) -> None:
         """After ``skip`` warm-up steps (recompiles), ``probe`` compiled steps against the eager ones

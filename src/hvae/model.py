@@ -208,7 +208,8 @@ class HierarchicalVAE(nn.Module):
         of importance samples of :meth:`log_likelihood`. ``auto`` (the default) compiles a loop once it has
         run ``after_s`` seconds eagerly and keeps the compiled version only if it is faster; ``always``
         compiles at the first call; ``never`` stays eager. ``steps_left()``, if given, says how many training
-        steps remain: ``auto`` skips a training compile that little training is left to repay.
+        steps remain: ``auto`` then compiles as soon as they would take ``after_s`` seconds eagerly (timed over
+        the first 20 steps), and never otherwise.
         On a CPU the IW chunks compile with frozen weights (:mod:`hvae.compiled`): a change of the weights
         after the compile is noticed at the next bound, which compiles again (``always``) or runs eagerly
         (``auto``), unfrozen from then on. ``self.compiler.status`` and ``self.iw_compiler.status`` say what

@@ -40,8 +40,9 @@ class TrainConfig(_Serializable):
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun auto/cuda = cuda:LOCAL_RANK)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the networks; fp16 adds a grad scaler
     channels_last: bool = False  # conv models: NHWC memory layout (faster convolutions on recent GPUs)
-    # torch.compile of the training step (hvae.compiled): auto compiles after compile_after_s seconds of eager
-    # training and keeps it only where it is faster; always | never. Failures fall back to eager (logged).
+    # torch.compile of the training step (hvae.compiled): auto compiles once the training left would take at
+    # least compile_after_s seconds eagerly (timed over the first 20 steps; never otherwise) and keeps it only
+    # where it is faster; always | never. Failures fall back to eager (logged).
     compile: Literal["auto", "always", "never"] | bool = "auto"  # true / false (older configs): always / never
     compile_after_s: float = 300.0
     dist_timeout: float = 1800.0  # seconds a rank waits for the others in a collective before failing
