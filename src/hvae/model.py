@@ -559,8 +559,9 @@ class HierarchicalVAE(nn.Module):
                 self._iw_widths[shape], done = widest.width, 1
             budget = IW_CHUNK_ELEMENTS["cpu" if x.device.type == "cpu" else "accelerator"]
             most = max(1, budget // self._iw_widths[shape] // B)
-            left = num_samples - done
-            chunk_size = -(-left // -(-left // most)) if left else 1  # as many chunks as needed, sized evenly
+            left = max(1, num_samples - done)
+            chunks = -(-left // most)  # as few chunks as the budget allows, of even sizes
+            chunk_size = -(-left // chunks)
         k_max = min(chunk_size, num_samples - done)
         if k_max > 0:  # tiled once to a full chunk; a shorter last chunk takes a prefix
             ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(prepared, k_max)
@@ -568,7 +569,7 @@ class HierarchicalVAE(nn.Module):
         self.iw_compiler.check_weights()  # a chunk compiled with frozen weights needs the same weights
         while done < num_samples:
             k = min(k_max, num_samples - done)
-            if k == k_max or (k_max - k) * 4 <= k_max:  # one shape for all: they may run compiled
+            if (k_max - k) * 4 <= k_max:  # full, or short by at most a quarter: one shape, may run compiled
                 lw = self.iw_compiler(self, ctxs_k, x_k, k_max)[:k]  # the samples past K are dropped
             else:
                 lw = self._iw_log_weights([c[: k * B] for c in ctxs_k], x_k[: k * B], k)
