@@ -80,6 +80,49 @@ def machine() -> dict:
     }
 
 
+def cpu_ticks(stat: str | None = None) -> tuple[int, int] | None:
+    """(stolen, total) CPU time of all this machine's CPUs since boot, in clock ticks, from the first line
+    of ``/proc/stat`` (or the text ``stat``). Stolen: the time the hypervisor of a virtual machine gave to
+    others while this one had work to run (``steal``). None where there is no such file or field."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields[:1] == ["cpu"]:
+            try:  # user nice system idle iowait irq softirq steal (guest time is counted within user)
+                ticks = [int(v) for v in fields[1:9]]
+            except ValueError:
+                return None
+            return (ticks[7], sum(ticks)) if len(ticks) == 8 else None
+    return None
+
+
+class StolenTime:
+    """The share of the machine's CPU time its hypervisor took while the block ran (``fraction``; None
+    where that is not known). On a shared virtual machine this is how far a timing is from the machine's
+    own speed: a row timed while a quarter of the time went elsewhere reads a quarter slow, or worse where
+    one thread of a parallel kernel waits for the other."""
+
+    fraction: float | None = None
+
+    def __enter__(self) -> StolenTime:
+        self._start = cpu_ticks()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fraction = stolen_share(self._start, cpu_ticks())
+
+
+def stolen_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """The stolen share of the CPU time between two readings of :func:`cpu_ticks`."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def _binary_batch(batch: int, shape) -> torch.Tensor:
     x = torch.bernoulli(torch.full((batch, *shape), 0.3), generator=torch.Generator().manual_seed(0))
     return x.to(_DEVICE)
@@ -167,6 +210,7 @@ def train_throughput(
         "products_in_step_ms": None if in_situ is None else 1e3 * in_situ,
         "ceiling": None if in_situ is None else floor / in_situ,
         "top_products": timed["rows"][:5],
+        "cpu_stolen": timed["stolen"],
         "_products": products,
         "_written_extra": extra,
     }
@@ -176,14 +220,19 @@ def _floor_beside(products, fn, min_time: float, packed: bool, rounds: int = 3) 
     """The floor of ``products`` and the seconds per call of ``fn()``, timed in ``rounds`` alternating rounds
     (a floor, then calls for ``min_time / rounds``): this shared machine's speed drifts by tens of percent
     within minutes, more than the fractions measured, so a floor and a step timed minutes apart would not
-    compare. Medians over rounds; the fraction of the floor is the median of the rounds' own fractions."""
+    compare. Medians over rounds; the fraction of the floor is the median of the rounds' own fractions.
+    ``stolen``: the share of the CPU time the hypervisor took meanwhile (:class:`StolenTime`)."""
     floors, secs, rows = [], [], None
-    for _ in range(rounds):
-        floor, r = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4) / rounds, packed=packed)
-        floors.append(floor)
-        rows = rows or r
-        secs.append(_steady(fn, min_time / rounds, warmup=1))
+    with StolenTime() as stolen:
+        for _ in range(rounds):
+            floor, r = time_products(
+                products, device=_DEVICE, min_run_time=min(0.2, min_time / 4) / rounds, packed=packed
+            )
+            floors.append(floor)
+            rows = rows or r
+            secs.append(_steady(fn, min_time / rounds, warmup=1))
     return {
+        "stolen": stolen.fraction,
         "seconds": statistics.median(secs),
         "floor_seconds": statistics.median(floors),
         "fraction": statistics.median(f / t for f, t in zip(floors, secs)),
@@ -320,6 +369,7 @@ def iw_eval(
         "written_floor_samples_per_s": None if extra is None else batch * num_samples / (floor + extra),
         "fraction_of_written_floor": _written_fraction(timed, extra),
         "compile": model.iw_compiler.status,
+        "cpu_stolen": timed["stolen"],
         "_products": products,
         "_written_extra": extra,
     }
@@ -590,6 +640,7 @@ def run(
     global _DEVICE
     _DEVICE = torch.device(device)
     min_time = 0.02 if smoke else 3.0
+    start = cpu_ticks()
     res: dict = {"machine": machine(), "smoke": smoke, "device": str(_DEVICE)}
     if _DEVICE.type == "cuda":
         res["machine"]["gpu"] = torch.cuda.get_device_name(_DEVICE)
@@ -664,6 +715,7 @@ def run(
             seeds=tuple(range(seeds)),
         )
         res["quality_budget_s"] = 0.3 if smoke else budget_s
+    res["machine"]["cpu_stolen"] = stolen_share(start, cpu_ticks())
     res = _public(res)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -715,19 +767,23 @@ def tables(res: dict) -> str:
         + (f" (bf16: {res['roofline_bf16_gflops']:.0f} GFLOP/s)." if "roofline_bf16_gflops" in res else "."),
         "Rows marked bf16 train under bf16 autocast (`train.precision: bf16`): their floor is their own products"
         " in bf16, their fraction of roofline is of the bf16 roofline.",
+        "CPU stolen: the share of the machine's CPU time its hypervisor gave to other work while a row was timed"
+        " (`steal` in /proc/stat; — where the machine does not say); a row with much of it reads slow"
+        + (f". Over the whole run: {_pct(m['cpu_stolen'])}." if m.get("cpu_stolen") is not None else "."),
         "",
         "### Training (forward + backward + Adam step, public API)",
         "",
         "| model | batch | images/s | GFLOP/s | MFLOP/image | fraction of roofline | floor images/s "
-        "| fraction of floor | ceiling | floor as written, images/s | fraction of it |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fraction of floor | ceiling | floor as written, images/s | fraction of it | CPU stolen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["train"]:
         top = res["roofline_bf16_gflops"] if r.get("precision") == "bf16" else peak
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['gflops_per_s']:.1f} | "
             f"{r['mflop_per_image']:.2f} | {r['gflops_per_s'] / top:.0%} | {r['floor_images_per_s']:,.0f} | "
-            f"{r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} | {_written(r, 'images_per_s')} |"
+            f"{r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} | {_written(r, 'images_per_s')} | "
+            f"{_pct(r.get('cpu_stolen'))} |"
         )
     if "paired" in res:
         pr = res["paired"]
@@ -749,12 +805,12 @@ def tables(res: dict) -> str:
         "### Importance-weighted evaluation (lvae_mnist)",
         "",
         "| chunks | inputs | K | importance samples/s | fraction of floor | ceiling "
-        "| floor as written, samples/s | fraction of it |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| floor as written, samples/s | fraction of it | CPU stolen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {'compiled' if r.get('compile') == 'compiled' else 'eager'} | {r['batch']} | {r['K']} | "
             f"{r['samples_per_s']:,.0f} | {r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} | "
-            f"{_written(r, 'samples_per_s')} |"
+            f"{_written(r, 'samples_per_s')} | {_pct(r.get('cpu_stolen'))} |"
             for r in (iw, res.get("iw_compiled"))
             if r is not None
         ),

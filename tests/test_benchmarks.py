@@ -64,6 +64,10 @@ def test_benchmark_suite_smoke(tmp_path):
     rounds = res["iw"]["floor_and_call_seconds_by_round"]
     assert res["iw"]["fraction_of_floor"] == statistics.median(f / t for f, t in rounds)
     assert not any(k.startswith("_") for r in (*res["train"], res["iw"]) for k in r)  # kept out of the JSON
+    # the hypervisor's share of the CPU time, per row (None where the clock ticks did not advance) and per run
+    assert all(r["cpu_stolen"] is None or 0 <= r["cpu_stolen"] <= 1 for r in (*res["train"], res["iw"]))
+    if bench.cpu_ticks() is not None:
+        assert 0 <= res["machine"]["cpu_stolen"] <= 1
     json.dumps(res)
     assert [r["K"] for r in res["memory_vs_k"]] == [10] and res["memory_vs_k"][0]["extra_memory_mb"] >= 0
     paired = res["paired"]
@@ -80,6 +84,11 @@ def test_benchmark_suite_smoke(tmp_path):
     write_results(res, path)
     text = path.read_text()
     assert "notes kept" in text and "fraction of floor" in text and tables(res) in text
+    header = next(l for l in text.splitlines() if l.startswith("| model | batch |"))
+    row = next(l for l in text.splitlines() if l.startswith("| lvae_mnist | "))
+    assert header.endswith("| CPU stolen |") and header.count("|") == row.count("|")
+    if res["machine"]["cpu_stolen"] is not None:
+        assert f"Over the whole run: {res['machine']['cpu_stolen']:.0%}." in text
     # a bf16 row's fraction of roofline is of the bf16 roofline
     line = next(l for l in text.splitlines() if l.startswith("| lvae_mnist bf16 |"))
     assert f"| {bf16['gflops_per_s'] / res['roofline_bf16_gflops']:.0%} |" in line
@@ -92,6 +101,16 @@ def test_benchmark_suite_smoke(tmp_path):
     fresh = dict(res)
     keep_quality(fresh, {**res, "quality": ["older"]})  # a run that measured quality keeps its own
     assert fresh["quality"] == res["quality"] and "quality_from" not in fresh
+
+
+def test_cpu_ticks_read_the_stolen_time_of_all_cpus():
+    stat = "cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\nintr 1 2\n"
+    assert bench.cpu_ticks(stat) == (30, 1000)  # guest time (7) is inside user time already
+    assert bench.cpu_ticks("cpu0 1 2 3 4 5 6 7 8\n") is None  # no line for all CPUs
+    assert bench.cpu_ticks("cpu  1 2 3 4\n") is None  # a kernel without the steal field
+    assert bench.stolen_share((30, 1000), (80, 2000)) == 0.05
+    assert bench.stolen_share(None, (80, 2000)) is None
+    assert bench.stolen_share((30, 1000), (30, 1000)) is None  # no tick between the readings
 
 
 def _product_flops(calls) -> dict[str, int]:
