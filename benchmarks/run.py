@@ -6,7 +6,8 @@ throughput reached through the public API (``build_model`` / ``make_optimizer`` 
 ``model(x).loss.backward()`` / ``opt.step()``), with the time its products take inside the step (the
 ceiling) and hvae against the plain yardstick interleaved; the importance-weighted evaluation rate at
 K = 5000 against its own floor, with the memory it takes against K; time per step against depth; and
-(``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock budget. Writes
+(``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock budget; with each training and
+IW row, the share of the CPU time a virtual machine's hypervisor took while it was timed. Writes
 ``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
 """
 
@@ -211,9 +212,14 @@ def train_throughput(
         "ceiling": None if in_situ is None else floor / in_situ,
         "top_products": timed["rows"][:5],
         "cpu_stolen": timed["stolen"],
+        "timings": timed["timings"],
         "_products": products,
         "_written_extra": extra,
     }
+
+
+# a row timed while the hypervisor took more than this share of the CPU time is timed once more
+QUIET_STOLEN = 0.10
 
 
 def _floor_beside(products, fn, min_time: float, packed: bool, rounds: int = 3) -> dict:
@@ -221,7 +227,18 @@ def _floor_beside(products, fn, min_time: float, packed: bool, rounds: int = 3) 
     (a floor, then calls for ``min_time / rounds``): this shared machine's speed drifts by tens of percent
     within minutes, more than the fractions measured, so a floor and a step timed minutes apart would not
     compare. Medians over rounds; the fraction of the floor is the median of the rounds' own fractions.
-    ``stolen``: the share of the CPU time the hypervisor took meanwhile (:class:`StolenTime`)."""
+    ``stolen``: the share of the CPU time the hypervisor took meanwhile (:class:`StolenTime`). Where that
+    is above ``QUIET_STOLEN`` the rounds run once more, and the timing with the smaller share is kept (the
+    choice goes by the share, not by the speed); ``timings``: how many were made."""
+    kept, timings = _rounds(products, fn, min_time, packed, rounds), 1
+    if kept["stolen"] is not None and kept["stolen"] > QUIET_STOLEN:
+        again, timings = _rounds(products, fn, min_time, packed, rounds), 2
+        if again["stolen"] is not None and again["stolen"] < kept["stolen"]:
+            kept = again
+    return {**kept, "timings": timings}
+
+
+def _rounds(products, fn, min_time: float, packed: bool, rounds: int) -> dict:
     floors, secs, rows = [], [], None
     with StolenTime() as stolen:
         for _ in range(rounds):
@@ -370,6 +387,7 @@ def iw_eval(
         "fraction_of_written_floor": _written_fraction(timed, extra),
         "compile": model.iw_compiler.status,
         "cpu_stolen": timed["stolen"],
+        "timings": timed["timings"],
         "_products": products,
         "_written_extra": extra,
     }
@@ -768,8 +786,9 @@ def tables(res: dict) -> str:
         "Rows marked bf16 train under bf16 autocast (`train.precision: bf16`): their floor is their own products"
         " in bf16, their fraction of roofline is of the bf16 roofline.",
         "CPU stolen: the share of the machine's CPU time its hypervisor gave to other work while a row was timed"
-        " (`steal` in /proc/stat; — where the machine does not say); a row with much of it reads slow"
-        + (f". Over the whole run: {_pct(m['cpu_stolen'])}." if m.get("cpu_stolen") is not None else "."),
+        " (`steal` in /proc/stat; — where the machine does not say); a row with much of it reads slow. A row"
+        f" timed while it took over {QUIET_STOLEN:.0%} was timed once more, and the timing with the smaller share"
+        " kept" + (f". Over the whole run: {_pct(m['cpu_stolen'])}." if m.get("cpu_stolen") is not None else "."),
         "",
         "### Training (forward + backward + Adam step, public API)",
         "",

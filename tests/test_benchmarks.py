@@ -66,6 +66,7 @@ def test_benchmark_suite_smoke(tmp_path):
     assert not any(k.startswith("_") for r in (*res["train"], res["iw"]) for k in r)  # kept out of the JSON
     # the hypervisor's share of the CPU time, per row (None where the clock ticks did not advance) and per run
     assert all(r["cpu_stolen"] is None or 0 <= r["cpu_stolen"] <= 1 for r in (*res["train"], res["iw"]))
+    assert all(r["timings"] in (1, 2) for r in (*res["train"], res["iw"]))
     if bench.cpu_ticks() is not None:
         assert 0 <= res["machine"]["cpu_stolen"] <= 1
     json.dumps(res)
@@ -111,6 +112,25 @@ def test_cpu_ticks_read_the_stolen_time_of_all_cpus():
     assert bench.stolen_share((30, 1000), (80, 2000)) == 0.05
     assert bench.stolen_share(None, (80, 2000)) is None
     assert bench.stolen_share((30, 1000), (30, 1000)) is None  # no tick between the readings
+
+
+@pytest.mark.parametrize(
+    "readings, timings, stolen",
+    [
+        ([(0, 0), (30, 100), (30, 100), (35, 200)], 2, 0.05),  # 30% stolen: timed again, the quieter kept
+        ([(0, 0), (5, 100)], 1, 0.05),  # quiet enough at once
+        ([(0, 0), (30, 100), (30, 100), (70, 200)], 2, 0.30),  # louder again: the first timing kept
+        ([None, None], 1, None),  # the machine does not say
+    ],
+)
+def test_a_row_timed_while_the_hypervisor_took_much_is_timed_once_more(monkeypatch, readings, timings, stolen):
+    ticks = iter(readings)
+    monkeypatch.setattr(bench, "cpu_ticks", lambda: next(ticks))
+    calls = []
+    timed = bench._floor_beside({}, lambda: calls.append(1), 0.003, packed=False)
+    assert timed["timings"] == timings and next(ticks, "done") == "done"
+    assert timed["stolen"] == pytest.approx(stolen) if stolen is not None else timed["stolen"] is None
+    assert len(timed["rounds"]) == 3 and calls
 
 
 def _product_flops(calls) -> dict[str, int]:
