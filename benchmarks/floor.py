@@ -23,7 +23,6 @@ mathematics in fewer, larger products, which lowers the floor itself).
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -221,12 +220,15 @@ def floor_of_other(
     other: Counter,
     device="cpu",
     min_run_time: float = 0.05,
-    rounds: int = 3,
+    rounds: int = 5,
     packed: bool = False,
 ) -> float:
     """The floor of ``other``'s products given ``floor``, that of ``calls``: ``floor`` plus the products
-    only ``other`` issues minus those only ``calls`` issues, the two sets timed in alternating rounds
-    (medians), so the difference is not lost in the machine's drift between two separate floors."""
+    only ``other`` issues minus those only ``calls`` issues, the two sets timed in alternating rounds, so
+    the difference is not lost in the machine's drift between two separate floors. Each set counts at its
+    fastest round: interference only ever slows a product down (on a virtual machine, a CPU taken away
+    mid-product can make a small one a hundred times slower for seconds), and a median of rounds, most of
+    them slowed, once put a written floor below zero."""
     extra, saved = other - calls, calls - other
     if not extra and not saved:
         return floor
@@ -234,7 +236,7 @@ def floor_of_other(
     for _ in range(rounds):
         for t, products in zip(times, (extra, saved)):
             t.append(time_products(products, device, min_run_time, packed)[0])
-    return floor + statistics.median(times[0]) - statistics.median(times[1])
+    return floor + min(times[0]) - min(times[1])
 
 
 def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32) -> float:

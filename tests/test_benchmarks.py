@@ -191,6 +191,17 @@ def test_the_floor_of_other_products_times_only_where_they_differ():
     assert floor_of_other(1.0, more, shared, min_run_time=0.001, rounds=1) < 1.0
 
 
+def test_the_floor_of_other_products_counts_each_set_at_its_fastest_round(monkeypatch):
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    shared = record_products(lambda: a @ b)
+    more = record_products(lambda: (a @ b, torch.randn(256, 256) @ torch.randn(256, 256)))
+    # the set only ``shared`` issues (empty here) and the one only ``more`` issues, round after round: the
+    # larger product takes 2 ms, and 100 ms in the three rounds a stalled CPU slowed
+    times = iter([0.1, 0.0, 0.1, 0.0, 0.002, 0.0, 0.1, 0.0, 0.002, 0.0])
+    monkeypatch.setattr("benchmarks.floor.time_products", lambda *args: (next(times), []))
+    assert floor_of_other(0.5, shared, more) == pytest.approx(0.502)  # the median of the rounds: 0.6
+
+
 @pytest.mark.skipif(not torch._C.has_mkl, reason="MKL's packed kernel is what is compared")
 def test_the_evaluation_floor_counts_each_linear_map_at_its_faster_kernel():
     linear = torch.nn.Linear(32, 48)
