@@ -195,8 +195,8 @@ def test_the_floor_of_other_products_counts_each_set_at_its_fastest_round(monkey
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     shared = record_products(lambda: a @ b)
     more = record_products(lambda: (a @ b, torch.randn(256, 256) @ torch.randn(256, 256)))
-    # the set only ``shared`` issues (empty here) and the one only ``more`` issues, round after round: the
-    # larger product takes 2 ms, and 100 ms in the three rounds a stalled CPU slowed
+    # round after round, the products only ``more`` issues, then those only ``shared`` issues (none: 0 s):
+    # the larger product takes 2 ms, and 100 ms in the three rounds a stalled CPU slowed
     times = iter([0.1, 0.0, 0.1, 0.0, 0.002, 0.0, 0.1, 0.0, 0.002, 0.0])
     monkeypatch.setattr("benchmarks.floor.time_products", lambda *args: (next(times), []))
     assert floor_of_other(0.5, shared, more) == pytest.approx(0.502)  # the median of the rounds: 0.6
