@@ -101,24 +101,11 @@ def cpu_ticks(stat: str | None = None) -> tuple[int, int] | None:
     return None
 
 
-class StolenTime:
-    """The share of the machine's CPU time its hypervisor took while the block ran (``fraction``; None
-    where that is not known). On a shared virtual machine this is how far a timing is from the machine's
-    own speed: a row timed while a quarter of the time went elsewhere reads a quarter slow, or worse where
-    one thread of a parallel kernel waits for the other."""
-
-    fraction: float | None = None
-
-    def __enter__(self) -> StolenTime:
-        self._start = cpu_ticks()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.fraction = stolen_share(self._start, cpu_ticks())
-
-
 def stolen_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
-    """The stolen share of the CPU time between two readings of :func:`cpu_ticks`."""
+    """The share of the machine's CPU time its hypervisor took between two readings of :func:`cpu_ticks`
+    (None where that is not known). On a shared virtual machine this is how far a timing is from the
+    machine's own speed: a row timed while a quarter of the time went elsewhere reads a quarter slow, or
+    worse where one thread of a parallel kernel waits for the other."""
     if start is None or end is None or end[1] <= start[1]:
         return None
     return (end[0] - start[0]) / (end[1] - start[1])
@@ -227,7 +214,7 @@ def _floor_beside(products, fn, min_time: float, packed: bool, rounds: int = 3) 
     (a floor, then calls for ``min_time / rounds``): this shared machine's speed drifts by tens of percent
     within minutes, more than the fractions measured, so a floor and a step timed minutes apart would not
     compare. Medians over rounds; the fraction of the floor is the median of the rounds' own fractions.
-    ``stolen``: the share of the CPU time the hypervisor took meanwhile (:class:`StolenTime`). Where that
+    ``stolen``: the share of the CPU time the hypervisor took meanwhile (:func:`stolen_share`). Where that
     is above ``QUIET_STOLEN`` the rounds run once more, and the timing with the smaller share is kept (the
     choice goes by the share, not by the speed); ``timings``: how many were made."""
     kept, timings = _rounds(products, fn, min_time, packed, rounds), 1
@@ -239,17 +226,14 @@ def _floor_beside(products, fn, min_time: float, packed: bool, rounds: int = 3) 
 
 
 def _rounds(products, fn, min_time: float, packed: bool, rounds: int) -> dict:
-    floors, secs, rows = [], [], None
-    with StolenTime() as stolen:
-        for _ in range(rounds):
-            floor, r = time_products(
-                products, device=_DEVICE, min_run_time=min(0.2, min_time / 4) / rounds, packed=packed
-            )
-            floors.append(floor)
-            rows = rows or r
-            secs.append(_steady(fn, min_time / rounds, warmup=1))
+    floors, secs, rows, start = [], [], None, cpu_ticks()
+    for _ in range(rounds):
+        floor, r = time_products(products, device=_DEVICE, min_run_time=min(0.2, min_time / 4) / rounds, packed=packed)
+        floors.append(floor)
+        rows = rows or r
+        secs.append(_steady(fn, min_time / rounds, warmup=1))
     return {
-        "stolen": stolen.fraction,
+        "stolen": stolen_share(start, cpu_ticks()),
         "seconds": statistics.median(secs),
         "floor_seconds": statistics.median(floors),
         "fraction": statistics.median(f / t for f, t in zip(floors, secs)),
