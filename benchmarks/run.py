@@ -4,11 +4,13 @@ Measures on this machine, in one process (the memory of the IW bound: a fresh on
 roofline; for each model the floor (its matrix products timed alone, see floor.py) and the training
 throughput reached through the public API (``build_model`` / ``make_optimizer`` /
 ``model(x).loss.backward()`` / ``opt.step()``), with the time its products take inside the step (the
-ceiling) and hvae against the plain yardstick interleaved; the importance-weighted evaluation rate at
-K = 5000 against its own floor, with the memory it takes against K; time per step against depth; and
-(``--quality``) the IW bound reached on Fashion-MNIST for a fixed wall-clock budget; with each training and
-IW row, the share of the CPU time a virtual machine's hypervisor took while it was timed. Writes
-``benchmarks/results/<name>.json`` and the tables of ``benchmarks/RESULTS.md``.
+ceiling), the optimiser's step alone and with the two the most of the floor that any implementation built on
+the same product kernels and optimiser reaches (reachable), and hvae against the plain yardstick
+interleaved; the importance-weighted evaluation rate at K = 5000 against its own floor, with the memory it
+takes against K; time per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for
+a fixed wall-clock budget; with each training and IW row, the share of the CPU time a virtual machine's
+hypervisor took while it was timed. Writes ``benchmarks/results/<name>.json`` and the tables of
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -137,15 +139,29 @@ def _flops(fn) -> int:
     return fc.get_total_flops()
 
 
-def _train_step(model, opt, x: torch.Tensor, plain: bool = False, bf16: bool = False) -> None:
-    """One training step through the public API (``plain``: the yardstick, whose forward returns a tuple;
-    ``bf16``: the forward under bf16 autocast, as ``train.precision: bf16`` runs it)."""
+def _backward(model, x: torch.Tensor, plain: bool = False, bf16: bool = False) -> None:
+    """The forward and backward pass of a training step through the public API (``plain``: the yardstick,
+    whose forward returns a tuple; ``bf16``: the forward under bf16 autocast, as ``train.precision: bf16``
+    runs it)."""
     with _autocast("bf16" if bf16 else "fp32", _DEVICE):  # the trainer's own autocast
         out = model(x)
-    loss = out[0] if plain else out.loss
-    loss.backward()
+    (out[0] if plain else out.loss).backward()
+
+
+def _train_step(model, opt, x: torch.Tensor, plain: bool = False, bf16: bool = False) -> None:
+    """One training step through the public API: :func:`_backward`, then the optimiser."""
+    _backward(model, x, plain, bf16)
     opt.step()
     opt.zero_grad(set_to_none=True)
+
+
+def optimizer_seconds(model, opt, x: torch.Tensor, plain: bool, bf16: bool, min_time: float) -> float:
+    """Seconds per ``opt.step()`` alone, on the gradients of one step of ``x``: what the optimiser costs a
+    step, however fast the rest of it runs (the step changes the weights; call it last)."""
+    _backward(model, x, plain, bf16)
+    sec = _steady(opt.step, min_time)
+    opt.zero_grad(set_to_none=True)
+    return sec
 
 
 def train_throughput(
@@ -180,6 +196,7 @@ def train_throughput(
     timed = _floor_beside(products, step, min_time, packed=False)
     sec, floor = timed["seconds"], timed["floor_seconds"]
     in_situ = products_in_situ(step, max(3, round(min_time / sec)), _DEVICE) if floor_of is None else None
+    opt_s = optimizer_seconds(model, opt, x, plain, bf16, min_time / 3) if floor_of is None else None
     return {
         "name": name,
         "batch": batch,
@@ -197,6 +214,8 @@ def train_throughput(
         "fraction_of_written_floor": _written_fraction(timed, extra),
         "products_in_step_ms": None if in_situ is None else 1e3 * in_situ,
         "ceiling": None if in_situ is None else floor / in_situ,
+        "optimizer_ms": None if opt_s is None else 1e3 * opt_s,
+        "reachable": None if in_situ is None else floor / (in_situ + opt_s),
         "top_products": timed["rows"][:5],
         "cpu_stolen": timed["stolen"],
         "timings": timed["timings"],
@@ -753,6 +772,10 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.0%}"
 
 
+def _ms(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def _written(r: dict, rate: str) -> str:
     """The two cells of the floor as written: its rate, and the fraction of it the row reaches."""
     w = r.get(f"written_floor_{rate}")
@@ -777,15 +800,17 @@ def tables(res: dict) -> str:
         "### Training (forward + backward + Adam step, public API)",
         "",
         "| model | batch | images/s | GFLOP/s | MFLOP/image | fraction of roofline | floor images/s "
-        "| fraction of floor | ceiling | floor as written, images/s | fraction of it | CPU stolen |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fraction of floor | ceiling | optimizer ms | reachable | floor as written, images/s | fraction of it "
+        "| CPU stolen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["train"]:
         top = res["roofline_bf16_gflops"] if r.get("precision") == "bf16" else peak
         lines.append(
             f"| {r['name']} | {r['batch']} | {r['images_per_s']:,.0f} | {r['gflops_per_s']:.1f} | "
             f"{r['mflop_per_image']:.2f} | {r['gflops_per_s'] / top:.0%} | {r['floor_images_per_s']:,.0f} | "
-            f"{r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} | {_written(r, 'images_per_s')} | "
+            f"{r['fraction_of_floor']:.0%} | {_pct(r.get('ceiling'))} | {_ms(r.get('optimizer_ms'))} | "
+            f"{_pct(r.get('reachable'))} | {_written(r, 'images_per_s')} | "
             f"{_pct(r.get('cpu_stolen'))} |"
         )
     if "paired" in res:

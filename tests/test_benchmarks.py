@@ -45,6 +45,10 @@ def test_benchmark_suite_smoke(tmp_path):
     lvae = next(r for r in res["train"] if r["name"] == "lvae_mnist")
     assert math.isclose(lvae["mflop_per_image"], 12.2, rel_tol=0.25)  # the count for lvae_mnist
     assert all(r["ceiling"] > 0 and r["products_in_step_ms"] > 0 for r in res["train"])
+    # the most any implementation reaches: the floor over the products in the step and the optimiser's step
+    for r in res["train"]:
+        assert r["optimizer_ms"] > 0
+        assert r["reachable"] == pytest.approx(r["floor_ms"] / (r["products_in_step_ms"] + r["optimizer_ms"]))
     bf16 = next(r for r in res["train"] if r["name"] == "lvae_mnist bf16")
     assert bf16["precision"] == "bf16" and lvae["precision"] == "fp32" and res["roofline_bf16_gflops"] > 0
     assert res["iw"]["fraction_of_floor"] > 0 and res["iw"]["ceiling"] > 0
@@ -248,6 +252,32 @@ def test_products_in_situ_counts_products_only():
     wall = []
     inside = products_in_situ(lambda: wall.append(step()), repeats=4)
     assert len(wall) == 4 and 0.0 < inside <= sum(wall) / 4
+
+
+def test_optimizer_seconds_times_the_optimizer_step_on_one_backward(monkeypatch):
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small())
+    opt = hvae.make_optimizer(model)
+    x = torch.bernoulli(torch.full((8, 64), 0.3))
+    calls = {"backward": 0, "step": 0}
+    backward, step = bench._backward, opt.step
+
+    def counted_backward(*args):
+        calls["backward"] += 1
+        backward(*args)
+
+    def counted_step():
+        assert all(p.grad is not None for p in model.parameters())  # the gradients of that one backward
+        calls["step"] += 1
+        step()
+
+    monkeypatch.setattr(bench, "_backward", counted_backward)
+    monkeypatch.setattr(opt, "step", counted_step)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert bench.optimizer_seconds(model, opt, x, False, False, 0.01) > 0
+    assert calls["backward"] == 1 and calls["step"] >= 3 + 3  # three warm-up calls, at least three timed
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # real steps were taken
 
 
 def test_quality_over_seeds():
