@@ -4,8 +4,8 @@ Measures on this machine, in one process (the memory of the IW bound: a fresh on
 roofline; for each model the floor (its matrix products timed alone, see floor.py) and the training
 throughput reached through the public API (``build_model`` / ``make_optimizer`` /
 ``model(x).loss.backward()`` / ``opt.step()``), with the time its products take inside the step (the
-ceiling), the optimiser's step alone and with the two the most of the floor that any implementation built on
-the same product kernels and optimiser reaches (reachable), and hvae against the plain yardstick
+ceiling), the optimiser's step alone, which together give the most of the floor that any implementation
+built on the same product kernels and optimiser reaches (reachable), and hvae against the plain yardstick
 interleaved; the importance-weighted evaluation rate at K = 5000 against its own floor, with the memory it
 takes against K; time per step against depth; and (``--quality``) the IW bound reached on Fashion-MNIST for
 a fixed wall-clock budget; with each training and IW row, the share of the CPU time a virtual machine's
