@@ -441,6 +441,28 @@ def test_vq_kl_is_minus_log_prior_of_the_chosen_code():
     assert torch.allclose(q.log_prob(q.sample()) - p.log_prob(q.sample()), kl_divergence(q, p))
 
 
+def test_stacked_vq_training_kl_reads_the_code_q_chose_after_the_codebook_moves():
+    # bottom_up: q(z_l | z_{l-1}) runs first and its training pass moves (here: restarts) the codebook; the
+    # priors are built after that and would read z back to the nearest *new* code
+    torch.manual_seed(0)
+    cfg = hvae.ModelConfig(
+        data_shape=[10], latent_dims=[2, 2, 2], hidden_dims=[8, 8, 8], inference="bottom_up",
+        latent_types=["vq"] * 3, vq_codes=8, vq_dim=2,
+    )  # fmt: skip
+    model = hvae.build_model(cfg).train()
+    before = [layer.family.codebook.clone() for layer in model.layers]
+    runs = []
+    kl_terms = model._kl_terms
+    model._kl_terms = lambda run: runs.append(run) or kl_terms(run)
+    out = model(_x(d=10))
+    assert any(not torch.equal(b, layer.family.codebook) for b, layer in zip(before, model.layers))
+    (run,) = runs
+    for l in range(3):
+        q, p = run.qs[l], run.ps[l]
+        log_p = F.log_softmax(p.logits.view(B, 2, 8), -1).gather(-1, q.index.unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(out.kl[l], -log_p.sum(1))
+
+
 def test_vq_top_level_with_a_uniform_prior_has_kl_g_log_k():
     model = _mixed(vq_top_prior="uniform").eval()
     out = model(_x())

@@ -230,7 +230,12 @@ def test_kl_warm_up_is_linear_and_step_advances_only_when_training_with_gradient
     model(x)
     assert model.step.item() == 2
     model.train()
-    assert model(x, beta=1.0).beta == 1.0 and model.step.item() == 2  # an explicit beta is not a training step
+    out = model(x, beta=1.0)  # a schedule of the user's own: the weight given, and still a training step
+    assert out.beta == 1.0 and model.step.item() == 3
+    assert torch.allclose(out.loss, -out.log_px.mean() + torch.stack(out.kl).sum(0).mean())
+    with torch.no_grad():
+        model(x, beta=1.0)
+    assert model.step.item() == 3
 
 
 def test_kl_mc_and_analytic_agree_in_expectation():

@@ -32,6 +32,7 @@ from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
 from .nets.temporal import TokenEncoder
+from .quantize import VQPosterior
 from .spectral import SpectralNorms, coefficient
 
 CONFIG_NAME = "config.json"
@@ -402,12 +403,16 @@ class HierarchicalVAE(nn.Module):
     def _kl_terms(self, run: _Pass) -> list[Tensor]:
         """Elementwise KL_l (B, *latent_shape). Analytic for Gaussian pairs given the layers above; for the
         stacked VAE z_{l+1} is drawn after z_l, so only the top level's KL may be integrated exactly and
-        the others use the single-sample estimate log q(z_l) - log p(z_l | z_{l+1})."""
+        the others use the single-sample estimate log q(z_l) - log p(z_l | z_{l+1}). A vector-quantised
+        level's q is a point mass on its code k*, so its KL is always -log p(k* | .): exact, and read by the
+        index q chose (a training pass may move the codebook after q chose, before p reads codes back)."""
         L = self.config.num_layers
         kls = []
         for l in range(L):
             q, p, z = run.qs[l], run.ps[l], run.zs[l]
-            exact_ok = self.config.kl == "analytic" and (self.config.inference != "bottom_up" or l == L - 1)
+            exact_ok = isinstance(q, VQPosterior) or (
+                self.config.kl == "analytic" and (self.config.inference != "bottom_up" or l == L - 1)
+            )
             kls.append(kl_divergence(q, p) if exact_ok else q.log_prob(z) - p.log_prob(z))
         return kls
 
@@ -448,8 +453,10 @@ class HierarchicalVAE(nn.Module):
     def forward(self, x: Tensor, beta: float | None = None) -> ModelOutput:
         """ELBO of a batch ``x`` (B, *data_shape), with one posterior sample per example.
 
-        In training mode (with gradients on) each call advances ``step``, which drives KL warm-up, and may
-        run compiled (see :meth:`set_compile`). ``beta`` overrides the warm-up weight for this call.
+        In training mode (with gradients on) each call advances ``step``, which drives KL warm-up, the
+        relaxation temperature of discrete latents and the spectral penalty's warm-up, and may run compiled
+        (see :meth:`set_compile`). ``beta`` overrides the warm-up weight for this call (a schedule of the
+        user's own); the call still counts as a step.
         """
         if self.training and torch.is_grad_enabled():
             return self.compiler(self, x, beta, snapshot=self._step_snapshot)
@@ -468,13 +475,14 @@ class HierarchicalVAE(nn.Module):
         kl_elem = self._kl_terms(run)
         kl = [k.flatten(1).sum(1) for k in kl_elem]
         elbo = log_px - torch.stack(kl).sum(0)
+        training = self.training and torch.is_grad_enabled()
         if beta is None:
             beta = self.beta_at(self.step)
-            if self.training and torch.is_grad_enabled():
-                self.step += 1
         loss = -log_px.mean() + self._kl_loss(kl_elem, beta)
-        if self.spectral is not None and self.training and torch.is_grad_enabled():
+        if self.spectral is not None and training:
             loss = loss + self.spectral_reg_at(self.step) * self.spectral(self).sum()
+        if training:  # with or without an explicit beta: step also drives the relaxation's and spectral annealing
+            self.step += 1
         aux_loss, aux = self._discrete_aux(run)
         if aux:
             loss = loss + aux_loss
