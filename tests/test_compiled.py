@@ -134,6 +134,18 @@ def test_model_training_calls_go_through_the_policy_and_evaluation_stays_eager(m
     assert len(seen) == 1 and int(model.step) == 1
 
 
+def test_a_bad_input_is_refused_before_the_compiler_and_does_not_count_as_a_failed_compile(monkeypatch):
+    model = hvae.build_model(hvae.presets.small())
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager"))
+    model.set_compile("always")
+    with pytest.raises(ValueError, match=r"reshape it with x.reshape\(-1, 64\)"):
+        model(torch.zeros(8, 8, 8))
+    assert model.compiler.status == "eager" and int(model.step) == 0
+    model(torch.bernoulli(torch.full((8, 64), 0.5)))
+    assert model.compiler.status == "compiled" and int(model.step) == 1
+
+
 def test_full_chunks_of_the_iw_bound_go_through_the_policy(monkeypatch):
     model = hvae.build_model(hvae.presets.small()).eval()
     twin = hvae.build_model(hvae.presets.small()).eval()

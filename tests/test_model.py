@@ -3,6 +3,7 @@
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -386,6 +387,26 @@ def test_per_layer_temperature_zero_fixes_only_those_levels():
     assert not torch.allclose(bottom_only, other)
     with pytest.raises(ValueError, match="one per layer"):
         model.sample(3, temperature=[1.0, 0.0])
+
+
+def test_temperatures_may_be_numpy_or_tensor_scalars():
+    model = _model().eval()
+    draws = []
+    for t in (0.5, np.float32(0.5), torch.tensor(0.5), [np.float64(0.5)] * model.config.num_layers):
+        torch.manual_seed(0)
+        draws.append(model.sample(3, temperature=t))
+    assert all(torch.equal(draws[0], d) for d in draws[1:])
+
+
+def test_float32_data_into_a_float64_model_is_accepted():
+    model = _model().eval().double()
+    x = _x(model)
+    torch.manual_seed(0)
+    a = model(x).elbo
+    torch.manual_seed(0)
+    b = model(x.double()).elbo  # the networks in float64 either way; the likelihood reads x as given
+    assert torch.allclose(a.double(), b, atol=1e-5)
+    assert model.log_likelihood(x, num_samples=4).isfinite().all()
 
 
 def test_sample_without_mean_draws_from_the_likelihood():

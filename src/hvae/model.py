@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Sequence
@@ -74,7 +75,8 @@ class _Pass:
 def _temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
     if isinstance(temperature, Tensor):
         temperature = temperature.tolist()
-    temps = [float(temperature)] * L if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
+    scalar = isinstance(temperature, numbers.Real)  # numpy's scalars too
+    temps = [float(temperature)] * L if scalar else [float(t) for t in temperature]
     if len(temps) != L:
         raise ValueError(f"temperature: give one float or one per layer ({L}, bottom to top), got {len(temps)}")
     if any(t < 0 for t in temps):
@@ -278,6 +280,7 @@ class HierarchicalVAE(nn.Module):
             return self.token_encoder(x.long())
         if not x.dtype.is_floating_point:  # class ids k -> levels k / (K - 1), as the likelihood reads them
             x = x.float() / (self.config.num_classes - 1)
+        x = x.to(self.decoder_head.weight.dtype)  # float32 data into a float64 or bf16 model
         if self.config.block == "mlp":
             return x.flatten(1)
         return x if self._pad is None else nn.functional.pad(x, self._pad)
@@ -459,6 +462,7 @@ class HierarchicalVAE(nn.Module):
         user's own); the call still counts as a step.
         """
         if self.training and torch.is_grad_enabled():
+            self._check_input(x)  # here too: a bad input must not count as a failed compile
             return self.compiler(self, x, beta, snapshot=self._step_snapshot)
         self.compiler.other_call()
         return self._elbo(x, beta)
@@ -541,9 +545,9 @@ class HierarchicalVAE(nn.Module):
         memory of fixed 32,768-row chunks, at the same speed), spread evenly over the K samples: the first
         bound for an input shape runs its first importance sample alone to measure the widest tensor per
         input. A last chunk short of the others by at most a quarter runs at their size, and only its first
-        samples count (so all chunks may run compiled); an explicit ``chunk_size`` is kept as given, and a
-        shorter last chunk runs eagerly. On a CPU the first call keeps freed memory in the process
-        (:func:`hvae.allocator.retain_freed_memory`).
+        samples count (so all chunks may run compiled); an explicit ``chunk_size`` is kept as given, with the
+        same rule for its last chunk (one shorter by more than a quarter runs eagerly at its own size). On a
+        CPU the first call keeps freed memory in the process (:func:`hvae.allocator.retain_freed_memory`).
         Full chunks may run compiled (:meth:`set_compile`; on a CPU with frozen weights, checked at every call
         against the weights the chunks were compiled with). Call ``model.eval()`` first for networks with
         batch norm.
@@ -591,7 +595,9 @@ class HierarchicalVAE(nn.Module):
         return self._log_weights(x_k, run, prepared=True).view(k, -1)
 
     def bits_per_dim(self, log_px: Tensor) -> Tensor:
-        """Convert a bound in nats per example to bits per dimension: -bound / (D ln 2)."""
+        """Convert a bound in nats per example to bits per dimension: -bound / (D ln 2), D = all of
+        ``data_shape``. For token data, whose rows stop early, use :func:`hvae.evaluate.evaluate`: it counts
+        the real tokens only."""
         return -log_px / (math.prod(self.data_shape) * math.log(2))
 
     # ------------------------------------------------------------------------------------------------
