@@ -79,12 +79,73 @@ def test_report_is_written(run_dir, capsys):
         (["sample", "{run}", "--temperature", "1,1,1,1"], "one per layer"),
         (["sample", "{run}", "--from-data", "--keep-top", "7"], "0..2"),
         (["train", "--resume", "{tmp}/nothing"], "no run to resume"),
+        (["sample", "{run}", "--out", "{tmp}/data.csv"], "ending in .png"),
+        (["sample", "{run}", "--out", "{tmp}"], "is a folder"),
+        (["sample", "{run}", "--from-data", "--interpolate"], "give one of them"),
+        (["sample", "{run}", "--keep-top", "1"], "add --from-data"),
+        (["sample", "{run}", "--steps", "4"], "add --interpolate"),
+        (["sample", "{run}", "--device", "gpu0"], "--device gpu0: not a device"),
+        (["train", "--config", "configs/default.yaml", "model=3", "--out", "{tmp}/a"], "model must be a section"),
     ],
 )
 def test_user_errors_exit_2_with_a_message(argv, message, run_dir, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{run}", str(run_dir)) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_file_given_to_sample_out_with_another_suffix_is_left_alone(run_dir, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("1,2,3\n")
+    assert main(["sample", str(run_dir), "--out", str(data)]) == 2
+    assert data.read_text() == "1,2,3\n"
+
+
+def test_overrides_may_follow_the_options_and_floats_may_be_written_1e_3(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("hvae.train.train", lambda cfg, out, **kw: seen.update(cfg=cfg, out=out) or Path(out))
+    out = str(tmp_path / "r")
+    argv = ["train", "--config", "configs/default.yaml", "train.lr=1e-3", "--out", out, "train.epochs=3"]
+    assert main(argv) == 0
+    assert seen["cfg"].train.lr == 0.001 and seen["cfg"].train.epochs == 3
+
+
+def test_the_run_keeps_an_absolute_data_path_with_the_home_folder_expanded(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("hvae.train.train", lambda cfg, out, **kw: seen.update(cfg=cfg) or Path(out))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--config", str(Path(__file__).resolve().parents[1] / "configs/default.yaml"), "data.source=csv"]
+    assert main([*base, "data.path=~/rows.csv", "--out", "r1"]) == 0
+    assert seen["cfg"].data.path == str(tmp_path / "rows.csv")
+    assert main([*base, "data.path=sub/rows.csv", "--out", "r2"]) == 0
+    assert seen["cfg"].data.path == str(tmp_path / "sub" / "rows.csv")
+
+
+def test_eval_reads_a_checkpoint_newer_than_the_final_model(run_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from hvae.checkpoint import latest_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    ckpt = latest_checkpoint(run) / "model" / "model.safetensors"
+    final = run / "model" / "model.safetensors"
+    # as a resumed run that stopped early leaves them: model/ from before the resume, a newer checkpoint
+    tensors = load_file(ckpt)
+    step = int(load_file(final)["step"])
+    tensors["step"] = torch.tensor(step + 5)
+    tensors = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in tensors.items()}
+    save_file(tensors, ckpt)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--num-samples", "2", "--max-examples", "10"]) == 0
+    assert "is newer than model/" in capsys.readouterr().err
+    shutil.copytree(run_dir / "checkpoints", run / "checkpoints", dirs_exist_ok=True)  # as the run finished
+    assert main(["eval", str(run), "--num-samples", "2", "--max-examples", "10"]) == 0
+    assert "newer" not in capsys.readouterr().err
 
 
 def test_train_refuses_an_occupied_directory(run_dir, capsys):

@@ -171,3 +171,18 @@ def test_overrides_are_parsed_as_yaml_and_validated_on_build():
         parse_override("beta")
     with pytest.raises(ConfigError, match="unknown key"):
         ModelConfig.from_dict(apply_overrides(data, ["betta=1"]))
+
+
+def test_floats_in_exponent_form_are_numbers_in_files_and_overrides(tmp_path):
+    from hvae.runconfig import load_run_config
+
+    assert parse_override("train.lr=1e-3") == (["train", "lr"], 0.001)
+    assert parse_override("train.lr=5E+4")[1] == 50000.0 and parse_override("x=.5e-1")[1] == 0.05
+    assert parse_override("x='1e-3'")[1] == "1e-3" and parse_override("x=1e3x")[1] == "1e3x"
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: small\ntrain:\n  lr: 2e-4\n")
+    cfg, _ = load_run_config(path)
+    assert cfg.train.lr == 0.0002
+    path.write_text("model: 3\n")
+    with pytest.raises(ConfigError, match="model must be a section"):
+        load_run_config(path)

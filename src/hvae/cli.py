@@ -7,6 +7,7 @@ are printed as one line naming the problem and the fix, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --from-data: keep this many top levels from q(z|x) (repeatable; default all k)",
     )
     s.add_argument("--interpolate", action="store_true", help="interpolate between test inputs through the top layer")
-    s.add_argument("--steps", type=int, default=10, help="interpolation steps")
+    s.add_argument("--steps", type=int, default=None, help="with --interpolate: interpolation steps (10)")
     s.add_argument(
         "--readjust-bn",
         type=int,
@@ -140,9 +141,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> torch.device:
+    """``--device`` of eval, sample and report."""
+    from .config import ConfigError
     from .train import resolve_device
 
-    return resolve_device(name)
+    try:
+        return resolve_device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    except ConfigError as e:
+        raise ValueError(str(e).replace("train.device:", "--device")) from None
 
 
 def _load_run(run_dir: Path, device, quiet: bool = False):
@@ -154,14 +162,35 @@ def _load_run(run_dir: Path, device, quiet: bool = False):
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); create one with hvae train")
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    if (run_dir / "model" / "model.safetensors").is_file():
-        return cfg, load(run_dir / "model", map_location=device)
-    ckpt = latest_checkpoint(run_dir)
+    final, ckpt = run_dir / "model", latest_checkpoint(run_dir)
+    if (final / "model.safetensors").is_file():
+        # a resumed run that stopped early leaves model/ from before the resume and a newer checkpoint
+        if ckpt is None or _saved_step(ckpt / "model") <= _saved_step(final):
+            return cfg, load(final, map_location=device)
+        if not quiet:
+            print(
+                f"note: {ckpt.name} is newer than model/ (training was resumed and stopped early); using it",
+                file=sys.stderr,
+            )
+        return cfg, load(ckpt / "model", map_location=device)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir} has no trained model yet; run hvae train --resume {run_dir}")
     if not quiet:
         print(f"note: training did not finish; using the latest checkpoint {ckpt.name}", file=sys.stderr)
     return cfg, load(ckpt / "model", map_location=device)
+
+
+def _saved_step(model_dir: Path) -> int:
+    """The training step a saved model was written at (its ``step`` buffer), read without loading the rest."""
+    from safetensors import SafetensorError, safe_open
+
+    from .checkpoint import CheckpointError
+
+    try:
+        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+            return int(f.get_tensor("step")) if "step" in f.keys() else -1
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{model_dir / 'model.safetensors'} cannot be read ({e}); train it again") from None
 
 
 def _cmd_train(args) -> int:
@@ -184,12 +213,28 @@ def _cmd_train(args) -> int:
         if not config_path.is_file():
             raise RunDirError(f"{out} holds no run to resume (no config.yaml); start one with hvae train --out {out}")
     cfg, raw = load_run_config(config_path, args.overrides)
+    if cfg.data.path is not None:
+        cfg = cfg.replace(data={**cfg.data.to_dict(), "path": _run_data_path(cfg.data.path, Path(out), resume)})
     if args.quiet:
         cfg = cfg.replace(train={**cfg.train.to_dict(), "progress": False})
     run_dir = train(cfg, out, raw=raw, resume=resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     if _rank() == 0:
         print(f"model written to {run_dir / 'model'}; next: hvae eval {run_dir}  |  hvae report {run_dir}")
     return 0
+
+
+def _run_data_path(path: str, out: Path, resume: bool) -> str:
+    """data.path as the run's config.yaml keeps it: absolute, so that eval, sample, report and --resume find
+    the data from any folder; on resume, the run's own spelling where both name the same place."""
+    absolute = os.path.abspath(path)
+    saved = out / "config.yaml"
+    if resume and saved.is_file():
+        from .runconfig import RunConfig
+
+        before = RunConfig.from_yaml(saved).data.path
+        if before is not None and os.path.abspath(before) == absolute:
+            return before
+    return absolute
 
 
 def _rank() -> int:
@@ -275,6 +320,12 @@ def _cmd_sample(args) -> int:
     temp = _parse_temperature(args.temperature)
     if args.n < 1:
         raise ValueError("--n must be >= 1")
+    if args.from_data and args.interpolate:
+        raise ValueError("--from-data and --interpolate are two kinds of picture; give one of them")
+    if args.keep_top and not args.from_data:
+        raise ValueError("--keep-top applies to --from-data; add --from-data")
+    if args.steps is not None and not args.interpolate:
+        raise ValueError("--steps applies to --interpolate; add --interpolate")
     torch.manual_seed(args.seed)
     L = model.config.num_layers
     if args.readjust_bn:
@@ -284,8 +335,8 @@ def _cmd_sample(args) -> int:
     if args.from_data or args.interpolate:
         x = next(load_dataset(cfg.data).eval_batches("test", args.n * (2 if args.interpolate else 1))).to(device)
     if args.interpolate:
-        n = x.shape[0] // 2
-        images, ncol, name = interpolate(model, x[:n], x[n : 2 * n], steps=args.steps), args.steps, "interpolation"
+        n, steps = x.shape[0] // 2, args.steps or 10
+        images, ncol, name = interpolate(model, x[:n], x[n : 2 * n], steps=steps), steps, "interpolation"
     elif args.from_data:
         ks = args.keep_top if args.keep_top else list(range(L, -1, -1))
         for k in ks:
@@ -299,11 +350,23 @@ def _cmd_sample(args) -> int:
     pics = to_images(images.cpu(), model.data_shape)
     if pics is None:
         raise ValueError("these data are not images; samples can be read with the Python API (model.sample)")
-    out = args.out or args.run_dir / "samples" / f"{name}.png"
+    out = _out_file(args.out, ".png") or args.run_dir / "samples" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(pics, out, nrow=ncol or max(1, int(round(args.n**0.5))))
     print(f"wrote {out}")
     return 0
+
+
+def _out_file(out: Path | None, suffix: str) -> Path | None:
+    """``--out`` for a sample file: it must end in ``suffix`` (so a user's other files are never overwritten
+    with samples) and must not be a folder."""
+    if out is None:
+        return None
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in {suffix}")
+    if out.suffix.lower() != suffix:
+        raise ValueError(f"--out {out}: this run's samples are written as {suffix}; give a path ending in {suffix}")
+    return out
 
 
 def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int:
@@ -313,6 +376,8 @@ def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int
         from .data import audio
 
         out = args.out or args.run_dir / "samples"
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: audio samples go into a folder, and {out} is a file; name a folder")
         out.mkdir(parents=True, exist_ok=True)
         rate = cfg.data.sample_rate
         for i, wave in enumerate(audio.to_waveform(x, cfg.data)):
@@ -331,7 +396,7 @@ def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int
             lines.extend(repr(t)[1:-1] for t in texts[r : r + ncol])
     else:
         lines.extend(repr(t)[1:-1] for t in texts)
-    out = args.out or args.run_dir / "samples" / f"{name}.txt"
+    out = _out_file(args.out, ".txt") or args.run_dir / "samples" / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
@@ -381,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import DistributedError
     from .train import RunDirError, TrainingDiverged
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # train's overrides may also follow its options (hvae train --out R key=value)
+        if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     handlers = {
         "train": _cmd_train,
         "eval": _cmd_eval,
@@ -395,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except DistributedError as e:
         print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)
         return 4
-    except (ConfigError, DataError, RunDirError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, RunDirError, CheckpointError, OSError, ValueError) as e:
         if _rank() == 0:  # the same error on every rank: said once
             print(f"hvae {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -404,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print(f"hvae {args.command}: interrupted; resume with hvae train --resume RUN_DIR", file=sys.stderr)
+        run = getattr(args, "out", None) or getattr(args, "resume", None)
+        run = run if isinstance(run, str) else "RUN_DIR"
+        hint = f"; resume with hvae train --resume {run}" if args.command == "train" else ""
+        print(f"hvae {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -119,6 +120,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as configs mean it: ``1e-3`` and ``5e+4`` are numbers (YAML 1.1, PyYAML's default, reads a float
+    without a dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way hvae reads configs and overrides (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse one ``key.sub=value`` command-line override; the value is read as YAML (``3``, ``[1,2]``, ``true``)."""
     if "=" not in text:
@@ -127,7 +145,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key; write it as key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
     return key.split("."), value
@@ -177,7 +195,7 @@ class _Serializable:
             isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml"))
         ):
             text = Path(text_or_path).read_text()
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
         return cls.from_dict(data)
 
     def replace(self, **changes):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import ConfigError, ModelConfig, _require, _Serializable, apply_overrides, from_dict
+from .config import ConfigError, ModelConfig, _require, _Serializable, apply_overrides, from_dict, load_yaml
 from .data import DataConfig
 
 
@@ -116,12 +116,16 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> tuple
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = load_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p} is not valid YAML: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping with sections model, data, train, eval")
     raw = apply_overrides(raw, list(overrides))
+    for section, value in raw.items():
+        if section in ("model", "data", "train", "eval") and value is not None and not isinstance(value, dict):
+            where = f"{p}: " if path is not None else ""
+            raise ConfigError(f"{where}{section} must be a section of key: value lines, got {value!r}")
     model = dict(raw.get("model") or {})
     if "preset" in model:
         from . import presets

@@ -11,6 +11,7 @@ batches depends only on the config and the epoch, not on where the data lives, a
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class DataConfig(_Serializable):
     audio_errors: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path = os.path.expanduser(str(self.path))  # ~/data as a shell would read it
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
             _require(0 <= v < 1, f"{name}: must be in [0, 1), got {v}")
