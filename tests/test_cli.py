@@ -44,6 +44,7 @@ def test_eval_prints_and_writes_all_numbers(run_dir, capsys):
     assert "IW bound (K=16)" in printed and "active units" in printed and "50 examples" in printed
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["split"] == "test" and result["num_examples"] == 50 and result["num_samples"] == 16
+    assert result["step"] == 12  # the model evaluated: 2 epochs of the 200 examples less the held-out ones
     assert result["iw_bound"] >= result["elbo"] - 0.5  # the IW bound is the tighter one (up to MC error)
     assert len(result["kl"]) == len(result["active_units"]) == len(result["units"]) == 2
     assert result["bits_per_dim_iw"] == pytest.approx(-result["iw_bound"] / (64 * 0.6931471805599453))
@@ -85,6 +86,8 @@ def test_report_is_written(run_dir, capsys):
         (["sample", "{run}", "--keep-top", "1"], "add --from-data"),
         (["sample", "{run}", "--steps", "4"], "add --interpolate"),
         (["sample", "{run}", "--device", "gpu0"], "--device gpu0: not a device"),
+        (["eval", "{run}", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["eval", "{run}", "--max-examples", "0"], "--max-examples must be >= 1"),
         (["train", "--config", "configs/default.yaml", "model=3", "--out", "{tmp}/a"], "model must be a section"),
     ],
 )

@@ -166,6 +166,17 @@ def test_report_without_eval_or_metrics_says_so(mlp_run, tmp_path):
     assert len(DATA_URI.findall(page)) == 4 + 1 + (hvae.presets.small().num_layers + 2)
 
 
+def test_report_says_when_eval_json_measured_another_step(mlp_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(mlp_run, run)
+    ev = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").write_text(json.dumps({**ev, "step": 20}))  # the model's own step
+    assert "Run `hvae eval" not in write_report(run, num_samples=4).read_text()
+    (run / "eval.json").write_text(json.dumps({**ev, "step": 7}))  # trained on after the evaluation
+    page = write_report(run, num_samples=4).read_text()
+    assert "These numbers are of the model at step 7; the model reported here is at step 20" in page
+
+
 def test_report_names_what_is_missing(tmp_path, mlp_run):
     with pytest.raises(FileNotFoundError, match="does not exist.*hvae train"):
         write_report(tmp_path / "nope")

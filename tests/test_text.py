@@ -311,7 +311,10 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     cfg = ModelConfig.from_json((run / "model" / "config.json").read_text())
     tok = load_tokenizer(run / "tokenizer.json")
     assert (cfg.num_classes, cfg.pad_id, cfg.data_shape) == (tok.vocab_size, tok.pad_id, [24])
+    capsys.readouterr()
     assert main(["eval", str(run), "--num-samples", "4", "--max-examples", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "bits per token" in printed and "bits/dim" not in printed  # padding would count per dimension
     result = json.loads((run / "eval.json").read_text())
     assert result["tokenizer"] == "bpe" and result["bits_per_token_iw"] > 0
     assert result["nats_per_sequence_iw"] == pytest.approx(-result["iw_bound"])

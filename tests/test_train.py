@@ -16,6 +16,8 @@ import hvae
 from hvae.checkpoint import CheckpointError, latest_checkpoint
 from hvae.config import ConfigError
 from hvae.data import DataError
+from hvae.evaluate import write_result
+from hvae.report.html import write_report
 from hvae.runconfig import load_run_config
 from hvae.train import RunDirError, TrainingDiverged, train
 
@@ -251,3 +253,92 @@ def test_conv_model_trains_on_images(tmp_path):
         "train.epochs=1",
     )
     assert hvae.load(out / "model").data_shape == (1, 8, 8)
+
+
+def tree(run_dir):
+    """Every file under a run directory, with its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_config_or_data_are_bad(tmp_path):
+    out = run(tmp_path / "keep", "train.epochs=1")
+    before = tree(out)
+    rows = np.random.rand(50, 64).round(3).astype(str)
+    rows[3, 5] = "nan"
+    (tmp_path / "x.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match="NaN"):
+        run(out, "data.source=csv", f"data.path={tmp_path / 'x.csv'}", "data.binarize=static", overwrite=True)
+    with pytest.raises(DataError, match="fewer than one batch"):
+        run(out, "train.batch_size=100000", overwrite=True)
+    with pytest.raises(ConfigError, match="data_shape"):
+        run(out, "model.data_shape=[1,8,8]", overwrite=True)
+    assert tree(out) == before
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_deletes_nothing(tmp_path):
+    out = tmp_path / "mine"
+    (out / "samples").mkdir(parents=True)
+    (out / "samples" / "holiday.png").write_bytes(b"png")
+    (out / "eval.json").write_text("{}")
+    (out / "config.yaml").write_text("learning_rate: 0.1\n")  # someone else's config
+    before = tree(out)
+    with pytest.raises(RunDirError, match=f"{out} is not empty and holds no hvae run.*will not delete"):
+        run(out, "train.epochs=1", overwrite=True)
+    with pytest.raises(RunDirError, match="holds no hvae run"):
+        run(out, "train.epochs=1")
+    assert tree(out) == before
+    (tmp_path / "empty").mkdir()
+    assert (run(tmp_path / "empty", "train.epochs=1", overwrite=True) / "model").is_dir()
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_kill(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    metrics = out / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"split": "train", "step": 8, "epoch": 1, "loss": 12')  # what kill -9 leaves mid-write
+    notes = []
+    cfg, raw = tiny("train.epochs=2")
+    train(cfg, out, raw=raw, resume=True, log=notes.append)
+    assert any("metrics.jsonl line" in n and "cut short" in n for n in notes)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]  # every line reads
+    assert max(r["step"] for r in rows) == 12
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named_and_nothing_is_changed(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    lines[1] = lines[1][:20]
+    metrics.write_text("\n".join(lines) + "\n")
+    before = tree(out)
+    with pytest.raises(RunDirError, match=f"{metrics} line 2 is damaged"):
+        run(out, "train.epochs=2", resume=True)
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002], ids=["022", "002"])
+def test_run_files_get_the_permissions_the_umask_allows(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        out = run(tmp_path / "r", "train.epochs=1")
+        write_result(out, {"elbo": -1.0})
+        write_report(out, num_samples=4)
+    finally:
+        os.umask(old)
+    paths = [out, *out.rglob("*")]
+    assert {"eval.json", "report.html", "model.safetensors", "optimizer.safetensors", "config.yaml"} <= {
+        p.name for p in paths
+    }
+    for p in paths:
+        want = (0o777 if p.is_dir() else 0o666) & ~umask
+        assert p.stat().st_mode & 0o7777 == want, p
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused_and_leaves_the_run_alone(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=2")
+    before = tree(out)
+    with pytest.raises(ConfigError, match="already trained 12 steps.*train.epochs=1"):
+        run(out, "train.epochs=1", resume=True)
+    assert tree(out) == before
+    run(out, "train.epochs=2", resume=True)  # a finished run resumed as it was asked for: nothing to do
+    assert int(hvae.load(out / "model").step) == 12

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .model import HierarchicalVAE, _atomic_write_text, load
+from .files import atomic_write_text, make_temp_dir, set_default_mode
+from .model import HierarchicalVAE, load
 
 
 class CheckpointError(ValueError):
@@ -72,7 +72,7 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:09d}"
     final = ckpt_root / name
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
+    tmp = make_temp_dir(ckpt_root)
     try:
         model.save_pretrained(tmp / "model")
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
@@ -90,6 +90,7 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
         for f in tmp.rglob("*"):
             if f.is_file():
+                set_default_mode(f)  # safetensors' own temporary file left it 0600
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if final.exists():
@@ -98,9 +99,9 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write_text(ckpt_root / "latest.json", json.dumps({"dir": name, "step": state["step"]}))
+    atomic_write_text(ckpt_root / "latest.json", json.dumps({"dir": name, "step": state["step"]}))
     if best:
-        _atomic_write_text(
+        atomic_write_text(
             ckpt_root / "best.json", json.dumps({"dir": name, "step": state["step"], "val_elbo": state.get("best_val")})
         )
     _prune(ckpt_root)

@@ -250,6 +250,9 @@ def _cmd_eval(args) -> int:
     from .distributed import eval_shard, session
     from .evaluate import evaluate, format_table, write_result
 
+    for flag in ("num_samples", "max_examples", "batch_size", "chunk_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     # under torchrun each rank evaluates a contiguous shard of the split; the sums are all-reduced
     with session(args.device) as ctx:
         device = ctx.device
@@ -258,7 +261,7 @@ def _cmd_eval(args) -> int:
         split = args.split or ec.split
         dataset = load_dataset(cfg.data)
         x = dataset.eval_tensor(split)
-        limit = args.max_examples or ec.max_examples
+        limit = args.max_examples if args.max_examples is not None else ec.max_examples
         if limit:
             x = x[:limit]
         if x.shape[0] == 0:
@@ -276,9 +279,9 @@ def _cmd_eval(args) -> int:
         result = evaluate(
             model,
             x[lo:hi].to(device),
-            num_samples=args.num_samples or ec.num_samples,
-            chunk_size=args.chunk_size or ec.chunk_size,
-            batch_size=args.batch_size or ec.batch_size,
+            num_samples=args.num_samples if args.num_samples is not None else ec.num_samples,
+            chunk_size=args.chunk_size if args.chunk_size is not None else ec.chunk_size,
+            batch_size=args.batch_size if args.batch_size is not None else ec.batch_size,
             threshold=ec.active_unit_threshold,
             log_jacobian=jac,
             progress=sys.stderr.isatty() and ctx.is_main,
@@ -292,6 +295,7 @@ def _cmd_eval(args) -> int:
         if ctx.distributed:
             result["ranks"] = ctx.world_size
     result = {"split": split, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
+    result["step"] = int(model.step)  # the training step of the model evaluated
     if units:
         result["tokenizer"] = cfg.data.tokenizer
     path = write_result(args.run_dir, result)

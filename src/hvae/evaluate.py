@@ -234,15 +234,18 @@ def _per_unit(elbo: float, iw_bound: float, n: float, units: dict[str, int] | No
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of an evaluation result, stating bound, split and size."""
+    """A plain-text table of an evaluation result, stating bound, split and size. Sequences, whose rows stop
+    early, are measured per token / byte / character instead of per dimension (padding would count)."""
+    per_dim = not result.get("unit_counts")
+    bpd_elbo = f"   {result['bits_per_dim_elbo']:.4f} bits/dim" if per_dim else ""
+    bpd_iw = f"   {result['bits_per_dim_iw']:.4f} bits/dim" if per_dim else ""
     lines = [
         f"split: {result.get('split', '?')} ({result['num_examples']} examples"
         + (f", binarization: {result['binarize']}" if result.get("binarize", "none") != "none" else "")
         + ")",
-        f"{'ELBO':<26}{result['elbo']:>12.3f} nats  ± {result['elbo_stderr']:.3f}   "
-        f"{result['bits_per_dim_elbo']:.4f} bits/dim",
+        f"{'ELBO':<26}{result['elbo']:>12.3f} nats  ± {result['elbo_stderr']:.3f}{bpd_elbo}",
         f"{'IW bound (K=' + str(result['num_samples']) + ')':<26}{result['iw_bound']:>12.3f} nats  ± "
-        f"{result['iw_bound_stderr']:.3f}   {result['bits_per_dim_iw']:.4f} bits/dim",
+        f"{result['iw_bound_stderr']:.3f}{bpd_iw}",
         f"{'reconstruction log p(x|z)':<26}{result['log_px']:>12.3f} nats",
         *_unit_lines(result),
         f"{'KL total':<26}{result['kl_total']:>12.3f} nats",

@@ -16,7 +16,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from .compiled import LazyCompile
 from .config import ModelConfig
 from .data.text import trim_batch
 from .distributions import Gaussian, _tile, kl_divergence
+from .files import atomic_path
+from .files import atomic_write_text as _atomic_write_text  # the name evaluate and the jobs import
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
@@ -683,14 +684,8 @@ class HierarchicalVAE(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(out / CONFIG_NAME, self.config.to_json())
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": "pt", "library": "hvae"})
-            os.replace(tmp, out / WEIGHTS_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(out / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "library": "hvae"})
         return out
 
 
@@ -709,19 +704,6 @@ def _frozen_bn(module: nn.Module):
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_model(config: ModelConfig | dict) -> HierarchicalVAE:

@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from . import distributed
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ConfigError
+from .config import ConfigError, load_yaml
 from .data import Dataset, load_dataset
 from .distributed import Context, DistributedError
 from .evaluate import elbo_terms
-from .model import HierarchicalVAE, _atomic_write_text, build_model
+from .files import atomic_write_text
+from .model import HierarchicalVAE, build_model
 from .optim import make_optimizer
 from .runconfig import RunConfig
 
@@ -110,8 +112,9 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
     return RunConfig(model=model, data=cfg.data, train=cfg.train, eval=cfg.eval)
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run is continued only with ``resume``, replaced only with ``overwrite``."""
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing run is continued only with ``resume``, replaced only with ``overwrite``,
+    and ``overwrite`` applies only to a folder that holds an hvae run. Removes nothing."""
     if resume and overwrite:
         raise RunDirError("use either --resume or --overwrite, not both")
     if resume:
@@ -121,16 +124,70 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out} is a file; choose a directory for --out")
     if out.is_dir() and any(out.iterdir()):
-        ours = [p for p in out.iterdir() if p.name in RUN_FILES]
-        if not overwrite:
-            what = "another run" if (out / "config.yaml").exists() else "files"
+        if not _holds_run(out):
+            # run files are known by name only: in a folder that is not a run they may be the user's own
             raise RunDirError(
-                f"{out} already holds {what}; pass --resume to continue it, --overwrite to replace it, "
+                f"{out} is not empty and holds no hvae run (no config.yaml written by hvae train)"
+                + (", so --overwrite will not delete anything in it" if overwrite else "")
+                + "; choose a new or empty folder for --out, or empty this one yourself"
+            )
+        if not overwrite:
+            raise RunDirError(
+                f"{out} already holds another run; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another --out"
             )
-        for p in ours:  # only what a run writes: nothing else in the folder is touched
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """:func:`check_run_dir`, then, with ``overwrite``, remove the old run's files (nothing else in the
+    folder), and create the folder. Call it only when the new run is about to write."""
+    check_run_dir(out, resume, overwrite)
+    if overwrite and out.is_dir():
+        for p in out.iterdir():
+            if p.name in RUN_FILES:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether ``out/config.yaml`` is one ``hvae train`` wrote: the four sections, resolved (the model's
+    ``data_shape`` filled in), valid as a run config."""
+    try:
+        data = load_yaml((out / "config.yaml").read_text(encoding="utf-8"))
+        if not (isinstance(data, dict) and set(data) == {"model", "data", "train", "eval"}):
+            return False
+        if not (isinstance(data["model"], dict) and data["model"].get("data_shape")):
+            return False
+        RunConfig.from_dict(data)
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return False
+    return True
+
+
+def _trim_metrics(path: Path, resume_step: int, log) -> None:
+    """Keep the records of ``metrics.jsonl`` up to the checkpoint's step (the later steps are about to be
+    recomputed). A last line cut short (the run was killed while writing it) is dropped with a note; a
+    damaged line before the last is an error that names it."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    kept = []
+    for k, (i, ln) in enumerate(lines):
+        try:
+            record = json.loads(ln)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if k == len(lines) - 1:
+                log(f"note: {path} line {i} was cut short (the run stopped while writing it); dropped")
+                break
+            raise RunDirError(
+                f"{path} line {i} is damaged ({e}); repair or delete that line, then resume again"
+            ) from None
+        if record.get("step", 0) <= resume_step:
+            kept.append(ln)
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 # data settings that change how the data are read, not what they are
@@ -154,13 +211,7 @@ class _Metrics:
     """JSON lines plus TensorBoard, written by the training job only."""
 
     def __init__(self, run_dir: Path, resume_step: int | None):
-        self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            # drop lines past the checkpoint: those steps are about to be recomputed
-            kept = [
-                ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step
-            ]
-            _atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+        self.path = run_dir / "metrics.jsonl"  # on resume, already trimmed to the checkpoint (_trim_metrics)
         self.file = open(self.path, "a")
         self.tb = None
         try:
@@ -229,7 +280,8 @@ def _has_batch_norm(model: torch.nn.Module) -> bool:
 def _train(
     config: RunConfig, run_dir: Path, raw: dict[str, Any], resume: bool, overwrite: bool, log, ctx: Context
 ) -> Path:
-    ctx.run_on_main(lambda: prepare_run_dir(run_dir, resume, overwrite))
+    # nothing is removed or written before the config, the data and the model are known to be good
+    ctx.run_on_main(lambda: check_run_dir(run_dir, resume, overwrite))
     tc = config.train
     device = ctx.device
     dataset = load_dataset(config.data)
@@ -239,9 +291,6 @@ def _train(
         # model and data must be the run's; training and evaluation settings may change (e.g. more epochs)
         saved = RunConfig.from_yaml(run_dir / "config.yaml")
         _check_compatible(saved, config)
-    ctx.run_on_main(lambda: _atomic_write_text(run_dir / "config.yaml", config.to_yaml()))
-    if dataset.tokenizer is not None:  # so the trained model decodes its own samples (hvae.data.text)
-        ctx.run_on_main(lambda: dataset.tokenizer.save(run_dir / "tokenizer.json"))
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
@@ -311,6 +360,13 @@ def _train(
                 f"note: the run had {saved_world} rank(s), now {ctx.world_size}: the posterior noise is reseeded, "
                 "so it continues statistically but not bit for bit"
             )
+        if state["step"] > total_steps:
+            asked = f"train.epochs={tc.epochs}" + ("" if tc.max_steps is None else f", train.max_steps={tc.max_steps}")
+            raise ConfigError(
+                f"cannot resume: {run_dir} has already trained {state['step']} steps ({state['epoch']} epochs), "
+                f"more than the {total_steps} that {asked} ask for, so there is nothing to train; ask for more, "
+                f"or use the run as it is (hvae eval {run_dir})"
+            )
         resume_step = state["step"]
         log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
 
@@ -321,6 +377,7 @@ def _train(
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.set_compile(tc.compile, after_s=tc.compile_after_s, steps_left=lambda: total_steps - state["step"])
 
+    ctx.run_on_main(lambda: _start_writing(run_dir, config, dataset, resume, resume_step, overwrite, log))
     metrics = _Metrics(run_dir, resume_step) if ctx.is_main else None
     eval_model = ema.module if ema is not None else model
     try:
@@ -344,6 +401,19 @@ def _train(
     _sync_ema(ema, model)
     ctx.run_on_main(lambda: eval_model.save_pretrained(run_dir / "model"))
     return run_dir
+
+
+def _start_writing(
+    run_dir: Path, config: RunConfig, dataset: Dataset, resume: bool, resume_step: int | None, overwrite: bool, log
+) -> None:
+    """The run's first writes: clear the old run (``overwrite``) or trim its metrics to the checkpoint
+    (resume), then the resolved config and the tokeniser."""
+    prepare_run_dir(run_dir, resume, overwrite)
+    if resume_step is not None:
+        _trim_metrics(run_dir / "metrics.jsonl", resume_step, log)
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    if dataset.tokenizer is not None:  # so the trained model decodes its own samples (hvae.data.text)
+        dataset.tokenizer.save(run_dir / "tokenizer.json")
 
 
 def _is_comm_failure(e: BaseException) -> bool:

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from hvae.data import DataConfig, DataError, Dataset, load_dataset
+from hvae.files import atomic_write_text
 from hvae.model import HierarchicalVAE, load
 from hvae.report.images import images_to_uri, png_data_uri, to_images
 
@@ -289,6 +289,15 @@ def _evaluation(r: _Run) -> str:
         per_layer = {k: v for k, v in per_layer.items() if len(v) == r.model.config.num_layers}
     scalars = [[k, v if _is_scalar(v) else json.dumps(v)] for k, v in flat.items() if k not in per_layer]
     body = _table(["quantity", "value"], scalars) if scalars else ""
+    measured, now = r.evaluation.get("step"), int(r.model.step)
+    if isinstance(measured, int) and measured != now:  # trained on (or resumed) after the evaluation
+        body = (
+            _note(
+                f"These numbers are of the model at step {measured}; the model reported here is at step {now}. "
+                f"Run `hvae eval {r.path}` again for its own."
+            )
+            + body
+        )
     if per_layer:
         n = max(len(v) for v in per_layer.values())
         rows = [[f"z_{l + 1}"] + [v[l] if l < len(v) else "" for v in per_layer.values()] for l in range(n)]
@@ -489,17 +498,6 @@ def _page(r: _Run, sections: list[str]) -> str:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-report-", suffix=".html")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(run_dir: str | os.PathLike, *, device: str = "cpu", num_samples: int = 64, seed: int = 0) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
@@ -512,5 +510,5 @@ def write_report(run_dir: str | os.PathLike, *, device: str = "cpu", num_samples
     r = _read_run(Path(run_dir), device)
     sections = [_overview(r), _curves(r), _evaluation(r), *_pictures(r, num_samples, seed, device)]
     out = r.path / "report.html"
-    _atomic_write_text(out, _page(r, sections))
+    atomic_write_text(out, _page(r, sections))
     return out

@@ -1,0 +1,81 @@
+"""Files and folders written atomically, with the permissions a plain ``open()`` or ``mkdir()`` gives.
+
+``tempfile`` (and safetensors, which writes through a temporary file of its own) creates files 0600 and
+folders 0700 whatever the umask, so a run written through them would be unreadable to the other users of a
+shared filesystem; every temporary file or folder that becomes part of a run is given the usual mode (0666
+or 0777 less the umask) here before it takes its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_by_setting()
+
+
+@functools.cache
+def _umask_by_setting() -> int:
+    # os.umask can only be read by setting it; another thread creating a file in between would get the
+    # mode 0o022 allows, so this is done once, at the first write
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def set_default_mode(path: str | os.PathLike) -> None:
+    """Give a file the mode ``open()`` creates files with (0666 less the umask), a folder the mode of
+    ``mkdir()`` (0777 less the umask, keeping the set-group-ID bit a shared parent folder hands down)."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(path, (0o777 & ~umask()) | (st.st_mode & stat.S_ISGID))
+    else:
+        os.chmod(path, 0o666 & ~umask())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` to write; on success it gets the default mode and replaces
+    ``path`` (``os.replace``), on an error it is removed and ``path`` is left as it was. The writer may
+    replace the temporary file with its own (safetensors does): the mode is set after it has written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        set_default_mode(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a kill leaves the old file or the new one, never half."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str = ".tmp-") -> Path:
+    """A new empty folder in ``parent`` with the mode ``mkdir()`` gives; the caller renames or removes it."""
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    set_default_mode(tmp)
+    return Path(tmp)
