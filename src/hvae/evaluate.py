@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from .data.text import row_lengths
-from .model import HierarchicalVAE, _atomic_write_text
+from .files import atomic_write_text
+from .model import HierarchicalVAE
 from .quantize import perplexity
 
 
@@ -272,5 +273,5 @@ def _unit_lines(result: dict[str, Any]) -> list[str]:
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     path = Path(run_dir) / "eval.json"
-    _atomic_write_text(path, json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     return path

@@ -28,8 +28,7 @@ from .compiled import LazyCompile
 from .config import ModelConfig
 from .data.text import trim_batch
 from .distributions import Gaussian, _tile, kl_divergence
-from .files import atomic_path
-from .files import atomic_write_text as _atomic_write_text  # the name evaluate and the jobs import
+from .files import atomic_path, atomic_write_text
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
@@ -682,7 +681,7 @@ class HierarchicalVAE(nn.Module):
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / CONFIG_NAME, self.config.to_json())
+        atomic_write_text(out / CONFIG_NAME, self.config.to_json())
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_path(out / WEIGHTS_NAME) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", "library": "hvae"})
