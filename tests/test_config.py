@@ -186,3 +186,10 @@ def test_floats_in_exponent_form_are_numbers_in_files_and_overrides(tmp_path):
     path.write_text("model: 3\n")
     with pytest.raises(ConfigError, match="model must be a section"):
         load_run_config(path)
+
+
+def test_a_yaml_boolean_for_a_word_says_to_quote_it():
+    from hvae.runconfig import load_run_config
+
+    with pytest.raises(ConfigError, match="binarize: True is not accepted.*quote the word"):
+        load_run_config(None, ["data.binarize=yes"])

@@ -135,6 +135,21 @@ def test_csv_with_header_and_bad_cell(tmp_path):
         load_dataset(DataConfig(source="csv", path=str(tmp_path / "t.csv")))
 
 
+@pytest.mark.parametrize("sep", ["\t", ";", " ", "   "])
+def test_csv_separated_by_tabs_semicolons_or_spaces_reads_like_commas(tmp_path, sep):
+    rows = [["a", "b", "c"], ["1", "2", "3"], ["4", "5", "6.5"]]
+    (tmp_path / "t.csv").write_text("\n".join(sep.join(r) for r in rows) + "\n")
+    d = load_dataset(DataConfig(source="csv", path=str(tmp_path / "t.csv"), val_fraction=0, test_fraction=0))
+    assert _rows(d.train.x) == _rows(torch.tensor([[1, 2, 3], [4, 5, 6.5]]))
+
+
+def test_a_csv_given_as_npy_is_named_and_never_unpickled(tmp_path):
+    (tmp_path / "t.npy").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="not a .npy file.*source: csv") as e:
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "t.npy")))
+    assert "allow_pickle" not in str(e.value)
+
+
 def test_image_folder_resize_crop_channels_and_labels(tmp_path):
     for i, (cls, size) in enumerate([("cat", (20, 10)), ("dog", (10, 10)), ("dog", (12, 30))]):
         (tmp_path / cls).mkdir(exist_ok=True)

@@ -501,6 +501,11 @@ def test_decode_rejects_latents_of_the_wrong_count_or_shape():
         model.decode(zs[:2])
     with pytest.raises(ValueError, match=r"zs\[1\] has shape \(6, 5\), expected \(B, 3\)"):
         model.decode([zs[0], torch.randn(B, 5), zs[2]])
+    with pytest.raises(ValueError, match=r"zs\[2\] has shape \(4, 5\), expected \(B, 2\)"):
+        model.generate([None, None, torch.randn(4, 5)])
+    with pytest.raises(ValueError, match=r"zs\[2\] holds 4 rows but the levels below hold 6"):
+        model.generate([None, zs[1], zs[2][:4]])
+    assert model.generate([None, None, zs[2]]).shape == (B, *model.data_shape)
 
 
 # --- saved models ------------------------------------------------------------------------------------

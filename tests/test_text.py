@@ -330,3 +330,11 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     if HAVE_CHROMIUM:  # the page renders: the decoded texts are in the browser's DOM
         dom = dump_dom(run / "report.html", tmp_path / "profile")
         assert "the quick brown fox" in dom and "Token ids decoded" in dom
+
+
+def test_text_with_a_model_for_images_is_refused_with_the_config_to_start_from(tmp_path, small_text, capsys):
+    args = ["train", "model.preset=small", "data.source=text", f"data.path={small_text}"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "need a categorical sequence model, not likelihood bernoulli" in err and "text_fortunes.yaml" in err
+    assert not (tmp_path / "run").exists()

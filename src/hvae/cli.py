@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample grids, keep-top-k grids and interpolations as PNG")
     s.add_argument("run_dir", type=Path)
-    s.add_argument("--n", type=int, default=64, help="samples (or inputs with --from-data)")
+    s.add_argument(
+        "--n", type=int, help="samples (64), inputs with --from-data (64) or interpolations with --interpolate (8)"
+    )
     s.add_argument(
         "--temperature",
         default="1.0",
@@ -322,6 +324,8 @@ def _cmd_sample(args) -> int:
     device = _device(args.device)
     cfg, model = _load_run(args.run_dir, device)
     temp = _parse_temperature(args.temperature)
+    if args.n is None:
+        args.n = 8 if args.interpolate else 64
     if args.n < 1:
         raise ValueError("--n must be >= 1")
     if args.from_data and args.interpolate:

@@ -43,7 +43,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ConfigError(f"{key}: {value!r} is not accepted; use one of {_type_name(tp)}")
+        hint = "; YAML reads yes/no/on/off as true/false: quote the word" if isinstance(value, bool) else ""
+        raise ConfigError(f"{key}: {value!r} is not accepted; use one of {_type_name(tp)}{hint}")
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:

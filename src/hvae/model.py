@@ -609,6 +609,20 @@ class HierarchicalVAE(nn.Module):
         self._check_input(x)
         return self._infer(x, posterior_mean=not sample).zs
 
+    def _check_latents(self, zs: Sequence[Tensor | None]) -> None:
+        """Latents given per level (None: not given) have the level's shape and one batch size."""
+        batch = None
+        for l, (z, layer) in enumerate(zip(zs, self.layers)):
+            if z is None:
+                continue
+            want = f"(B, {', '.join(map(str, layer.latent_shape))})"
+            if not isinstance(z, Tensor) or tuple(z.shape[1:]) != layer.latent_shape:
+                got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise ValueError(f"zs[{l}] has shape {got}, expected {want} (level {l + 1}, bottom to top)")
+            if batch is not None and z.shape[0] != batch:
+                raise ValueError(f"zs[{l}] holds {z.shape[0]} rows but the levels below hold {batch}; give one batch")
+            batch = z.shape[0]
+
     @torch.no_grad()
     def decode(self, zs: Sequence[Tensor]):
         """p(x | z): the observation distribution given latents for every level (bottom to top).
@@ -616,11 +630,7 @@ class HierarchicalVAE(nn.Module):
         L = self.config.num_layers
         if len(zs) != L:
             raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
-        for l, (z, layer) in enumerate(zip(zs, self.layers)):
-            if tuple(z.shape[1:]) != layer.latent_shape:
-                raise ValueError(
-                    f"zs[{l}] has shape {tuple(z.shape)}, expected (B, {', '.join(map(str, layer.latent_shape))})"
-                )
+        self._check_latents(zs)
         run = self._top_down(zs[0].shape[0], zs_given=list(zs))
         return self._decode_state(run.state)
 
@@ -644,6 +654,7 @@ class HierarchicalVAE(nn.Module):
         given = [z for z in zs if z is not None]
         if not given:
             raise ValueError("generate needs at least one given level; use sample() to draw all of them")
+        self._check_latents(zs)
         run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=_temperatures(temperature, L))
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()

@@ -95,6 +95,11 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
         model = model.replace(data_shape=shape)
     tokenizer = getattr(dataset, "tokenizer", None)
     if tokenizer is not None:  # token ids: the classes and the padding id are the tokeniser's
+        if model.likelihood != "categorical":
+            raise ConfigError(
+                f"data.source {cfg.data.source} gives token ids, which need a categorical sequence model, not "
+                f"likelihood {model.likelihood}; start from configs/text_fortunes.yaml (model.preset: text_fortunes)"
+            )
         wanted = {"num_classes": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
         for key, value in wanted.items():
             if getattr(model, key) != value and key in model_raw:
@@ -601,8 +606,9 @@ def _loop(
     if progress is not None:
         progress.close()
     log(
-        f"trained {state['step']} steps ({state['epoch']} epochs), {state['skipped']} skipped updates; "
-        f"best validation ELBO {state['best_val'] if state['best_val'] is not None else 'n/a'}"
+        f"trained {state['step']} steps ({state['epoch']} epoch{'' if state['epoch'] == 1 else 's'}), "
+        f"{state['skipped']} skipped updates; best validation ELBO "
+        + (f"{state['best_val']:.3f} nats" if state["best_val"] is not None else "n/a")
     )
 
 

@@ -260,6 +260,10 @@ def read_npy(path: str | Path, in_memory: str = "always", memory_budget: float =
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
+        if "pickle" in str(e):  # numpy found no .npy header and offers to unpickle, which hvae never does
+            raise DataError(
+                f"{path}: not a .npy file (no .npy header); a CSV needs source: csv, an archive source: npz"
+            ) from None
         raise DataError(f"{path}: not a readable .npy file ({e})") from None
     if not isinstance(a, np.ndarray):
         a.close()
@@ -300,12 +304,17 @@ def read_npz(path: str | Path, key: str | None = None) -> RawData:
 
 
 def read_csv(path: str | Path) -> RawData:
-    """Numeric table (N, D), one example per row; an optional header row; values not rescaled."""
+    """Numeric table (N, D), one example per row; an optional header row; values not rescaled. Values are
+    separated by commas, tabs or semicolons (whichever the first line holds), or else by spaces."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; set data.path to an existing .csv file")
     with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+        lines = f.read().splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    sep = next((s for s in (",", "\t", ";") if s in first), None)
+    split = csv.reader(lines, delimiter=sep) if sep else (line.split() for line in lines)
+    rows = [r for r in split if r and any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{path}: the CSV file is empty")
     header = None
