@@ -494,6 +494,21 @@ def test_inputs_of_the_wrong_shape_or_dtype_raise_clear_errors():
         model.log_likelihood(x, num_samples=0)
 
 
+def test_evaluation_calls_refuse_data_outside_the_likelihoods_support():
+    model = _model().eval()  # Bernoulli
+    x = _x(model)
+    bad = x.clone()
+    bad[0, 0] = 0.5
+    with pytest.raises(ValueError, match="needs binary data"):
+        model(bad)
+    with pytest.raises(ValueError, match="needs binary data"):
+        model.log_likelihood(bad, num_samples=2)
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.log_likelihood(bad, num_samples=2)
+    assert model.log_likelihood(x, num_samples=2).isfinite().all()
+
+
 def test_decode_rejects_latents_of_the_wrong_count_or_shape():
     model = _model()
     zs = model.encode(_x(model))

@@ -233,7 +233,9 @@ class HierarchicalVAE(nn.Module):
     # ------------------------------------------------------------------------------------------------
     # input checks
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, values: bool = False) -> None:
+        """The shape and dtype of a batch; with ``values``, also its values against the likelihood's support
+        (a pass over the data: the evaluation calls do it, a training step leaves it to the data pipeline)."""
         if not isinstance(x, Tensor):
             raise TypeError(
                 f"expected a torch.Tensor of shape (B, {', '.join(map(str, self.data_shape))}), got {type(x).__name__}"
@@ -255,6 +257,8 @@ class HierarchicalVAE(nn.Module):
                 f"input must be a floating tensor (values in [0, 1]), got {x.dtype}; integer token ids need "
                 f"likelihood categorical (this model's is {self.config.likelihood})"
             )
+        if values:
+            self.likelihood.check_support(x)
 
     def trim_padding(self, x: Tensor) -> Tensor:
         """Token ids ``(B, T)`` -> ``(B, T')``: the trailing positions that are padding in every row dropped
@@ -472,7 +476,7 @@ class HierarchicalVAE(nn.Module):
         return lambda: self.step.copy_(saved)
 
     def _elbo(self, x: Tensor, beta: float | None = None) -> ModelOutput:
-        self._check_input(x)
+        self._check_input(x, values=not (self.training and torch.is_grad_enabled()))
         run = self._infer(x)
         px = self._decode_state(run.state, self._length(x))
         log_px = px.log_prob(x)
@@ -552,7 +556,7 @@ class HierarchicalVAE(nn.Module):
         against the weights the chunks were compiled with). Call ``model.eval()`` first for networks with
         batch norm.
         """
-        self._check_input(x)
+        self._check_input(x, values=True)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if chunk_size is not None and chunk_size < 1:
