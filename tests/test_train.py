@@ -243,6 +243,17 @@ def test_gaussian_model_trains_on_dequantized_digits(tmp_path):
     assert hvae.load(out / "model").config.likelihood == "gaussian"
 
 
+@pytest.mark.parametrize(
+    "likelihood, model", [("discretized_logistic_mixture", ["model.preset=conv_small", "data.flatten=false"]),
+                          ("bernoulli", [])]
+)  # fmt: skip
+def test_dequantized_data_need_a_density(tmp_path, likelihood, model):
+    # the discretised likelihoods score the discrete values: a dequantisation Jacobian would shift bits/dim
+    with pytest.raises(ConfigError, match=f"data.dequantize: true .* likelihood {likelihood} scores discrete"):
+        run(tmp_path / "r", *model, f"model.likelihood={likelihood}", "data.binarize=none", "data.dequantize=true")
+    assert not (tmp_path / "r").exists()
+
+
 def test_conv_model_trains_on_images(tmp_path):
     out = run(
         tmp_path / "r",

@@ -270,7 +270,7 @@ def _cmd_eval(args) -> int:
             raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
         torch.manual_seed(args.seed + ctx.rank)
         jac = 0.0
-        if cfg.data.dequantize and dataset.levels:
+        if cfg.data.dequantize and dataset.levels and model.config.likelihood == "gaussian":
             jac = dequantization_log_jacobian(dataset.levels, x[0].numel())
         units = None
         if dataset.tokenizer is not None:  # sequences: bits per token and per byte / character

@@ -93,6 +93,13 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
                 f"set model.data_shape={shape} (or data.flatten to match an MLP model)"
             )
         model = model.replace(data_shape=shape)
+    if cfg.data.dequantize and model.likelihood != "gaussian":
+        # dequantised pixels are continuous: only a density scores them (its bound in the discrete space is
+        # the density's plus the Jacobian); the other likelihoods score the discrete values themselves
+        raise ConfigError(
+            f"data.dequantize: true makes the data continuous, but likelihood {model.likelihood} scores discrete "
+            "values; set data.dequantize: false (or likelihood: gaussian)"
+        )
     tokenizer = getattr(dataset, "tokenizer", None)
     if tokenizer is not None:  # token ids: the classes and the padding id are the tokeniser's
         if model.likelihood != "categorical":
