@@ -292,6 +292,32 @@ def test_standardization_uses_train_stats_only(tmp_path):
     assert torch.allclose(d.test.x, (raw.test.x - d.mean) / d.std)
 
 
+def test_a_column_constant_in_training_is_only_centred():
+    from hvae.data.transforms import standardization_stats
+
+    x = torch.randn(50, 3)
+    x[:, 1] = 7.0
+    mean, std = standardization_stats(x)
+    assert std[1] == 1.0 and mean[1] == 7.0 and std[0] != 1.0
+    assert ((torch.tensor([[0.0, 7.5, 0.0]]) - mean) / std)[0, 1] == 0.5  # not 5e5
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    (tmp_path / "t.csv").write_bytes("\ufeff1,2\n3,4\n5,6\n".encode())
+    d = load_dataset(DataConfig(source="csv", path=str(tmp_path / "t.csv"), val_fraction=0, test_fraction=0))
+    assert _rows(d.train.x) == _rows(torch.tensor([[1.0, 2], [3, 4], [5, 6]]))
+
+
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16) * 1024).reshape(8, 8)  # 0 .. 64512
+    img = Image.fromarray(ramp)
+    assert img.mode.startswith("I")
+    img.save(tmp_path / "a.png")
+    d = load_dataset(DataConfig(source="images", path=str(tmp_path), val_fraction=0, test_fraction=0, channels=1))
+    got = (d.train.x[0, 0] * 255).round().to(torch.int64)
+    assert torch.equal(got, torch.from_numpy((ramp >> 8).astype(np.int64)))
+
+
 def test_batch_larger_than_train_split_is_an_error():
     d = load_dataset(DataConfig(max_examples=10))
     with pytest.raises(DataError, match="batch size"):

@@ -17,7 +17,9 @@ from hvae.data.text import (
     BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
+    _windows,
     load_tokenizer,
+    read_examples,
     token_counts,
 )
 from hvae.likelihoods import Categorical
@@ -338,3 +340,37 @@ def test_text_with_a_model_for_images_is_refused_with_the_config_to_start_from(t
     err = capsys.readouterr().err
     assert "need a categorical sequence model, not likelihood bernoulli" in err and "text_fortunes.yaml" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_byte_windows_hold_at_most_max_length_bytes_and_never_split_a_character():
+    text = "Voilà un café très cher, naïve idée. " * 3
+    windows = _windows(text, 8, by_bytes=True)
+    assert "".join(windows) == text and all(len(w.encode()) <= 8 for w in windows)
+    assert _windows("abcdef", 4, by_bytes=False) == ["abcd", "ef"]
+
+
+def test_bpe_reads_special_names_written_in_a_text_as_text():
+    tok = BPETokenizer.fit(["the quick brown fox jumps over the lazy dog"] * 20, 300)
+    ids = tok.encode("use <pad> and <eos> tags")
+    assert min(ids) >= 0 and tok.eos_id not in ids and tok.pad_id not in ids
+    assert tok.decode(ids) == "use <pad> and <eos> tags"
+    assert load_tokenizer_round_trip(tok).encode("use <pad> and <eos> tags") == ids
+
+
+def load_tokenizer_round_trip(tok):
+    from hvae.data.text import tokenizer_from_dict
+
+    return tokenizer_from_dict(json.loads(json.dumps(tok.to_dict())))
+
+
+def test_bytes_are_counted_from_the_ids_even_in_a_row_cut_inside_a_character():
+    tok = ByteTokenizer()
+    ids = tok.encode("café")[:4] + [tok.eos_id, tok.pad_id]  # "caf" and the first byte of "é"
+    assert token_counts(torch.tensor([ids]), tok) == {"token": 5, "byte": 4}
+
+
+def test_fortunes_keep_their_percent_signs(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "set").write_bytes(b"%DCL-MEM-BAD, bad memory\n%\n100% sure\n%\nthe last one\n%")
+    texts, _ = read_examples(DataConfig(source="fortunes", path=str(tmp_path / "f")))
+    assert texts == ["%DCL-MEM-BAD, bad memory", "100% sure", "the last one"]

@@ -309,7 +309,7 @@ def read_csv(path: str | Path) -> RawData:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; set data.path to an existing .csv file")
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first cell
         lines = f.read().splitlines()
     first = next((line for line in lines if line.strip()), "")
     sep = next((s for s in (",", "\t", ";") if s in first), None)
@@ -370,6 +370,9 @@ def _decode(p: Path, channels: int, size: tuple[int, int], fit: bool, first: Pat
 
     try:
         with Image.open(p) as img:
+            if img.mode.startswith("I"):  # 16-bit grey: its top 8 bits (convert("L") would clip at 255)
+                grey = (np.asarray(img).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+                img = Image.fromarray(grey, "L")
             img = img.convert("L" if channels == 1 else "RGB")
             if fit:
                 img = _fit(img, size)

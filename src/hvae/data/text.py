@@ -155,6 +155,17 @@ class BPETokenizer(Tokenizer):
         hf.train_from_iterator(list(texts), trainer)
         return cls(hf)
 
+    @property
+    def hf(self):
+        return self._hf
+
+    @hf.setter
+    def hf(self, hf) -> None:
+        # "<eos>" or "<pad>" written in a text are its characters, never the special ids (which would come out
+        # of encode as -2 and -1 after the shift below)
+        hf.encode_special_tokens = True
+        self._hf = hf
+
     def encode(self, text: str) -> list[int]:
         return [i - self._shift for i in self.hf.encode(text).ids]
 
@@ -256,8 +267,10 @@ def read_examples(config) -> tuple[list[str], dict]:
                 text = _decode_bytes(chunk, config.text_errors, f"{f} (fortune {i + 1})", counts)
                 if text is None:
                     continue
-                text = text.strip("\n%")
-                if not text.strip():
+                text = text.strip("\n")
+                if text.endswith("\n%"):  # the file's last separator, without its newline
+                    text = text[:-2].rstrip("\n")
+                if not text.strip() or text == "%":
                     counts["empty"] += 1
                     continue
                 examples.append(text)
@@ -269,8 +282,7 @@ def read_examples(config) -> tuple[list[str], dict]:
         if config.text_unit == "window":
             text = _decode_bytes(data, config.text_errors, str(f), counts)
             if text:
-                n = config.max_length
-                examples.extend(text[i : i + n] for i in range(0, len(text), n))
+                examples.extend(_windows(text, config.max_length, by_bytes=config.tokenizer == "byte"))
             continue
         for i, line in enumerate(data.splitlines()):
             text = _decode_bytes(line, config.text_errors, f"{f} line {i + 1}", counts)
@@ -281,6 +293,25 @@ def read_examples(config) -> tuple[list[str], dict]:
                 continue
             examples.append(text)
     return examples, counts
+
+
+def _windows(text: str, n: int, by_bytes: bool) -> list[str]:
+    """``text`` cut into consecutive windows of ``n`` characters, or (``by_bytes``) of at most ``n`` UTF-8
+    bytes, each cut moved back to a character boundary so that no character is split."""
+    if not by_bytes:
+        return [text[i : i + n] for i in range(0, len(text), n)]
+    data, out, i = text.encode("utf-8"), [], 0
+    while i < len(data):
+        end = j = min(i + n, len(data))
+        while i < j < len(data) and (data[j] & 0xC0) == 0x80:  # a continuation byte: back off
+            j -= 1
+        if j == i:  # one character longer than n bytes: kept whole
+            j = end
+            while j < len(data) and (data[j] & 0xC0) == 0x80:
+                j += 1
+        out.append(data[i:j].decode("utf-8"))
+        i = j
+    return out
 
 
 def build_tokenizer(config, train_texts: Sequence[str]) -> Tokenizer:
@@ -359,7 +390,9 @@ def token_counts(x: torch.Tensor, tokenizer: Tokenizer) -> dict[str, int]:
     """Units in a batch of rows (N, T): ``token`` (ids that count in the likelihood: all but padding, the
     end-of-sequence tokens included) and the tokeniser's own unit of the decoded texts (byte / char)."""
     out = {"token": int((x != tokenizer.pad_id).sum())}
-    if tokenizer.unit != "token":
+    if tokenizer.kind == "byte":  # the ids themselves: a row cut inside a character still has its bytes
+        out["byte"] = int((x < 256).sum())
+    elif tokenizer.unit != "token":
         out[tokenizer.unit] = sum(tokenizer.count_units(t) for t in tokenizer.decode_batch(x))
     return out
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-STD_FLOOR = 1e-6  # standardization: constant columns would otherwise divide by zero
+STD_FLOOR = 1e-6  # standardization: a column whose std is below this is constant, and gets std 1
 STATS_CHUNK_ROWS = 4096  # standardization statistics are merged over blocks of this many rows
 
 
@@ -58,7 +58,7 @@ def dequantization_log_jacobian(levels: int, num_dims: int) -> float:
 def standardization_stats(
     x: torch.Tensor | Iterable[torch.Tensor], chunk_rows: int = STATS_CHUNK_ROWS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std (floored at ``STD_FLOOR``) of x (N, ...) -> two float32 tensors of shape x[0].
+    """Per-dimension mean and std (1 where below ``STD_FLOOR``) of x (N, ...) -> two float32 tensors of shape x[0].
 
     ``x`` is a tensor or an iterable of consecutive row blocks of one (e.g. read from disk). A tensor is cut
     into blocks of ``chunk_rows``; the blocks' float64 statistics are merged (Chan et al.), so the result
@@ -84,7 +84,8 @@ def standardization_stats(
             n = total
     if mean is None:
         raise ValueError("standardization_stats: no rows")
-    std = (m2 / n).sqrt().clamp_min(STD_FLOOR) if n > 1 else torch.ones_like(mean)
+    std = (m2 / n).sqrt() if n > 1 else torch.ones_like(mean)
+    std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)  # a constant column is only centred
     return mean.to(torch.float32), std.to(torch.float32)
 
 
