@@ -151,6 +151,26 @@ def test_eval_reads_a_checkpoint_newer_than_the_final_model(run_dir, tmp_path, c
     assert "newer" not in capsys.readouterr().err
 
 
+def test_eval_of_standardized_data_gives_the_bound_of_the_values_as_read(tmp_path):
+    import numpy as np
+    import torch
+
+    from hvae.data import load_dataset
+    from hvae.runconfig import RunConfig
+
+    rows = np.random.default_rng(0).normal(0, 100.0, (120, 6))
+    (tmp_path / "t.csv").write_text("\n".join(",".join(f"{v:.4f}" for v in r) for r in rows) + "\n")
+    data = [f"data.path={tmp_path / 't.csv'}", "data.source=csv", "data.standardize=true", "data.binarize=none"]
+    model = ["model.likelihood=gaussian", "model.batch_norm=false"]
+    out = tmp_path / "run"
+    assert main(["train", *TINY, *data, *model, "data.flatten=false", "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(out), "--num-samples", "4"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    std = load_dataset(RunConfig.from_yaml(out / "config.yaml").data).std
+    assert result["log_jacobian"] == pytest.approx(float(torch.log(std.double()).sum()))
+    assert result["log_jacobian"] > 6 * 4  # std ~ 100 per column: the bound in the data's own units is far lower
+
+
 def test_train_refuses_an_occupied_directory(run_dir, capsys):
     assert main(["train", "--config", "configs/default.yaml", *TINY, "--out", str(run_dir), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err

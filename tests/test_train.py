@@ -254,6 +254,17 @@ def test_dequantized_data_need_a_density(tmp_path, likelihood, model):
     assert not (tmp_path / "r").exists()
 
 
+def test_discretized_logistic_bins_must_sit_on_the_datas_levels(tmp_path):
+    conv = ["model.preset=conv_small", "data.flatten=false", "model.likelihood=discretized_logistic_mixture"]
+    with pytest.raises(ConfigError, match="17 levels but model.num_bits=8 gives 256 bins.*categorical.*17"):
+        run(tmp_path / "r", *conv, "data.binarize=none")  # the 8x8 digits: 17 levels
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8))
+    with pytest.raises(ConfigError, match="256 levels but model.num_bits=5 gives 32 bins.*num_bits=8"):
+        run(tmp_path / "r", *conv, "model.num_bits=5", "data.source=npy", f"data.path={tmp_path / 'x.npy'}",
+            "data.binarize=none")  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
 def test_conv_model_trains_on_images(tmp_path):
     out = run(
         tmp_path / "r",

@@ -269,9 +269,11 @@ def _cmd_eval(args) -> int:
         if x.shape[0] == 0:
             raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
         torch.manual_seed(args.seed + ctx.rank)
-        jac = 0.0
+        jac = 0.0  # the bounds of the data as read (see hvae.evaluate.evaluate)
         if cfg.data.dequantize and dataset.levels and model.config.likelihood == "gaussian":
-            jac = dequantization_log_jacobian(dataset.levels, x[0].numel())
+            jac += dequantization_log_jacobian(dataset.levels, x[0].numel())
+        if cfg.data.standardize and dataset.std is not None:
+            jac += float(dataset.std.double().log().sum())
         units = None
         if dataset.tokenizer is not None:  # sequences: bits per token and per byte / character
             from .data.text import run_tokenizer, token_counts

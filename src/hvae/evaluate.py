@@ -178,6 +178,10 @@ def evaluate(
     ``unit_counts``: for sequences, how many of each unit the whole split holds (``{"token": …, "byte": …}``, see
     :func:`hvae.data.text.token_counts`); adds ``bits_per_<unit>_elbo`` / ``_iw`` = -bound N / (count ln 2).
 
+    ``log_jacobian``: nats per example subtracted from both bounds so that they speak of the data as read,
+    before preprocessing: D ln(levels) for dequantized data (the bound of the discrete values), plus the sum
+    of ln std over the dimensions for standardized data (the density of the values before standardizing).
+
     ``reduce`` sums :func:`evaluation_sums` over processes (under torchrun every rank passes its shard of
     the split and ``Context.all_sum_dict``); the numbers are then those of the whole split.
     """
@@ -212,7 +216,7 @@ def evaluate(
         "bits_per_dim_elbo": -elbo / (D * math.log(2)),
         "bits_per_dim_iw": -iw_bound / (D * math.log(2)),
         "dims": D,
-        "dequantization_log_jacobian": log_jacobian,
+        "log_jacobian": log_jacobian,
         "active_units": au,
         "units": units,
         **_codebook_perplexity(model, sums),

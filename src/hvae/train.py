@@ -100,6 +100,19 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
             f"data.dequantize: true makes the data continuous, but likelihood {model.likelihood} scores discrete "
             "values; set data.dequantize: false (or likelihood: gaussian)"
         )
+    levels = dataset.levels
+    if model.likelihood == "discretized_logistic_mixture" and cfg.data.binarize == "none" and levels is not None:
+        if levels != 2**model.num_bits:  # the bins would not sit on the data's values
+            bits = math.log2(levels)
+            fix = (
+                f"set model.num_bits={int(bits)}"
+                if bits.is_integer()
+                else f"use likelihood: categorical with num_classes: {levels}"
+            )
+            raise ConfigError(
+                f"the data have {levels} levels but model.num_bits={model.num_bits} gives {2**model.num_bits} "
+                f"bins, which would not sit on the data's values; {fix}"
+            )
     tokenizer = getattr(dataset, "tokenizer", None)
     if tokenizer is not None:  # token ids: the classes and the padding id are the tokeniser's
         if model.likelihood != "categorical":
