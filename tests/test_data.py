@@ -94,6 +94,20 @@ def test_fashion_mnist_default_path():
     assert len(d.train) == len(d.val) == len(d.test) == 100
 
 
+def test_a_sources_own_test_set_is_binarised_alike_whatever_the_data_seed(tmp_path):
+    _idx_folder(tmp_path)
+    a, b = (load_dataset(DataConfig(source="mnist", path=str(tmp_path), seed=s, binarize="dynamic")) for s in (0, 3))
+    assert torch.equal(a.eval_tensor("test"), b.eval_tensor("test"))
+    assert torch.equal(torch.cat(list(b.eval_batches("test", 3))), a.eval_tensor("test"))
+    assert not torch.equal(a.eval_tensor("val"), b.eval_tensor("val"))  # drawn from the training file by seed
+    x = np.random.default_rng(0).random((40, 6))  # no test set of its own: the seed draws it and its noise
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    c, d = (
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "x.npy"), seed=s, binarize="dynamic")) for s in (0, 3)
+    )
+    assert not torch.equal(c.eval_tensor("test"), d.eval_tensor("test"))
+
+
 def test_npz_uint8_key_and_labels(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (20, 3, 4, 4), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", other=np.zeros((5, 2)), images=x, y=np.arange(20))

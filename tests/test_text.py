@@ -318,6 +318,7 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     printed = capsys.readouterr().out
     assert "bits per token" in printed and "bits/dim" not in printed  # padding would count per dimension
     result = json.loads((run / "eval.json").read_text())
+    assert "bits_per_dim_iw" not in result
     assert result["tokenizer"] == "bpe" and result["bits_per_token_iw"] > 0
     assert result["nats_per_sequence_iw"] == pytest.approx(-result["iw_bound"])
     capsys.readouterr()
@@ -374,3 +375,18 @@ def test_fortunes_keep_their_percent_signs(tmp_path):
     (tmp_path / "f" / "set").write_bytes(b"%DCL-MEM-BAD, bad memory\n%\n100% sure\n%\nthe last one\n%")
     texts, _ = read_examples(DataConfig(source="fortunes", path=str(tmp_path / "f")))
     assert texts == ["%DCL-MEM-BAD, bad memory", "100% sure", "the last one"]
+
+
+def test_bpe_with_long_examples_skipped_learns_only_from_the_final_training_rows(tmp_path, monkeypatch):
+    import hvae.data.text as text
+
+    lines = [f"line {i} of the corpus, {'long ' * (i % 4) * 6}end".encode() for i in range(80)]
+    path = _write(tmp_path / "t.txt", lines)
+    fitted = []
+    real = text.build_tokenizer
+    monkeypatch.setattr(text, "build_tokenizer", lambda cfg, texts: fitted.append(list(texts)) or real(cfg, texts))
+    cfg = DataConfig(source="text", path=path, tokenizer="bpe", bpe_vocab_size=300, max_length=24, too_long="skip")
+    ds = load_dataset(cfg)
+    assert 0 < len(ds.train) + len(ds.val) + len(ds.test) < 80  # some were skipped
+    train = sorted(ds.tokenizer.decode_batch(ds.train.x))
+    assert sorted(fitted[-1]) == train  # the vocabulary saw the training rows, and nothing else

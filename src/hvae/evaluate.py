@@ -203,6 +203,16 @@ def evaluate(
     D = math.prod(model.data_shape)
     elbo = elbo_mean - log_jacobian
     iw_bound = iw_mean - log_jacobian
+    # per dimension for fixed-size data; sequences stop early, so they are measured per unit (_per_unit)
+    per_dim = (
+        {}
+        if unit_counts
+        else {
+            "bits_per_dim_elbo": -elbo / (D * math.log(2)),
+            "bits_per_dim_iw": -iw_bound / (D * math.log(2)),
+            "dims": D,
+        }
+    )
     return {
         "num_examples": int(n),
         "num_samples": num_samples,
@@ -213,9 +223,7 @@ def evaluate(
         "log_px": float(sums["log_px"]) / n,
         "kl": kl,
         "kl_total": sum(kl),
-        "bits_per_dim_elbo": -elbo / (D * math.log(2)),
-        "bits_per_dim_iw": -iw_bound / (D * math.log(2)),
-        "dims": D,
+        **per_dim,
         "log_jacobian": log_jacobian,
         "active_units": au,
         "units": units,

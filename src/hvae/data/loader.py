@@ -260,6 +260,9 @@ class Dataset:
         self._eval: dict[str, torch.Tensor] = {}
         self.tokenizer = None  # text sources: the tokeniser of the token ids (hvae.data.text)
         self.notes: list[str] = []
+        # the source's own test set (Fashion-MNIST's t10k, say): its fixed noise does not depend on data.seed,
+        # so that runs with different seeds are measured on the same binarised test images
+        self.official_test = False
         self._fixed: dict[str, Split] = {}
         self._row_lengths: dict[str, torch.Tensor] = {}
 
@@ -287,8 +290,13 @@ class Dataset:
             return transforms.dequantize(x, self.levels, gen)
         return x
 
+    def _fixed_generator(self, split: str) -> torch.Generator:
+        seed = 0 if split == "test" and self.official_test else self.config.seed
+        return transforms.generator(seed, "fixed", split)
+
     def eval_tensor(self, split: str) -> torch.Tensor:
-        """The whole split (N, *shape), preprocessed once with a generator seeded from (seed, split name).
+        """The whole split (N, *shape), preprocessed once with a generator seeded from (seed, split name); a
+        source's own test set takes seed 0 whatever ``data.seed``.
 
         This fixed binarization / dequantization noise is what evaluation uses (and what static binarization
         trains on). Cached; treat it as read-only. It is held in memory as float32 (4 bytes per value), also
@@ -301,7 +309,7 @@ class Dataset:
                 blocks = list(self.eval_batches(split, s._chunk_rows()))
                 t = torch.cat(blocks) if blocks else torch.empty((0, *s.shape), dtype=torch.float32)
             else:
-                t = self._preprocess(s.x, transforms.generator(self.config.seed, "fixed", split))
+                t = self._preprocess(s.x, self._fixed_generator(split))
             self._eval[split] = t
         return self._eval[split]
 
@@ -318,7 +326,7 @@ class Dataset:
                 yield t.clone() if device is None else t.to(device, copy=True)
             return
         s = self.split(split)
-        gen = transforms.generator(self.config.seed, "fixed", split)
+        gen = self._fixed_generator(split)
         for x in s.chunks(batch_size):
             x = self._preprocess(x, gen)
             yield x if device is None else x.to(device)
@@ -529,7 +537,7 @@ def load_dataset(config: DataConfig) -> Dataset:
             # (N, C, H, W) -> (N, C*H*W); flatten(1) also handles an empty split
             x = x.flatten(1) if isinstance(x, torch.Tensor) else x.reshape(len(x), -1)
         splits[name] = Split(name, x.contiguous(), y, scale=raw.scale)
-    levels = raw.levels
+    levels, official_test = raw.levels, raw.test_x is not None
     tokenizer, notes = getattr(raw, "tokenizer", None), list(getattr(raw, "notes", []))
     del raw  # the splits are copies (or views of the file): drop the full array before standardizing
 
@@ -555,4 +563,5 @@ def load_dataset(config: DataConfig) -> Dataset:
             raise DataError(f"{where}: binarize needs values in [0, 1], found [{lo:g}, {hi:g}]; set binarize: none")
     dataset = Dataset(splits["train"], splits["val"], splits["test"], levels, config, mean, std)
     dataset.tokenizer, dataset.notes = tokenizer, notes  # text: the tokeniser; what reading skipped or fixed
+    dataset.official_test = official_test
     return dataset

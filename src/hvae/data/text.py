@@ -359,7 +359,7 @@ def read_text(config, train_rows: Callable[[int], torch.Tensor]) -> TextData:
     n_all, n_long = len(texts), 0
     if config.too_long == "skip" and config.tokenizer != "bpe":
         # drop long examples before the split, so the vocabulary comes from exactly the training rows (for
-        # bpe the lengths need the vocabulary: it is learned from the training rows of all examples)
+        # bpe the lengths need a vocabulary: see below)
         probe = ByteTokenizer() if config.tokenizer == "byte" else None
         room = config.max_length - int(add_eos)
         short = [t for t in texts if (len(probe.encode(t)) if probe else len(t)) <= room]
@@ -371,6 +371,15 @@ def read_text(config, train_rows: Callable[[int], torch.Tensor]) -> TextData:
     x, kept, n_more = encode_rows(texts, tokenizer, config.max_length, config.too_long, add_eos)
     n_long += n_more
     notes = []
+    if config.tokenizer == "bpe" and len(kept) < len(texts):
+        # the split is drawn over the rows kept: learn the vocabulary again from exactly their training rows
+        # (the first one also saw rows that land in validation or test); an example that fitted the first
+        # vocabulary but not this one is truncated
+        texts = [texts[i] for i in kept]
+        tokenizer = build_tokenizer(config, [texts[i] for i in train_rows(len(texts)).tolist()])
+        x, kept, n_cut = encode_rows(texts, tokenizer, config.max_length, "truncate", add_eos)
+        if n_cut:
+            notes.append(f"{n_cut} examples over {config.max_length} tokens under the final vocabulary truncated")
     if counts["empty"]:
         notes.append(f"{counts['empty']} empty examples skipped")
     if counts["not_utf8"]:
