@@ -227,6 +227,19 @@ def test_training_batches_are_bucketed_by_length_and_trimmed(tmp_path):
     assert sum(spread_plain) / len(spread_plain) > 30
 
 
+def test_bucketed_epochs_drop_random_rows_not_the_longest():
+    from hvae.data.text import bucket_order
+
+    lengths = torch.arange(1000)  # one pool of 50 batches of 16 and 200 rows more: 8 left over each epoch
+    dropped = []
+    for epoch in range(200):
+        order = bucket_order(lengths, 16, torch.Generator().manual_seed(epoch))
+        assert sorted(order.tolist()) == list(range(1000))  # a permutation: every row once
+        dropped.append(lengths[order[-8:]])
+    # the longest fifth of the rows would be dropped every time if the leftover were cut after sorting
+    assert torch.cat(dropped).float().mean() == pytest.approx(500, abs=40)
+
+
 def test_config_checks_token_settings():
     with pytest.raises(ConfigError, match="pad_id"):
         ModelConfig(data_shape=[8], likelihood="categorical", num_classes=10, pad_id=10)

@@ -422,16 +422,19 @@ def trim_batch(x: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 def bucket_order(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """A permutation of the rows whose consecutive batches hold examples of similar length: shuffle, sort
-    within pools of 50 batches by length, cut into batches, shuffle the batches (the last, partial batch of
-    each pool stays with its pool)."""
+    within pools of 50 batches by length, cut into batches, shuffle the full batches. The rows left over by
+    the last pool (fewer than a batch: what ``drop_last`` drops) are drawn at random before sorting, not
+    its longest rows, so that no length is dropped more often than another."""
     n = len(lengths)
     perm = torch.randperm(n, generator=generator)
     pool = 50 * batch_size
     batches = []
     for lo in range(0, n, pool):
         idx = perm[lo : lo + pool]
-        idx = idx[torch.argsort(lengths[idx], stable=True)]
-        batches.extend(idx.split(batch_size))
+        left, body = idx[: len(idx) % batch_size], idx[len(idx) % batch_size :]
+        batches.extend(body[torch.argsort(lengths[body], stable=True)].split(batch_size))
+        if len(left):
+            batches.append(left)
     full = [b for b in batches if len(b) == batch_size]
     rest = [b for b in batches if len(b) != batch_size]
     order = torch.randperm(len(full), generator=generator).tolist()
