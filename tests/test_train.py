@@ -1,6 +1,7 @@
 """The training job: run directories, exact resume, kill-and-resume, guarded updates, bad input."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -364,3 +365,11 @@ def test_resume_with_fewer_epochs_than_done_is_refused_and_leaves_the_run_alone(
     assert tree(out) == before
     run(out, "train.epochs=2", resume=True)  # a finished run resumed as it was asked for: nothing to do
     assert int(hvae.load(out / "model").step) == 12
+
+
+def test_resuming_a_finished_run_without_checkpoints_never_advises_overwrite(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(CheckpointError, match="its trained model is in .*model; to train further") as e:
+        run(out, "train.epochs=2", resume=True)
+    assert "--overwrite" not in str(e.value) and (out / "model" / "model.safetensors").is_file()

@@ -369,6 +369,11 @@ def _train(
     if resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
+            if (run_dir / "model" / "model.safetensors").is_file():  # finished, its checkpoints removed
+                raise CheckpointError(
+                    f"{run_dir} has no checkpoint to resume from (checkpoints/ is gone), but its trained model is in "
+                    f"{run_dir / 'model'}; to train further, start a new run in another folder"
+                )
             raise CheckpointError(f"{run_dir} has no checkpoint yet; start it again with --overwrite")
         loaded = load_checkpoint(ckpt, model, opt, ema, device, ctx.rank, ctx.world_size)
         rng_restored = loaded.pop("rng_restored")
