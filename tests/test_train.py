@@ -1,8 +1,8 @@
 """The training job: run directories, exact resume, kill-and-resume, guarded updates, bad input."""
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
