@@ -336,6 +336,8 @@ def _cmd_sample(args) -> int:
         raise ValueError("--keep-top applies to --from-data; add --from-data")
     if args.steps is not None and not args.interpolate:
         raise ValueError("--steps applies to --interpolate; add --interpolate")
+    if cfg.data.source != "audio":  # checked before any sampling work
+        _out_file(args.out, ".txt" if cfg.data.source in ("text", "fortunes") else ".png")
     torch.manual_seed(args.seed)
     L = model.config.num_layers
     if args.readjust_bn:
