@@ -324,3 +324,14 @@ def test_pixelvae_presets_build_and_the_small_one_trains_a_few_steps(tmp_path):
     model = hvae.load(out / "model")
     assert model.config.decoder == "pixelcnn" and model.step.item() > 0
     assert model.sample(2, mean=False).shape == (2, 1, 8, 8)
+
+
+def test_under_bf16_autocast_the_decoders_output_is_scored_in_float32():
+    lik = _lik(decoder="pixelcnn", data_shape=(1, 4, 4), likelihood="categorical", num_classes=4).float()
+    cond, x = _cond(lik).float(), _data(lik)
+    dist = lik(cond)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dist.log_prob(x)
+        out = lik.net(dist._net_input(x), cond)
+    assert out.dtype == torch.bfloat16 and got.dtype == torch.float32
+    assert torch.equal(got, lik.base(out.float()).log_prob(x))  # the bf16 output, widened before any log

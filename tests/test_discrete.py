@@ -584,3 +584,15 @@ def test_the_pipeline_trains_evaluates_samples_and_reports_a_model_with_discrete
     assert math.isfinite(result["iw_bound"]) and result["iw_bound"] >= result["elbo"] - 1.0
     assert main(["sample", str(out), "--out", str(tmp_path / "s.png")]) == 0
     assert main(["report", str(out)]) == 0
+
+
+def test_codes_are_chosen_in_float32_under_autocast_and_counted_without_bincount():
+    from hvae.quantize import _counts, code_indices
+
+    g = torch.Generator().manual_seed(0)
+    codebook = torch.randn(64, 8, generator=g) * 0.1 + 1.0  # close codes: bf16 distances would tie or flip
+    z = (torch.randn(4000, 8, generator=g) * 0.1 + 1.0).reshape(500, 64)  # 8 groups of 8 per row
+    want = code_indices(z, codebook)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(code_indices(z, codebook), want)
+    assert torch.equal(_counts(want, 64), torch.bincount(want.flatten(), minlength=64).float())

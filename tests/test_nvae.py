@@ -218,6 +218,9 @@ def test_spectral_lambda_anneals_log_linearly_from_its_initial_value():
     assert coefficient(50, 0.01, 10.0, 100) == pytest.approx((10.0 * 0.01) ** 0.5)
     assert coefficient(100, 0.01, 10.0, 100) == coefficient(10**6, 0.01, 10.0, 100) == pytest.approx(0.01)
     assert coefficient(0, 0.01, 10.0, 0) == 0.01 and coefficient(5, 0.0, 10.0, 100) == 0.0
+    on_device = coefficient(torch.tensor(50), 0.01, 10.0, 100)  # the model's step buffer: never read back
+    assert isinstance(on_device, torch.Tensor) and float(on_device) == pytest.approx((10.0 * 0.01) ** 0.5)
+    assert float(coefficient(torch.tensor(10**6), 0.01, 10.0, 100)) == pytest.approx(0.01)
 
 
 # --- memory: activation checkpointing ----------------------------------------------------------------

@@ -105,6 +105,11 @@ class ObservationModel(nn.Module):
             raise ValueError("the data hold NaN or infinite values; clean or drop those examples")
 
 
+def _wide(t: Tensor) -> Tensor:
+    """A network's output in float32 at least (bf16 / fp16 under autocast), before any log-probability."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class _ObservationDistribution:
     def __init__(self, model: ObservationModel):
         self._model = model
@@ -204,6 +209,8 @@ class Gaussian(ObservationModel):
         return scale_from_raw(self.raw_scale, self.min_scale)
 
     def forward(self, params: Tensor) -> GaussianDistribution:
+        if self.fixed_scale is not None:  # no host-to-device copy per call
+            return GaussianDistribution(self, params, torch.full_like(params, self.fixed_scale))
         sigma = self.scale.to(params).expand_as(params)
         return GaussianDistribution(self, params, sigma)
 
@@ -446,7 +453,7 @@ class AutoregressiveDistribution(_ObservationDistribution):
 
     def log_prob(self, x: Tensor) -> Tensor:
         m = self._model
-        return m.base(m.net(self._net_input(x), self.cond)).log_prob(x)
+        return m.base(_wide(m.net(self._net_input(x), self.cond))).log_prob(x)  # float32 under autocast
 
     @torch.no_grad()
     def _sequential(self, pick) -> tuple[Tensor, Tensor, Tensor]:
@@ -465,10 +472,10 @@ class AutoregressiveDistribution(_ObservationDistribution):
             params = stepper.step(x, t)
             for c in range(1, C if m.orders_channels else 1):
                 # channel c's conditional reads channels < c of this position: draw channel c - 1, rerun the head
-                x_flat[:, c - 1, t] = pick(m.step_base(params.view(B, -1, *one))).reshape(B, C)[:, c - 1]
+                x_flat[:, c - 1, t] = pick(m.step_base(_wide(params.view(B, -1, *one)))).reshape(B, C)[:, c - 1]
                 params = stepper.head(x, t)
             # the last parameters hold every channel's conditional: channel c's read channels < c only
-            d = m.step_base(params.view(B, -1, *one))
+            d = m.step_base(_wide(params.view(B, -1, *one)))
             v = pick(d).reshape(B, C)
             if m.orders_channels:
                 v[:, :-1] = x_flat[:, :-1, t]  # the channels drawn above

@@ -451,8 +451,9 @@ class HierarchicalVAE(nn.Module):
         if cfg.kl_balancing and beta < cfg.beta:
             # NVAE: weight each level by its share of the KL per latent element, normalised to mean 1,
             # so no level is starved during warm-up; the weights are constants (no gradient)
-            sizes = torch.tensor([k[0].numel() for k in kl_elem], dtype=kl.dtype, device=kl.device)
-            gamma = (kl.detach().abs() + 0.01) / sizes
+            # per latent element; the sizes divide as Python numbers (a tensor of them would be a host-to-device
+            # copy, which waits for the device, at every step of the warm-up)
+            gamma = torch.stack([(kl[i].detach().abs() + 0.01) / k[0].numel() for i, k in enumerate(kl_elem)])
             gamma = gamma / gamma.mean()
             kl = kl * gamma
         return beta * kl.sum()

@@ -34,11 +34,19 @@ def _unvectors(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1, *v.shape[3:])
 
 
+def _counts(index: Tensor, num_codes: int) -> Tensor:
+    """How often each of the codes occurs in ``index``, (K,) float32. ``bincount`` would read the indices'
+    range back to the host (a wait on an accelerator, and a graph break for torch.compile)."""
+    k = index.flatten()
+    return torch.zeros(num_codes, device=k.device).index_add_(0, k, torch.ones(k.shape, device=k.device))
+
+
 def code_indices(z: Tensor, codebook: Tensor) -> Tensor:
     """Index of the nearest code for every group and position of ``z`` (B, G*E, *spatial): (B, G, *spatial)."""
     v = _vectors(z, codebook.shape[1]).float()
-    # ||v - c||^2 = ||v||^2 - 2 v.c + ||c||^2; the first term does not change the argmin
-    dist = codebook.pow(2).sum(1) - 2 * v @ codebook.t()
+    with torch.autocast(v.device.type, enabled=False):  # in float32 under autocast too: bf16 picks other codes
+        # ||v - c||^2 = ||v||^2 - 2 v.c + ||c||^2; the first term does not change the argmin
+        dist = codebook.float().pow(2).sum(1) - 2 * v @ codebook.float().t()
     return dist.argmin(-1)
 
 
@@ -115,7 +123,7 @@ class VQPosterior:
 
     def code_counts(self) -> Tensor:
         """How often each code was chosen in this batch, (K,)."""
-        return torch.bincount(self.index.flatten(), minlength=self.codebook.shape[0])
+        return _counts(self.index, self.codebook.shape[0])
 
     def perplexity(self) -> Tensor:
         return perplexity(self.code_counts())
@@ -199,7 +207,7 @@ class VQFamily(nn.Module, LatentFamily):
         K = self.num_codes
         v = _vectors(e, self.code_dim).reshape(-1, self.code_dim).float()  # (N, E)
         k = index.reshape(-1)
-        counts = torch.bincount(k, minlength=K).float()
+        counts = _counts(k, K)
         sums = torch.zeros_like(self.ema_sum).index_add_(0, k, v)
         d = self.decay
         self.ema_count.mul_(d).add_(counts, alpha=1 - d)

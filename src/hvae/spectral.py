@@ -51,11 +51,19 @@ class SpectralNorms(nn.Module):
             self.register_buffer(f"u_{key}", F.normalize(torch.randn(len(names), out, generator=g), dim=1))
             self.register_buffer(f"v_{key}", F.normalize(torch.randn(len(names), fan_in, generator=g), dim=1))
         self.register_buffer("seeded", torch.zeros((), dtype=torch.bool))
+        # the host's copy of ``seeded`` once it is True (it stays True): reading the buffer at every step
+        # would make the host wait for the device; a loaded state may differ, so loading forgets it
+        self._seeded_seen = False
+        self._register_load_state_dict_pre_hook(self._forget_seeded)
+
+    def _forget_seeded(self, *args, **kwargs) -> None:
+        self._seeded_seen = False
 
     def forward(self, model: nn.Module, iterations: int | None = None, update: bool = True) -> Tensor:
         """sigma_max of every weight, (N,) float32, differentiable w.r.t. the weights."""
         if iterations is None:
-            iterations = STEP_ITERATIONS if bool(self.seeded) else SEED_ITERATIONS
+            self._seeded_seen = self._seeded_seen or bool(self.seeded)
+            iterations = STEP_ITERATIONS if self._seeded_seen else SEED_ITERATIONS
         sigmas = []
         for key, names in self.groups.items():
             W = torch.stack([model.get_submodule(n).weight.reshape(-1, 1) for n in names])
@@ -77,12 +85,16 @@ class SpectralNorms(nn.Module):
         return torch.cat(sigmas) if sigmas else torch.zeros(0)
 
 
-def coefficient(step: int | Tensor, final: float, initial: float, warmup_steps: int) -> float:
+def coefficient(step: int | Tensor, final: float, initial: float, warmup_steps: int) -> float | Tensor:
     """NVAE's annealing of lambda: log-linear from ``initial`` to ``final`` over ``warmup_steps`` (the KL
-    warm-up's schedule in NVAE), then ``final``. ``warmup_steps = 0`` or ``initial <= 0`` gives ``final``."""
+    warm-up's schedule in NVAE), then ``final``. ``warmup_steps = 0`` or ``initial <= 0`` gives ``final``.
+    A tensor ``step`` (the model's buffer) gives a tensor on its device, never read back to the host."""
     if final <= 0:
         return 0.0
     if warmup_steps <= 0 or initial <= 0:
         return final
+    if isinstance(step, Tensor):
+        t = (step.float() / warmup_steps).clamp(max=1.0)
+        return torch.exp((1 - t) * math.log(initial) + t * math.log(final))
     t = min(1.0, float(step) / warmup_steps)
     return math.exp((1 - t) * math.log(initial) + t * math.log(final))

@@ -532,7 +532,6 @@ def _loop(
                 state["best_val"] = v["elbo"]
         checkpoint(best=is_best)
 
-    max_norm = tc.grad_clip if tc.grad_clip is not None else float("inf")
     compile_events = 0
     done = state["step"] >= total_steps
     while not done and state["epoch"] < tc.epochs:
@@ -543,19 +542,23 @@ def _loop(
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
             with _autocast(tc.precision, device):
-                out = step_model(x)
+                # the KL weight from the host's step count: the model's own step is on the device, and reading
+                # it back would make the host wait for the GPU in the middle of every forward pass
+                out = step_model(x, beta=model.beta_at(state["step"]))
             while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
                 log(f"note: train.compile: {model.compiler.events[compile_events]}")
                 compile_events += 1
             loss = out.loss
             loss_ok = torch.isfinite(loss)
-            grad_norm = torch.full((), float("nan"), device=device)
-            # under DDP every rank must run backward (its all-reduce is collective), whatever its loss
-            backward = ctx.distributed or scaler.is_enabled() or bool(loss_ok)
-            if backward:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            # backward runs whatever the loss (a non-finite one gives a non-finite norm, and the update is
+            # skipped below): deciding first would read the loss back, a wait on an accelerator, and under DDP
+            # every rank must run it anyway (its all-reduce is collective)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            if tc.grad_clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            else:  # the norm alone, for the skip test and the log
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
             # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them
             flags = ctx.all_min(torch.stack([loss_ok, torch.isfinite(grad_norm)]).to(device, torch.float32))
             loss_ok_all, grad_ok_all = (bool(f) for f in flags.tolist())
@@ -579,7 +582,7 @@ def _loop(
                         "training stopped, and the latest checkpoint holds the weights of the last good update. "
                         "Lower train.lr, set train.grad_clip, or check the data for extreme values"
                     )
-            if backward and scaler.is_enabled():
+            if scaler.is_enabled():
                 scaler.update()  # halves the scale after an overflow (that step counts as skipped)
             opt.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -591,7 +594,7 @@ def _loop(
                         "elbo": out.elbo.detach().mean(),
                         "log_px": out.log_px.detach().mean(),
                         "kl": torch.stack([k.detach().mean() for k in out.kl]),
-                        "grad_norm": float(grad_norm),
+                        "grad_norm": grad_norm.detach().float(),  # read at the log step, with the rest
                     }
                 )
             step = state["step"]
@@ -649,12 +652,12 @@ def _summarise(window: list[dict[str, Any]], ctx: Context | None = None) -> dict
             "elbo": float(vec[1]),
             "log_px": float(vec[2]),
             "kl": vec[3:].tolist(),
-            "grad_norm": sum(w["grad_norm"] for w in window) / n,  # the same on every rank (averaged gradients)
+            "grad_norm": float(sum(w["grad_norm"] for w in window) / n),  # the same on every rank (averaged grads)
         }
     return {
         "loss": float(sum(w["loss"] for w in window) / n),
         "elbo": float(sum(w["elbo"] for w in window) / n),
         "log_px": float(sum(w["log_px"] for w in window) / n),
         "kl": (sum(w["kl"] for w in window) / n).tolist(),
-        "grad_norm": sum(w["grad_norm"] for w in window) / n,
+        "grad_norm": float(sum(w["grad_norm"] for w in window) / n),
     }
