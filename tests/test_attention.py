@@ -67,13 +67,12 @@ def test_attention_levels_wrap_the_bottom_up_and_prior_cells(inference):
 # --- depth-wise attention --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("block", ["mlp", "conv"])
+@pytest.mark.parametrize("block", ["mlp", "conv", "temporal"])
 def test_depth_attention_reads_every_memory_state_at_other_resolutions(block):
     torch.manual_seed(0)
-    query = torch.randn(2, 5) if block == "mlp" else torch.randn(2, 5, 4, 4)
-    memory = (
-        [torch.randn(2, 3), torch.randn(2, 7)] if block == "mlp" else [torch.randn(2, 3, 2, 2), torch.randn(2, 7, 8, 8)]
-    )
+    spatial = {"mlp": ((), (), ()), "conv": ((4, 4), (2, 2), (8, 8)), "temporal": ((8,), (4,), (16,))}[block]
+    query = torch.randn(2, 5, *spatial[0])
+    memory = [torch.randn(2, 3, *spatial[1]), torch.randn(2, 7, *spatial[2])]  # coarser and finer
     attn = DepthAttention(5, [3, 7], dim=8, heads=2)
     out = attn(query, memory)
     assert out.shape == query.shape
@@ -234,3 +233,12 @@ def test_attentive_presets_build_and_the_small_one_trains_a_few_steps(tmp_path):
     out = train(run_cfg, tmp_path / "r", raw=raw, log=lambda m: None)
     model = hvae.load(out / "model")
     assert model.config.depth_attention and model.step.item() > 0
+
+
+def test_the_audio_preset_runs_with_depth_attention():
+    torch.manual_seed(0)
+    cfg = hvae.presets.get("audio_digits").replace(depth_attention=True)  # sequences (B, C, T) at 3 resolutions
+    model = hvae.build_model(cfg)
+    x = torch.randn(2, *cfg.data_shape)
+    model(x).loss.backward()
+    assert model.eval().log_likelihood(x, num_samples=2).isfinite().all()

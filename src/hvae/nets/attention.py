@@ -80,8 +80,8 @@ def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
     nearest-upsample when smaller. Vectors pass through."""
     if t.dim() == 2 or tuple(t.shape[2:]) == tuple(size):
         return t
-    if all(a >= b for a, b in zip(t.shape[2:], size)):
-        return F.adaptive_avg_pool2d(t, size)
+    if all(a >= b for a, b in zip(t.shape[2:], size)):  # sequences (B, C, T) and images (B, C, H, W)
+        return (F.adaptive_avg_pool1d if t.dim() == 3 else F.adaptive_avg_pool2d)(t, size)
     return F.interpolate(t, size=size, mode="nearest")
 
 
