@@ -314,3 +314,42 @@ def test_a_stop_every_rank_shares_leaves_the_group_together(monkeypatch, collect
         with distributed.session("cpu"):
             raise error
     assert len(barriers) == (1 if collective else 0) and not dist.is_initialized()
+
+
+def _vq_case(rank, out):
+    from hvae.quantize import VQFamily
+
+    torch.distributed.init_process_group("gloo")
+    try:
+        torch.manual_seed(0)  # the same initial codebook on every rank, as DDP makes it
+        fam = VQFamily(8, 2, decay=0.5, dead_threshold=0.0).train()
+        fam.initialised.fill_(True)  # no restarts: every code in use
+        e = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))  # the global batch
+        with torch.enable_grad():
+            fam.from_raw(e[rank * 20 : (rank + 1) * 20])  # this rank's half
+        torch.save({k: v for k, v in fam.state_dict().items()}, out / f"vq-{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_vq_codebooks_of_data_parallel_ranks_follow_the_whole_batch(tmp_path):
+    from hvae.quantize import VQFamily
+
+    procs = mp.start_processes(
+        _spawned, args=(2, _free_port(), str(tmp_path), _vq_case), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.time() + 120
+    while not procs.join(timeout=2):
+        if time.time() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("the ranks deadlocked")
+    torch.manual_seed(0)
+    one = VQFamily(8, 2, decay=0.5, dead_threshold=0.0).train()
+    one.initialised.fill_(True)
+    with torch.enable_grad():
+        one.from_raw(torch.randn(40, 2, generator=torch.Generator().manual_seed(0)))
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"vq-{rank}.pt")
+        for k in ("codebook", "ema_count", "ema_sum"):
+            assert torch.allclose(got[k], one.state_dict()[k], atol=1e-6), (rank, k)

@@ -9,8 +9,9 @@ the commitment loss beta ||e - sg(c_{k*})||^2, and codes that fall out of use ar
 encoder outputs.
 
 Latent tensors are the code vectors: (B, G*E, *spatial). The EMA statistics are updated only in
-training passes with gradients on; under data parallelism each process updates its own copy (they are
-buffers, so a checkpoint holds rank 0's).
+training passes with gradients on; under data parallelism the counts and sums are summed over the
+processes first, so the codebook follows the whole batch on every rank (a restarted code takes rank 0's
+encoder output: DDP copies rank 0's buffers to the others before each forward).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .distributions import Categorical, LatentFamily, register_kl
@@ -209,6 +211,13 @@ class VQFamily(nn.Module, LatentFamily):
         k = index.reshape(-1)
         counts = _counts(k, K)
         sums = torch.zeros_like(self.ema_sum).index_add_(0, k, v)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # data parallel: the statistics of the whole batch, so that every rank moves the codebook alike
+            # (DDP copies rank 0's buffers to the others before each forward: without this the codebook
+            # would learn from rank 0's shard only)
+            both = torch.cat([counts.unsqueeze(1), sums], 1)
+            dist.all_reduce(both)
+            counts, sums = both[:, 0], both[:, 1:]
         d = self.decay
         self.ema_count.mul_(d).add_(counts, alpha=1 - d)
         self.ema_sum.mul_(d).add_(sums, alpha=1 - d)
