@@ -598,8 +598,15 @@ def test_loading_corrupted_weights_raises_value_error(tmp_path, damage):
 def test_loading_weights_of_another_architecture_or_a_damaged_config_raises_value_error(tmp_path):
     _model().save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(_cfg(latent_dims=[5, 3, 2]).to_json())
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="come from different saves"):
         hvae.load(tmp_path)
+    (tmp_path / "config.json").write_text(_cfg(beta=0.5).to_json())  # the same shapes: only the saves tell
+    with pytest.raises(ValueError, match="come from different saves"):
+        hvae.load(tmp_path)
+    # weights saved without their config (an older hvae): the shapes are still checked
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(tmp_path / "model.safetensors"), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(_cfg(inference="top_down").to_json())
     with pytest.raises(ValueError, match="does not match"):
         hvae.load(tmp_path)
@@ -609,6 +616,18 @@ def test_loading_weights_of_another_architecture_or_a_damaged_config_raises_valu
     (tmp_path / "config.json").write_text('{"latent_dimz": [4]}')
     with pytest.raises(hvae.ConfigError, match="unknown key latent_dimz"):
         hvae.load(tmp_path)
+
+
+def test_a_float64_model_comes_back_in_float64(tmp_path):
+    model = _model().double().eval()
+    model.save_pretrained(tmp_path)
+    back = hvae.load(tmp_path)
+    x = _x(model).double()
+    assert back.decoder_head.weight.dtype == torch.float64
+    torch.manual_seed(0)
+    a = model(x).elbo
+    torch.manual_seed(0)
+    assert torch.equal(back(x).elbo, a)
 
 
 def test_inference_folds_batch_norm_into_the_products_without_changing_numbers():

@@ -697,10 +697,13 @@ class HierarchicalVAE(nn.Module):
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CONFIG_NAME, self.config.to_json())
+        config = self.config.to_json()
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        # the weights carry their config too: two files are replaced one after the other, and a save cut
+        # short between them must not pass for a model (load compares the two)
         with atomic_path(out / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "library": "hvae"})
+            save_file(tensors, str(tmp), metadata={"format": "pt", "library": "hvae", "config": config})
+        atomic_write_text(out / CONFIG_NAME, config)
         return out
 
 
@@ -731,7 +734,7 @@ def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
 def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> HierarchicalVAE:
     """Load a model written by :meth:`HierarchicalVAE.save_pretrained` (JSON + safetensors; nothing is unpickled).
     The model comes back in eval mode; call ``.train()`` to fine-tune it."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     d = Path(directory)
@@ -746,8 +749,18 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu")
     model = HierarchicalVAE(config)
     try:
         state = load_file(str(w_path), device=str(map_location))
+        with safe_open(str(w_path), framework="pt") as f:
+            saved_config = (f.metadata() or {}).get("config")
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{w_path} cannot be read ({e}); the file is truncated or damaged") from None
+    if saved_config is not None and ModelConfig.from_dict(json.loads(saved_config)) != config:
+        raise ValueError(
+            f"{cfg_path} and {w_path} come from different saves (a save was cut short between the two files); "
+            "save the model again"
+        )
+    floats = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(floats) == 1 and floats != {torch.float32}:  # a float64 or bf16 model comes back as it was saved
+        model = model.to(floats.pop())
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise ValueError(
