@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hvae
-from hvae.distributions import raw_from_scale
+from hvae.distributions import kl_divergence, raw_from_scale
 
 B = 6
 
@@ -347,6 +347,10 @@ def test_residual_posterior_is_the_prior_shifted_and_scaled(scale_param):
         q = layer.posterior(ctx, p, h_p)
     assert torch.allclose(q.mu, p.mu + d_mu, atol=1e-6)
     assert torch.allclose(q.sigma, p.sigma * d_sigma, atol=1e-6)
+    with torch.no_grad():  # a head driven far negative: sigma_q stays at the floor, the KL finite
+        layer.posterior_head.bias.copy_(torch.cat([d_mu, torch.full((4,), -200.0)]))
+        q = layer.posterior(ctx, p, h_p)
+    assert (q.sigma == model.config.min_scale).all() and torch.isfinite(kl_divergence(q, p)).all()
 
 
 def test_ladder_posterior_is_at_least_as_precise_as_the_prior():

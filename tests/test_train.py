@@ -177,6 +177,25 @@ def test_a_long_run_of_skips_stops_training_with_a_clear_error(tmp_path, monkeyp
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
 
 
+def test_updates_whose_gradient_norm_passes_skip_threshold_are_skipped(tmp_path):
+    notes = []
+    cfg, raw = tiny("train.log_every=1", "train.epochs=1")
+    out = train(cfg, tmp_path / "free", raw=raw, log=notes.append)
+    norms = [
+        r["grad_norm"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "grad_norm" in r
+    ]
+    threshold = sorted(norms)[len(norms) // 2]  # about half of these steps' norms lie above it
+    cfg, raw = tiny("train.log_every=1", "train.epochs=1", f"train.skip_threshold={threshold}")
+    notes = []
+    out = train(cfg, tmp_path / "guarded", raw=raw, log=notes.append)
+    skipped = [n for n in notes if "above train.skip_threshold" in n]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert skipped and 0 < max(r.get("skipped", 0) for r in rows) <= len(skipped)  # rows at kept steps only
+    assert all(r["grad_norm"] <= threshold for r in rows if "grad_norm" in r)  # only the kept updates are logged
+    with pytest.raises(ConfigError, match="skip_threshold"):
+        tiny("train.skip_threshold=0")
+
+
 def test_output_directory_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
     out = run(tmp_path / "r", "train.epochs=1")
     (out / "notes.txt").write_text("mine")

@@ -130,7 +130,9 @@ class LatentLayer(nn.Module):
             # square under scale_param: variance), shifted so a zero output gives dsigma = 1 (q = p at first)
             d_mu, raw_ds = raw.chunk(2, dim=1)
             d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.family.scale_param)
-            return Gaussian(p.mu + d_mu, p.sigma * d_sigma)
+            # floored like every other scale (sigma_p is, so q = p at the start still holds): a head driven far
+            # negative would otherwise give sigma_q = 0 and a non-finite KL
+            return Gaussian(p.mu + d_mu, (p.sigma * d_sigma).clamp_min(self.min_scale))
         return self.family.from_raw(raw)
 
     def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:

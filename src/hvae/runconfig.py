@@ -30,6 +30,8 @@ class TrainConfig(_Serializable):
     lr_min: float = 0.0  # cosine: final learning rate
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global gradient norm; null disables clipping
+    # VDVAE (Child 2021): skip an update whose gradient norm (before clipping) is above this; null: never
+    skip_threshold: float | None = None
     kl_warmup_epochs: float | None = None  # sets model.kl_warmup_steps from the epoch length
     ema_decay: float | None = None  # e.g. 0.999: evaluate and sample with an EMA of the weights
     log_every: int = 50  # steps between training-metric lines
@@ -58,6 +60,7 @@ class TrainConfig(_Serializable):
         _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
         _require(0 < self.lr_decay_rate <= 1, f"train.lr_decay_rate: must be in (0, 1], got {self.lr_decay_rate}")
         _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip: must be > 0 or null")
+        _require(self.skip_threshold is None or self.skip_threshold > 0, "train.skip_threshold: must be > 0 or null")
         _require(
             self.ema_decay is None or 0 < self.ema_decay < 1,
             f"train.ema_decay: must be in (0, 1), got {self.ema_decay}",

@@ -559,10 +559,12 @@ def _loop(
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             else:  # the norm alone, for the skip test and the log
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them
-            flags = ctx.all_min(torch.stack([loss_ok, torch.isfinite(grad_norm)]).to(device, torch.float32))
-            loss_ok_all, grad_ok_all = (bool(f) for f in flags.tolist())
-            ok = loss_ok_all and grad_ok_all
+            # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them, or
+            # the norm is above train.skip_threshold (VDVAE's guard against rare huge updates)
+            small = grad_norm <= tc.skip_threshold if tc.skip_threshold is not None else torch.isfinite(grad_norm)
+            flags = torch.stack([loss_ok, torch.isfinite(grad_norm), small]).to(device, torch.float32)
+            loss_ok_all, grad_ok_all, small_all = (bool(f) for f in ctx.all_min(flags).tolist())
+            ok = loss_ok_all and grad_ok_all and small_all
             if ok:
                 scaler.step(opt)  # opt.step(); with fp16 first un-scaled (the scaler found no inf: norm finite)
                 if ema is not None:
@@ -571,16 +573,23 @@ def _loop(
             else:
                 state["skipped"] += 1
                 consecutive_skips += 1
-                what = "loss" if not loss_ok_all else "gradient"
+                what = (
+                    "a non-finite loss"
+                    if not loss_ok_all
+                    else "a non-finite gradient"
+                    if not grad_ok_all
+                    else f"a gradient norm above train.skip_threshold={tc.skip_threshold:g}"
+                )
                 where = " on at least one rank" if ctx.distributed else ""
-                log(f"step {state['step']}: non-finite {what}{where}; update skipped")
+                log(f"step {state['step']}: {what}{where}; update skipped")
                 if consecutive_skips >= tc.max_consecutive_skips:
                     opt.zero_grad(set_to_none=True)
                     checkpoint()
                     raise TrainingDiverged(
-                        f"{consecutive_skips} consecutive updates had a non-finite {what} (step {state['step']}); "
+                        f"{consecutive_skips} consecutive updates had {what} (step {state['step']}); "
                         "training stopped, and the latest checkpoint holds the weights of the last good update. "
-                        "Lower train.lr, set train.grad_clip, or check the data for extreme values"
+                        "Lower train.lr, set train.grad_clip, raise train.skip_threshold if set, or check the data "
+                        "for extreme values"
                     )
             if scaler.is_enabled():
                 scaler.update()  # halves the scale after an overflow (that step counts as skipped)
