@@ -85,6 +85,7 @@ def test_report_is_written(run_dir, capsys):
         (["sample", "{run}", "--from-data", "--interpolate"], "give one of them"),
         (["sample", "{run}", "--keep-top", "1"], "add --from-data"),
         (["sample", "{run}", "--steps", "4"], "add --interpolate"),
+        (["sample", "{run}", "--interpolate", "--temperature", "5"], "drop --temperature"),
         (["sample", "{run}", "--device", "gpu0"], "--device gpu0: not a device"),
         (["eval", "{run}", "--num-samples", "0"], "--num-samples must be >= 1"),
         (["eval", "{run}", "--max-examples", "0"], "--max-examples must be >= 1"),
@@ -169,6 +170,18 @@ def test_eval_of_standardized_data_gives_the_bound_of_the_values_as_read(tmp_pat
     std = load_dataset(RunConfig.from_yaml(out / "config.yaml").data).std
     assert result["log_jacobian"] == pytest.approx(float(torch.log(std.double()).sum()))
     assert result["log_jacobian"] > 6 * 4  # std ~ 100 per column: the bound in the data's own units is far lower
+
+
+def test_report_reads_the_checkpoint_when_training_did_not_finish(run_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "model")  # as a run stopped before its end leaves it
+    assert main(["report", str(run)]) == 0
+    assert "training did not finish; using the latest checkpoint" in (run / "report.html").read_text()
+    assert main(["sample", str(run), "--readjust-bn", "2", "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert "re-estimated 4 batch-norm layers" in capsys.readouterr().err  # the folded ones of its MLP decoder
 
 
 def test_train_refuses_an_occupied_directory(run_dir, capsys):

@@ -269,6 +269,37 @@ def test_batchnorm_readjustment_keeps_samples_and_statistics_finite():
         readjust_batchnorm(model, n=1)
 
 
+def test_batchnorm_readjustment_finds_the_folded_batch_norms_of_an_mlp_and_averages_them_evenly():
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small(batch_norm=True))  # eval mode folds each BN into its Linear
+    x = torch.bernoulli(torch.full((32, 64), 0.4))
+    for _ in range(3):
+        model(x)
+    generative = [m for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert generative
+    n = readjust_batchnorm(model, n=8, temperature=0.5, num_batches=4)
+    assert n >= len(generative)
+    assert all(int(m.num_batches_tracked) == 4 for m in generative)  # reset, then exactly the 4 passes
+
+
+def test_an_interrupted_batchnorm_readjustment_leaves_every_statistic_as_it_was():
+    model = _step(_model())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real, calls = model.sample, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the probe, one pass, then the interrupt
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    model.sample = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        readjust_batchnorm(model, n=4, num_batches=5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not model.training
+
+
 # --- presets -------------------------------------------------------------------------------------------
 
 

@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--temperature",
-        default="1.0",
-        help="one float, or one per layer bottom to top, comma-separated (0 = prior means)",
+        help="one float, or one per layer bottom to top, comma-separated (0 = prior means; default 1); "
+        "--interpolate decodes at the prior means",
     )
     s.add_argument(
         "--out",
@@ -157,42 +157,17 @@ def _device(name: str) -> torch.device:
 
 def _load_run(run_dir: Path, device, quiet: bool = False):
     """The run's config and its model: the final one, or the latest checkpoint's if training stopped early."""
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import trained_model_dir
     from .model import load
     from .runconfig import RunConfig
 
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); create one with hvae train")
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    final, ckpt = run_dir / "model", latest_checkpoint(run_dir)
-    if (final / "model.safetensors").is_file():
-        # a resumed run that stopped early leaves model/ from before the resume and a newer checkpoint
-        if ckpt is None or _saved_step(ckpt / "model") <= _saved_step(final):
-            return cfg, load(final, map_location=device)
-        if not quiet:
-            print(
-                f"note: {ckpt.name} is newer than model/ (training was resumed and stopped early); using it",
-                file=sys.stderr,
-            )
-        return cfg, load(ckpt / "model", map_location=device)
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} has no trained model yet; run hvae train --resume {run_dir}")
-    if not quiet:
-        print(f"note: training did not finish; using the latest checkpoint {ckpt.name}", file=sys.stderr)
-    return cfg, load(ckpt / "model", map_location=device)
-
-
-def _saved_step(model_dir: Path) -> int:
-    """The training step a saved model was written at (its ``step`` buffer), read without loading the rest."""
-    from safetensors import SafetensorError, safe_open
-
-    from .checkpoint import CheckpointError
-
-    try:
-        with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
-            return int(f.get_tensor("step")) if "step" in f.keys() else -1
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{model_dir / 'model.safetensors'} cannot be read ({e}); train it again") from None
+    model_dir, note = trained_model_dir(run_dir)
+    if note and not quiet:
+        print(f"note: {note}", file=sys.stderr)
+    return cfg, load(model_dir, map_location=device)
 
 
 def _cmd_train(args) -> int:
@@ -325,7 +300,9 @@ def _cmd_sample(args) -> int:
 
     device = _device(args.device)
     cfg, model = _load_run(args.run_dir, device)
-    temp = _parse_temperature(args.temperature)
+    if args.temperature is not None and args.interpolate:
+        raise ValueError("--interpolate decodes the path at the prior means; drop --temperature")
+    temp = _parse_temperature(args.temperature or "1.0")
     if args.n is None:
         args.n = 8 if args.interpolate else 64
     if args.n < 1:
@@ -343,7 +320,10 @@ def _cmd_sample(args) -> int:
     if args.readjust_bn:
         from .sampling import readjust_batchnorm
 
-        readjust_batchnorm(model, min(args.n, 500), temperature=temp, num_batches=args.readjust_bn)
+        if args.n < 2:
+            raise ValueError("--readjust-bn draws batches of --n samples: give --n 2 or more")
+        count = readjust_batchnorm(model, min(args.n, 500), temperature=temp, num_batches=args.readjust_bn)
+        print(f"note: re-estimated {count} batch-norm layers of the generative path", file=sys.stderr)
     if args.from_data or args.interpolate:
         x = next(load_dataset(cfg.data).eval_batches("test", args.n * (2 if args.interpolate else 1))).to(device)
     if args.interpolate:

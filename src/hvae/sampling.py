@@ -56,38 +56,48 @@ def readjust_batchnorm(
     model's own samples at ``temperature`` (low temperatures shift the activations away from those seen
     in training). The batch norms that sampling runs are reset and re-estimated as the plain average over
     ``num_batches`` sampling passes of ``n`` samples, in train mode without gradients; the encoder's are
-    untouched. A layer whose new statistics come out non-finite keeps its old ones. The model is left in
-    eval mode. Returns the number of batch-norm layers readjusted."""
+    untouched. A layer whose new statistics come out non-finite keeps its old ones, and if the passes stop
+    early (an error, an interrupt) every layer gets its old ones back. The model is left in eval mode.
+    Returns the number of batch-norm layers readjusted."""
     if n < 2 or num_batches < 1:
         raise ValueError(f"readjust_batchnorm needs n >= 2 and num_batches >= 1, got n={n}, num_batches={num_batches}")
-    used: list[torch.nn.modules.batchnorm._BatchNorm] = []
-    hooks = [
-        m.register_forward_hook(lambda m, i, o: used.append(m) if m not in used else None)
-        for m in model.modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    norms = [
+        m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
     ]
-    model.eval()
-    try:
-        model.sample(2, temperature=temperature)  # find the batch norms of the generative path
-    finally:
-        for h in hooks:
-            h.remove()
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in used]
-    for m in used:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the passes
+    saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms}
+    momenta = {m: m.momentum for m in norms}
     step = model.step.clone()
-    model.train()
+    used: list[torch.nn.modules.batchnorm._BatchNorm] = []
+    done = False
     try:
+        # find the batch norms of the generative path in train mode: in eval mode a linear map may run with
+        # its batch norm folded in, which never calls the batch norm itself
+        hooks = [m.register_forward_hook(lambda m, i, o: used.append(m) if m not in used else None) for m in norms]
+        model.train()
+        try:
+            model.sample(2, temperature=temperature)
+        finally:
+            for h in hooks:
+                h.remove()
+        _restore(saved)  # the probe's pass moved them
+        for m in used:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the passes
         for _ in range(num_batches):
             model.sample(n, temperature=temperature)
+        done = True
     finally:
         model.eval()
         model.step.copy_(step)
-        for m, (momentum, mean, var, tracked) in zip(used, saved):
-            m.momentum = momentum
-            if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(tracked)
+        for m in norms:
+            m.momentum = momenta[m]
+            if not done or not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
+                _restore({m: saved[m]})
     return len(used)
+
+
+def _restore(saved: dict) -> None:
+    for m, (mean, var, tracked) in saved.items():
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+        m.num_batches_tracked.copy_(tracked)

@@ -20,6 +20,8 @@ import yaml
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from hvae.checkpoint import trained_model_dir
+from hvae.config import load_yaml
 from hvae.data import DataConfig, DataError, Dataset, load_dataset
 from hvae.files import atomic_write_text
 from hvae.model import HierarchicalVAE, load
@@ -57,6 +59,7 @@ class _Run:
     val: list[dict] = field(default_factory=list)
     metrics_note: str = ""
     evaluation: dict | None = None
+    model_note: str = ""  # why the model is a checkpoint's (training stopped early)
 
 
 def _read_config(run: Path) -> dict:
@@ -65,17 +68,20 @@ def _read_config(run: Path) -> dict:
     path = run / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {run} is not an hvae run directory; {TRAIN_HINT}")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg = load_yaml(path.read_text()) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a mapping with sections model, data, train, eval")
     return cfg
 
 
-def _load_model(run: Path, device: str) -> HierarchicalVAE:
-    model_dir = run / "model"
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"no saved model in {model_dir}; {TRAIN_HINT}")
-    return load(model_dir, map_location=device).eval()
+def _load_model(run: Path, device: str) -> tuple[HierarchicalVAE, str]:
+    """The model ``hvae eval`` and ``hvae sample`` read too (:func:`hvae.checkpoint.trained_model_dir`),
+    and a note when it is a checkpoint's."""
+    try:
+        model_dir, note = trained_model_dir(run)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no saved model in {run / 'model'} nor a checkpoint; {TRAIN_HINT}") from None
+    return load(model_dir, map_location=device).eval(), note or ""
 
 
 def _load_data(cfg: dict) -> tuple[Dataset | None, str]:
@@ -119,10 +125,11 @@ def _read_eval(path: Path) -> dict | None:
 
 def _read_run(run: Path, device: str) -> _Run:
     cfg = _read_config(run)
-    model = _load_model(run, device)
+    model, model_note = _load_model(run, device)
     dataset, data_note = _load_data(cfg)
     train, val, metrics_note = _read_metrics(run / "metrics.jsonl")
-    return _Run(run, cfg, model, dataset, data_note, train, val, metrics_note, _read_eval(run / "eval.json"))
+    evaluation = _read_eval(run / "eval.json")
+    return _Run(run, cfg, model, dataset, data_note, train, val, metrics_note, evaluation, model_note)
 
 
 # ---------------------------------------------------------------------------------------------------- HTML bits
@@ -190,7 +197,7 @@ def _overview(r: _Run) -> str:
         ["parameters", n_params],
         ["training steps", int(m.step)],
     ]
-    body = f"<h3>Model</h3>{_table(['', ''], model_rows)}<h3>Data</h3>{_data_summary(r)}"
+    body = f"<h3>Model</h3>{_note(r.model_note, 'warn')}{_table(['', ''], model_rows)}<h3>Data</h3>{_data_summary(r)}"
     body += f"<h3>Resolved config</h3><pre>{_esc(yaml.safe_dump(r.config, sort_keys=False))}</pre>"
     return _section("overview", "Run", body)
 
