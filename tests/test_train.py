@@ -392,3 +392,22 @@ def test_resuming_a_finished_run_without_checkpoints_never_advises_overwrite(tmp
     with pytest.raises(CheckpointError, match="its trained model is in .*model; to train further") as e:
         run(out, "train.epochs=2", resume=True)
     assert "--overwrite" not in str(e.value) and (out / "model" / "model.safetensors").is_file()
+
+
+def test_the_trainers_ema_update_is_torchs():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from hvae.train import _ema_update
+
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small())
+    ours, theirs = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=False) for _ in range(2))
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        _ema_update(ours, model, 0.9)
+        theirs.update_parameters(model)
+    assert int(ours.n_averaged) == int(theirs.n_averaged) == 4
+    for a, b in zip(ours.module.parameters(), theirs.module.parameters()):
+        assert torch.equal(a, b)

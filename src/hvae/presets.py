@@ -13,7 +13,9 @@ def lvae_mnist(**overrides) -> ModelConfig:
     """The Ladder VAE paper's MNIST model (Sønderby et al. 2016): 5 stochastic layers of 64-32-16-8-4
     units, deterministic widths 512-256-128-64-32 with two hidden layers per mapping, batch norm,
     leaky ReLU (0.1), variances from a softplus (sigma^2 = softplus(Linear(d))), Bernoulli likelihood on
-    28x28 = 784 binarised pixels."""
+    28x28 = 784 binarised pixels. The paper's KL warm-up (200 epochs) is a training setting, not part of the
+    model: ``configs/lvae_mnist.yaml`` sets ``train.kl_warmup_epochs``; in your own loop pass
+    ``lvae_mnist(kl_warmup_steps=N)``."""
     base = dict(
         data_shape=[784],
         latent_dims=[64, 32, 16, 8, 4],

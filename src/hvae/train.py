@@ -472,6 +472,17 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
 
 
 @torch.no_grad()
+def _ema_update(ema, model: torch.nn.Module, decay: float) -> None:
+    """``ema.update_parameters(model)`` for the EMA of ``get_ema_multi_avg_fn(decay)``, without copying
+    ``n_averaged`` (a CPU scalar) to the device at every step, which makes the host wait for the GPU."""
+    if int(ema.n_averaged) == 0:  # the first update copies the weights (the buffer is on the CPU: no wait)
+        ema.update_parameters(model)
+        return
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.module.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
+    ema.n_averaged += 1
+
+
 def _sync_ema(ema, model) -> None:
     """Give the EMA model the live model's buffers (batch-norm running statistics, step)."""
     if ema is not None:
@@ -568,7 +579,7 @@ def _loop(
             if ok:
                 scaler.step(opt)  # opt.step(); with fp16 first un-scaled (the scaler found no inf: norm finite)
                 if ema is not None:
-                    ema.update_parameters(model)
+                    _ema_update(ema, model, tc.ema_decay)
                 consecutive_skips = 0
             else:
                 state["skipped"] += 1
