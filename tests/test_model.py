@@ -215,6 +215,22 @@ def test_kl_balancing_weights_layers_by_kl_per_latent_unit_during_warm_up():
     assert torch.allclose(full.loss, -full.log_px.mean() + kl.sum())
 
 
+def test_kl_balancing_counts_the_levels_at_each_resolution_as_nvae_does():
+    # two levels at 4x4 and one at 2x2 (conv_small's geometry, three levels): NVAE's coefficient of a group is
+    # its KL per element times the number of groups at its scale
+    torch.manual_seed(0)
+    cfg = hvae.presets.conv_small(latent_dims=[4, 4, 4], hidden_dims=[8, 8, 8], strides=[2, 1, 2])
+    model = hvae.build_model(cfg.replace(kl_balancing=True, kl_warmup_steps=100)).eval()
+    assert [tuple(layer.latent_shape[1:]) for layer in model.layers] == [(4, 4), (4, 4), (2, 2)]
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.5))
+    torch.manual_seed(0)
+    out = model(x, beta=0.5)
+    kl = torch.stack([k.mean() for k in out.kl])
+    gamma = (kl + 0.01) * torch.tensor([2.0, 2.0, 1.0]) / torch.tensor([64.0, 64.0, 16.0])
+    gamma = gamma / gamma.mean()
+    assert torch.allclose(out.loss, -out.log_px.mean() + 0.5 * (gamma * kl).sum())
+
+
 def test_kl_warm_up_is_linear_and_step_advances_only_when_training_with_gradients():
     model = _model(kl_warmup_steps=4, beta=0.8)
     assert [model.beta_at(s) for s in (0, 1, 2, 4, 100)] == pytest.approx([0.0, 0.2, 0.4, 0.8, 0.8])

@@ -449,11 +449,17 @@ class HierarchicalVAE(nn.Module):
                 per_layer.append(v.clamp_min(cfg.free_bits) if cfg.free_bits > 0 else v)
         kl = torch.stack(per_layer)
         if cfg.kl_balancing and beta < cfg.beta:
-            # NVAE: weight each level by its share of the KL per latent element, normalised to mean 1,
-            # so no level is starved during warm-up; the weights are constants (no gradient)
-            # per latent element; the sizes divide as Python numbers (a tensor of them would be a host-to-device
-            # copy, which waits for the device, at every step of the warm-up)
-            gamma = torch.stack([(kl[i].detach().abs() + 0.01) / k[0].numel() for i, k in enumerate(kl_elem)])
+            # NVAE: weight each level by its share of the KL per latent element, times the number of levels at
+            # its resolution (NVAE's groups per scale), normalised to mean 1, so no level is starved during
+            # warm-up; the weights are constants (no gradient). The sizes divide as Python numbers (a tensor of
+            # them would be a host-to-device copy, which waits for the device, at every step of the warm-up)
+            spatial = [tuple(k.shape[2:]) for k in kl_elem]
+            gamma = torch.stack(
+                [
+                    (kl[i].detach().abs() + 0.01) * spatial.count(spatial[i]) / k[0].numel()
+                    for i, k in enumerate(kl_elem)
+                ]
+            )
             gamma = gamma / gamma.mean()
             kl = kl * gamma
         return beta * kl.sum()
