@@ -26,10 +26,11 @@ from .common import Sequential, activation
 
 EXPAND = 6  # NVAE's decoder cell expansion ratio
 RESIDUAL_SCALE = 0.1  # NVAE: skip + 0.1 * cell(x)
+BN_MOMENTUM = 0.05  # NVAE's batch norms average their statistics more slowly than torch's default 0.1
 
 
 def _norm(ch: int, batch_norm: bool) -> nn.Module:
-    return nn.BatchNorm2d(ch) if batch_norm else nn.Identity()
+    return nn.BatchNorm2d(ch, momentum=BN_MOMENTUM) if batch_norm else nn.Identity()
 
 
 def _steps(resample: int) -> int:
