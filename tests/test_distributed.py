@@ -138,17 +138,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_a_non_finite_loss_on_one_rank_makes_every_rank_skip(tmp_path):
+def _run_ranks(case, tmp_path, timeout_s: float) -> None:
+    """``case(rank, out)`` in two spawned ranks; fails the test if they have not ended within ``timeout_s``."""
     procs = mp.start_processes(
-        _spawned, args=(2, _free_port(), str(tmp_path), _skip_case), nprocs=2, join=False, start_method="spawn"
+        _spawned, args=(2, _free_port(), str(tmp_path), case), nprocs=2, join=False, start_method="spawn"
     )
-    deadline = time.time() + 300
-    while not procs.join(timeout=5):
+    deadline = time.time() + timeout_s
+    while not procs.join(timeout=2):
         if time.time() > deadline:
             for p in procs.processes:
                 p.kill()
             pytest.fail("the ranks deadlocked")
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_makes_every_rank_skip(tmp_path):
+    _run_ranks(_skip_case, tmp_path, 300)
     # NaN on rank 1 only at steps 3 and 4: both ranks skip both updates (metrics count 2, weights finite)
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped"] for r in lines if r["split"] == "train" and r["step"] in (2, 6)] == [0, 2]
@@ -335,15 +340,7 @@ def _vq_case(rank, out):
 def test_vq_codebooks_of_data_parallel_ranks_follow_the_whole_batch(tmp_path):
     from hvae.quantize import VQFamily
 
-    procs = mp.start_processes(
-        _spawned, args=(2, _free_port(), str(tmp_path), _vq_case), nprocs=2, join=False, start_method="spawn"
-    )
-    deadline = time.time() + 120
-    while not procs.join(timeout=2):
-        if time.time() > deadline:
-            for p in procs.processes:
-                p.kill()
-            pytest.fail("the ranks deadlocked")
+    _run_ranks(_vq_case, tmp_path, 120)
     torch.manual_seed(0)
     one = VQFamily(8, 2, decay=0.5, dead_threshold=0.0).train()
     one.initialised.fill_(True)

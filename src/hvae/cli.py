@@ -313,8 +313,8 @@ def _cmd_sample(args) -> int:
         raise ValueError("--keep-top applies to --from-data; add --from-data")
     if args.steps is not None and not args.interpolate:
         raise ValueError("--steps applies to --interpolate; add --interpolate")
-    if cfg.data.source != "audio":  # checked before any sampling work
-        _out_file(args.out, ".txt" if cfg.data.source in ("text", "fortunes") else ".png")
+    if cfg.data.source != "audio":  # checked before any sampling work; the writers below take it as it is
+        _check_out_file(args.out, ".txt" if cfg.data.source in ("text", "fortunes") else ".png")
     torch.manual_seed(args.seed)
     L = model.config.num_layers
     if args.readjust_bn:
@@ -342,23 +342,22 @@ def _cmd_sample(args) -> int:
     pics = to_images(images.cpu(), model.data_shape)
     if pics is None:
         raise ValueError("these data are not images; samples can be read with the Python API (model.sample)")
-    out = _out_file(args.out, ".png") or args.run_dir / "samples" / f"{name}.png"
+    out = args.out or args.run_dir / "samples" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(pics, out, nrow=ncol or max(1, int(round(args.n**0.5))))
     print(f"wrote {out}")
     return 0
 
 
-def _out_file(out: Path | None, suffix: str) -> Path | None:
-    """``--out`` for a sample file: it must end in ``suffix`` (so a user's other files are never overwritten
-    with samples) and must not be a folder."""
+def _check_out_file(out: Path | None, suffix: str) -> None:
+    """``--out`` for a sample file, if given: it must end in ``suffix`` (so a user's other files are never
+    overwritten with samples) and must not be a folder."""
     if out is None:
-        return None
+        return
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name ending in {suffix}")
     if out.suffix.lower() != suffix:
         raise ValueError(f"--out {out}: this run's samples are written as {suffix}; give a path ending in {suffix}")
-    return out
 
 
 def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int:
@@ -388,7 +387,7 @@ def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int
             lines.extend(repr(t)[1:-1] for t in texts[r : r + ncol])
     else:
         lines.extend(repr(t)[1:-1] for t in texts)
-    out = _out_file(args.out, ".txt") or args.run_dir / "samples" / f"{name}.txt"
+    out = args.out or args.run_dir / "samples" / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -93,8 +93,6 @@ def coefficient(step: int | Tensor, final: float, initial: float, warmup_steps: 
         return 0.0
     if warmup_steps <= 0 or initial <= 0:
         return final
-    if isinstance(step, Tensor):
-        t = (step.float() / warmup_steps).clamp(max=1.0)
-        return torch.exp((1 - t) * math.log(initial) + t * math.log(final))
-    t = min(1.0, float(step) / warmup_steps)
-    return math.exp((1 - t) * math.log(initial) + t * math.log(final))
+    on_device = isinstance(step, Tensor)
+    t = (step.float() / warmup_steps).clamp(max=1.0) if on_device else min(1.0, float(step) / warmup_steps)
+    return (torch.exp if on_device else math.exp)((1 - t) * math.log(initial) + t * math.log(final))
