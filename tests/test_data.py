@@ -11,7 +11,15 @@ import torch
 from PIL import Image
 
 from hvae.config import ConfigError
-from hvae.data import DataConfig, DataError, dequantization_log_jacobian, load_dataset, read_idx, write_idx
+from hvae.data import (
+    DataConfig,
+    DataError,
+    dequantization_log_jacobian,
+    load_dataset,
+    load_like,
+    read_idx,
+    write_idx,
+)
 from hvae.data.loader import FASHION_MNIST_PATH, LazyRows
 
 
@@ -506,3 +514,71 @@ def test_lazy_image_folder_names_a_broken_file_when_its_batch_is_read(tmp_path):
 def test_flattened_data_with_an_empty_validation_split():
     ds = load_dataset(DataConfig(source="digits", flatten=True, val_fraction=0.0))
     assert len(ds.val) == 0 and ds.shape == (64,) and ds.val.x.shape == (0, 64)
+
+
+# ------------------------------------------------------------------------------------------------ load_like
+
+
+def test_load_like_reads_an_idx_folder_as_the_runs_own_test_split(tmp_path):
+    _idx_folder(tmp_path)
+    for seed in (0, 3):
+        cfg = DataConfig(source="mnist", path=str(tmp_path), binarize="dynamic", seed=seed)
+        x = load_like(cfg, tmp_path, data_shape=[1, 6, 5])
+        assert torch.equal(x, load_dataset(cfg).eval_tensor("test"))
+    one_file = load_like(DataConfig(source="mnist", path=str(tmp_path)), tmp_path / "t10k-images-idx3-ubyte.gz")
+    assert torch.equal(one_file, load_dataset(DataConfig(source="mnist", path=str(tmp_path))).test.x)
+
+
+def test_load_like_binarizes_other_data_with_the_test_split_rule(tmp_path):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "run.npy", rng.random((40, 6)).astype(np.float32))
+    cfg = DataConfig(source="npy", path=str(tmp_path / "run.npy"), binarize="static", seed=5)
+    d = load_dataset(cfg)
+    np.save(tmp_path / "held_out.npy", d.test.x.numpy())  # the run's test rows, as another file
+    assert torch.equal(load_like(cfg, tmp_path / "held_out.npy"), d.eval_tensor("test"))
+    np.save(tmp_path / "pixels.npy", (255 * rng.random((4, 6))).astype(np.float32))
+    with pytest.raises(DataError, match="divide by 255 or save as uint8"):
+        load_like(cfg, tmp_path / "pixels.npy")
+
+
+def test_load_like_standardizes_with_the_training_statistics(tmp_path):
+    x = np.random.default_rng(2).normal(3.0, 2.0, (50, 4)).astype(np.float32)
+    np.savetxt(tmp_path / "t.csv", x, delimiter=",")
+    cfg = DataConfig(source="csv", path=str(tmp_path / "t.csv"), standardize=True)
+    d = load_dataset(cfg)
+    other = np.random.default_rng(3).normal(0.0, 1.0, (7, 4)).astype(np.float32)
+    np.save(tmp_path / "other.npy", other)
+    got = load_like(cfg, tmp_path / "other.npy", data_shape=[4])
+    assert torch.equal(got, (torch.from_numpy(other) - d.mean) / d.std)
+    assert torch.equal(load_like(cfg, tmp_path / "other.npy", train_stats=(d.mean, d.std)), got)
+    with pytest.raises(DataError, match=r"data_shape is \(5,\)"):
+        load_like(cfg, tmp_path / "other.npy", data_shape=[5])
+
+
+def test_load_like_images_of_another_size_say_how_to_resize(tmp_path):
+    _image_folder(tmp_path / "imgs", n=5)
+    cfg = DataConfig(source="images", path=str(tmp_path / "imgs"), image_size=[8, 8])
+    assert load_like(cfg, tmp_path / "imgs", data_shape=[3, 8, 8]).shape == (5, 3, 8, 8)
+    first = sorted((tmp_path / "imgs").rglob("*.png"))[0]
+    assert torch.equal(load_like(cfg, first), load_like(cfg, tmp_path / "imgs")[:1])
+    npy = DataConfig(source="npy", path=str(tmp_path / "x.npy"))
+    with pytest.raises(DataError, match=r"image_size: \[H, W\]"):
+        load_like(npy, tmp_path / "imgs", data_shape=[1, 8, 8])
+
+
+def test_load_like_text_uses_the_runs_tokenizer_and_length(tmp_path):
+    from hvae.data.text import ByteTokenizer, CharTokenizer
+
+    (tmp_path / "a.txt").write_text("hello\n\nworld wide\n")
+    cfg = DataConfig(source="text", path=str(tmp_path / "a.txt"), max_length=8)
+    x = load_like(cfg, tmp_path / "a.txt", data_shape=[8])
+    assert x.dtype == torch.int64 and x.shape == (2, 8)
+    assert ByteTokenizer().decode_batch(x) == ["hello", "world w"]  # truncated to 7 bytes + end-of-sequence
+    char = DataConfig(source="text", path=str(tmp_path / "a.txt"), tokenizer="char", max_length=8)
+    with pytest.raises(DataError, match="run_tokenizer"):
+        load_like(char, tmp_path / "a.txt")
+    tok = CharTokenizer("helowrd ")
+    assert tok.decode_batch(load_like(char, tmp_path / "a.txt", tokenizer=tok)) == ["hello", "world w"]
+    with pytest.raises(DataError, match="models text"):
+        np.save(tmp_path / "x.npy", np.zeros((2, 8), np.float32))
+        load_like(cfg, tmp_path / "x.npy")
