@@ -151,6 +151,14 @@ def test_report_has_every_section_and_embedded_pngs(mlp_run, mlp_report):
     assert not list(mlp_run.glob(".tmp-*"))  # atomic write left no temporary file
 
 
+def test_report_puts_results_first_and_folds_the_config(mlp_report):
+    page = mlp_report
+    evaluation, curves, config = (page.index(f'<section id="{a}">') for a in ("evaluation", "curves", "config"))
+    assert evaluation < curves < config  # the numbers before the long column of settings
+    folded = page[config:]
+    assert folded.index("<details>") < folded.index("source: digits") < folded.index("</details>")
+
+
 def test_report_is_deterministic_in_seed(mlp_run, mlp_report):
     assert write_report(mlp_run, num_samples=16).read_text() == mlp_report
 

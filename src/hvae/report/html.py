@@ -198,8 +198,13 @@ def _overview(r: _Run) -> str:
         ["training steps", int(m.step)],
     ]
     body = f"<h3>Model</h3>{_note(r.model_note, 'warn')}{_table(['', ''], model_rows)}<h3>Data</h3>{_data_summary(r)}"
-    body += f"<h3>Resolved config</h3><pre>{_esc(yaml.safe_dump(r.config, sort_keys=False))}</pre>"
     return _section("overview", "Run", body)
+
+
+def _config(r: _Run) -> str:
+    """The resolved config, folded: a long column that readers open when they need it, after the results."""
+    text = _esc(yaml.safe_dump(r.config, sort_keys=False))
+    return _section("config", "Config", f"<details><summary>Resolved config (config.yaml)</summary><pre>{text}</pre></details>")
 
 
 def _data_summary(r: _Run) -> str:
@@ -496,7 +501,13 @@ def _page(r: _Run, sections: list[str]) -> str:
     title = f"hvae report: {r.path.name}"
     nav = " · ".join(
         f'<a href="#{a}">{t}</a>'
-        for a, t in (("overview", "run"), ("curves", "curves"), ("evaluation", "evaluation"), ("samples", "samples"))
+        for a, t in (
+            ("overview", "run"),
+            ("evaluation", "evaluation"),
+            ("curves", "curves"),
+            ("samples", "samples"),
+            ("config", "config"),
+        )
     )
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
@@ -515,7 +526,8 @@ def write_report(run_dir: str | os.PathLike, *, device: str = "cpu", num_samples
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     r = _read_run(Path(run_dir), device)
-    sections = [_overview(r), _curves(r), _evaluation(r), *_pictures(r, num_samples, seed, device)]
+    # results first: the numbers, then the pictures; the config folded at the end
+    sections = [_overview(r), _evaluation(r), _curves(r), *_pictures(r, num_samples, seed, device), _config(r)]
     out = r.path / "report.html"
     atomic_write_text(out, _page(r, sections))
     return out
