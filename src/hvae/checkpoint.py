@@ -29,7 +29,12 @@ from .model import HierarchicalVAE, load
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated or does not match the run."""
+    """A checkpoint is missing, truncated or does not match the run. ``path``: the damaged file, when one is
+    (as :class:`hvae.files.DamagedFileError`'s)."""
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -125,31 +130,17 @@ def _prune(ckpt_root: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def trained_model_dir(run_dir: Path) -> tuple[Path, str | None]:
-    """The saved model a run's users should read: ``model/`` (the final one), or the latest checkpoint's when
-    training did not finish, or when a resumed run stopped early (leaving ``model/`` from before the resume
-    and a newer checkpoint). Returns the folder and a note saying why it is a checkpoint (None for
-    ``model/``); raises ``FileNotFoundError`` when the run holds neither."""
-    run_dir = Path(run_dir)
-    final, ckpt = run_dir / "model", latest_checkpoint(run_dir)
-    if (final / "model.safetensors").is_file():
-        if ckpt is None or _saved_step(ckpt / "model") <= _saved_step(final):
-            return final, None
-        return ckpt / "model", f"{ckpt.name} is newer than model/ (training was resumed and stopped early); using it"
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} has no trained model yet; run hvae train --resume {run_dir}")
-    return ckpt / "model", f"training did not finish; using the latest checkpoint {ckpt.name}"
-
-
-def _saved_step(model_dir: Path) -> int:
-    """The training step a saved model was written at (its ``step`` buffer), read without loading the rest."""
+def saved_step(model_dir: Path) -> int:
+    """The training step a saved model was written at (its ``step`` buffer), read without loading the rest.
+    A file that cannot be read is a :class:`CheckpointError` whose ``path`` names it."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
             return int(f.get_tensor("step")) if "step" in f.keys() else -1
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{model_dir / 'model.safetensors'} cannot be read ({e}); train it again") from None
+        path = model_dir / "model.safetensors"
+        raise CheckpointError(f"{path} cannot be read ({e}); the file is truncated or damaged", path) from None
 
 
 def latest_checkpoint(run_dir: Path, which: str = "latest") -> Path | None:

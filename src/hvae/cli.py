@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(started_at=None)
 
     e = sub.add_parser("eval", help="ELBO, importance-weighted bound, bits/dim, KL and active units per layer")
     e.add_argument("run_dir", type=Path)
@@ -156,18 +157,16 @@ def _device(name: str) -> torch.device:
 
 
 def _load_run(run_dir: Path, device, quiet: bool = False):
-    """The run's config and its model: the final one, or the latest checkpoint's if training stopped early."""
-    from .checkpoint import trained_model_dir
-    from .model import load
-    from .runconfig import RunConfig
+    """The run's config and its model: the final one, or the latest checkpoint's if training stopped early
+    (:meth:`hvae.rundir.RunDir.load_model`)."""
+    from .rundir import RunDir
 
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); create one with hvae train")
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    model_dir, note = trained_model_dir(run_dir)
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    model, note = run.load_model(device)
     if note and not quiet:
         print(f"note: {note}", file=sys.stderr)
-    return cfg, load(model_dir, map_location=device)
+    return cfg, model
 
 
 def _cmd_train(args) -> int:
@@ -194,7 +193,15 @@ def _cmd_train(args) -> int:
         cfg = cfg.replace(data={**cfg.data.to_dict(), "path": _run_data_path(cfg.data.path, Path(out), resume)})
     if args.quiet:
         cfg = cfg.replace(train={**cfg.train.to_dict(), "progress": False})
-    run_dir = train(cfg, out, raw=raw, resume=resume, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    run_dir = train(
+        cfg,
+        out,
+        raw=raw,
+        resume=resume,
+        overwrite=args.overwrite,
+        log=lambda m: print(m, file=sys.stderr),
+        started_at=args.started_at,
+    )
     if _rank() == 0:
         print(f"model written to {run_dir / 'model'}; next: hvae eval {run_dir}  |  hvae report {run_dir}")
     return 0
@@ -431,11 +438,14 @@ def _cmd_bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import time
+
+    started_at = time.monotonic()  # train.max_time counts from here: start-up and compilation included
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     from .distributed import DistributedError
-    from .train import RunDirError, TrainingDiverged
+    from .train import RunDirError, TrainingDiverged, TrainingInterrupted
 
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -443,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if args.command == "train":
+        args.started_at = started_at
     handlers = {
         "train": _cmd_train,
         "eval": _cmd_eval,
@@ -460,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         if _rank() == 0:  # the same error on every rank: said once
             print(f"hvae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        if _rank() == 0:
+            print(f"hvae {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except TrainingDiverged as e:
         if _rank() == 0:
             print(f"hvae {args.command}: stopped: {e}", file=sys.stderr)

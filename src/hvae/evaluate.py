@@ -7,7 +7,6 @@ the discrete data subtracts the dequantization's log-Jacobian D log(levels).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 import torch
 
 from .data.text import row_lengths
-from .files import atomic_write_text
 from .model import HierarchicalVAE
 from .quantize import perplexity
 
@@ -283,7 +281,8 @@ def _unit_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
-    path = Path(run_dir) / "eval.json"
-    atomic_write_text(path, json.dumps(result, indent=2))
-    return path
+def write_result(run_dir: Path, result: dict[str, Any], data: str | Path | None = None) -> Path:
+    """Write ``result`` to the run's ``eval.json`` (``eval-<stem>.json`` when scored on other ``data``)."""
+    from .rundir import RunDir
+
+    return RunDir(run_dir).write_eval(result, data)

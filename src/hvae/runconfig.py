@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -9,7 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from .config import ConfigError, ModelConfig, _require, _Serializable, apply_overrides, from_dict, load_yaml
-from .data import DataConfig
+from .data import DataConfig, Dataset
 
 
 @dataclass
@@ -18,6 +20,9 @@ class TrainConfig(_Serializable):
 
     epochs: int = 10
     max_steps: int | None = None  # stop after this many steps even mid-epoch
+    # a wall-clock budget, as PyTorch Lightning's max_time: "15m", "2h", "1d12h", "DD:HH:MM:SS" or seconds;
+    # counted from the start of hvae train (data, compilation included); training stops cleanly at it
+    max_time: str | float | None = None
     batch_size: int = 128
     # under torchrun: "global" (the default) keeps batch_size examples per step, split evenly over the
     # ranks (it must divide by their number); "rank" gives every rank batch_size examples
@@ -56,6 +61,8 @@ class TrainConfig(_Serializable):
         _require(self.compile_after_s >= 0, f"train.compile_after_s: must be >= 0, got {self.compile_after_s}")
         _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps: must be >= 1 or null")
+        if self.max_time is not None:
+            parse_duration(self.max_time)  # a bad value is refused when the config is read, not at the budget
         _require(self.batch_size >= 1, f"train.batch_size: must be >= 1, got {self.batch_size}")
         _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
         _require(0 < self.lr_decay_rate <= 1, f"train.lr_decay_rate: must be in (0, 1], got {self.lr_decay_rate}")
@@ -77,6 +84,37 @@ class TrainConfig(_Serializable):
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
             f"train.device: {dev!r} is not accepted; use auto, cpu, cuda or cuda:N",
         )
+
+
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in a ``train.max_time``: a number of seconds, units ``15m``, ``2h``, ``1d12h``, ``90s``
+    (days, hours, minutes, seconds, in that order), or Lightning's ``DD:HH:MM:SS`` (``00:12:00:00``)."""
+    fix = 'give seconds (3600), units ("15m", "2h", "1d12h30m") or "DD:HH:MM:SS" ("00:12:00:00")'
+    if isinstance(value, bool):
+        raise ConfigError(f"train.max_time: {value!r} is not a duration; {fix}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = text.split(":")
+        match = _DURATION.match(text)
+        if len(parts) == 4 and all(p.isdigit() for p in parts):
+            d, h, m, s = (int(p) for p in parts)
+            seconds = d * 86400.0 + h * 3600.0 + m * 60.0 + s
+        elif text and match:
+            seconds = sum(float(v) * u for v, u in zip(match.groups(), _UNITS.values()) if v is not None)
+        else:
+            try:
+                seconds = float(text)
+            except ValueError:
+                raise ConfigError(f"train.max_time: {value!r} is not a duration; {fix}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"train.max_time: must be a positive, finite duration, got {value!r}; {fix}")
+    return seconds
 
 
 @dataclass
@@ -140,3 +178,90 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> tuple
             raise ConfigError(f"model.preset: {e.args[0]}") from None
         model = {**base, **model}
     return from_dict(RunConfig, {**raw, "model": model}), raw
+
+
+def global_batch_size(tc, world_size: int) -> int:
+    """Examples per optimizer step over all ranks; with ``batch_size_per: global`` it must split evenly."""
+    if tc.batch_size_per == "rank":
+        return tc.batch_size * world_size
+    if tc.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size: {tc.batch_size} does not divide by the {world_size} ranks; choose a multiple of "
+            f"{world_size}, or set train.batch_size_per=rank to give every rank batch_size examples"
+        )
+    return tc.batch_size
+
+
+def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_size: int | None = None) -> RunConfig:
+    """Fill what the data decide: ``model.data_shape`` (when not given) and the KL warm-up in steps
+    (``batch_size``: the global batch, default ``train.batch_size``)."""
+    model_raw = raw.get("model") or {}
+    model = cfg.model
+    shape = list(dataset.shape)
+    if list(model.data_shape) != shape:
+        if "data_shape" in model_raw:
+            raise ConfigError(
+                f"model.data_shape is {list(model.data_shape)} but the data have examples of shape {shape}; "
+                f"set model.data_shape={shape} (or data.flatten to match an MLP model)"
+            )
+        model = model.replace(data_shape=shape)
+    if cfg.data.dequantize and model.likelihood != "gaussian":
+        # dequantised pixels are continuous: only a density scores them (its bound in the discrete space is
+        # the density's plus the Jacobian); the other likelihoods score the discrete values themselves
+        raise ConfigError(
+            f"data.dequantize: true makes the data continuous, but likelihood {model.likelihood} scores discrete "
+            "values; set data.dequantize: false (or likelihood: gaussian)"
+        )
+    levels = dataset.levels
+    if model.likelihood == "discretized_logistic_mixture" and cfg.data.binarize == "none" and levels is not None:
+        if levels != 2**model.num_bits:  # the bins would not sit on the data's values
+            bits = math.log2(levels)
+            fix = (
+                f"set model.num_bits={int(bits)}"
+                if bits.is_integer()
+                else f"use likelihood: categorical with num_classes: {levels}"
+            )
+            raise ConfigError(
+                f"the data have {levels} levels but model.num_bits={model.num_bits} gives {2**model.num_bits} "
+                f"bins, which would not sit on the data's values; {fix}"
+            )
+    tokenizer = getattr(dataset, "tokenizer", None)
+    if tokenizer is not None:  # token ids: the classes and the padding id are the tokeniser's
+        if model.likelihood != "categorical":
+            raise ConfigError(
+                f"data.source {cfg.data.source} gives token ids, which need a categorical sequence model, not "
+                f"likelihood {model.likelihood}; start from configs/text_fortunes.yaml (model.preset: text_fortunes)"
+            )
+        wanted = {"num_classes": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
+        for key, value in wanted.items():
+            if getattr(model, key) != value and key in model_raw:
+                raise ConfigError(
+                    f"model.{key} is {getattr(model, key)} but the {cfg.data.tokenizer} tokenizer has "
+                    f"{key} {value}; remove model.{key} (it is set from the data) or set it to {value}"
+                )
+        model = model.replace(**wanted)
+    if cfg.train.kl_warmup_epochs is not None:
+        batches = dataset.num_batches("train", batch_size or cfg.train.batch_size)
+        steps = int(round(cfg.train.kl_warmup_epochs * batches))
+        if "kl_warmup_steps" in model_raw and model.kl_warmup_steps not in (0, steps):
+            raise ConfigError("set either train.kl_warmup_epochs or model.kl_warmup_steps, not both")
+        model = model.replace(kl_warmup_steps=steps)
+    return RunConfig(model=model, data=cfg.data, train=cfg.train, eval=cfg.eval)
+
+
+# data settings that change how the data are read, not what they are
+_DATA_IO_KEYS = {"in_memory", "memory_budget_gb"}
+
+
+def check_compatible(saved: RunConfig, now: RunConfig) -> None:
+    """Refuse a resume whose model or data settings differ from the run's (``saved``)."""
+    for section in ("model", "data"):
+        a, b = getattr(saved, section).to_dict(), getattr(now, section).to_dict()
+        diff = sorted(
+            k for k in set(a) | set(b) if a.get(k) != b.get(k) and not (section == "data" and k in _DATA_IO_KEYS)
+        )
+        if diff:
+            raise ConfigError(
+                f"cannot resume: {section} settings differ from the run's "
+                f"({', '.join(section + '.' + k for k in diff)}); only train.* and eval.* may change on resume"
+            )

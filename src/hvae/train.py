@@ -15,28 +15,33 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from . import distributed
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ConfigError, load_yaml
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ConfigError
 from .data import Dataset, load_dataset
 from .distributed import Context, DistributedError
 from .evaluate import elbo_terms
-from .files import atomic_write_text
 from .model import HierarchicalVAE, build_model
 from .optim import make_optimizer
-from .runconfig import RunConfig
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "model", "eval.json", "report.html", "samples")
-RUN_FILES += ("tokenizer.json",)  # text runs: the tokeniser that decodes the model's samples
+from .runconfig import (  # noqa: F401  (global_batch_size, resolve_config: public here too)
+    RunConfig,
+    TrainConfig,
+    check_compatible,
+    global_batch_size,
+    parse_duration,
+    resolve_config,
+)
+from .rundir import RUN_FILES, RunDir, RunDirError  # noqa: F401  (RUN_FILES, RunDirError: public here too)
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,25 +51,9 @@ class TrainingDiverged(RuntimeError):
     collective = True
 
 
-class RunDirError(ValueError):
-    """The output directory cannot be used for this run as asked."""
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     return distributed.resolve_device(name)
-
-
-def global_batch_size(tc, world_size: int) -> int:
-    """Examples per optimizer step over all ranks; with ``batch_size_per: global`` it must split evenly."""
-    if tc.batch_size_per == "rank":
-        return tc.batch_size * world_size
-    if tc.batch_size % world_size:
-        raise ConfigError(
-            f"train.batch_size: {tc.batch_size} does not divide by the {world_size} ranks; choose a multiple of "
-            f"{world_size}, or set train.batch_size_per=rank to give every rank batch_size examples"
-        )
-    return tc.batch_size
 
 
 def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -80,169 +69,17 @@ def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> flo
     return lr
 
 
-def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_size: int | None = None) -> RunConfig:
-    """Fill what the data decide: ``model.data_shape`` (when not given) and the KL warm-up in steps
-    (``batch_size``: the global batch, default ``train.batch_size``)."""
-    model_raw = raw.get("model") or {}
-    model = cfg.model
-    shape = list(dataset.shape)
-    if list(model.data_shape) != shape:
-        if "data_shape" in model_raw:
-            raise ConfigError(
-                f"model.data_shape is {list(model.data_shape)} but the data have examples of shape {shape}; "
-                f"set model.data_shape={shape} (or data.flatten to match an MLP model)"
-            )
-        model = model.replace(data_shape=shape)
-    if cfg.data.dequantize and model.likelihood != "gaussian":
-        # dequantised pixels are continuous: only a density scores them (its bound in the discrete space is
-        # the density's plus the Jacobian); the other likelihoods score the discrete values themselves
-        raise ConfigError(
-            f"data.dequantize: true makes the data continuous, but likelihood {model.likelihood} scores discrete "
-            "values; set data.dequantize: false (or likelihood: gaussian)"
-        )
-    levels = dataset.levels
-    if model.likelihood == "discretized_logistic_mixture" and cfg.data.binarize == "none" and levels is not None:
-        if levels != 2**model.num_bits:  # the bins would not sit on the data's values
-            bits = math.log2(levels)
-            fix = (
-                f"set model.num_bits={int(bits)}"
-                if bits.is_integer()
-                else f"use likelihood: categorical with num_classes: {levels}"
-            )
-            raise ConfigError(
-                f"the data have {levels} levels but model.num_bits={model.num_bits} gives {2**model.num_bits} "
-                f"bins, which would not sit on the data's values; {fix}"
-            )
-    tokenizer = getattr(dataset, "tokenizer", None)
-    if tokenizer is not None:  # token ids: the classes and the padding id are the tokeniser's
-        if model.likelihood != "categorical":
-            raise ConfigError(
-                f"data.source {cfg.data.source} gives token ids, which need a categorical sequence model, not "
-                f"likelihood {model.likelihood}; start from configs/text_fortunes.yaml (model.preset: text_fortunes)"
-            )
-        wanted = {"num_classes": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}
-        for key, value in wanted.items():
-            if getattr(model, key) != value and key in model_raw:
-                raise ConfigError(
-                    f"model.{key} is {getattr(model, key)} but the {cfg.data.tokenizer} tokenizer has "
-                    f"{key} {value}; remove model.{key} (it is set from the data) or set it to {value}"
-                )
-        model = model.replace(**wanted)
-    if cfg.train.kl_warmup_epochs is not None:
-        batches = dataset.num_batches("train", batch_size or cfg.train.batch_size)
-        steps = int(round(cfg.train.kl_warmup_epochs * batches))
-        if "kl_warmup_steps" in model_raw and model.kl_warmup_steps not in (0, steps):
-            raise ConfigError("set either train.kl_warmup_epochs or model.kl_warmup_steps, not both")
-        model = model.replace(kl_warmup_steps=steps)
-    return RunConfig(model=model, data=cfg.data, train=cfg.train, eval=cfg.eval)
-
-
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run is continued only with ``resume``, replaced only with ``overwrite``,
-    and ``overwrite`` applies only to a folder that holds an hvae run. Removes nothing."""
-    if resume and overwrite:
-        raise RunDirError("use either --resume or --overwrite, not both")
-    if resume:
-        if not (out / "config.yaml").is_file():
-            raise RunDirError(f"{out} holds no run to resume (no config.yaml); start one with hvae train --out {out}")
-        return
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out} is a file; choose a directory for --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not _holds_run(out):
-            # run files are known by name only: in a folder that is not a run they may be the user's own
-            raise RunDirError(
-                f"{out} is not empty and holds no hvae run (no config.yaml written by hvae train)"
-                + (", so --overwrite will not delete anything in it" if overwrite else "")
-                + "; choose a new or empty folder for --out, or empty this one yourself"
-            )
-        if not overwrite:
-            raise RunDirError(
-                f"{out} already holds another run; pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --out"
-            )
-
-
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """:func:`check_run_dir`, then, with ``overwrite``, remove the old run's files (nothing else in the
-    folder), and create the folder. Call it only when the new run is about to write."""
-    check_run_dir(out, resume, overwrite)
-    if overwrite and out.is_dir():
-        for p in out.iterdir():
-            if p.name in RUN_FILES:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _holds_run(out: Path) -> bool:
-    """Whether ``out/config.yaml`` is one ``hvae train`` wrote: the four sections, resolved (the model's
-    ``data_shape`` filled in), valid as a run config."""
-    try:
-        data = load_yaml((out / "config.yaml").read_text(encoding="utf-8"))
-        if not (isinstance(data, dict) and set(data) == {"model", "data", "train", "eval"}):
-            return False
-        if not (isinstance(data["model"], dict) and data["model"].get("data_shape")):
-            return False
-        RunConfig.from_dict(data)
-    except (OSError, ValueError, TypeError, yaml.YAMLError):
-        return False
-    return True
-
-
-def _trim_metrics(path: Path, resume_step: int, log) -> None:
-    """Keep the records of ``metrics.jsonl`` up to the checkpoint's step (the later steps are about to be
-    recomputed). A last line cut short (the run was killed while writing it) is dropped with a note; a
-    damaged line before the last is an error that names it."""
-    if not path.exists():
-        return
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    kept = []
-    for k, (i, ln) in enumerate(lines):
-        try:
-            record = json.loads(ln)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if k == len(lines) - 1:
-                log(f"note: {path} line {i} was cut short (the run stopped while writing it); dropped")
-                break
-            raise RunDirError(
-                f"{path} line {i} is damaged ({e}); repair or delete that line, then resume again"
-            ) from None
-        if record.get("step", 0) <= resume_step:
-            kept.append(ln)
-    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-
-
-# data settings that change how the data are read, not what they are
-_DATA_IO_KEYS = {"in_memory", "memory_budget_gb"}
-
-
-def _check_compatible(saved: RunConfig, now: RunConfig) -> None:
-    for section in ("model", "data"):
-        a, b = getattr(saved, section).to_dict(), getattr(now, section).to_dict()
-        diff = sorted(
-            k for k in set(a) | set(b) if a.get(k) != b.get(k) and not (section == "data" and k in _DATA_IO_KEYS)
-        )
-        if diff:
-            raise ConfigError(
-                f"cannot resume: {section} settings differ from the run's "
-                f"({', '.join(section + '.' + k for k in diff)}); only train.* and eval.* may change on resume"
-            )
-
-
 class _Metrics:
     """JSON lines plus TensorBoard, written by the training job only."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
-        self.path = run_dir / "metrics.jsonl"  # on resume, already trimmed to the checkpoint (_trim_metrics)
+    def __init__(self, run: RunDir, resume_step: int | None):
+        self.path = run.metrics_path  # on resume, already trimmed to the checkpoint (RunDir.trim_metrics)
         self.file = open(self.path, "a")
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+            self.tb = SummaryWriter(str(run.tb_dir), purge_step=resume_step)
         except ImportError:  # tensorboard is optional at run time
             pass
 
@@ -275,6 +112,42 @@ def _validate(model: HierarchicalVAE, x: torch.Tensor, batch_size: int) -> dict[
     }
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT stopped training after a complete step and a checkpoint. ``signum``: the signal;
+    ``exit_code``: 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), as a shell reports it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+class _StopRequests:
+    """SIGTERM and SIGINT while training: the first asks the loop to stop after the step under way (it writes
+    a checkpoint); a second of the same kind stops at once, as the signal would without hvae."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def train(
     config: RunConfig,
     out: str | Path,
@@ -283,15 +156,23 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     log=print,
+    started_at: float | None = None,
 ) -> Path:
     """Train a model as ``config`` says, writing the run into ``out``; returns the run directory.
 
     ``raw`` is the user's config mapping (to tell given values from defaults). With ``resume`` the run in
     ``out`` continues exactly where its latest checkpoint stopped. Under torchrun every rank calls this
-    (see the module docstring); only rank 0 writes and logs.
+    (see the module docstring); only rank 0 writes and logs. ``started_at``: the ``time.monotonic()`` that
+    ``train.max_time`` counts from (default: now; ``hvae train`` passes its own start).
+
+    SIGTERM or SIGINT (Ctrl-C) ends the step under way, writes a checkpoint and raises
+    :class:`TrainingInterrupted`; ``train.max_time`` writes a checkpoint and the model and returns.
     """
-    with distributed.session(config.train.device, config.train.dist_timeout) as ctx:
-        return _train(config, Path(out), raw or {}, resume, overwrite, log if ctx.is_main else _silent, ctx)
+    started_at = time.monotonic() if started_at is None else started_at
+    with _StopRequests() as stops, distributed.session(config.train.device, config.train.dist_timeout) as ctx:
+        return _train(
+            config, RunDir(out), raw or {}, resume, overwrite, log if ctx.is_main else _silent, ctx, stops, started_at
+        )
 
 
 def _silent(_message: str) -> None:
@@ -302,11 +183,130 @@ def _has_batch_norm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+@dataclass
+class StepResult:
+    """What :func:`train_step` did: the model's output, the gradient norm (before clipping, a 0-d tensor
+    on the device), whether the update was applied, why not (``skipped``: None when applied), and whether
+    any rank asked to stop (``stop``)."""
+
+    out: Any
+    grad_norm: torch.Tensor
+    applied: bool
+    skipped: str | None = None
+    stop: bool = False
+
+
+def train_step(
+    model: HierarchicalVAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    *,
+    step: int | None = None,
+    config: TrainConfig | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema=None,
+    forward=None,
+    ctx: Context | None = None,
+    stop: bool = False,
+) -> StepResult:
+    """One guarded optimizer update on the batch ``x`` (B, *data_shape), on the model's device.
+
+    ``loss = model(x).loss; loss.backward(); optimizer.step()``, guarded: an update whose loss or gradient
+    norm is not finite (or whose norm is above ``config.skip_threshold``) is skipped, never applied.
+    ``step``: the training step that sets the KL weight (default: the model's own counter). ``config``: the
+    :class:`TrainConfig` whose ``precision``, ``grad_clip``, ``skip_threshold`` and ``ema_decay`` apply
+    (default: the defaults). ``forward``: the module to call (a ``DistributedDataParallel`` wrapper of
+    ``model``); ``ctx``: under torchrun, the skip decision and ``stop`` (this rank asks to stop after this
+    step) are all-reduced in one collective, so every rank skips and stops at the same step.
+    The gradients are cleared on return.
+    """
+    tc = config or TrainConfig()
+    ctx = ctx or Context()
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    forward = forward or model
+    device = x.device
+    with _autocast(tc.precision, device):
+        # the KL weight from the host's step count: the model's own step is on the device, and reading
+        # it back would make the host wait for the GPU in the middle of every forward pass
+        out = forward(x, beta=model.beta_at(step) if step is not None else None)
+    loss = out.loss
+    loss_ok = torch.isfinite(loss)
+    # backward runs whatever the loss (a non-finite one gives a non-finite norm, and the update is skipped
+    # below): deciding first would read the loss back, a wait on an accelerator, and under DDP every rank
+    # must run it anyway (its all-reduce is collective)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    if tc.grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    else:  # the norm alone, for the skip test and the log
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them, or the
+    # norm is above train.skip_threshold (VDVAE's guard against rare huge updates); stop if any rank asks
+    small = grad_norm <= tc.skip_threshold if tc.skip_threshold is not None else torch.isfinite(grad_norm)
+    go_on = torch.tensor(not stop, device=loss_ok.device)
+    flags = torch.stack([loss_ok, torch.isfinite(grad_norm), small, go_on]).to(device, torch.float32)
+    loss_ok_all, grad_ok_all, small_all, go_on_all = (bool(f) for f in ctx.all_min(flags).tolist())
+    applied = loss_ok_all and grad_ok_all and small_all
+    skipped = None
+    if applied:
+        scaler.step(optimizer)  # optimizer.step(); with fp16 first un-scaled (the scaler found no inf)
+        if ema is not None:
+            _ema_update(ema, model, tc.ema_decay)
+    else:
+        skipped = (
+            "a non-finite loss"
+            if not loss_ok_all
+            else "a non-finite gradient"
+            if not grad_ok_all
+            else f"a gradient norm above train.skip_threshold={tc.skip_threshold:g}"
+        )
+    if scaler.is_enabled():
+        scaler.update()  # halves the scale after an overflow (that step counts as skipped)
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(out, grad_norm, applied, skipped, not go_on_all)
+
+
+@dataclass
+class _Job:
+    """Everything the training loop works with, built by :func:`_train`."""
+
+    model: HierarchicalVAE
+    step_model: Any  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: Any  # AveragedModel or None
+    dataset: Dataset
+    val_x: torch.Tensor | None
+    config: RunConfig
+    run: RunDir
+    ctx: Context
+    log: Any
+    batch_size: int
+    total_steps: int
+    channels_last: bool
+    stops: _StopRequests
+    deadline: float | None  # time.monotonic() at which train.max_time is up
+    state: dict[str, Any] = field(default_factory=dict)
+    metrics: Any = None
+
+    @property
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+
 def _train(
-    config: RunConfig, run_dir: Path, raw: dict[str, Any], resume: bool, overwrite: bool, log, ctx: Context
+    config: RunConfig,
+    run: RunDir,
+    raw: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    log,
+    ctx: Context,
+    stops: _StopRequests,
+    started_at: float,
 ) -> Path:
     # nothing is removed or written before the config, the data and the model are known to be good
-    ctx.run_on_main(lambda: check_run_dir(run_dir, resume, overwrite))
+    ctx.run_on_main(lambda: run.check(resume, overwrite))
     tc = config.train
     device = ctx.device
     dataset = load_dataset(config.data)
@@ -314,8 +314,8 @@ def _train(
     config = resolve_config(config, raw, dataset, batch_size)
     if resume:
         # model and data must be the run's; training and evaluation settings may change (e.g. more epochs)
-        saved = RunConfig.from_yaml(run_dir / "config.yaml")
-        _check_compatible(saved, config)
+        saved = RunConfig.from_yaml(run.config_path)
+        check_compatible(saved, config)
 
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
@@ -367,14 +367,14 @@ def _train(
     }
     resume_step = None
     if resume:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = run.resume_checkpoint(log)
         if ckpt is None:
-            if (run_dir / "model" / "model.safetensors").is_file():  # finished, its checkpoints removed
+            if (run.model_dir / "model.safetensors").is_file():  # finished, its checkpoints removed
                 raise CheckpointError(
-                    f"{run_dir} has no checkpoint to resume from (checkpoints/ is gone), but its trained model is in "
-                    f"{run_dir / 'model'}; to train further, start a new run in another folder"
+                    f"{run.path} has no checkpoint to resume from (checkpoints/ is gone), but its trained model is "
+                    f"in {run.model_dir}; to train further, start a new run in another folder"
                 )
-            raise CheckpointError(f"{run_dir} has no checkpoint yet; start it again with --overwrite")
+            raise CheckpointError(f"{run.path} has no checkpoint: {run.restart_advice()}")
         loaded = load_checkpoint(ckpt, model, opt, ema, device, ctx.rank, ctx.world_size)
         rng_restored = loaded.pop("rng_restored")
         saved_world, saved_batch = loaded.pop("world_size", 1), loaded.pop("batch_size", batch_size)
@@ -393,12 +393,19 @@ def _train(
         if state["step"] > total_steps:
             asked = f"train.epochs={tc.epochs}" + ("" if tc.max_steps is None else f", train.max_steps={tc.max_steps}")
             raise ConfigError(
-                f"cannot resume: {run_dir} has already trained {state['step']} steps ({state['epoch']} epochs), "
+                f"cannot resume: {run.path} has already trained {state['step']} steps ({state['epoch']} epochs), "
                 f"more than the {total_steps} that {asked} ask for, so there is nothing to train; ask for more, "
-                f"or use the run as it is (hvae eval {run_dir})"
+                f"or use the run as it is (hvae eval {run.path})"
             )
         resume_step = state["step"]
-        log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+        log(f"resuming {run.path} at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+        if ctx.is_main:
+            reached = max((r.get("step", 0) for r in run.read_metrics().records), default=0)
+            if reached > resume_step:  # the metrics were logged after the checkpoint: those steps are lost
+                log(
+                    f"note: the run had reached step {reached} at least; the {reached - resume_step} steps after "
+                    f"the checkpoint are trained again"
+                )
 
     step_model: Any = model
     if ctx.distributed:
@@ -407,43 +414,58 @@ def _train(
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.set_compile(tc.compile, after_s=tc.compile_after_s, steps_left=lambda: total_steps - state["step"])
 
-    ctx.run_on_main(lambda: _start_writing(run_dir, config, dataset, resume, resume_step, overwrite, log))
-    metrics = _Metrics(run_dir, resume_step) if ctx.is_main else None
-    eval_model = ema.module if ema is not None else model
+    ctx.run_on_main(lambda: _start_writing(run, config, dataset, resume, resume_step, overwrite, log))
+    job = _Job(
+        model=model,
+        step_model=step_model,
+        opt=opt,
+        scaler=scaler,
+        ema=ema,
+        dataset=dataset,
+        val_x=val_x,
+        config=config,
+        run=run,
+        ctx=ctx,
+        log=log,
+        batch_size=batch_size,
+        total_steps=total_steps,
+        channels_last=channels_last,
+        stops=stops,
+        deadline=None if tc.max_time is None else started_at + parse_duration(tc.max_time),
+        state=state,
+        metrics=_Metrics(run, resume_step) if ctx.is_main else None,
+    )
     try:
-        _loop(
-            model, step_model, opt, scaler, ema, eval_model, dataset, val_x, config, state, run_dir, metrics,
-            total_steps, batch_size, channels_last, ctx, log,
-        )  # fmt: skip
-    except TrainingDiverged:
+        _loop(job)
+    except (TrainingDiverged, TrainingInterrupted):
         raise
     except (DistributedError, RuntimeError) as e:
         if not (ctx.distributed and _is_comm_failure(e)):
             raise
         raise DistributedError(
             f"rank {ctx.rank} of {ctx.world_size} lost the other ranks at step {state['step']} ({e}). "
-            f"The latest complete checkpoint is in {run_dir / 'checkpoints'}; continue with "
-            f"hvae train --resume {run_dir} (on any number of processes)"
+            f"The latest complete checkpoint is in {run.checkpoints_dir}; continue with "
+            f"hvae train --resume {run.path} (on any number of processes)"
         ) from e
     finally:
-        if metrics is not None:
-            metrics.close()
+        if job.metrics is not None:
+            job.metrics.close()
     _sync_ema(ema, model)
-    ctx.run_on_main(lambda: eval_model.save_pretrained(run_dir / "model"))
-    return run_dir
+    ctx.run_on_main(lambda: job.eval_model.save_pretrained(run.model_dir))
+    return run.path
 
 
 def _start_writing(
-    run_dir: Path, config: RunConfig, dataset: Dataset, resume: bool, resume_step: int | None, overwrite: bool, log
+    run: RunDir, config: RunConfig, dataset: Dataset, resume: bool, resume_step: int | None, overwrite: bool, log
 ) -> None:
     """The run's first writes: clear the old run (``overwrite``) or trim its metrics to the checkpoint
     (resume), then the resolved config and the tokeniser."""
-    prepare_run_dir(run_dir, resume, overwrite)
+    run.prepare(resume, overwrite)
     if resume_step is not None:
-        _trim_metrics(run_dir / "metrics.jsonl", resume_step, log)
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+        run.trim_metrics(resume_step, log)
+    run.write_config(config)
     if dataset.tokenizer is not None:  # so the trained model decodes its own samples (hvae.data.text)
-        dataset.tokenizer.save(run_dir / "tokenizer.json")
+        dataset.tokenizer.save(run.tokenizer_path)
 
 
 def _is_comm_failure(e: BaseException) -> bool:
@@ -498,13 +520,12 @@ def _first_batch(dataset: Dataset) -> torch.Tensor:
 _STATE_KEYS = ("step", "epoch", "batch", "skipped", "best_val", "world_size", "batch_size")
 
 
-def _loop(
-    model, step_model, opt, scaler, ema, eval_model, dataset, val_x, config, state, run_dir, metrics, total_steps,
-    batch_size, channels_last, ctx: Context, log,
-):  # fmt: skip
-    tc = config.train
+def _loop(job: _Job) -> None:
+    model, opt, ema, ctx, log, state = job.model, job.opt, job.ema, job.ctx, job.log, job.state
+    tc = job.config.train
     device = ctx.device
-    steps_per_epoch = dataset.num_batches("train", batch_size)
+    steps_per_epoch = job.dataset.num_batches("train", job.batch_size)
+    total_steps = job.total_steps
     consecutive_skips = 0
     progress = None
     if tc.progress and ctx.is_main:
@@ -523,10 +544,11 @@ def _loop(
             rng = {f"rank{r}.{k}": v for r, st in enumerate(states) for k, v in st.items()}
             rng["torch_cpu"] = states[0]["torch_cpu"].clone()  # safetensors refuses shared storage
         snapshot = {k: state[k] for k in _STATE_KEYS}
-        ctx.run_on_main(lambda: save_checkpoint(run_dir, model, opt, ema, snapshot, best, rng))
+        ctx.run_on_main(lambda: save_checkpoint(job.run.path, model, opt, ema, snapshot, best, rng))
 
     def validate() -> None:
-        if val_x is None:
+        if job.val_x is None:
+            checkpoint()
             return
         is_best = False
         if ctx.is_main:  # the other ranks wait in checkpoint()
@@ -536,8 +558,8 @@ def _loop(
             devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(tc.seed)
-                v = _validate(eval_model, val_x.to(device), config.eval.batch_size)
-            metrics.write({"split": "val", "step": state["step"], "epoch": state["epoch"], **v})
+                v = _validate(job.eval_model, job.val_x.to(device), job.config.eval.batch_size)
+            job.metrics.write({"split": "val", "step": state["step"], "epoch": state["epoch"], **v})
             is_best = state["best_val"] is None or v["elbo"] > state["best_val"]
             if is_best:
                 state["best_val"] = v["elbo"]
@@ -545,76 +567,57 @@ def _loop(
 
     compile_events = 0
     done = state["step"] >= total_steps
+    stop_signal: int | None = None
     while not done and state["epoch"] < tc.epochs:
         model.train()
-        batches = dataset.batches("train", batch_size, epoch=state["epoch"], start_batch=state["batch"])
+        batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
         for x in batches:
-            x = _to_device(distributed.shard(x, ctx), device, channels_last)
+            x = _to_device(distributed.shard(x, ctx), device, job.channels_last)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
-            with _autocast(tc.precision, device):
-                # the KL weight from the host's step count: the model's own step is on the device, and reading
-                # it back would make the host wait for the GPU in the middle of every forward pass
-                out = step_model(x, beta=model.beta_at(state["step"]))
+            # this rank asks to stop on a signal or at train.max_time; the step's all-reduce decides for all
+            timed_out = job.deadline is not None and time.monotonic() >= job.deadline
+            r = train_step(
+                model,
+                opt,
+                x,
+                step=state["step"],
+                config=tc,
+                scaler=job.scaler,
+                ema=ema,
+                forward=job.step_model,
+                ctx=ctx,
+                stop=job.stops.signum is not None or timed_out,
+            )
             while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
                 log(f"note: train.compile: {model.compiler.events[compile_events]}")
                 compile_events += 1
-            loss = out.loss
-            loss_ok = torch.isfinite(loss)
-            # backward runs whatever the loss (a non-finite one gives a non-finite norm, and the update is
-            # skipped below): deciding first would read the loss back, a wait on an accelerator, and under DDP
-            # every rank must run it anyway (its all-reduce is collective)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            if tc.grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            else:  # the norm alone, for the skip test and the log
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them, or
-            # the norm is above train.skip_threshold (VDVAE's guard against rare huge updates)
-            small = grad_norm <= tc.skip_threshold if tc.skip_threshold is not None else torch.isfinite(grad_norm)
-            flags = torch.stack([loss_ok, torch.isfinite(grad_norm), small]).to(device, torch.float32)
-            loss_ok_all, grad_ok_all, small_all = (bool(f) for f in ctx.all_min(flags).tolist())
-            ok = loss_ok_all and grad_ok_all and small_all
-            if ok:
-                scaler.step(opt)  # opt.step(); with fp16 first un-scaled (the scaler found no inf: norm finite)
-                if ema is not None:
-                    _ema_update(ema, model, tc.ema_decay)
+            if r.applied:
                 consecutive_skips = 0
             else:
                 state["skipped"] += 1
                 consecutive_skips += 1
-                what = (
-                    "a non-finite loss"
-                    if not loss_ok_all
-                    else "a non-finite gradient"
-                    if not grad_ok_all
-                    else f"a gradient norm above train.skip_threshold={tc.skip_threshold:g}"
-                )
                 where = " on at least one rank" if ctx.distributed else ""
-                log(f"step {state['step']}: {what}{where}; update skipped")
+                log(f"step {state['step']}: {r.skipped}{where}; update skipped")
                 if consecutive_skips >= tc.max_consecutive_skips:
-                    opt.zero_grad(set_to_none=True)
                     checkpoint()
                     raise TrainingDiverged(
-                        f"{consecutive_skips} consecutive updates had {what} (step {state['step']}); "
+                        f"{consecutive_skips} consecutive updates had {r.skipped} (step {state['step']}); "
                         "training stopped, and the latest checkpoint holds the weights of the last good update. "
                         "Lower train.lr, set train.grad_clip, raise train.skip_threshold if set, or check the data "
                         "for extreme values"
                     )
-            if scaler.is_enabled():
-                scaler.update()  # halves the scale after an overflow (that step counts as skipped)
-            opt.zero_grad(set_to_none=True)
             state["step"] += 1
             state["batch"] += 1
-            if ok:
+            out = r.out
+            if r.applied:
                 window.append(
                     {
-                        "loss": loss.detach().float(),
+                        "loss": out.loss.detach().float(),
                         "elbo": out.elbo.detach().mean(),
                         "log_px": out.log_px.detach().mean(),
                         "kl": torch.stack([k.detach().mean() for k in out.kl]),
-                        "grad_norm": grad_norm.detach().float(),  # read at the log step, with the rest
+                        "grad_norm": r.grad_norm.detach().float(),  # read at the log step, with the rest
                     }
                 )
             step = state["step"]
@@ -627,8 +630,8 @@ def _loop(
                     skipped=state["skipped"],
                     time=round(time.perf_counter() - t_start, 3),
                 )
-                if metrics is not None:
-                    metrics.write({"split": "train", "step": step, "epoch": state["epoch"], **rec})
+                if job.metrics is not None:
+                    job.metrics.write({"split": "train", "step": step, "epoch": state["epoch"], **rec})
                 if progress is not None:
                     progress.set_postfix(
                         loss=f"{rec['loss']:.2f}",
@@ -646,13 +649,27 @@ def _loop(
                 model.eval()
                 validate()
                 model.train()
-            elif step % tc.checkpoint_every == 0:
+            elif step % tc.checkpoint_every == 0 or r.stop:
                 checkpoint()
+            if r.stop:
+                # why: a signal on any rank (the highest signal number, the same on every rank), else max_time
+                local = torch.tensor([-float(job.stops.signum or 0)], device=device)
+                stop_signal = int(-ctx.all_min(local).item())
+                done = True
+                break
             if step >= total_steps:
                 done = True
                 break
     if progress is not None:
         progress.close()
+    if stop_signal:
+        raise TrainingInterrupted(
+            f"{signal.Signals(stop_signal).name} received: stopped after step {state['step']}, with a checkpoint in "
+            f"{job.run.checkpoints_dir}; continue with hvae train --resume {job.run.path}",
+            stop_signal,
+        )
+    if stop_signal == 0:
+        log(f"train.max_time={tc.max_time} reached at step {state['step']} of {total_steps}: checkpoint written")
     log(
         f"trained {state['step']} steps ({state['epoch']} epoch{'' if state['epoch'] == 1 else 's'}), "
         f"{state['skipped']} skipped updates; best validation ELBO "

@@ -20,17 +20,16 @@ import yaml
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from hvae.checkpoint import trained_model_dir
 from hvae.config import load_yaml
 from hvae.data import DataConfig, DataError, Dataset, load_dataset
 from hvae.files import atomic_write_text
-from hvae.model import HierarchicalVAE, load
+from hvae.model import HierarchicalVAE
 from hvae.report.images import images_to_uri, png_data_uri, to_images
+from hvae.rundir import RunDir
 
 TEMPERATURES = (1.0, 0.8, 0.6, 0.0)
 NUM_RECONSTRUCTIONS = 16
 NUM_KEEP_TOP = 8
-TRAIN_HINT = "train one with `hvae train --config CONFIG.yaml --out RUN_DIR` (it writes config.yaml and model/)"
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -62,26 +61,12 @@ class _Run:
     model_note: str = ""  # why the model is a checkpoint's (training stopped early)
 
 
-def _read_config(run: Path) -> dict:
-    if not run.is_dir():
-        raise FileNotFoundError(f"run directory {run} does not exist; {TRAIN_HINT}")
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run} is not an hvae run directory; {TRAIN_HINT}")
-    cfg = load_yaml(path.read_text()) or {}
+def _read_config(run: RunDir) -> dict:
+    run.read_config()  # a missing run or config.yaml is named, with how to make one
+    cfg = load_yaml(run.config_path.read_text()) or {}
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path} must hold a mapping with sections model, data, train, eval")
+        raise ValueError(f"{run.config_path} must hold a mapping with sections model, data, train, eval")
     return cfg
-
-
-def _load_model(run: Path, device: str) -> tuple[HierarchicalVAE, str]:
-    """The model ``hvae eval`` and ``hvae sample`` read too (:func:`hvae.checkpoint.trained_model_dir`),
-    and a note when it is a checkpoint's."""
-    try:
-        model_dir, note = trained_model_dir(run)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no saved model in {run / 'model'} nor a checkpoint; {TRAIN_HINT}") from None
-    return load(model_dir, map_location=device).eval(), note or ""
 
 
 def _load_data(cfg: dict) -> tuple[Dataset | None, str]:
@@ -94,42 +79,34 @@ def _load_data(cfg: dict) -> tuple[Dataset | None, str]:
         return None, f"the data could not be loaded ({e}): no test inputs, so no reconstructions."
 
 
-def _read_metrics(path: Path) -> tuple[list[dict], list[dict], str]:
-    """Train and val records of ``metrics.jsonl``, sorted by step, and a note on what was missing or skipped."""
+def _read_metrics(run: RunDir) -> tuple[list[dict], list[dict], str]:
+    """Train and val records of ``metrics.jsonl``, sorted by step, and a note on what was missing or skipped
+    (a damaged line is named in the words ``hvae train --resume`` uses)."""
+    path = run.metrics_path
     if not path.is_file():
         return [], [], f"no {path.name} in the run directory: no learning curves."
-    records, bad = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1  # a run killed mid-write leaves a partial last line
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-            records.append(rec)
-    note = f"{bad} unreadable line(s) of {path.name} skipped." if bad else ""
+    m = run.read_metrics()
+    records = [r for r in m.records if isinstance(r.get("step"), (int, float))]
+    notes = []
+    if m.damaged:
+        notes.append(f"{m.damage_message(path)}; the curves leave it out.")
+    if m.cut_short is not None:
+        notes.append(f"{path.name} line {m.cut_short} was cut short (the run stopped while writing it); left out.")
     by_split = {
         s: sorted((r for r in records if r.get("split") == s), key=lambda r: r["step"]) for s in ("train", "val")
     }
-    return by_split["train"], by_split["val"], note
+    return by_split["train"], by_split["val"], " ".join(notes)
 
 
-def _read_eval(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return data if isinstance(data, dict) else {"value": data}
-
-
-def _read_run(run: Path, device: str) -> _Run:
+def _read_run(run_dir: Path, device: str) -> _Run:
+    run = RunDir(run_dir)
     cfg = _read_config(run)
-    model, model_note = _load_model(run, device)
+    model, model_note = run.load_model(device)
     dataset, data_note = _load_data(cfg)
-    train, val, metrics_note = _read_metrics(run / "metrics.jsonl")
-    evaluation = _read_eval(run / "eval.json")
-    return _Run(run, cfg, model, dataset, data_note, train, val, metrics_note, evaluation, model_note)
+    train, val, metrics_note = _read_metrics(run)
+    return _Run(
+        run_dir, cfg, model.eval(), dataset, data_note, train, val, metrics_note, run.read_eval(), model_note or ""
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- HTML bits
@@ -204,7 +181,9 @@ def _overview(r: _Run) -> str:
 def _config(r: _Run) -> str:
     """The resolved config, folded: a long column that readers open when they need it, after the results."""
     text = _esc(yaml.safe_dump(r.config, sort_keys=False))
-    return _section("config", "Config", f"<details><summary>Resolved config (config.yaml)</summary><pre>{text}</pre></details>")
+    return _section(
+        "config", "Config", f"<details><summary>Resolved config (config.yaml)</summary><pre>{text}</pre></details>"
+    )
 
 
 def _data_summary(r: _Run) -> str:
@@ -528,6 +507,6 @@ def write_report(run_dir: str | os.PathLike, *, device: str = "cpu", num_samples
     r = _read_run(Path(run_dir), device)
     # results first: the numbers, then the pictures; the config folded at the end
     sections = [_overview(r), _evaluation(r), _curves(r), *_pictures(r, num_samples, seed, device), _config(r)]
-    out = r.path / "report.html"
+    out = RunDir(r.path).report_path
     atomic_write_text(out, _page(r, sections))
     return out
