@@ -155,11 +155,15 @@ class RunDir:
         ``FileNotFoundError`` that says how to make one."""
         from .runconfig import RunConfig
 
+        self.require()
+        return RunConfig.from_yaml(self.config_path)
+
+    def require(self) -> None:
+        """Refuse, with how to make one, a folder that is missing or holds no ``config.yaml``."""
         if not self.path.is_dir():
-            raise FileNotFoundError(f"run directory {self.path} does not exist; {TRAIN_HINT}")
+            raise FileNotFoundError(f"{self.path} is not a run directory (it does not exist); {TRAIN_HINT}")
         if not self.config_path.is_file():
             raise FileNotFoundError(f"{self.path} is not a run directory (no config.yaml); {TRAIN_HINT}")
-        return RunConfig.from_yaml(self.config_path)
 
     def write_config(self, config) -> None:
         atomic_write_text(self.config_path, config.to_yaml())

@@ -62,7 +62,7 @@ class _Run:
 
 
 def _read_config(run: RunDir) -> dict:
-    run.read_config()  # a missing run or config.yaml is named, with how to make one
+    run.require()  # a missing run or config.yaml is named, with how to make one
     cfg = load_yaml(run.config_path.read_text()) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{run.config_path} must hold a mapping with sections model, data, train, eval")
