@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--num-samples", type=int, help="importance samples K (default: the run's eval.num_samples)")
     e.add_argument("--split", choices=["test", "val"], help="which split (default: the run's eval.split)")
+    e.add_argument(
+        "--data",
+        type=Path,
+        help="score other data (a file or folder) instead, preprocessed as the run's own; "
+        "written to RUN_DIR/eval-<name>.json (never over eval.json)",
+    )
+    e.add_argument("--source", help="with --data: how to read it (npy, npz, csv, text, fortunes, audio, images, idx)")
     e.add_argument("--max-examples", type=int, help="evaluate on the first N examples only")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--chunk-size", type=int, help="importance samples per pass (bounds memory)")
@@ -230,61 +237,40 @@ def _rank() -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .data import dequantization_log_jacobian, load_dataset
-    from .distributed import eval_shard, session
-    from .evaluate import evaluate, format_table, write_result
+    from .distributed import session
+    from .evaluate import evaluate_run, format_table
+    from .rundir import RunDir
 
     for flag in ("num_samples", "max_examples", "batch_size", "chunk_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.data is None and args.source is not None:
+        raise ValueError("--source says how to read --data; add --data PATH")
+    if args.data is not None and args.split is not None:
+        raise ValueError("--split names the run's own data, --data other data; give one of them")
     # under torchrun each rank evaluates a contiguous shard of the split; the sums are all-reduced
     with session(args.device) as ctx:
-        device = ctx.device
-        cfg, model = _load_run(args.run_dir, device, quiet=not ctx.is_main)
-        ec = cfg.eval
-        split = args.split or ec.split
-        dataset = load_dataset(cfg.data)
-        x = dataset.eval_tensor(split)
-        limit = args.max_examples if args.max_examples is not None else ec.max_examples
-        if limit:
-            x = x[:limit]
-        if x.shape[0] == 0:
-            raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
+        cfg, model = _load_run(args.run_dir, ctx.device, quiet=not ctx.is_main)
         torch.manual_seed(args.seed + ctx.rank)
-        jac = 0.0  # the bounds of the data as read (see hvae.evaluate.evaluate)
-        if cfg.data.dequantize and dataset.levels and model.config.likelihood == "gaussian":
-            jac += dequantization_log_jacobian(dataset.levels, x[0].numel())
-        if cfg.data.standardize and dataset.std is not None:
-            jac += float(dataset.std.double().log().sum())
-        units = None
-        if dataset.tokenizer is not None:  # sequences: bits per token and per byte / character
-            from .data.text import run_tokenizer, token_counts
-
-            units = token_counts(x, run_tokenizer(args.run_dir, cfg.data))
-        lo, hi = eval_shard(x.shape[0], ctx)
-        result = evaluate(
+        result = evaluate_run(
+            args.run_dir,
+            cfg,
             model,
-            x[lo:hi].to(device),
-            num_samples=args.num_samples if args.num_samples is not None else ec.num_samples,
-            chunk_size=args.chunk_size if args.chunk_size is not None else ec.chunk_size,
-            batch_size=args.batch_size if args.batch_size is not None else ec.batch_size,
-            threshold=ec.active_unit_threshold,
-            log_jacobian=jac,
+            split=args.split,
+            data=args.data,
+            source=args.source,
+            max_examples=args.max_examples,
+            num_samples=args.num_samples,
+            chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
+            ctx=ctx,
             progress=sys.stderr.isatty() and ctx.is_main,
-            reduce=ctx.all_sum_dict,
-            unit_counts=units,
         )
         if not ctx.is_main:
             return 0
         for event in model.iw_compiler.events:  # auto-compilation of a long evaluation
             print(f"note: eval.compile: {event}", file=sys.stderr)
-        if ctx.distributed:
-            result["ranks"] = ctx.world_size
-    result = {"split": split, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
-    result["step"] = int(model.step)  # the training step of the model evaluated
-    if units:
-        result["tokenizer"] = cfg.data.tokenizer
-    path = write_result(args.run_dir, result)
+    path = RunDir(args.run_dir).write_eval(result, args.data)
     print(format_table(result))
     print(f"written to {path}")
     return 0

@@ -251,7 +251,8 @@ def format_table(result: dict[str, Any]) -> str:
     bpd_elbo = f"   {result['bits_per_dim_elbo']:.4f} bits/dim" if per_dim else ""
     bpd_iw = f"   {result['bits_per_dim_iw']:.4f} bits/dim" if per_dim else ""
     lines = [
-        f"split: {result.get('split', '?')} ({result['num_examples']} examples"
+        (f"data: {result['data']}" if "data" in result else f"split: {result.get('split', '?')}")
+        + f" ({result['num_examples']} examples"
         + (f", binarization: {result['binarize']}" if result.get("binarize", "none") != "none" else "")
         + ")",
         f"{'ELBO':<26}{result['elbo']:>12.3f} nats  ± {result['elbo_stderr']:.3f}{bpd_elbo}",
@@ -286,3 +287,82 @@ def write_result(run_dir: Path, result: dict[str, Any], data: str | Path | None 
     from .rundir import RunDir
 
     return RunDir(run_dir).write_eval(result, data)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    cfg,
+    model: HierarchicalVAE,
+    *,
+    split: str | None = None,
+    data: str | Path | None = None,
+    source: str | None = None,
+    max_examples: int | None = None,
+    num_samples: int | None = None,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    ctx=None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``hvae eval``: the numbers of :func:`evaluate` for a run's model on its own ``split`` (default
+    ``cfg.eval.split``), or on other ``data`` (a file or folder, read by ``source``) preprocessed by the run's
+    own rules (:func:`hvae.data.load_like`). The bounds speak of the data as read (the dequantization and
+    standardization log-Jacobians subtracted); sequences are also measured per token and byte. Under torchrun
+    (``ctx``) each rank scores a contiguous shard and the sums are all-reduced. Unset numbers come from
+    ``cfg.eval``. The result names what was scored: ``split`` or ``data`` (and ``source``)."""
+    from .data import dequantization_log_jacobian, load_dataset, load_like
+    from .distributed import Context, eval_shard
+
+    ctx = ctx or Context(device=next(model.parameters()).device)
+    ec = cfg.eval
+    dataset = load_dataset(cfg.data)  # the run's own data: its levels, training statistics and tokeniser
+    tokenizer = None
+    if dataset.tokenizer is not None:
+        from .data.text import run_tokenizer
+
+        tokenizer = run_tokenizer(run_dir, cfg.data)
+    if data is not None:
+        stats = (dataset.mean, dataset.std) if cfg.data.standardize and dataset.std is not None else None
+        x = load_like(cfg.data, data, source, tokenizer, data_shape=model.data_shape, train_stats=stats)
+        where = {"data": str(data), **({"source": source} if source else {})}
+    else:
+        split = split or ec.split
+        x = dataset.eval_tensor(split)
+        where = {"split": split}
+    limit = max_examples if max_examples is not None else ec.max_examples
+    if limit:
+        x = x[:limit]
+    if x.shape[0] == 0:
+        if data is not None:
+            raise ValueError(f"{data} holds no examples")
+        raise ValueError(f"the {split} split is empty; set data.val_fraction / data.test_fraction above 0")
+    jac = 0.0  # the bounds of the data as read (see evaluate)
+    if cfg.data.dequantize and dataset.levels and model.config.likelihood == "gaussian":
+        jac += dequantization_log_jacobian(dataset.levels, x[0].numel())
+    if cfg.data.standardize and dataset.std is not None:
+        jac += float(dataset.std.double().log().sum())
+    units = None
+    if tokenizer is not None:  # sequences: bits per token and per byte / character
+        from .data.text import token_counts
+
+        units = token_counts(x, tokenizer)
+    lo, hi = eval_shard(x.shape[0], ctx)
+    result = evaluate(
+        model,
+        x[lo:hi].to(ctx.device),
+        num_samples=num_samples if num_samples is not None else ec.num_samples,
+        chunk_size=chunk_size if chunk_size is not None else ec.chunk_size,
+        batch_size=batch_size if batch_size is not None else ec.batch_size,
+        threshold=ec.active_unit_threshold,
+        log_jacobian=jac,
+        progress=progress,
+        reduce=ctx.all_sum_dict,
+        unit_counts=units,
+    )
+    if ctx.distributed:
+        result["ranks"] = ctx.world_size
+    result = {**where, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
+    result["step"] = int(model.step)  # the training step of the model evaluated
+    if units:
+        result["tokenizer"] = cfg.data.tokenizer
+    return result
