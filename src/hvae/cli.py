@@ -108,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BATCHES",
         help="re-estimate batch-norm statistics from this many sampling passes first (NVAE); 0 = off",
     )
+    s.add_argument(
+        "--data",
+        type=Path,
+        help="with --from-data or --interpolate: take the inputs from this file or folder (read as the run's data)",
+    )
+    s.add_argument("--source", help="with --data: how to read it (npy, npz, csv, text, fortunes, audio, images, idx)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
 
@@ -288,7 +295,7 @@ def _parse_temperature(text: str) -> float | list[float]:
 
 def _cmd_sample(args) -> int:
     from .data import load_dataset
-    from .report.images import save_grid, to_images
+    from .report.media import check_out, modality, sample_path, write_samples
     from .sampling import interpolate, keep_top_rows, unconditional
 
     device = _device(args.device)
@@ -306,8 +313,14 @@ def _cmd_sample(args) -> int:
         raise ValueError("--keep-top applies to --from-data; add --from-data")
     if args.steps is not None and not args.interpolate:
         raise ValueError("--steps applies to --interpolate; add --interpolate")
-    if cfg.data.source != "audio":  # checked before any sampling work; the writers below take it as it is
-        _check_out_file(args.out, ".txt" if cfg.data.source in ("text", "fortunes") else ".png")
+    if args.data is not None and not (args.from_data or args.interpolate):
+        raise ValueError("--data gives the inputs of --from-data or --interpolate; add one of them")
+    if args.source is not None and args.data is None:
+        raise ValueError("--source says how to read --data; add --data PATH")
+    kind = modality(cfg.data.source)
+    name = "interpolation" if args.interpolate else "keep_top" if args.from_data else "samples"
+    # checked before any sampling work; the writers take it as it is
+    check_out(kind, args.out, name, args.n, args.overwrite)
     torch.manual_seed(args.seed)
     L = model.config.num_layers
     if args.readjust_bn:
@@ -318,74 +331,46 @@ def _cmd_sample(args) -> int:
         count = readjust_batchnorm(model, min(args.n, 500), temperature=temp, num_batches=args.readjust_bn)
         print(f"note: re-estimated {count} batch-norm layers of the generative path", file=sys.stderr)
     if args.from_data or args.interpolate:
-        x = next(load_dataset(cfg.data).eval_batches("test", args.n * (2 if args.interpolate else 1))).to(device)
+        want = args.n * (2 if args.interpolate else 1)
+        if args.data is not None:
+            x = _read_other_data(args, cfg, model)[:want].to(device)
+        else:
+            x = next(load_dataset(cfg.data).eval_batches("test", want)).to(device)
     if args.interpolate:
         n, steps = x.shape[0] // 2, args.steps or 10
-        images, ncol, name = interpolate(model, x[:n], x[n : 2 * n], steps=steps), steps, "interpolation"
+        if n == 0:
+            raise ValueError("--interpolate needs two inputs; --data holds one")
+        images, ncol = interpolate(model, x[:n], x[n : 2 * n], steps=steps), steps
     elif args.from_data:
         ks = args.keep_top if args.keep_top else list(range(L, -1, -1))
         for k in ks:
             if not 0 <= k <= L:
                 raise ValueError(f"--keep-top {k}: this model has {L} levels; use 0..{L}")
-        images, ncol, name = keep_top_rows(model, x, ks, temp), x.shape[0], "keep_top"
+        images, ncol = keep_top_rows(model, x, ks, temp), x.shape[0]
     else:
-        images, ncol, name = unconditional(model, args.n, temp), None, "samples"
-    if cfg.data.source in ("text", "fortunes", "audio"):
-        return _write_media(args, cfg, images.cpu(), name, ncol)
-    pics = to_images(images.cpu(), model.data_shape)
-    if pics is None:
-        raise ValueError("these data are not images; samples can be read with the Python API (model.sample)")
-    out = args.out or args.run_dir / "samples" / f"{name}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_grid(pics, out, nrow=ncol or max(1, int(round(args.n**0.5))))
-    print(f"wrote {out}")
+        images, ncol = unconditional(model, args.n, temp), None
+    out = sample_path(kind, name, args.out, args.run_dir)
+    print(write_samples(kind, images.cpu(), name, ncol, out, args.run_dir, cfg.data, model.data_shape))
     return 0
 
 
-def _check_out_file(out: Path | None, suffix: str) -> None:
-    """``--out`` for a sample file, if given: it must end in ``suffix`` (so a user's other files are never
-    overwritten with samples) and must not be a folder."""
-    if out is None:
-        return
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name ending in {suffix}")
-    if out.suffix.lower() != suffix:
-        raise ValueError(f"--out {out}: this run's samples are written as {suffix}; give a path ending in {suffix}")
+def _read_other_data(args, cfg, model) -> torch.Tensor:
+    """``--data`` read as the run reads its test split (:func:`hvae.data.load_like`)."""
+    from .data import load_dataset, load_like
+    from .report.media import modality
 
+    tokenizer = stats = None
+    if modality(cfg.data.source) == "text":
+        from .data.text import run_tokenizer
 
-def _write_media(args, cfg, x: torch.Tensor, name: str, ncol: int | None) -> int:
-    """Text samples printed and written to a .txt; audio as WAV files and a spectrogram PNG. Rows of
-    ``ncol`` examples (inputs, then one row per kept level; or one interpolation per row)."""
-    if cfg.data.source == "audio":
-        from .data import audio
-
-        out = args.out or args.run_dir / "samples"
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out}: audio samples go into a folder, and {out} is a file; name a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        rate = cfg.data.sample_rate
-        for i, wave in enumerate(audio.to_waveform(x, cfg.data)):
-            (out / f"{name}_{i:03d}.wav").write_bytes(audio.wav_bytes(wave.numpy(), rate))
-        png = out / f"{name}_spectrograms.png"
-        png.write_bytes(audio.spectrogram_png(audio.spectrogram_frames(x, cfg.data)))
-        print(f"wrote {len(x)} WAV files ({rate} Hz) and {png} to {out}")
-        return 0
-    from .data.text import run_tokenizer
-
-    texts = run_tokenizer(args.run_dir, cfg.data).decode_batch(x)
-    lines = []
-    if ncol:  # rows of ncol: keep-top rows (inputs first) or one interpolation per row
-        for r in range(0, len(texts), ncol):
-            lines.append(f"--- row {r // ncol + 1}")
-            lines.extend(repr(t)[1:-1] for t in texts[r : r + ncol])
-    else:
-        lines.extend(repr(t)[1:-1] for t in texts)
-    out = args.out or args.run_dir / "samples" / f"{name}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
-    print(f"wrote {out}")
-    return 0
+        tokenizer = run_tokenizer(args.run_dir, cfg.data)
+    if cfg.data.standardize:
+        ds = load_dataset(cfg.data)
+        stats = (ds.mean, ds.std)
+    x = load_like(cfg.data, args.data, args.source, tokenizer, data_shape=model.data_shape, train_stats=stats)
+    if x.shape[0] == 0:
+        raise ValueError(f"--data {args.data} holds no examples")
+    return x
 
 
 def _cmd_data(args) -> int:

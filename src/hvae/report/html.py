@@ -25,6 +25,7 @@ from hvae.data import DataConfig, DataError, Dataset, load_dataset
 from hvae.files import atomic_write_text
 from hvae.model import HierarchicalVAE
 from hvae.report.images import images_to_uri, png_data_uri, to_images
+from hvae.report.media import modality
 from hvae.rundir import RunDir
 
 TEMPERATURES = (1.0, 0.8, 0.6, 0.0)
@@ -405,8 +406,8 @@ NUM_MEDIA = 8
 def _media(r: _Run, seed: int, device: str) -> list[str] | None:
     """Sections for text (samples and reconstructions as text) and audio (players and spectrograms) runs;
     None for other data."""
-    source = (r.config.get("data") or {}).get("source")
-    if source not in ("text", "fortunes", "audio"):
+    kind = modality((r.config.get("data") or {}).get("source") or "")
+    if kind == "image":
         return None
     dc = DataConfig.from_dict(r.config["data"])
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
@@ -421,7 +422,7 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
             x = x.to(device)
             recon = [("test inputs", x), ("reconstructions (one z ~ q(z | x))", model(x).px.mean)]
             recon += [(_keep_top_label(k, L), model.sample_conditional(x, keep_top=k)) for k in range(L - 1, 0, -1)]
-    if source == "audio":
+    if kind == "audio":
         return [
             _audio_section("samples", "Samples", rows, dc),
             _audio_section("reconstructions", "Reconstructions", recon, dc),
