@@ -375,6 +375,7 @@ def _train(
                     f"in {run.model_dir}; to train further, start a new run in another folder"
                 )
             raise CheckpointError(f"{run.path} has no checkpoint: {run.restart_advice()}")
+        _check_checkpoint_model(ckpt, config.model, run)
         loaded = load_checkpoint(ckpt, model, opt, ema, device, ctx.rank, ctx.world_size)
         rng_restored = loaded.pop("rng_restored")
         saved_world, saved_batch = loaded.pop("world_size", 1), loaded.pop("batch_size", batch_size)
@@ -453,6 +454,25 @@ def _train(
     _sync_ema(ema, model)
     ctx.run_on_main(lambda: job.eval_model.save_pretrained(run.model_dir))
     return run.path
+
+
+def _check_checkpoint_model(ckpt: Path, now, run: RunDir) -> None:
+    """A run config.yaml edited by hand after training began: name the model settings that differ from the
+    ones the checkpoint was trained with (rather than a state_dict's size mismatches)."""
+    from .config import ModelConfig
+
+    try:
+        saved = ModelConfig.from_dict(json.loads((ckpt / "model" / "config.json").read_text())).to_dict()
+    except (OSError, ValueError):  # unreadable: load_checkpoint names the file
+        return
+    current = now.to_dict()
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        shown = "; ".join(f"model.{k} is {current.get(k)!r} but was {saved.get(k)!r}" for k in diff[:4])
+        raise ConfigError(
+            f"cannot resume: {run.config_path} no longer describes the model its checkpoint {ckpt.name} trained "
+            f"({shown}); restore those settings (only train.* and eval.* may change on resume), or start a new run"
+        )
 
 
 def _start_writing(

@@ -560,7 +560,12 @@ def load_dataset(config: DataConfig) -> Dataset:
                     if len(block):
                         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         if lo < 0 or hi > 1:
-            raise DataError(f"{where}: binarize needs values in [0, 1], found [{lo:g}, {hi:g}]; set binarize: none")
+            fix = (
+                "they look like 0..255 pixel values: divide them by 255, or save them as uint8 (read as k / 255)"
+                if lo >= 0 and hi <= 255
+                else "scale them into [0, 1]"
+            )  # binarize: none would only move the error to a Bernoulli likelihood, which needs 0/1 values
+            raise DataError(f"{where}: binarize needs values in [0, 1], found [{lo:g}, {hi:g}]; {fix}")
     dataset = Dataset(splits["train"], splits["val"], splits["test"], levels, config, mean, std)
     dataset.tokenizer, dataset.notes = tokenizer, notes  # text: the tokeniser; what reading skipped or fixed
     dataset.official_test = official_test

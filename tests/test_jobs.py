@@ -1,0 +1,229 @@
+"""The jobs around a run directory: time budgets, signals, damaged files, other data, refused outputs, and
+advice that works when followed."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import hvae
+from hvae.checkpoint import latest_checkpoint
+from hvae.cli import main
+from hvae.config import ConfigError
+from hvae.data import DataConfig, DataError, load_dataset
+from hvae.report import write_report
+from hvae.runconfig import parse_duration
+from hvae.rundir import RunDir
+from hvae.train import RunDirError, TrainingInterrupted, train
+from tests.test_train import TINY, assert_same_weights, run, tiny, weights
+
+
+def logged(out, *overrides, **kw):
+    """``run`` that returns the run directory and what training said."""
+    notes = []
+    cfg, raw = tiny(*overrides)
+    train(cfg, out, raw=raw, log=notes.append, **kw)
+    return out, notes
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("15m", 900), ("2h", 7200), ("1d12h", 129600), ("00:12:00:00", 43200), (90, 90), ("1h30m15s", 5415)],
+)
+def test_max_time_reads_lightnings_spellings(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "-5m", "1h15", "2x"])
+def test_a_max_time_that_is_not_a_duration_is_refused_with_the_spellings(text):
+    with pytest.raises(ConfigError, match=r"train.max_time: .*DD:HH:MM:SS"):
+        tiny(f"train.max_time={text}")
+
+
+def test_max_time_stops_after_the_step_under_way_with_a_checkpoint_and_the_model(tmp_path):
+    # the budget counts from the start of hvae train: a start 10 s ago leaves none of a 1 s budget
+    out, notes = logged(tmp_path / "r", "train.epochs=40", "train.max_time=1s", started_at=time.monotonic() - 10)
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 1
+    assert int(hvae.load(out / "model").step) == 1  # the final model written, at the step reached
+    assert any("train.max_time=1s reached at step 1" in n for n in notes)
+    # the run goes on from there with a new budget
+    _, notes = logged(out, "train.epochs=1", resume=True)
+    assert any("resuming" in n and "at step 1 " in n for n in notes)
+    assert int(hvae.load(out / "model").step) == 6
+
+
+def test_sigint_finishes_the_step_writes_a_checkpoint_and_the_resume_is_exact(tmp_path, monkeypatch):
+    import hvae.train as train_module
+
+    real = train_module.learning_rate
+
+    def lr_then_ctrl_c(cfg, step, *a):
+        if step == 2:  # Ctrl-C arrives during the third step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, step, *a)
+
+    monkeypatch.setattr(train_module, "learning_rate", lr_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="SIGINT received: stopped after step 3") as e:
+        run(tmp_path / "r", "train.checkpoint_every=100", "train.eval_every=100")
+    assert e.value.exit_code == 130
+    assert json.loads((tmp_path / "r" / "checkpoints" / "latest.json").read_text())["step"] == 3
+    monkeypatch.setattr(train_module, "learning_rate", real)
+    _, notes = logged(tmp_path / "r", "train.checkpoint_every=100", "train.eval_every=100", resume=True)
+    assert not any("trained again" in n for n in notes)  # nothing was lost
+    ref = run(tmp_path / "ref", "train.checkpoint_every=100", "train.eval_every=100")
+    assert_same_weights(weights(ref), weights(tmp_path / "r"), atol=1e-6)
+
+
+def test_sigterm_to_hvae_train_writes_a_checkpoint_exits_143_and_resumes(tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "hvae", "train", *TINY, "train.epochs=400", "train.log_every=1"]
+    cmd += ["train.checkpoint_every=1000", "train.eval_every=1000", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.exists() and metrics.read_text().count("\n") >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    step = json.loads((out / "checkpoints" / "latest.json").read_text())["step"]
+    assert step >= 3 and f"SIGTERM received: stopped after step {step}" in err
+    assert f"hvae train --resume {out}" in err
+    _, notes = logged(out, f"train.max_steps={step + 2}", "train.epochs=400", resume=True)
+    assert any(f"at step {step} " in n for n in notes) and not any("trained again" in n for n in notes)
+    assert int(hvae.load(out / "model").step) == step + 2
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_what_is_redone(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")  # 6 steps
+    older = tmp_path / "step-6"
+    shutil.copytree(latest_checkpoint(out), older)
+    run(out, "train.epochs=2", resume=True)  # 12 steps
+    ckpts = out / "checkpoints"
+    shutil.copytree(older, ckpts / older.name.replace("step-6", "step-000000006"), dirs_exist_ok=True)
+    (ckpts / "best.json").write_text(json.dumps({"dir": "step-000000006", "step": 6, "val_elbo": 0.0}))
+    damaged = latest_checkpoint(out) / "model" / "model.safetensors"
+    _truncate(damaged)
+    _, notes = logged(out, "train.epochs=2", resume=True)
+    said = "\n".join(notes)
+    assert f"{damaged} cannot be read" in said and "newest intact checkpoint" in said and "step-000000006" in said
+    assert "the 6 steps after the checkpoint are trained again" in said
+    assert_same_weights(weights(run(tmp_path / "ref", "train.epochs=2")), weights(out), atol=1e-6)
+
+
+def test_eval_of_a_damaged_model_names_it_and_the_intact_checkpoint_and_that_advice_works(tmp_path, capsys):
+    out = run(tmp_path / "r", "train.epochs=1")
+    damaged = out / "model" / "model.safetensors"
+    _truncate(damaged)
+    for cmd in (["eval", str(out)], ["sample", str(out), "--out", str(tmp_path / "s.png")], ["report", str(out)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"{damaged}" in err and "step-000000006 (step 6)" in err and f"--resume {out}" in err, err
+        assert "train it again" not in err
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0  # rewrites model/ from the checkpoint
+    assert main(["eval", str(out), "--num-samples", "2"]) == 0
+
+
+def test_eval_and_resume_give_one_advice_for_a_run_killed_before_its_first_checkpoint(tmp_path, capsys):
+    out = run(tmp_path / "r", "train.epochs=1")
+    shutil.rmtree(out / "model")
+    shutil.rmtree(out / "checkpoints")
+    (out / "metrics.jsonl").unlink()
+    assert main(["eval", str(out)]) == 2
+    advice = capsys.readouterr().err.split("no trained model yet: ")[1].strip()
+    assert main(["train", "--resume", str(out)]) == 2
+    assert advice in capsys.readouterr().err
+    cmd = advice.split("start it again with hvae ")[1].split()  # the advice, followed, works
+    assert main([*cmd, "--quiet", *TINY[-5:]]) == 0
+
+
+def test_resume_after_a_hand_edited_config_names_the_model_setting(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg["model"]["latent_dims"] = [6, 2]
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"model.latent_dims is \[6, 2\] but was \[4, 2\]"):
+        train(hvae.runconfig.RunConfig.from_yaml(out / "config.yaml"), out, resume=True, log=lambda m: None)
+
+
+def test_report_and_resume_say_the_same_about_a_damaged_metrics_line(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    lines[1] = lines[1][:20]
+    metrics.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RunDirError) as e:
+        run(out, "train.epochs=2", resume=True)
+    page = write_report(out, num_samples=4).read_text()
+    assert str(e.value) in page and f"{metrics} line 2 is damaged" in str(e.value)
+
+
+def test_binarizing_0_to_255_floats_advises_dividing_by_255(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).uniform(0, 255, (50, 8)).astype(np.float32))
+    with pytest.raises(DataError, match="divide them by 255, or save them as uint8"):
+        load_dataset(DataConfig.from_dict({"source": "npy", "path": str(path), "binarize": "dynamic"}))
+
+
+def test_sample_refuses_an_existing_out_file_unless_overwrite(tmp_path, capsys):
+    out = run(tmp_path / "r", "train.epochs=1")
+    png = tmp_path / "mine.png"
+    png.write_bytes(b"not written by hvae")
+    assert main(["sample", str(out), "--n", "4", "--out", str(png)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert png.read_bytes() == b"not written by hvae"
+    assert main(["sample", str(out), "--n", "4", "--out", str(png), "--overwrite"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_on_other_data_uses_the_runs_preprocessing_and_its_own_file(tmp_path, capsys):
+    out = run(tmp_path / "r", "train.epochs=1")
+    cfg = RunDir(out).read_config()
+    x = load_dataset(cfg.data).eval_tensor("test")  # 0/1 already: binarising them again changes nothing
+    np.save(tmp_path / "held out.npy", x.numpy())
+    assert main(["eval", str(out), "--num-samples", "4"]) == 0
+    own = json.loads((out / "eval.json").read_text())
+    assert main(["eval", str(out), "--num-samples", "4", "--data", str(tmp_path / "held out.npy")]) == 0
+    other = json.loads((out / "eval-held_out.json").read_text())
+    assert json.loads((out / "eval.json").read_text()) == own  # never over eval.json
+    assert other["data"] == str(tmp_path / "held out.npy") and "split" not in other
+    assert other["num_examples"] == own["num_examples"] and other["elbo"] == pytest.approx(own["elbo"], abs=1e-5)
+    bad = tmp_path / "wide.npy"
+    np.save(bad, np.zeros((3, 65), np.float32))
+    assert main(["eval", str(out), "--data", str(bad)]) == 2
+    assert "65" in capsys.readouterr().err
+
+
+def test_sample_from_other_data(tmp_path):
+    out = run(tmp_path / "r", "train.epochs=1")
+    np.save(tmp_path / "x.npy", np.ones((3, 64), np.float32))
+    png = tmp_path / "keep.png"
+    assert main(["sample", str(out), "--from-data", "--data", str(tmp_path / "x.npy"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_run_directory_names_its_files():
+    rd = RunDir("runs/a")
+    assert rd.eval_path() == rd.path / "eval.json"
+    assert rd.eval_path("data/test set.npz") == rd.path / "eval-test_set.json"
+    assert rd.eval_path("data/holdout/") == rd.path / "eval-holdout.json"
