@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import hvae
@@ -21,7 +22,7 @@ from hvae.data import DataConfig, DataError, load_dataset
 from hvae.report import write_report
 from hvae.runconfig import parse_duration
 from hvae.rundir import RunDir
-from hvae.train import RunDirError, TrainingInterrupted, train
+from hvae.train import RunDirError, TrainingInterrupted, train, train_step
 from tests.test_train import TINY, assert_same_weights, run, tiny, weights
 
 
@@ -226,3 +227,24 @@ def test_the_run_directory_names_its_files():
     assert rd.eval_path() == rd.path / "eval.json"
     assert rd.eval_path("data/test set.npz") == rd.path / "eval-test_set.json"
     assert rd.eval_path("data/holdout/") == rd.path / "eval-holdout.json"
+
+
+def test_train_step_is_the_plain_step_and_skips_a_non_finite_update():
+    x = torch.bernoulli(torch.full((16, 64), 0.3), generator=torch.Generator().manual_seed(0))
+    cfg = hvae.presets.small().replace(data_shape=[64], latent_dims=[4, 2], hidden_dims=[16, 8])
+    torch.manual_seed(0)
+    a, b = hvae.build_model(cfg), hvae.build_model(cfg)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = hvae.make_optimizer(a, lr=1e-2), hvae.make_optimizer(b, lr=1e-2)
+    torch.manual_seed(1)
+    a(x, beta=a.beta_at(0)).loss.backward()
+    opt_a.step()
+    torch.manual_seed(1)
+    r = train_step(b, opt_b, x, step=0)
+    assert r.applied and r.skipped is None and not r.stop and torch.isfinite(r.grad_norm)
+    assert_same_weights(a.state_dict(), b.state_dict())
+    assert all(p.grad is None for p in b.parameters())  # cleared for the next step
+    before = {k: v.clone() for k, v in b.named_parameters()}
+    r = train_step(b, opt_b, x.clone().fill_(float("nan")), step=1)
+    assert not r.applied and r.skipped == "a non-finite loss"
+    assert all(torch.equal(before[k], v) for k, v in b.named_parameters())  # the weights untouched

@@ -243,8 +243,9 @@ def train_step(
     # one decision for all ranks: skip if the loss or the gradient norm is non-finite on any of them, or the
     # norm is above train.skip_threshold (VDVAE's guard against rare huge updates); stop if any rank asks
     small = grad_norm <= tc.skip_threshold if tc.skip_threshold is not None else torch.isfinite(grad_norm)
-    go_on = torch.tensor(not stop, device=loss_ok.device)
-    flags = torch.stack([loss_ok, torch.isfinite(grad_norm), small, go_on]).to(device, torch.float32)
+    flags = torch.stack([loss_ok, torch.isfinite(grad_norm), small]).to(device, torch.float32)
+    # the stop request rides in the same all-reduce; a fill on the device, not a host-to-device copy
+    flags = torch.cat([flags, flags.new_zeros(1) if stop else flags.new_ones(1)])
     loss_ok_all, grad_ok_all, small_all, go_on_all = (bool(f) for f in ctx.all_min(flags).tolist())
     applied = loss_ok_all and grad_ok_all and small_all
     skipped = None
