@@ -589,6 +589,7 @@ def _loop(job: _Job) -> None:
     compile_events = 0
     done = state["step"] >= total_steps
     stop_signal: int | None = None
+    step_began: float | None = None  # host time of the last step (each step reads its skip flags back)
     while not done and state["epoch"] < tc.epochs:
         model.train()
         batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
@@ -596,8 +597,11 @@ def _loop(job: _Job) -> None:
             x = _to_device(distributed.shard(x, ctx), device, job.channels_last)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
-            # this rank asks to stop on a signal or at train.max_time; the step's all-reduce decides for all
-            timed_out = job.deadline is not None and time.monotonic() >= job.deadline
+            # this rank asks to stop on a signal, or when the next step (as long as the last) would end past
+            # train.max_time; the step's all-reduce decides for all
+            now = time.monotonic()
+            last_step_s, step_began = (now - step_began if step_began is not None else 0.0), now
+            timed_out = job.deadline is not None and now + last_step_s >= job.deadline
             r = train_step(
                 model,
                 opt,
