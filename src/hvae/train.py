@@ -289,6 +289,7 @@ class _Job:
     deadline: float | None  # time.monotonic() at which train.max_time is up
     state: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None
+    pace: dict[str, float] = field(default_factory=dict)  # the loop's start: "time", "step"
 
     @property
     def eval_model(self):
@@ -414,7 +415,20 @@ def _train(
         from torch.nn.parallel import DistributedDataParallel
 
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    model.set_compile(tc.compile, after_s=tc.compile_after_s, steps_left=lambda: total_steps - state["step"])
+    deadline = None if tc.max_time is None else started_at + parse_duration(tc.max_time)
+    pace: dict[str, float] = {}  # the loop's start (time, step), for the steps that fit in train.max_time
+
+    def steps_left() -> int:
+        # auto-compilation compiles only when the steps left would run compile_after_s eagerly: under a time
+        # budget those are the steps that fit in it at the pace so far, not the epochs' (compile time counts)
+        left = total_steps - state["step"]
+        done = state["step"] - pace.get("step", state["step"])
+        if deadline is None or done <= 0:
+            return left
+        per_step = (time.monotonic() - pace["time"]) / done
+        return min(left, int(max(0.0, deadline - time.monotonic()) / per_step))
+
+    model.set_compile(tc.compile, after_s=tc.compile_after_s, steps_left=steps_left)
 
     ctx.run_on_main(lambda: _start_writing(run, config, dataset, resume, resume_step, overwrite, log))
     job = _Job(
@@ -433,8 +447,9 @@ def _train(
         total_steps=total_steps,
         channels_last=channels_last,
         stops=stops,
-        deadline=None if tc.max_time is None else started_at + parse_duration(tc.max_time),
+        deadline=deadline,
         state=state,
+        pace=pace,
         metrics=_Metrics(run, resume_step) if ctx.is_main else None,
     )
     try:
@@ -590,6 +605,7 @@ def _loop(job: _Job) -> None:
     done = state["step"] >= total_steps
     stop_signal: int | None = None
     step_began: float | None = None  # host time of the last step (each step reads its skip flags back)
+    job.pace.update(time=time.monotonic(), step=state["step"])
     while not done and state["epoch"] < tc.epochs:
         model.train()
         batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
