@@ -24,7 +24,7 @@ from hvae.evaluate import elbo_terms, evaluate, evaluation_sums
 from hvae.model import build_model
 from hvae.optim import make_optimizer
 from hvae.runconfig import load_run_config
-from hvae.train import TrainingDiverged, global_batch_size, learning_rate, resolve_config, train
+from hvae.train import TrainingDiverged, TrainingInterrupted, global_batch_size, learning_rate, resolve_config, train
 from tests.test_train import TINY as TRAIN_TINY
 
 # no batch norm: gloo has no SyncBatchNorm, so per-rank batch statistics would differ from one process's
@@ -161,6 +161,32 @@ def test_a_non_finite_loss_on_one_rank_makes_every_rank_skip(tmp_path):
     assert (tmp_path / "diverged-0").exists() and (tmp_path / "diverged-1").exists()
     model = hvae.load(latest_checkpoint(tmp_path / "r") / "model")
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _sigterm_case(rank, out):
+    import hvae.train as train_module
+
+    real = train_module.learning_rate
+
+    def lr_then_sigterm_on_rank_1(cfg, step, *a):
+        if rank == 1 and step == 2:  # the signal reaches one rank only, during the third step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg, step, *a)
+
+    train_module.learning_rate = lr_then_sigterm_on_rank_1
+    cfg, raw = tiny("train.epochs=50", "train.checkpoint_every=1000", "train.eval_every=1000")
+    try:
+        train(cfg, out / "r", raw=raw, log=lambda m: None)
+    except TrainingInterrupted as e:
+        (out / f"stopped-{rank}").write_text(f"{e.exit_code} {e}")
+
+
+@pytest.mark.slow
+def test_a_sigterm_on_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint(tmp_path):
+    _run_ranks(_sigterm_case, tmp_path, 300)
+    said = [(tmp_path / f"stopped-{r}").read_text() for r in (0, 1)]
+    assert said[0] == said[1] and said[0].startswith("143 SIGTERM received: stopped after step 3")
+    assert json.loads((tmp_path / "r" / "checkpoints" / "latest.json").read_text())["step"] == 3
 
 
 def _children(pid: int) -> list[int]:
