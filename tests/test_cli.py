@@ -86,6 +86,8 @@ def test_report_is_written(run_dir, capsys):
         (["sample", "{run}", "--keep-top", "1"], "add --from-data"),
         (["sample", "{run}", "--steps", "4"], "add --interpolate"),
         (["sample", "{run}", "--interpolate", "--temperature", "5"], "drop --temperature"),
+        (["sample", "{run}", "--temperature", "nan"], "temperatures must be finite"),
+        (["sample", "{run}", "--temperature", "1,inf"], "temperatures must be finite"),
         (["sample", "{run}", "--device", "gpu0"], "--device gpu0: not a device"),
         (["eval", "{run}", "--num-samples", "0"], "--num-samples must be >= 1"),
         (["eval", "{run}", "--max-examples", "0"], "--max-examples must be >= 1"),

@@ -7,6 +7,7 @@ are printed as one line naming the problem and the fix, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -288,6 +289,8 @@ def _parse_temperature(text: str) -> float | list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"--temperature {text!r}: give a float or comma-separated floats (one per layer)") from None
+    if any(not math.isfinite(v) for v in values):  # nan or inf would give all-NaN samples
+        raise ValueError(f"--temperature {text!r}: temperatures must be finite numbers >= 0")
     if any(v < 0 for v in values):
         raise ValueError("--temperature: temperatures must be >= 0")
     return values[0] if len(values) == 1 else values
