@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,14 +115,41 @@ def _truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
-def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_what_is_redone(tmp_path):
+def _run_with_an_older_best_checkpoint(tmp_path):
+    """A finished 12-step run whose ``best`` pointer names an intact checkpoint of step 6."""
     out = run(tmp_path / "r", "train.epochs=1")  # 6 steps
     older = tmp_path / "step-6"
     shutil.copytree(latest_checkpoint(out), older)
     run(out, "train.epochs=2", resume=True)  # 12 steps
     ckpts = out / "checkpoints"
-    shutil.copytree(older, ckpts / older.name.replace("step-6", "step-000000006"), dirs_exist_ok=True)
+    shutil.copytree(older, ckpts / "step-000000006", dirs_exist_ok=True)
     (ckpts / "best.json").write_text(json.dumps({"dir": "step-000000006", "step": 6, "val_elbo": 0.0}))
+    return out
+
+
+class DamagedFileError(ValueError):  # the interface of hvae.files.DamagedFileError: the damaged file in .path
+    def __init__(self, message, path):
+        super().__init__(message)
+        self.path = path
+
+
+def test_a_damaged_file_error_from_load_makes_resume_fall_back(tmp_path, monkeypatch):
+    out = _run_with_an_older_best_checkpoint(tmp_path)
+    flipped = latest_checkpoint(out) / "model"
+    real = hvae.model.load
+
+    def load_checking_a_digest(directory, *a, **kw):
+        if Path(directory) == flipped:  # bytes flipped inside a tensor: only a digest of the tensors sees it
+            raise DamagedFileError(f"{flipped / 'model.safetensors'} does not match its digest", flipped)
+        return real(directory, *a, **kw)
+
+    monkeypatch.setattr(hvae.model, "load", load_checking_a_digest)
+    _, notes = logged(out, "train.epochs=2", resume=True)
+    assert any("does not match its digest" in n and "step-000000006" in n for n in notes)
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_what_is_redone(tmp_path):
+    out = _run_with_an_older_best_checkpoint(tmp_path)
     damaged = latest_checkpoint(out) / "model" / "model.safetensors"
     _truncate(damaged)
     _, notes = logged(out, "train.epochs=2", resume=True)

@@ -186,7 +186,8 @@ def load_checkpoint(
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(
-            f"checkpoint {ckpt} cannot be loaded ({e}); it is damaged or from another model"
+            f"checkpoint {ckpt} cannot be loaded ({e}); it is damaged or from another model",
+            getattr(e, "path", None),  # the damaged file, when the error names one (DamagedFileError)
         ) from None
     saved_world = meta.get("world_size", 1)
     if world_size == 1 and saved_world == 1:

@@ -337,34 +337,26 @@ class RunDir:
 
     def resume_checkpoint(self, log: Callable[[str], None]) -> Path | None:
         """The checkpoint ``--resume`` continues from: the latest, or the newest intact one when the latest
-        is damaged (said in the log). None when the run has no checkpoint."""
-        latest_error = None
+        is damaged (said in the log; a damaged file is one whose load error names it, as
+        ``hvae.files.DamagedFileError`` does). None when the run has no checkpoint."""
+        problem = None
         try:
             latest = latest_checkpoint(self.path)
         except CheckpointError as e:
-            latest, latest_error = None, e
+            latest, problem = None, e
         if latest is not None:
-            try:
-                saved_step(latest / "model")
+            problem = _damage(latest)
+            if problem is None:
                 return latest
-            except ValueError as e:
-                if damaged_path(e) is None:
-                    raise
-                latest_error = e
-        if latest_error is None:
+        if problem is None:
             return None
-        best = None
         try:
             best = latest_checkpoint(self.path, "best")
-            if best is not None and best != latest:
-                saved_step(best / "model")
-            else:
-                best = None
-        except ValueError:
+        except CheckpointError:
             best = None
-        if best is None:
-            raise latest_error
-        log(f"note: {latest_error}; resuming from the newest intact checkpoint {best} instead")
+        if best is None or best == latest or _damage(best) is not None:
+            raise problem
+        log(f"note: {problem}; resuming from the newest intact checkpoint {best} instead")
         return best
 
     # ------------------------------------------------------------------------------------------------ eval
@@ -381,3 +373,17 @@ class RunDir:
             return None
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {"value": data}
+
+
+def _damage(ckpt: Path) -> ValueError | None:
+    """The error that names a damaged file of the checkpoint's model, or None when it loads."""
+    from .model import load
+
+    try:
+        saved_step(ckpt / "model")
+        load(ckpt / "model")
+    except ValueError as e:
+        if damaged_path(e) is None:
+            raise
+        return e
+    return None
