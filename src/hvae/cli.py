@@ -186,6 +186,7 @@ def _load_run(run_dir: Path, device, quiet: bool = False):
 
 def _cmd_train(args) -> int:
     from .runconfig import load_run_config
+    from .rundir import RunDir
     from .train import RunDirError, train
 
     resume = args.resume is not None
@@ -200,7 +201,7 @@ def _cmd_train(args) -> int:
         raise ValueError("give a config: --config configs/default.yaml (see configs/), plus key.sub=value overrides")
     config_path = args.config
     if resume and not config_path:
-        config_path = Path(out) / "config.yaml"
+        config_path = RunDir(out).config_path
         if not config_path.is_file():
             raise RunDirError(f"{out} holds no run to resume (no config.yaml); start one with hvae train --out {out}")
     cfg, raw = load_run_config(config_path, args.overrides)
@@ -225,8 +226,10 @@ def _cmd_train(args) -> int:
 def _run_data_path(path: str, out: Path, resume: bool) -> str:
     """data.path as the run's config.yaml keeps it: absolute, so that eval, sample, report and --resume find
     the data from any folder; on resume, the run's own spelling where both name the same place."""
+    from .rundir import RunDir
+
     absolute = os.path.abspath(path)
-    saved = out / "config.yaml"
+    saved = RunDir(out).config_path
     if resume and saved.is_file():
         from .runconfig import RunConfig
 

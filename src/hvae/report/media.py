@@ -67,10 +67,13 @@ SUFFIXES: dict[str, str | None] = {"image": ".png", "text": ".txt", "audio": Non
 
 def sample_path(kind: str, name: str, out: Path | None, run_dir: Path) -> Path:
     """Where samples named ``name`` go: ``out``, or ``RUN_DIR/samples/<name><suffix>`` (audio: the folder)."""
+    from hvae.rundir import RunDir
+
     if out is not None:
         return out
     suffix = SUFFIXES[kind]
-    return run_dir / "samples" / (f"{name}{suffix}" if suffix else "")
+    samples = RunDir(run_dir).samples_dir
+    return samples / f"{name}{suffix}" if suffix else samples
 
 
 def check_out(kind: str, out: Path | None, name: str, count: int, overwrite: bool) -> None:
