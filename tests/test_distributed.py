@@ -24,7 +24,15 @@ from hvae.evaluate import elbo_terms, evaluate, evaluation_sums
 from hvae.model import build_model
 from hvae.optim import make_optimizer
 from hvae.runconfig import load_run_config
-from hvae.train import TrainingDiverged, TrainingInterrupted, global_batch_size, learning_rate, resolve_config, train
+from hvae.train import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    global_batch_size,
+    learning_rate,
+    resolve_config,
+    train,
+    train_step,
+)
 from tests.test_train import TINY as TRAIN_TINY
 
 # no batch norm: gloo has no SyncBatchNorm, so per-rank batch statistics would differ from one process's
@@ -68,21 +76,28 @@ def _reference_run(overrides, world_size):
     opt = make_optimizer(model, lr=tc.lr, name=tc.optimizer)
     steps_per_epoch = dataset.num_batches("train", B)
     total = min(tc.max_steps or 10**9, tc.epochs * steps_per_epoch)
+
+    def ranks_forward(x, beta=None):
+        # what the N ranks compute for one global batch: rank r's rows with rank r's noise, the mean of their
+        # losses (DDP averages the gradients)
+        step0 = model.step.clone()
+        losses = []
+        for r in range(world_size):
+            model.step.copy_(step0)  # every rank sees the same step (KL warm-up)
+            torch.set_rng_state(streams[r])
+            out = model(shard(x, Context(r, world_size)), beta)
+            streams[r] = torch.get_rng_state()
+            losses.append(out.loss)
+        out.loss = sum(losses) / world_size
+        return out
+
     step = 0
     model.train()
     for epoch in range(tc.epochs):
         for x in dataset.batches("train", B, epoch=epoch):
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, step, steps_per_epoch, total)
-            step0 = model.step.clone()
-            for r in range(world_size):
-                model.step.copy_(step0)  # every rank sees the same step (KL warm-up)
-                torch.set_rng_state(streams[r])
-                out = model(shard(x, Context(r, world_size)))
-                streams[r] = torch.get_rng_state()
-                (out.loss / world_size).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            assert train_step(model, opt, x, config=tc, forward=ranks_forward).applied  # the trainer's own step
             step += 1
             if step >= total:
                 return model.state_dict()
