@@ -298,6 +298,9 @@ class RunDir:
                     raise
                 damaged.append((path, str(e)))
                 continue
+            if damaged and c.label == "model/":  # a newer checkpoint is damaged: the final model is what there is
+                path, why = damaged[0]
+                return model, f"{path} is damaged ({why}); using the intact model/ (step {c.step})"
             if damaged:
                 raise CheckpointError(self._damage_advice(damaged, c))
             if c.label == "model/":
@@ -316,8 +319,6 @@ class RunDir:
         head = f"{path} is damaged ({why})"
         if intact is None:
             return f"{head}, and the run holds no intact checkpoint; train the model again (hvae train --overwrite)"
-        if intact.label == "model/":
-            return f"{head}; the final model in {self.model_dir} is intact, but newer work is lost"
         return (
             f"{head}; the newest intact checkpoint is {self.checkpoints_dir / intact.label} (step {intact.step}): "
             f"hvae train --resume {self.path} continues from it and writes model/ again"
