@@ -26,6 +26,7 @@ from hvae.files import atomic_write_text
 from hvae.model import HierarchicalVAE
 from hvae.report.images import images_to_uri, png_data_uri, to_images
 from hvae.report.media import modality
+from hvae.report.ood import ood_section
 from hvae.rundir import RunDir
 
 TEMPERATURES = (1.0, 0.8, 0.6, 0.0)
@@ -507,7 +508,9 @@ def write_report(run_dir: str | os.PathLike, *, device: str = "cpu", num_samples
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     r = _read_run(Path(run_dir), device)
     # results first: the numbers, then the pictures; the config folded at the end
-    sections = [_overview(r), _evaluation(r), _curves(r), *_pictures(r, num_samples, seed, device), _config(r)]
+    sections = [_overview(r), _evaluation(r), _curves(r), *_pictures(r, num_samples, seed, device)]
+    sections += [s for s in [ood_section(r.path)] if s is not None]  # after hvae ood
+    sections.append(_config(r))
     out = RunDir(r.path).report_path
     atomic_write_text(out, _page(r, sections))
     return out
