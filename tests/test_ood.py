@@ -22,8 +22,12 @@ def _model(inference="ladder", seed=0, **overrides):
 
 def _x(model, n=B, seed=1):
     g = torch.Generator().manual_seed(seed)
+    lik = model.config.likelihood
+    if lik in ("categorical", "discretized_logistic_mixture"):  # k / (levels - 1), in the likelihood's support
+        levels = model.config.num_classes if lik == "categorical" else 256
+        return torch.randint(0, levels, (n, *model.data_shape), generator=g) / (levels - 1)
     x = torch.rand(n, *model.data_shape, generator=g)
-    return x.round() if model.config.likelihood == "bernoulli" else x
+    return x.round() if lik == "bernoulli" else x
 
 
 MODELS = [
@@ -34,6 +38,16 @@ MODELS = [
     dict(inference="top_down", latent_types=["categorical", "gaussian", "gaussian"], categorical_classes=3),
     dict(
         inference="ladder",
+        block="conv",
+        data_shape=[1, 8, 8],
+        latent_dims=[3, 2],
+        hidden_dims=[8, 8],
+        strides=[2, 2],
+    ),
+    dict(inference="ladder", likelihood="categorical", num_classes=4),
+    dict(
+        inference="top_down",
+        likelihood="discretized_logistic_mixture",
         block="conv",
         data_shape=[1, 8, 8],
         latent_dims=[3, 2],
