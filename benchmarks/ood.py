@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", type=Path, default=Path("ood_sets"), help="folder for the OOD .npy files")
     p.add_argument("--train-steps", type=int, help="train the runs first (hvae train, train.max_steps)")
     p.add_argument("--max-examples", type=int, default=5000, help="examples per set (in and out)")
-    p.add_argument("--num-samples", type=int, default=1, help="draws z ~ q per example")
+    p.add_argument("--num-samples", type=int, default=10, help="draws z ~ q per example")
     p.add_argument("--skipped", default="prior_mean", choices=["prior_mean", "prior_sample", "posterior"])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ood.json")
     args = p.parse_args(argv)
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"model.inference={inference}",
                 f"train.max_steps={args.train_steps}",
                 "train.kl_warmup_epochs=1",
+                "train.checkpoint_every=200",
+                "train.eval_every=1000",
+                "train.log_every=50",
+                "train.compile=never",  # a shared machine: compiling under contention costs more than it saves
                 "--out",
                 str(run),
                 "--quiet",
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.num_samples),
             "--skipped",
             args.skipped,
+            "--batch-size",
+            "500",
         )
         timings.setdefault(str(run), {})["ood_s"] = time.perf_counter() - t0
         results[run.name] = json.loads((run / "ood.json").read_text())
