@@ -57,6 +57,9 @@ __all__ = [
     "ood_direction",
     "run_ood",
     "format_table",
+    "load_scores",
+    "read_mnist_5k",
+    "write_ood_sets",
 ]
 
 SKIPPED = ("prior_mean", "prior_sample", "posterior")
@@ -64,6 +67,7 @@ SKIPPED = ("prior_mean", "prior_sample", "posterior")
 TPR_LEVEL = 0.8
 RESULT_NAME = "ood.json"
 SCORES_NAME = "ood_scores.npz"
+HIGHER_IS_OOD = "LLR>k as it is; elbo, iw and L>k negated"
 
 
 def _check_ks(model: HierarchicalVAE, ks: Sequence[int]) -> list[int]:
@@ -202,9 +206,6 @@ def score_dataset(
 def ood_direction(name: str) -> int:
     """+1 where a higher value of score ``name`` means more OOD (LLR>k), -1 for the bounds (elbo, iw, L>k)."""
     return 1 if name.startswith("LLR") else -1
-
-
-HIGHER_IS_OOD = "LLR>k as it is; elbo, iw and L>k negated"
 
 
 def _binary_curve(score_in, score_out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
