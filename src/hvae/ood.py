@@ -303,23 +303,19 @@ def run_ood(
     tokeniser); a shape other than the model's is an error that says how to resize. ``ks`` defaults to every
     k in 1..L-1; ``max_examples`` takes the first N of every set.
     """
-    from .checkpoint import trained_model_dir
     from .data import load_dataset
-    from .model import load
-    from .runconfig import RunConfig
+    from .rundir import RunDir
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); create one with hvae train")
+    run = RunDir(run_dir)
+    run_dir = run.path
+    cfg = run.read_config()  # a missing folder or config.yaml: an error that says how to make one
     if not ood:
         raise ValueError("give at least one OOD set: --ood DATA (a .npy/.npz file, image folder, IDX or CSV file)")
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1, got {max_examples}")
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    model_dir, note = trained_model_dir(run_dir)
+    model, note = run.load_model(device)  # model/, or the latest checkpoint of a run that stopped early
     if note and log:
         log(f"note: {note}")
-    model = load(model_dir, map_location=device)
     L = model.config.num_layers
     if L < 2:
         raise ValueError("the model has one level of latents: L>k needs at least two (no level to keep above k)")
