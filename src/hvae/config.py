@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .registry import LATENT_FAMILIES, LIKELIHOODS
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown or its value is not accepted."""
@@ -211,7 +213,7 @@ def _require(cond: bool, message: str) -> None:
 
 Inference = Literal["ladder", "top_down", "bottom_up"]
 Block = Literal["mlp", "conv", "nvae", "vdvae", "temporal"]
-Likelihood = Literal["bernoulli", "gaussian", "discretized_logistic_mixture", "categorical"]
+Likelihood = str  # a name in hvae.registry.LIKELIHOODS (checked in ModelConfig.__post_init__)
 Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "identity"]
 
 
@@ -281,7 +283,7 @@ class ModelConfig(_Serializable):
     # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
     # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
     # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq_dim (G*E).
-    latent_types: list[Literal["gaussian", "categorical", "bernoulli", "vq"]] | None = None
+    latent_types: list[str] | None = None  # names in hvae.registry.LATENT_FAMILIES
     categorical_classes: int = 10
     # Gumbel-softmax / Concrete relaxation temperature while training: geometric from
     # gumbel_temperature_start to gumbel_temperature over gumbel_anneal_steps (0: constant)
@@ -305,6 +307,14 @@ class ModelConfig(_Serializable):
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+        _require(
+            self.likelihood in LIKELIHOODS,
+            f"likelihood: {self.likelihood!r} is not accepted; use one of {LIKELIHOODS.choices()}",
+        )
+        for t in self.latent_types or ():
+            _require(
+                t in LATENT_FAMILIES, f"latent_types: {t!r} is not accepted; use one of {LATENT_FAMILIES.choices()}"
+            )
         L = len(self.latent_dims)
         _require(L >= 1, "latent_dims: a hierarchy needs at least one latent layer, e.g. [32, 16]")
         _require(

@@ -6,7 +6,15 @@ latent's shape ``(B, *latent_shape)``; the model sums over the latent dimensions
 
 A latent family is described to the layers by :class:`LatentFamily`: how many raw channels a network
 must emit per latent channel, how to turn those into a distribution, and how the Ladder VAE merges a
-bottom-up term with the prior.
+bottom-up term with the prior. The families live in the registry :data:`hvae.registry.LATENT_FAMILIES`
+(``model.latent_types`` names them).
+
+To add a latent type: subclass :class:`LatentFamily`, define ``from_config`` (the family of one level from
+the model config), ``params_per_channel``, ``from_raw``, ``prior_top`` and ``merge`` (and ``channels`` /
+``latent_channels`` if z has more channels than ``latent_dim``); decorate the class with
+``@LATENT_FAMILIES.register("name")``; register the KL of its distributions with :func:`register_kl` (or
+train with ``kl: mc``). Everything else has a no-op default (``set_relaxation``, ``code_indices``) or a
+general rule (``residual_posterior``: the merge). ``model.latent_types: [name, ...]`` then accepts it.
 """
 
 from __future__ import annotations
@@ -18,24 +26,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .registry import LATENT_FAMILIES
+
 _LOG_2PI = math.log(2 * math.pi)
 
 _KL_REGISTRY: dict[tuple[type, type], Callable] = {}
+_KL_MEMO: dict[tuple[type, type], Callable | None] = {}  # lookups by (type(q), type(p)), cleared on registration
 
 
 def register_kl(type_q: type, type_p: type):
-    """Decorator: register ``fn(q, p) -> Tensor`` as the analytic KL(q || p), elementwise."""
+    """Decorator: register ``fn(q, p) -> Tensor`` as the analytic KL(q || p), elementwise.
+
+    As in ``torch.distributions.kl``, a pair also serves subclasses: :func:`kl_divergence` takes the
+    registered pair nearest to ``(type(q), type(p))`` along their method resolution orders."""
 
     def wrap(fn: Callable) -> Callable:
         _KL_REGISTRY[(type_q, type_p)] = fn
+        _KL_MEMO.clear()
         return fn
 
     return wrap
 
 
+def _dispatch_kl(type_q: type, type_p: type) -> Callable | None:
+    # the registered pair whose classes come first in the two MROs (q's first: its distance breaks ties)
+    matches = [
+        (type_q.__mro__.index(sq), type_p.__mro__.index(sp), fn)
+        for (sq, sp), fn in _KL_REGISTRY.items()
+        if issubclass(type_q, sq) and issubclass(type_p, sp)
+    ]
+    return min(matches, key=lambda m: (m[0] + m[1], m[0]))[2] if matches else None
+
+
 def kl_divergence(q, p) -> Tensor:
-    """Analytic KL(q || p), elementwise over the latent shape (nats)."""
-    fn = _KL_REGISTRY.get((type(q), type(p)))
+    """Analytic KL(q || p), elementwise over the latent shape (nats).
+
+    Dispatches on the classes of ``q`` and ``p``: the registered pair nearest to them in their class
+    hierarchies (an exact pair first)."""
+    key = (type(q), type(p))
+    fn = _KL_REGISTRY.get(key)  # an exact pair: no search (and nothing for torch.compile to trace)
+    if fn is None:
+        if key not in _KL_MEMO:
+            _KL_MEMO[key] = _dispatch_kl(*key)
+        fn = _KL_MEMO[key]
     if fn is None:
         raise NotImplementedError(f"no analytic KL registered for ({type(q).__name__}, {type(p).__name__}); use kl: mc")
     return fn(q, p)
@@ -154,14 +187,30 @@ def _tile(t: Tensor, k: int) -> Tensor:
 
 
 class LatentFamily:
-    """How a latent layer's networks parameterise its distribution.
+    """How a latent layer's networks parameterise its distribution; the base of every registered family.
 
     ``params_per_channel`` raw channels per latent channel; ``from_raw`` builds the distribution from a
     tensor whose channel dimension (dim 1) holds them; ``prior_top`` is p(z_L); ``merge`` is the Ladder
-    VAE's combination of a bottom-up term with the prior.
+    VAE's combination of a bottom-up term with the prior. The other methods have defaults that make what
+    does not apply to a family a no-op, so the layers and the model never ask which family they hold.
     """
 
     params_per_channel: int
+    #: the posterior is a point mass (vector quantisation): KL(q || p) = -log p(k* | .) is exact whatever the
+    #: config's ``kl``, and the training loss adds the posterior's ``aux_loss``
+    point_mass_posterior: bool = False
+    #: the level's values are codes of a codebook (:meth:`code_indices` reads them back)
+    quantized: bool = False
+
+    @classmethod
+    def from_config(cls, cfg, index: int) -> LatentFamily:
+        """The family of level ``index`` (0 = z_1) from a :class:`~hvae.config.ModelConfig`."""
+        return cls()
+
+    @classmethod
+    def latent_channels(cls, cfg, index: int) -> int:
+        """Channels of z at level ``index`` from the config alone (without building the family)."""
+        return cfg.latent_dims[index]
 
     def from_raw(self, raw: Tensor):
         raise NotImplementedError
@@ -171,6 +220,19 @@ class LatentFamily:
 
     def merge(self, bottom_up, prior):
         raise NotImplementedError
+
+    def residual_posterior(self, raw: Tensor, prior):
+        """q from a head's output relative to the prior (``residual_posterior: true``): by default the product
+        of the prior with the distribution of ``raw`` (for logits: logits_q = logits_p + delta); a zero head
+        then gives q = p for the discrete families."""
+        return self.merge(self.from_raw(raw), prior)
+
+    def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:
+        """Relaxation temperature and whether the coming pass draws relaxed samples; nothing to set by default."""
+
+    def code_indices(self, z: Tensor) -> Tensor | None:
+        """Codebook indices of ``z`` for a :attr:`quantized` family; None otherwise."""
+        return None
 
     def channels(self, latent_dim: int) -> int:
         """Channels of the latent tensor z for ``latent_dim`` (the config's entry): what the networks
@@ -187,12 +249,20 @@ class LatentFamily:
         return self.from_raw(raw)
 
 
+_SOFTPLUS_INV_ONE = float(torch.log(torch.expm1(torch.tensor(1.0))))
+
+
+@LATENT_FAMILIES.register("gaussian")
 class GaussianFamily(LatentFamily):
     params_per_channel = 2
 
     def __init__(self, min_scale: float, scale_param: str = "std"):
         _check_scale_param(scale_param)
         self.min_scale, self.scale_param = min_scale, scale_param
+
+    @classmethod
+    def from_config(cls, cfg, index: int) -> GaussianFamily:
+        return cls(cfg.min_scale, cfg.scale_param)
 
     def from_raw(self, raw: Tensor) -> Gaussian:
         mu, raw_sigma = raw.chunk(2, dim=1)
@@ -203,6 +273,15 @@ class GaussianFamily(LatentFamily):
 
     def merge(self, bottom_up: Gaussian, prior: Gaussian) -> Gaussian:
         return bottom_up.merge(prior)
+
+    def residual_posterior(self, raw: Tensor, prior: Gaussian) -> Gaussian:
+        """NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.) (its square
+        under scale_param: variance), shifted so a zero head gives dsigma = 1 (q = p at first)."""
+        d_mu, raw_ds = raw.chunk(2, dim=1)
+        d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.scale_param)
+        # floored like every other scale (sigma_p is, so q = p at the start still holds): a head driven far
+        # negative would otherwise give sigma_q = 0 and a non-finite KL
+        return Gaussian(prior.mu + d_mu, (prior.sigma * d_sigma).clamp_min(self.min_scale))
 
 
 # --- discrete latents ---------------------------------------------------------------------------------
@@ -424,12 +503,21 @@ class _DiscreteFamily(LatentFamily):
         return bottom_up.merge(prior)
 
 
+@LATENT_FAMILIES.register("categorical")
 class CategoricalFamily(_DiscreteFamily):
     """``latent_dim`` groups of ``num_classes`` one-hot classes: the latent has G*K channels."""
 
     def __init__(self, num_classes: int, straight_through: bool = False):
         super().__init__(straight_through)
         self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, cfg, index: int) -> CategoricalFamily:
+        return cls(cfg.categorical_classes, cfg.straight_through)
+
+    @classmethod
+    def latent_channels(cls, cfg, index: int) -> int:
+        return cfg.latent_dims[index] * cfg.categorical_classes
 
     def channels(self, latent_dim: int) -> int:
         return latent_dim * self.num_classes
@@ -440,8 +528,13 @@ class CategoricalFamily(_DiscreteFamily):
         )
 
 
+@LATENT_FAMILIES.register("bernoulli")
 class BernoulliFamily(_DiscreteFamily):
     """``latent_dim`` binary units."""
+
+    @classmethod
+    def from_config(cls, cfg, index: int) -> BernoulliFamily:
+        return cls(cfg.straight_through)
 
     def from_raw(self, raw: Tensor) -> BernoulliLatent:
         return BernoulliLatent(raw, tau=self.tau, relaxed=self.relaxed, straight_through=self.straight_through)

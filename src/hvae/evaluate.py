@@ -135,7 +135,7 @@ def evaluation_sums(
 
 
 def _vq_levels(model: HierarchicalVAE) -> list[int]:
-    return [l for l, layer in enumerate(model.layers) if hasattr(layer.family, "code_indices")]
+    return [l for l, layer in enumerate(model.layers) if layer.family.quantized]
 
 
 def _codebook_perplexity(model: HierarchicalVAE, sums: dict[str, torch.Tensor]) -> dict[str, Any]:

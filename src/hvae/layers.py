@@ -13,17 +13,20 @@ A :class:`LatentLayer` for ``z_l`` owns
 
 The posterior's dependence on x is split into ``context(d_l)`` (computed once per input, reused across
 importance samples) and ``posterior(ctx, p, h_p)`` (run per sample).
+
+The distribution of each level comes from a latent family registered in :data:`LATENT_FAMILIES` under the
+name ``model.latent_types`` gives it; :mod:`hvae.distributions` says how to add one.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from .distributions import BernoulliFamily, CategoricalFamily, Gaussian, GaussianFamily, scale_from_raw
+from . import quantize  # noqa: F401  (registers the "vq" latent family)
+from .distributions import Gaussian, LatentFamily
 from .nets import FAMILIES, activation, decoder_block
 from .nets.attention import with_attention
-from .quantize import VQFamily
+from .registry import LATENT_FAMILIES
 
 
 class LatentLayer(nn.Module):
@@ -122,51 +125,19 @@ class LatentLayer(nn.Module):
         if self.inference == "ladder":
             return self.family.merge(self.family.from_raw(ctx.float()), p)
         raw = self.posterior_head(self.post_act(ctx + self.post_from_h(h_p))).float()
-        if self.residual and not isinstance(self.family, GaussianFamily):
-            # the discrete analogue of a residual posterior: logits_q = logits_p + delta (a merge)
-            return self.family.merge(self.family.from_raw(raw), p)
-        if self.residual:
-            # NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.) (its
-            # square under scale_param: variance), shifted so a zero output gives dsigma = 1 (q = p at first)
-            d_mu, raw_ds = raw.chunk(2, dim=1)
-            d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.family.scale_param)
-            # floored like every other scale (sigma_p is, so q = p at the start still holds): a head driven far
-            # negative would otherwise give sigma_q = 0 and a non-finite KL
-            return Gaussian(p.mu + d_mu, (p.sigma * d_sigma).clamp_min(self.min_scale))
-        return self.family.from_raw(raw)
+        return self.family.residual_posterior(raw, p) if self.residual else self.family.from_raw(raw)
 
     def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:
         """Discrete latents: relaxation temperature and whether samples are relaxed in the coming pass."""
-        if hasattr(self.family, "set_relaxation"):
-            self.family.set_relaxation(tau, relaxed)
+        self.family.set_relaxation(tau, relaxed)
 
 
-def make_family(cfg, index: int):
-    """The latent family of level ``index`` from ``cfg.latent_types`` (Gaussian by default)."""
-    kind = cfg.latent_type(index)
-    if kind == "gaussian":
-        return GaussianFamily(cfg.min_scale, cfg.scale_param)
-    if kind == "categorical":
-        return CategoricalFamily(cfg.categorical_classes, cfg.straight_through)
-    if kind == "bernoulli":
-        return BernoulliFamily(cfg.straight_through)
-    top = index == cfg.num_layers - 1
-    return VQFamily(
-        cfg.vq_codes,
-        cfg.vq_dim,
-        decay=cfg.vq_decay,
-        commitment=cfg.vq_commitment,
-        dead_threshold=cfg.vq_dead_threshold,
-        top_prior=cfg.vq_top_prior if top else None,
-        groups=cfg.latent_dims[index],
-    )
+def make_family(cfg, index: int) -> LatentFamily:
+    """The latent family of level ``index``: the class :data:`LATENT_FAMILIES` holds for
+    ``cfg.latent_type(index)`` (Gaussian by default), built from the config."""
+    return LATENT_FAMILIES[cfg.latent_type(index)].from_config(cfg, index)
 
 
 def latent_channels(cfg, index: int) -> int:
     """Channels of the latent tensor z_l (what the networks reading z_l see), from the config alone."""
-    d = cfg.latent_dims[index]
-    kind = cfg.latent_type(index)
-    return {"categorical": d * cfg.categorical_classes, "vq": d * cfg.vq_dim}.get(kind, d)
-
-
-_SOFTPLUS_INV_ONE = float(torch.log(torch.expm1(torch.tensor(1.0))))
+    return LATENT_FAMILIES[cfg.latent_type(index)].latent_channels(cfg, index)

@@ -8,6 +8,14 @@ nats per example ``(B,)``; ``mean`` and ``sample()`` come back in the user's sha
 
 Data convention: values in [0, 1]. Discrete likelihoods map them to their levels (binary {0, 1};
 ``k / (K - 1)`` for K categories; ``2^bits`` equal bins for the discretised logistic).
+
+The observation models live in the registry :data:`LIKELIHOODS` under the name ``model.likelihood`` gives.
+To add one: subclass :class:`ObservationModel` (``params_per_channel`` or ``num_params``, ``forward(params)``
+returning a subclass of :class:`ObservationDistribution` that defines ``_log_prob_layout``, ``_mean_layout``
+and ``_sample_layout``; ``from_config`` when its constructor takes more than the data shape) and decorate it
+with ``@LIKELIHOODS.register("name")``; ``model.likelihood: name`` then accepts it. For an autoregressive
+decoder (``decoder: pixelcnn | transformer | gru``) it also defines ``like(shape)``, ``levels`` and its
+distribution's ``mode_layout``; the defaults refuse or fall back to the mean.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .distributions import raw_from_scale, scale_from_raw
+from .registry import LIKELIHOODS
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -74,11 +83,28 @@ class ObservationModel(nn.Module):
 
     #: parameter channels the decoder must emit per data channel (subclasses may override num_params)
     params_per_channel: int = 1
+    #: discrete values per dimension (for an autoregressive decoder's input); None for continuous data
+    levels: int | None = None
+    #: data are token ids: ``sample()`` and ``mean`` give int64 ids
+    tokens: bool = False
+    #: one position's distribution couples its channels itself (the discretised logistic mixture's
+    #: coefficients), so an autoregressive net need not order them
+    joint_channels: bool = False
 
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
         self.data_shape = tuple(data_shape)
         self.channels, self.spatial = _channel_layout(self.data_shape)
+
+    @classmethod
+    def from_config(cls, config) -> ObservationModel:
+        """The model for ``config.data_shape`` with the options of a :class:`~hvae.config.ModelConfig`."""
+        return cls(tuple(config.data_shape))
+
+    def like(self, data_shape: tuple[int, ...]) -> ObservationModel:
+        """A model of the same kind and options for another data shape (one position of an autoregressive
+        decoder); only the kinds an autoregressive decoder can use define it."""
+        raise ValueError(f"an autoregressive decoder cannot use the observation model {type(self).__name__}")
 
     @property
     def num_params(self) -> int:
@@ -110,9 +136,17 @@ def _wide(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-class _ObservationDistribution:
+class ObservationDistribution:
+    """Base of what an observation model returns: ``log_prob``, ``mean`` and ``sample`` in the user's shape,
+    from the subclass's ``_log_prob_layout``, ``_mean_layout`` and ``_sample_layout`` in channel layout."""
+
     def __init__(self, model: ObservationModel):
         self._model = model
+
+    def mode_layout(self) -> Tensor:
+        """The most probable value, channel layout (an autoregressive decoder's greedy step); the mean unless
+        a subclass says."""
+        return self._mean_layout()
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x | z_1) in nats per example, shape (B,)."""
@@ -134,7 +168,7 @@ class _ObservationDistribution:
 # --- Bernoulli ---------------------------------------------------------------------------------------
 
 
-class BernoulliDistribution(_ObservationDistribution):
+class BernoulliDistribution(ObservationDistribution):
     def __init__(self, model, logits: Tensor):
         super().__init__(model)
         self.logits = logits
@@ -153,9 +187,18 @@ class BernoulliDistribution(_ObservationDistribution):
     def _sample_layout(self):
         return torch.bernoulli(torch.sigmoid(self.logits))
 
+    def mode_layout(self) -> Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
 
+
+@LIKELIHOODS.register("bernoulli")
 class Bernoulli(ObservationModel):
     """Independent Bernoulli per dimension, for binary data {0, 1}."""
+
+    levels = 2
+
+    def like(self, data_shape: tuple[int, ...]) -> Bernoulli:
+        return Bernoulli(data_shape)
 
     def forward(self, params: Tensor) -> BernoulliDistribution:
         return BernoulliDistribution(self, params)
@@ -176,7 +219,7 @@ class Bernoulli(ObservationModel):
 # --- Gaussian ----------------------------------------------------------------------------------------
 
 
-class GaussianDistribution(_ObservationDistribution):
+class GaussianDistribution(ObservationDistribution):
     def __init__(self, model, mu: Tensor, sigma: Tensor):
         super().__init__(model)
         self.mu, self.sigma = mu, sigma
@@ -191,8 +234,13 @@ class GaussianDistribution(_ObservationDistribution):
         return self.mu + self.sigma * torch.randn_like(self.mu)
 
 
+@LIKELIHOODS.register("gaussian")
 class Gaussian(ObservationModel):
     """Diagonal Gaussian with a fixed scale, or one learned scale per data dimension (``scale=None``)."""
+
+    @classmethod
+    def from_config(cls, config) -> Gaussian:
+        return cls(tuple(config.data_shape), scale=config.likelihood_scale, min_scale=config.min_scale)
 
     def __init__(self, data_shape, scale: float | None = None, min_scale: float = 1e-3):
         super().__init__(data_shape)
@@ -218,7 +266,7 @@ class Gaussian(ObservationModel):
 # --- Categorical -------------------------------------------------------------------------------------
 
 
-class CategoricalDistribution(_ObservationDistribution):
+class CategoricalDistribution(ObservationDistribution):
     def __init__(self, model, logits: Tensor):  # logits (B, K, C, *spatial)
         super().__init__(model)
         self.logits = logits
@@ -247,7 +295,12 @@ class CategoricalDistribution(_ObservationDistribution):
         k = torch.distributions.Categorical(logits=self.logits.movedim(1, -1)).sample()
         return k if self._model.tokens else k.to(self.logits.dtype) / (self.K - 1)
 
+    def mode_layout(self) -> Tensor:
+        """The most probable level k / (K - 1)."""
+        return self.logits.argmax(1).to(self.logits.dtype) / (self.K - 1)
 
+
+@LIKELIHOODS.register("categorical")
 class Categorical(ObservationModel):
     """Categorical over ``num_classes`` values per dimension (256-level pixels, tokens).
 
@@ -260,8 +313,18 @@ class Categorical(ObservationModel):
         super().__init__(data_shape)
         self.num_classes = num_classes
         self.params_per_channel = num_classes
+        self.levels = num_classes
         self.pad_id = pad_id
         self.tokens = tokens
+
+    @classmethod
+    def from_config(cls, config) -> Categorical:
+        return cls(
+            tuple(config.data_shape), num_classes=config.num_classes, pad_id=config.pad_id, tokens=config.embed_dim > 0
+        )
+
+    def like(self, data_shape: tuple[int, ...]) -> Categorical:
+        return Categorical(data_shape, num_classes=self.num_classes)
 
     def forward(self, params: Tensor) -> CategoricalDistribution:
         B = params.shape[0]
@@ -286,7 +349,7 @@ class Categorical(ObservationModel):
 # --- Discretised logistic mixture ---------------------------------------------------------------------
 
 
-class DiscretizedLogisticMixtureDistribution(_ObservationDistribution):
+class DiscretizedLogisticMixtureDistribution(ObservationDistribution):
     """PixelCNN++ likelihood (Salimans et al. 2017) for C channels: a mixture of M logistics per pixel,
     channel c's mean shifted linearly by the channels before it (the paper's RGB coefficients)."""
 
@@ -359,6 +422,10 @@ class DiscretizedLogisticMixtureDistribution(_ObservationDistribution):
             xs.append((pi * m).sum(1).clamp(-1, 1))
         return (torch.stack(xs, 1) + 1) / 2
 
+    def mode_layout(self) -> Tensor:
+        """The mean on the nearest of the 2^bits levels."""
+        return torch.round(self._mean_layout() * self.bins) / self.bins
+
     def _sample_layout(self):
         gumbel = -torch.log(-torch.log(torch.rand_like(self.logit_pi).clamp(1e-5, 1 - 1e-5)))
         onehot = F.one_hot((self.logit_pi + gumbel).argmax(1), self.logit_pi.shape[1]).movedim(-1, 1).to(self.mu)
@@ -380,15 +447,26 @@ class DiscretizedLogisticMixtureDistribution(_ObservationDistribution):
         return k / self.bins
 
 
+@LIKELIHOODS.register("discretized_logistic_mixture")
 class DiscretizedLogisticMixture(ObservationModel):
     """Discretised logistic mixture for ``num_bits``-bit images (B, C, H, W) with values in [0, 1]."""
+
+    joint_channels = True
 
     def __init__(self, data_shape, num_mixtures: int = 10, num_bits: int = 8):
         super().__init__(data_shape)
         self.M = num_mixtures
         self.bits = num_bits
+        self.levels = 2**num_bits
         C = self.channels
         self.num_coeffs = C * (C - 1) // 2
+
+    @classmethod
+    def from_config(cls, config) -> DiscretizedLogisticMixture:
+        return cls(tuple(config.data_shape), num_mixtures=config.num_mixtures, num_bits=config.num_bits)
+
+    def like(self, data_shape: tuple[int, ...]) -> DiscretizedLogisticMixture:
+        return DiscretizedLogisticMixture(data_shape, num_mixtures=self.M, num_bits=self.bits)
 
     @property
     def num_params(self) -> int:
@@ -417,17 +495,7 @@ class DiscretizedLogisticMixture(ObservationModel):
 # --- Autoregressive ------------------------------------------------------------------------------------
 
 
-def _step_mode(d: _ObservationDistribution) -> Tensor:
-    """The most probable value of a one-position distribution, channel layout (the DLM: its mean on the
-    nearest level)."""
-    if isinstance(d, BernoulliDistribution):
-        return (d.logits > 0).to(d.logits.dtype)
-    if isinstance(d, CategoricalDistribution):
-        return d.logits.argmax(1).to(d.logits.dtype) / (d.K - 1)
-    return torch.round(d._mean_layout() * d.bins) / d.bins
-
-
-class AutoregressiveDistribution(_ObservationDistribution):
+class AutoregressiveDistribution(ObservationDistribution):
     """p(x | c) = ∏_i p(x_i | x_<i, c), positions in raster order, each p(x_i | ·) from the base model.
 
     * ``log_prob(x)``: one teacher-forced parallel pass of the network, (B,) nats.
@@ -495,7 +563,7 @@ class AutoregressiveDistribution(_ObservationDistribution):
     @property
     def mean(self) -> Tensor:
         """Token models: the greedy sequence (each position's most probable id given the ones before)."""
-        x, _, means = self._sequential(_step_mode)
+        x, _, means = self._sequential(lambda d: d.mode_layout())
         return self._model._to_user(self._ids(x) if self._model.tokens else means)
 
 
@@ -514,11 +582,11 @@ class Autoregressive(ObservationModel):
         super().__init__(data_shape)
         self.base = base
         step_shape = (self.channels, *(1 for _ in self.spatial)) if len(self.data_shape) > 1 else (1,)
-        self.step_base = _same_kind(base, step_shape)
+        self.step_base = base.like(step_shape)
         self.net = net
         self.cond_channels = cond_channels
         self.levels = levels  # values per position, for integer class data
-        self.tokens = getattr(base, "tokens", False)
+        self.tokens = base.tokens
         self.orders_channels = getattr(net, "orders_channels", False)
 
     @property
@@ -532,21 +600,11 @@ class Autoregressive(ObservationModel):
         self.base.check_support(x)
 
 
-def _same_kind(base: ObservationModel, shape: tuple[int, ...]) -> ObservationModel:
-    if isinstance(base, Bernoulli):
-        return Bernoulli(shape)
-    if isinstance(base, Categorical):
-        return Categorical(shape, num_classes=base.num_classes)
-    if isinstance(base, DiscretizedLogisticMixture):
-        return DiscretizedLogisticMixture(shape, num_mixtures=base.M, num_bits=base.bits)
-    raise ValueError(f"an autoregressive decoder cannot use the observation model {type(base).__name__}")
-
-
 def _build_autoregressive(config) -> Autoregressive:
     from .nets import autoregressive
 
     base = build_likelihood(config.replace(decoder="plain"))
-    levels = {"bernoulli": 2, "categorical": config.num_classes}.get(config.likelihood, 2**config.num_bits)
+    levels = base.levels
     net = autoregressive.build(
         config,
         in_ch=base.channels,
@@ -555,23 +613,14 @@ def _build_autoregressive(config) -> Autoregressive:
         levels=levels,
         length=math.prod(base.spatial),
         # Bernoulli and categorical outputs treat channels as independent: the net must order them
-        order_channels=not isinstance(base, DiscretizedLogisticMixture),
+        order_channels=not base.joint_channels,
     )
     return Autoregressive(base.data_shape, base, net, config.ar_cond_channels, levels)
 
 
 def build_likelihood(config) -> ObservationModel:
-    """The observation model named by ``config.likelihood`` for ``config.data_shape``."""
+    """The observation model :data:`LIKELIHOODS` holds for ``config.likelihood``, for ``config.data_shape``
+    (wrapped in an autoregressive decoder when ``config.decoder`` names one)."""
     if getattr(config, "decoder", "plain") != "plain":
         return _build_autoregressive(config)
-    shape = tuple(config.data_shape)
-    name = config.likelihood
-    if name == "bernoulli":
-        return Bernoulli(shape)
-    if name == "gaussian":
-        return Gaussian(shape, scale=config.likelihood_scale, min_scale=config.min_scale)
-    if name == "categorical":
-        return Categorical(shape, num_classes=config.num_classes, pad_id=config.pad_id, tokens=config.embed_dim > 0)
-    if name == "discretized_logistic_mixture":
-        return DiscretizedLogisticMixture(shape, num_mixtures=config.num_mixtures, num_bits=config.num_bits)
-    raise ValueError(f"unknown likelihood {name!r}")
+    return LIKELIHOODS[config.likelihood].from_config(config)

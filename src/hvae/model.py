@@ -33,7 +33,6 @@ from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
 from .nets.temporal import TokenEncoder
-from .quantize import VQPosterior
 from .spectral import SpectralNorms, coefficient
 
 CONFIG_NAME = "config.json"
@@ -417,7 +416,7 @@ class HierarchicalVAE(nn.Module):
         kls = []
         for l in range(L):
             q, p, z = run.qs[l], run.ps[l], run.zs[l]
-            exact_ok = isinstance(q, VQPosterior) or (
+            exact_ok = self.layers[l].family.point_mass_posterior or (
                 self.config.kl == "analytic" and (self.config.inference != "bottom_up" or l == L - 1)
             )
             kls.append(kl_divergence(q, p) if exact_ok else q.log_prob(z) - p.log_prob(z))
@@ -508,7 +507,7 @@ class HierarchicalVAE(nn.Module):
         their codebook perplexities for this batch."""
         total, aux = 0.0, {}
         for l, q in enumerate(run.qs):
-            if getattr(q, "aux_loss", None) is None:
+            if not self.layers[l].family.point_mass_posterior:
                 continue
             commitment = q.aux_loss.mean()
             total = total + commitment

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .distributions import Categorical, LatentFamily, register_kl
+from .registry import LATENT_FAMILIES
 
 
 def _vectors(z: Tensor, code_dim: int) -> Tensor:
@@ -137,6 +138,7 @@ def _kl_vq(q: VQPosterior, p: CodePrior) -> Tensor:
     return -p.cat.log_probs.gather(2, q.index.unsqueeze(2)).squeeze(2)
 
 
+@LATENT_FAMILIES.register("vq")
 class VQFamily(nn.Module, LatentFamily):
     """The VQ latent family of one level: the codebook (K x E) with its EMA statistics, and on the top
     level the learned (or uniform) prior logits. ``latent_dim`` groups per position; z has G*E channels;
@@ -167,6 +169,26 @@ class VQFamily(nn.Module, LatentFamily):
         # the first training pass restarts every code at encoder outputs (a data-dependent initialisation)
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.top_logits = nn.Parameter(torch.zeros(groups * num_codes)) if top_prior == "learned" else None
+
+    point_mass_posterior = True
+    quantized = True
+
+    @classmethod
+    def from_config(cls, cfg, index: int) -> VQFamily:
+        top = index == cfg.num_layers - 1
+        return cls(
+            cfg.vq_codes,
+            cfg.vq_dim,
+            decay=cfg.vq_decay,
+            commitment=cfg.vq_commitment,
+            dead_threshold=cfg.vq_dead_threshold,
+            top_prior=cfg.vq_top_prior if top else None,
+            groups=cfg.latent_dims[index],
+        )
+
+    @classmethod
+    def latent_channels(cls, cfg, index: int) -> int:
+        return cfg.latent_dims[index] * cfg.vq_dim
 
     def channels(self, latent_dim: int) -> int:
         return latent_dim * self.code_dim
