@@ -206,7 +206,7 @@ def test_training_batches_are_bucketed_by_length_and_trimmed(tmp_path):
     g = torch.Generator().manual_seed(0)
     lines = [("w" * int(n)).encode() for n in torch.randint(1, 60, (400,), generator=g)]
     path = _write(tmp_path / "l.txt", lines)
-    cfg = DataConfig(source="text", path=path, max_length=64, val_fraction=0.0, test_fraction=0.1)
+    cfg = DataConfig(source="text", path=path, max_length=64, val_fraction=0.0, test_fraction=0.1, dedupe=False)
     ds = load_dataset(cfg)
     pad = ds.tokenizer.pad_id
     lengths = (ds.train.x != pad).sum(1)
@@ -252,7 +252,9 @@ def test_config_checks_token_settings():
 
 def test_text_source_lines_padding_and_counts(tmp_path, capsys):
     path = _write(tmp_path / "t.txt", [b"short", b"", b"   ", b"x" * 50, b"fine line"] * 4)
-    ds = load_dataset(DataConfig(source="text", path=path, max_length=16, val_fraction=0.2, test_fraction=0.2))
+    ds = load_dataset(
+        DataConfig(source="text", path=path, max_length=16, val_fraction=0.2, test_fraction=0.2, dedupe=False)
+    )
     err = capsys.readouterr().err
     assert "8 empty examples skipped" in err and "4 of 12 examples longer than 16 tokens truncated" in err
     assert ds.shape == (16,) and ds.train.x.dtype == torch.int64
@@ -260,19 +262,19 @@ def test_text_source_lines_padding_and_counts(tmp_path, capsys):
     rows = torch.cat([ds.train.x, ds.val.x, ds.test.x])
     assert sorted(tok.decode_batch(rows)) == sorted(["short", "x" * 15, "fine line"] * 4)
     assert ((rows == tok.eos_id).sum(1) == 1).all()
-    skipped = load_dataset(DataConfig(source="text", path=path, max_length=16, too_long="skip"))
+    skipped = load_dataset(DataConfig(source="text", path=path, max_length=16, too_long="skip", dedupe=False))
     assert len(skipped.train) + len(skipped.val) + len(skipped.test) == 8
 
 
 def test_non_utf8_text_error_replace_or_skip(tmp_path, capsys):
     path = _write(tmp_path / "bad.txt", [b"good line", b"caf\xe9 latin-1", b"another good one"] * 5)
     with pytest.raises(DataError, match="line 2 is not UTF-8.*text_errors"):
-        load_dataset(DataConfig(source="text", path=path))
-    ds = load_dataset(DataConfig(source="text", path=path, text_errors="replace"))
+        load_dataset(DataConfig(source="text", path=path, dedupe=False))
+    ds = load_dataset(DataConfig(source="text", path=path, text_errors="replace", dedupe=False))
     assert "5 examples that are not UTF-8 decoded with U+FFFD replacements" in capsys.readouterr().err
     texts = ds.tokenizer.decode_batch(torch.cat([ds.train.x, ds.val.x, ds.test.x]))
     assert texts.count("caf\ufffd latin-1") == 5
-    ds = load_dataset(DataConfig(source="text", path=path, text_errors="skip"))
+    ds = load_dataset(DataConfig(source="text", path=path, text_errors="skip", dedupe=False))
     assert "5 examples that are not UTF-8 skipped" in capsys.readouterr().err
     assert len(ds.train) + len(ds.val) + len(ds.test) == 10
 
@@ -280,7 +282,9 @@ def test_non_utf8_text_error_replace_or_skip(tmp_path, capsys):
 def test_char_vocabulary_comes_from_the_training_split(tmp_path):
     lines = [b"aaaa"] * 30 + [b"zzzz"]
     path = _write(tmp_path / "c.txt", lines)
-    ds = load_dataset(DataConfig(source="text", path=path, tokenizer="char", val_fraction=0.2, test_fraction=0.2))
+    ds = load_dataset(
+        DataConfig(source="text", path=path, tokenizer="char", val_fraction=0.2, test_fraction=0.2, dedupe=False)
+    )
     held_out = torch.cat([ds.val.x, ds.test.x])
     in_train = any("z" in t for t in ds.tokenizer.decode_batch(ds.train.x))
     assert ("z" in ds.tokenizer.chars) == in_train

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import DataError, RawData
+from .sources import SOURCES, DataError, RawData, Source
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 MU = 255
@@ -250,6 +250,16 @@ def read_audio_folder(config) -> RawData:
         [logmel(w, config.sample_rate, config.n_fft, config.hop_length, config.n_mels) for w in wave.split(256)]
     )
     return RawData(x=frames.contiguous(), levels=None)
+
+
+@SOURCES.register("audio")
+class Audio(Source):
+    modality = "audio"
+    path_hint = "folder of WAV / FLAC / OGG files"
+    split_suffixes = ("",)
+
+    def read(self, config, train_rows) -> RawData:
+        return read_audio_folder(config)
 
 
 # ---------------------------------------------------------------------------------------------------- spoken digits

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import DataError, RawData
+from .sources import SOURCES, DataError, RawData, Source
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
@@ -131,3 +131,13 @@ def read_cifar10(folder: str | Path) -> RawData:
     x = torch.from_numpy(np.concatenate([a for a, _ in train]))
     y = torch.from_numpy(np.concatenate([b for _, b in train]))
     return RawData(x, 256, y, torch.from_numpy(test_x.copy()), torch.from_numpy(test_y), scale=255.0)
+
+
+@SOURCES.register("cifar10")
+class CIFAR10(Source):
+    modality = "image"
+    path_hint = "cifar-10-batches-py folder"
+    own_test = True
+
+    def read(self, config, train_rows) -> RawData:
+        return read_cifar10(config.path)

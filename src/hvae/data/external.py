@@ -15,12 +15,11 @@ import numpy as np
 import torch
 
 from hvae.data import sources, transforms
-from hvae.data.sources import DataError, RawData
+from hvae.data.sources import SOURCES, DataError, RawData, modality
 
 __all__ = ["load_like", "infer_source"]
 
 _SUFFIX_SOURCES = {".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "csv", ".txt": "text"}
-_TEXT = ("text", "fortunes")
 
 
 def _is_idx_file(p: Path) -> bool:
@@ -40,14 +39,14 @@ def infer_source(path: str | Path, run_source: str | None = None) -> str:
             return "image"
         if _is_idx_file(p):
             return "idx"
-        if run_source in _TEXT:
+        if run_source is not None and modality(run_source) == "text":
             return "text"
         raise DataError(
             f"{p}: cannot tell the format from the name; pass source= (npy, npz, csv, text, images, idx, mnist)"
         )
     if not p.is_dir():
         raise DataError(f"{p}: no such file or folder; give the data file or folder to read")
-    if run_source in ("text", "fortunes", "audio"):
+    if run_source is not None and modality(run_source) in ("text", "audio"):
         return run_source
     if any(_is_idx_file(f) for f in p.iterdir()):
         return "mnist"
@@ -146,8 +145,8 @@ def load_like(
       computed by loading the run's own data (as ``hvae eval`` does).
 
     The run's rules: uint8 codes scaled to ``k / scale``; ``binarize`` (static or dynamic) and ``dequantize``
-    draw one fixed noise, from the generator a test split of the same ``data.seed`` uses (seed 0 for a folder
-    of IDX files, as for a source's own test set), so the run's own test data read this way equals
+    draw one fixed noise, from the generator the run's test split uses (``data.seed``, or seed 0 when the
+    source has a test set of its own: IDX t10k files, a predefined test file), so its test data read this way equal
     ``Dataset.eval_tensor("test")``; ``standardize`` with the training statistics; ``flatten``. Text gives
     int64 token ids (N, max_length) padded with the tokeniser's padding id; everything else float32.
 
@@ -163,11 +162,11 @@ def load_like(
     path = Path(path).expanduser()
     source = source or infer_source(path, config.source)
     where = f"{path} (read as {source})"
-    if source in _TEXT:
+    if source in SOURCES and modality(source) == "text":
         x = _read_text(config, path, source, tokenizer)
         _check_shape(x, data_shape, where, config, source)
         return x
-    if config.source in _TEXT:
+    if modality(config.source) == "text":
         raise DataError(f"{where}: the run models text; give a text file or folder (source text or fortunes)")
     raw = _read(config, path, source)
     x = raw.x
@@ -194,8 +193,7 @@ def load_like(
     if config.flatten:
         x = x.flatten(1)  # (N, C, H, W) -> (N, C*H*W)
     _check_shape(x, data_shape, where, config, source)
-    official_test = source in ("mnist", "fashion_mnist")
-    gen = transforms.generator(0 if official_test else config.seed, "fixed", "test")
+    gen = transforms.generator(0 if _official_test(config) else config.seed, "fixed", "test")
     if config.binarize != "none":
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
@@ -210,11 +208,24 @@ def load_like(
     return x
 
 
+def _official_test(config) -> bool:
+    """Whether the run's test split is a set of its own (IDX t10k files, a test.npy...): its fixed noise then
+    takes seed 0 whatever ``data.seed`` (see ``Dataset.eval_tensor``)."""
+    from hvae.data.loader import split_paths
+
+    if SOURCES[config.source].own_test:
+        return True
+    try:
+        return "test" in split_paths(config)
+    except DataError:  # the run's data are not on this machine: its test split was drawn by data.seed
+        return False
+
+
 def _check_shape(x: torch.Tensor, data_shape, where: str, config, source: str) -> None:
     if data_shape is None:
         return
     want, got = tuple(data_shape), tuple(x.shape[1:])
-    if len(want) == 1 and len(got) == 1 and config.source in _TEXT:
+    if len(want) == 1 and len(got) == 1 and modality(config.source) == "text":
         if got[0] == want[0]:
             return
         raise DataError(f"{where}: rows of {got[0]} tokens, the model reads {want[0]}; use the run's max_length")

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -22,13 +23,14 @@ import torch
 
 from hvae.config import _require, _Serializable
 from hvae.data import sources, text, transforms
-from hvae.data.sources import DataError, LazyRows
+from hvae.data.sources import SOURCES, DataError, LazyRows
 
-__all__ = ["DataConfig", "DataError", "Dataset", "LazyRows", "Split", "load_dataset"]
+__all__ = ["DataConfig", "DataError", "Dataset", "LazyRows", "Split", "load_dataset", "split_paths"]
 
-FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PATH = sources.FashionMNIST.default_path
 SPLITS = ("train", "val", "test")
-STREAMABLE = ("npy", "images")
+# names of predefined split files or folders inside data.path (PTB: ptb.valid.txt; WikiText: wiki.valid.tokens)
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
 @dataclass
@@ -36,13 +38,18 @@ class DataConfig(_Serializable):
     """Where the data comes from and how it is preprocessed.
 
     * ``source``: ``digits`` (scikit-learn's bundled 8x8 digits), ``fashion_mnist`` / ``mnist`` (a folder of
-      IDX files), ``npz`` / ``npy`` (an array file), ``images`` (a folder of PNG/JPEG), ``csv`` (a table).
+      IDX files), ``cifar10``, ``npz`` / ``npy`` (an array file), ``images`` (a folder of PNG/JPEG), ``csv`` (a
+      table), ``text`` / ``fortunes``, ``audio``; or any source registered in :data:`hvae.data.sources.SOURCES`.
     * ``binarize``: ``dynamic`` resamples the training binarization every epoch and binarizes val/test once
       with a fixed seed; ``static`` binarizes every split once. Numbers from the two are not comparable.
     * ``dequantize``: x = (k + u) / levels, u ~ U[0, 1), for discrete data; see
       :func:`hvae.data.dequantization_log_jacobian` for the log-Jacobian to count.
     * ``standardize``: subtract the train split's mean, divide by its std (for tabular data).
     * ``val_fraction`` is carved from train; ``test_fraction`` only for sources without their own test split.
+    * Predefined splits: ``train_path`` / ``val_path`` / ``test_path``, or files or folders named ``train`` /
+      ``val`` (or ``valid``) / ``test`` inside a ``path`` folder (``train.npy``, ``train.csv``, ``train.txt``,
+      image or audio folders ``train/``); each read as ``source`` reads ``path``. A split not given is carved
+      from train by its fraction. :attr:`Dataset.splits_from` says where each split came from.
     * ``max_examples`` caps each split at this many examples (fast runs).
     * ``in_memory``: ``always`` loads the data into memory; ``never`` streams it from disk (``npy``: a memory
       map, rows gathered per batch; ``images``: files decoded per batch); ``auto`` streams ``npy`` and
@@ -53,7 +60,9 @@ class DataConfig(_Serializable):
     rows of ``max_length`` int64 token ids (end-of-sequence, then padding) from the ``tokenizer``
     (``byte`` | ``char`` | ``bpe``); ``text_unit`` ``line`` (one example per line or fortune) or ``window``
     (fixed windows of ``max_length`` characters over the stream); ``too_long`` examples are truncated or
-    skipped, ``text_errors`` says what non-UTF-8 text does (error | replace | skip); all counted and printed.
+    skipped, ``text_errors`` says what non-UTF-8 text does (error | replace | skip); with ``dedupe`` (the
+    default for text) a ``line`` example equal to an earlier one after whitespace is normalised is dropped
+    before the split, so no text lands on both sides of it; all counted and printed.
     Every text batch is trimmed of the padding all its rows share, (B, T') with T' <= ``max_length``; with
     ``length_buckets`` the shuffled training batches group examples of similar length (pools of 50 batches
     sorted by length, the batches shuffled), so a batch costs about the tokens it holds.
@@ -65,10 +74,11 @@ class DataConfig(_Serializable):
     skipped and counted (``audio_errors``).
     """
 
-    source: Literal[
-        "digits", "fashion_mnist", "mnist", "cifar10", "npz", "npy", "images", "csv", "text", "fortunes", "audio"
-    ] = "digits"
+    source: str = "digits"  # a name in hvae.data.sources.SOURCES
     path: str | None = None  # folder (IDX, images) or file (npz, npy, csv)
+    train_path: str | None = None  # predefined splits, each read as source reads path
+    val_path: str | None = None
+    test_path: str | None = None
     key: str | None = None  # npz: array name (default 'x' if present, else the first)
     image_size: list[int] | None = None  # images: [H, W], resize shorter side then center-crop
     channels: int | None = None  # images: 1 (grey) or 3 (RGB); default that of the first image
@@ -90,6 +100,7 @@ class DataConfig(_Serializable):
     text_errors: Literal["error", "replace", "skip"] = "error"
     bpe_vocab_size: int = 1000
     length_buckets: bool = True  # text: shuffled training batches hold examples of similar length
+    dedupe: bool | None = None  # text: drop repeated examples before splitting (null: on for text sources)
     # audio
     sample_rate: int = 8000
     duration: float = 1.0  # seconds per example (cropped or zero-padded)
@@ -102,8 +113,15 @@ class DataConfig(_Serializable):
     audio_errors: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
-        if self.path is not None:
-            self.path = os.path.expanduser(str(self.path))  # ~/data as a shell would read it
+        _require(self.source in SOURCES, f"source: {self.source!r} is not accepted; use one of {SOURCES.choices()}")
+        for name in ("path", "train_path", "val_path", "test_path"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.expanduser(str(getattr(self, name))))  # ~/data as a shell would read it
+        _require(
+            (self.val_path is None and self.test_path is None) or self.path is not None or self.train_path is not None,
+            "val_path / test_path: set data.train_path (or data.path) to the training data too",
+        )
+        kind = SOURCES[self.source]()
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
             _require(0 <= v < 1, f"{name}: must be in [0, 1), got {v}")
@@ -132,9 +150,10 @@ class DataConfig(_Serializable):
             f"max_examples: must be a positive integer or null, got {self.max_examples}",
         )
         _require(self.memory_budget_gb > 0, f"memory_budget_gb: must be a positive number, got {self.memory_budget_gb}")
+        streamable = [name for name in SOURCES if SOURCES[name].streamable]
         _require(
-            self.in_memory != "never" or self.source in STREAMABLE,
-            f"in_memory: never streams only sources {' and '.join(STREAMABLE)}, not {self.source}; "
+            self.in_memory != "never" or kind.streamable,
+            f"in_memory: never streams only sources {' and '.join(streamable)}, not {self.source}; "
             "set in_memory: auto, or save the data as a .npy file and use source: npy",
         )
         _require(
@@ -148,7 +167,11 @@ class DataConfig(_Serializable):
         _require(self.sample_rate > 0 and self.duration > 0, "sample_rate and duration: must be positive")
         _require(self.n_mels >= 1 and self.hop_length >= 1, "n_mels and hop_length: must be >= 1")
         _require(self.n_fft >= 16, f"n_fft: must be >= 16, got {self.n_fft}")
-        if self.source in ("text", "fortunes", "audio"):
+        _require(
+            self.dedupe is not True or kind.modality == "text",
+            f"dedupe: only text sources deduplicate; remove it for source: {self.source}",
+        )
+        if kind.modality in ("text", "audio"):
             _require(
                 self.binarize == "none" and not self.dequantize and not self.standardize and not self.flatten,
                 f"source {self.source}: binarize, dequantize, standardize and flatten do not apply; remove them",
@@ -263,6 +286,9 @@ class Dataset:
         # the source's own test set (Fashion-MNIST's t10k, say): its fixed noise does not depend on data.seed,
         # so that runs with different seeds are measured on the same binarised test images
         self.official_test = False
+        # where each split came from, e.g. {"train": "<path> less the val split", "val": "10% of <path>",
+        # "test": "<path>/test.npy"}: what the trainer prints
+        self.splits_from: dict[str, str] = {}
         self._fixed: dict[str, Split] = {}
         self._row_lengths: dict[str, torch.Tensor] = {}
 
@@ -427,45 +453,70 @@ class Dataset:
         return self._row_lengths[split]
 
 
-def _train_rows(config: DataConfig, n: int) -> torch.Tensor:
-    """The rows of n examples that :func:`load_dataset` puts in the training split (vocabularies use only those)."""
+def _train_rows(config: DataConfig, n: int, carve_val: bool = True, carve_test: bool = True) -> torch.Tensor:
+    """The rows of n examples that :func:`load_dataset` puts in the training split (vocabularies use only those);
+    ``carve_val`` / ``carve_test``: whether those splits are drawn from these examples."""
     perm = torch.randperm(n, generator=transforms.generator(config.seed, "split"))
-    return perm[_count(n, config.val_fraction) + _count(n, config.test_fraction) :][: config.max_examples]
+    n_held = _count(n, config.val_fraction) * carve_val + _count(n, config.test_fraction) * carve_test
+    return perm[n_held:][: config.max_examples]
 
 
-def _read(config: DataConfig) -> sources.RawData:
-    src, path = config.source, config.path
-    budget = config.memory_budget_gb * 2**30
-    if src in ("text", "fortunes"):
-        from hvae.data import text
+def split_paths(config: DataConfig) -> dict[str, Path]:
+    """The predefined splits of ``config``: ``{"train": path, "val": path, "test": path}`` for those given by
+    ``data.train_path`` / ``val_path`` / ``test_path`` or found by name inside a ``data.path`` folder (see
+    :data:`SPLIT_NAMES`; files with the source's ``split_suffixes``, or sub-folders); ``train`` is ``data.path``
+    itself when only held-out splits are given. Empty when there are none."""
+    source = SOURCES[config.source]
+    found: dict[str, Path] = {}
+    base = Path(config.path) if config.path else None
+    if base is not None and source.split_suffixes and base.is_dir():
+        entries = sorted(base.iterdir())
+        for split, names in SPLIT_NAMES.items():
+            hits = [
+                p
+                for p in entries
+                if any(
+                    p.name == n + suf or p.name.endswith(f".{n}{suf}") for n in names for suf in source.split_suffixes
+                )
+                and (p.is_dir() if "" in source.split_suffixes else p.is_file())
+            ]
+            if len(hits) > 1:
+                raise DataError(
+                    f"{base}: several {split} splits ({', '.join(p.name for p in hits)}); keep one, or set "
+                    f"data.{split}_path"
+                )
+            if hits:
+                found[split] = hits[0]
+        if found and "train" not in found:
+            raise DataError(
+                f"{base} holds {' and '.join(found)} split(s) but no train split; add one named train, or set "
+                "data.train_path"
+            )
+    for split in SPLITS:
+        given = getattr(config, f"{split}_path")
+        if given is not None:
+            found[split] = Path(given)
+    if found and "train" not in found:
+        found["train"] = base
+    for split, p in found.items():
+        if not p.exists():
+            key = f"data.{split}_path" if getattr(config, f"{split}_path") else "data.path"
+            raise DataError(f"{key} {p} does not exist; give an existing file or folder")
+    return found
 
-        return text.read_text(config, lambda n: _train_rows(config, n))
-    if src == "audio":
-        from hvae.data import audio
 
-        return audio.read_audio_folder(config)
-    if src == "digits":
-        return sources.read_digits()
-    if src == "fashion_mnist":
-        return sources.read_idx_folder(path or FASHION_MNIST_PATH)
-    if path is None:
-        what = {"mnist": "folder of IDX files", "images": "image folder", "cifar10": "cifar-10-batches-py folder"}.get(
-            src, f".{src} file"
-        )
-        raise DataError(f"source {src} needs data.path: set it to the {what}")
-    if src == "mnist":
-        return sources.read_idx_folder(path)
-    if src == "cifar10":
-        from hvae.data.cifar10 import read_cifar10
+def _read(config: DataConfig) -> tuple[sources.RawData, dict[str, Path]]:
+    """The source's raw data (with ``val_x`` / ``test_x`` for predefined splits) and the split paths read."""
+    source = SOURCES[config.source]()
+    paths = split_paths(config)
+    if not paths and config.path is None and source.path_hint:
+        raise DataError(f"source {config.source} needs data.path: set it to the {source.path_hint}")
 
-        return read_cifar10(path)
-    if src == "npz":
-        return sources.read_npz(path, config.key)
-    if src == "npy":
-        return sources.read_npy(path, config.in_memory, budget)
-    if src == "csv":
-        return sources.read_csv(path)
-    return sources.read_images(path, config.image_size, config.channels, config.in_memory, budget)
+    def train_rows(n: int) -> torch.Tensor:
+        return _train_rows(config, n, "val" not in paths, "test" not in paths)
+
+    raw = source.read_splits(config, paths, train_rows) if paths else source.read(config, train_rows)
+    return raw, paths
 
 
 def _blocks(x: torch.Tensor | LazyRows | Split) -> Iterable[torch.Tensor]:
@@ -506,18 +557,20 @@ def load_dataset(config: DataConfig) -> Dataset:
     ``npy`` and ``images`` sources larger than ``config.memory_budget_gb`` (or all of them with
     ``in_memory: never``) stay on disk; the splits are then views of the file that batches read from.
     """
-    raw = _read(config)
-    where = f"source {config.source}" + (f" ({config.path})" if config.path else "")
+    raw, paths = _read(config)
+    origin = str(paths.get("train") or config.path or SOURCES[config.source].default_path or config.source)
+    where = f"source {config.source} ({origin})" if paths or config.path else f"source {config.source}"
     if len(raw.x) == 0:
         raise DataError(f"{where}: 0 examples loaded; check data.path")
     if config.dequantize and raw.levels is None:
         raise DataError(f"{where}: dequantize needs discrete data (uint8 or digits); set dequantize: false")
     _check_values(raw.x, where)
-    if raw.test_x is not None:
-        _check_values(raw.test_x, where + " test split")
+    for name in ("val", "test"):
+        if getattr(raw, f"{name}_x") is not None:
+            _check_values(getattr(raw, f"{name}_x"), f"{paths.get(name, where)} ({name} split)")
 
     n = len(raw.x)
-    n_val = _count(n, config.val_fraction)
+    n_val = 0 if raw.val_x is not None else _count(n, config.val_fraction)
     n_test = 0 if raw.test_x is not None else _count(n, config.test_fraction)
     if n - n_val - n_test < 1:
         raise DataError(f"{where}: {n} examples leave none for training after val/test; lower the fractions")
@@ -526,10 +579,12 @@ def load_dataset(config: DataConfig) -> Dataset:
     cap = config.max_examples
     splits = {}
     for name, idx in index.items():
-        if name == "test" and raw.test_x is not None:
-            x, y = raw.test_x, raw.test_labels
+        given = getattr(raw, f"{name}_x", None) if name != "train" else None
+        if given is not None:
+            x, y = given, getattr(raw, f"{name}_labels")
             if cap is not None and len(x) > cap:  # copies: a capped view would keep the whole array alive
-                x, y = x[:cap].clone(), None if y is None else y[:cap].clone()
+                x = x[:cap].clone() if isinstance(x, torch.Tensor) else x[:cap]
+                y = None if y is None else y[:cap].clone()
         else:
             idx = idx[:cap]
             x, y = raw.x[idx], None if raw.labels is None else raw.labels[idx]
@@ -538,7 +593,8 @@ def load_dataset(config: DataConfig) -> Dataset:
             x = x.flatten(1) if isinstance(x, torch.Tensor) else x.reshape(len(x), -1)
         splits[name] = Split(name, x.contiguous(), y, scale=raw.scale)
     levels, official_test = raw.levels, raw.test_x is not None
-    tokenizer, notes = getattr(raw, "tokenizer", None), list(getattr(raw, "notes", []))
+    splits_from = _splits_from(config, paths, origin, raw.val_x is not None, raw.test_x is not None)
+    tokenizer, notes = getattr(raw, "tokenizer", None), list(getattr(raw, "notes", []))  # text sources only
     del raw  # the splits are copies (or views of the file): drop the full array before standardizing
 
     mean = std = None
@@ -569,4 +625,21 @@ def load_dataset(config: DataConfig) -> Dataset:
     dataset = Dataset(splits["train"], splits["val"], splits["test"], levels, config, mean, std)
     dataset.tokenizer, dataset.notes = tokenizer, notes  # text: the tokeniser; what reading skipped or fixed
     dataset.official_test = official_test
+    dataset.splits_from = splits_from
     return dataset
+
+
+def _splits_from(config: DataConfig, paths: dict[str, Path], origin: str, has_val: bool, has_test: bool) -> dict:
+    """Where each split came from, for the run's printout: a path, or "10% of <path>" for a carved one."""
+    out, carved = {}, []
+    for name, fraction, given in (("val", config.val_fraction, has_val), ("test", config.test_fraction, has_test)):
+        if name in paths:
+            out[name] = str(paths[name])
+        elif given:
+            out[name] = f"{origin} (the source's own {name} files)"
+        elif fraction:
+            out[name] = f"{fraction:.0%} of {origin}"
+            carved.append(name)
+        else:
+            out[name] = "none"
+    return {"train": f"{origin} less the {' and '.join(carved)} split" if carved else origin, **out}

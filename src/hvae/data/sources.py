@@ -1,4 +1,11 @@
-"""Readers: each turns a file, folder or bundled set into raw arrays.
+"""Readers: each turns a file, folder or bundled set into raw arrays; the registry of data sources.
+
+``data.source`` names a :class:`Source` in :data:`SOURCES`; :func:`modality` says what a source carries
+(``image``, ``table``, ``text`` or ``audio``), for the code that shows samples and media. To add a source:
+subclass :class:`Source`, set ``modality`` (and ``path_hint`` if it needs ``data.path``, ``split_suffixes``
+if ``data.path`` may hold ``train`` / ``val`` / ``test`` files or folders, ``streamable`` if it can leave
+data on disk), define ``read(config, train_rows)`` returning a :class:`RawData`, and decorate the class with
+``@SOURCES.register("name")``; ``data.source: name`` then accepts it.
 
 Every reader returns a :class:`RawData`. Discrete sources (8-bit images and arrays, the 17-level digits,
 booleans) keep their integer codes ``k`` as a uint8 tensor and record ``scale`` (the values are
@@ -11,6 +18,7 @@ Readers know nothing of configs, splits or preprocessing.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import struct
 from collections.abc import Callable
@@ -20,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hvae.registry import Registry
 
 CHUNK_BYTES = 64 * 2**20  # whole-array scans of a lazily read array go in chunks of about this size
 
@@ -110,9 +120,11 @@ class RawData:
     x: torch.Tensor | LazyRows
     levels: int | None
     labels: torch.Tensor | None = None  # (N,) int64
-    test_x: torch.Tensor | None = None
+    test_x: torch.Tensor | LazyRows | None = None
     test_labels: torch.Tensor | None = None
     scale: float | None = None  # discrete data: values are x / scale (255 for 8-bit, 16 for digits, 1 for bool)
+    val_x: torch.Tensor | LazyRows | None = None  # a validation split of the source's own (val.npy, say)
+    val_labels: torch.Tensor | None = None
 
 
 def _from_uint8(a: np.ndarray) -> torch.Tensor:
@@ -448,3 +460,152 @@ def read_images(
         index = {c: k for k, c in enumerate(sorted({r[0] for r in rel}))}
         labels = torch.tensor([index[r[0]] for r in rel], dtype=torch.int64)
     return RawData(x, levels=256, labels=labels, scale=255.0)
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+
+SOURCES = Registry("data source", ("hvae.data.sources", "hvae.data.cifar10", "hvae.data.text", "hvae.data.audio"))
+MODALITIES = ("image", "table", "text", "audio")
+
+
+class Source:
+    """How ``data.source`` reads data. Class attributes describe it; :meth:`read` reads it.
+
+    * ``modality``: what it carries, one of :data:`MODALITIES` (:meth:`modality_of` may decide by shape).
+    * ``path_hint``: what ``data.path`` must name when the source needs one (None: it needs none).
+    * ``default_path``: where it reads without ``data.path``.
+    * ``split_suffixes``: the endings of predefined split files inside a ``data.path`` folder (``train.npy``:
+      ``".npy"``; ``""`` for sub-folders ``train/``); empty for sources that carry no such splits.
+    * ``streamable``: it can leave the data on disk (``in_memory: never``).
+    * ``own_test``: it reads a test set of its own.
+    """
+
+    modality = "table"
+    path_hint: str | None = None
+    default_path: str | None = None
+    split_suffixes: tuple[str, ...] = ()
+    streamable = False
+    own_test = False  # it reads a test set of its own (RawData.test_x): IDX t10k files, CIFAR's test batch
+
+    def read(self, config, train_rows) -> RawData:
+        """The examples of ``config.path`` (``train_rows(n)``: the rows of n examples the loader will train on)."""
+        raise NotImplementedError
+
+    def read_splits(self, config, paths: dict[str, Path], train_rows) -> RawData:
+        """Predefined splits: ``paths["train"]`` and ``val`` and/or ``test``, each read as :meth:`read` reads
+        ``data.path``; the held-out ones become ``val_x`` / ``test_x``. Every split must hold examples of one
+        shape and kind (8-bit codes or floats)."""
+        parts = {name: self.read(dataclasses.replace(config, path=str(p)), train_rows) for name, p in paths.items()}
+        train = parts["train"]
+        for name, part in parts.items():
+            if tuple(part.x.shape[1:]) != tuple(train.x.shape[1:]):
+                raise DataError(
+                    f"{paths[name]}: examples of shape {tuple(part.x.shape[1:])}, but the training split's are "
+                    f"{tuple(train.x.shape[1:])}; give every split one shape (images: set data.image_size)"
+                )
+            if (part.scale, part.levels) != (train.scale, train.levels):
+                raise DataError(
+                    f"{paths[name]}: {_kind(part)} values, but the training split ({paths['train']}) holds "
+                    f"{_kind(train)}; store every split the same way"
+                )
+        val, test = parts.get("val"), parts.get("test", train if train.test_x is not None else None)
+        return RawData(
+            train.x,
+            train.levels,
+            train.labels,
+            test_x=None if test is None else (test.test_x if test is train else test.x),
+            test_labels=None if test is None else (test.test_labels if test is train else test.labels),
+            scale=train.scale,
+            val_x=None if val is None else val.x,
+            val_labels=None if val is None else val.labels,
+        )
+
+    def modality_of(self, shape: tuple[int, ...] | None = None) -> str:
+        """What data of one example's ``shape`` from this source are: ``modality`` unless it depends on it."""
+        return self.modality
+
+
+def modality(source: str, shape: tuple[int, ...] | list[int] | None = None) -> str:
+    """What ``source`` carries: ``image``, ``table``, ``text`` or ``audio``. Array sources (npy, npz) carry
+    images or tables: given one example's ``shape``, (C, H, W) is an image, anything else a table."""
+    return SOURCES[source]().modality_of(None if shape is None else tuple(shape))
+
+
+def _kind(raw: RawData) -> str:
+    return "float" if raw.scale is None else f"{raw.levels}-level"
+
+
+def _budget(config) -> float:
+    return config.memory_budget_gb * 2**30
+
+
+@SOURCES.register("digits")
+class Digits(Source):
+    modality = "image"
+
+    def read(self, config, train_rows) -> RawData:
+        return read_digits()
+
+
+@SOURCES.register("fashion_mnist")
+class FashionMNIST(Source):
+    modality = "image"
+    default_path = "/usr/share/datasets/fashion-mnist"
+    own_test = True
+
+    def read(self, config, train_rows) -> RawData:
+        return read_idx_folder(config.path or self.default_path)
+
+
+@SOURCES.register("mnist")
+class MNIST(Source):
+    modality = "image"
+    path_hint = "folder of IDX files"
+    own_test = True
+
+    def read(self, config, train_rows) -> RawData:
+        return read_idx_folder(config.path)
+
+
+class _Array(Source):
+    def modality_of(self, shape: tuple[int, ...] | None = None) -> str:
+        return "image" if shape is not None and len(shape) == 3 else "table"
+
+
+@SOURCES.register("npz")
+class Npz(_Array):
+    path_hint = ".npz file"
+    split_suffixes = (".npz",)
+
+    def read(self, config, train_rows) -> RawData:
+        return read_npz(config.path, config.key)
+
+
+@SOURCES.register("npy")
+class Npy(_Array):
+    path_hint = ".npy file"
+    split_suffixes = (".npy",)
+    streamable = True
+
+    def read(self, config, train_rows) -> RawData:
+        return read_npy(config.path, config.in_memory, _budget(config))
+
+
+@SOURCES.register("csv")
+class Csv(Source):
+    path_hint = ".csv file"
+    split_suffixes = (".csv",)
+
+    def read(self, config, train_rows) -> RawData:
+        return read_csv(config.path)
+
+
+@SOURCES.register("images")
+class Images(Source):
+    modality = "image"
+    path_hint = "image folder"
+    split_suffixes = ("",)
+    streamable = True
+
+    def read(self, config, train_rows) -> RawData:
+        return read_images(config.path, config.image_size, config.channels, config.in_memory, _budget(config))

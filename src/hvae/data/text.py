@@ -13,11 +13,18 @@ training job writes into the run directory (``tokenizer.json``) so a trained mod
 
 Bad input is handled as ``DataConfig`` says and counted: text that is not UTF-8 (``text_errors``: error,
 replace with U+FFFD, or skip the example), empty examples (skipped), examples longer than ``max_length``
-(``too_long``: truncate or skip). The counts are printed and kept in :attr:`TextData.notes`.
+(``too_long``: truncate or skip). Examples that repeat an earlier one (the same text after whitespace is
+normalised) are removed before the split (``dedupe``, on by default), so that no text falls on both sides.
+The counts are printed and kept in :attr:`TextData.notes`.
+
+Predefined splits: a folder holding ``train.txt`` / ``valid.txt`` (or ``val.txt``) / ``test.txt`` (PTB's
+``ptb.train.txt`` and WikiText's ``wiki.train.tokens`` too), or ``data.train_path`` / ``val_path`` /
+``test_path``; the vocabulary is then built from the training file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -26,11 +33,10 @@ from pathlib import Path
 
 import torch
 
-from .sources import DataError, RawData
+from .sources import SOURCES, DataError, RawData, Source
 
 FORTUNES_PATH = "/usr/share/games/fortunes"
 TOKENIZER_NAME = "tokenizer.json"
-TEXT_SOURCES = ("text", "fortunes")
 
 
 # ---------------------------------------------------------------------------------------------------- tokenisers
@@ -218,6 +224,7 @@ class TextData(RawData):
 
     tokenizer: Tokenizer | None = None
     notes: list[str] = field(default_factory=list)
+    duplicates: int = 0  # examples removed by dedupe
 
 
 def _decode_bytes(raw: bytes, errors: str, where: str, counts: dict) -> str | None:
@@ -345,16 +352,55 @@ def encode_rows(
     return x, kept, n_long
 
 
-def read_text(config, train_rows: Callable[[int], torch.Tensor]) -> TextData:
+def normalise_whitespace(text: str) -> str:
+    """``text`` with every run of whitespace made one space and none at the ends: the key of :func:`dedupe`."""
+    return " ".join(text.split())
+
+
+def dedupe(texts: Sequence[str]) -> tuple[list[str], int]:
+    """The texts without those equal to an earlier one after :func:`normalise_whitespace` (the first of each
+    kept, in order), and how many were removed."""
+    seen: set[str] = set()
+    out = []
+    for t in texts:
+        key = normalise_whitespace(t)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out, len(texts) - len(out)
+
+
+def read_text(config, train_rows: Callable[[int], torch.Tensor], paths: dict[str, Path] | None = None) -> TextData:
     """Read a ``text`` / ``fortunes`` source into token ids (N, max_length).
 
     ``train_rows(n)`` gives the rows of n examples that the loader will put in the training split: the char
-    and BPE vocabularies are built from those texts only.
+    and BPE vocabularies are built from those texts only. ``paths`` (predefined splits: ``train`` and
+    ``val`` and/or ``test``): the training file is read as the source, the others are encoded with its
+    tokeniser into ``val_x`` / ``test_x``.
     """
     where = f"source {config.source}" + (f" ({config.path})" if config.path else "")
-    texts, counts = read_examples(config)
+    held_out: dict[str, list[str]] = {}
+    if paths:
+        where = f"source {config.source} ({paths['train']})"
+        texts, counts = read_examples(dataclasses.replace(config, path=str(paths["train"])))
+        for name in ("val", "test"):
+            if name in paths:
+                held_out[name], more = read_examples(dataclasses.replace(config, path=str(paths[name])))
+                counts = {k: counts[k] + more[k] for k in counts}
+    else:
+        texts, counts = read_examples(config)
     if not texts:
         raise DataError(f"{where}: no text examples found ({counts['empty']} empty skipped)")
+    notes = []
+    n_dup = 0
+    # the examples some split is drawn from; windows cut from a stream are not texts of their own
+    if config.dedupe is not False and config.text_unit == "line" and len(held_out) < 2:
+        texts, n_dup = dedupe(texts)
+        if n_dup:
+            notes.append(
+                f"{n_dup} of {len(texts) + n_dup} examples removed as duplicates of earlier ones (the same text after "
+                "whitespace is normalised) before splitting"
+            )
     add_eos = config.text_unit == "line"
     n_all, n_long = len(texts), 0
     if config.too_long == "skip" and config.tokenizer != "bpe":
@@ -370,7 +416,6 @@ def read_text(config, train_rows: Callable[[int], torch.Tensor]) -> TextData:
     tokenizer = build_tokenizer(config, [texts[i] for i in train_index])
     x, kept, n_more = encode_rows(texts, tokenizer, config.max_length, config.too_long, add_eos)
     n_long += n_more
-    notes = []
     if config.tokenizer == "bpe" and len(kept) < len(texts):
         # the split is drawn over the rows kept: learn the vocabulary again from exactly their training rows
         # (the first one also saw rows that land in validation or test); an example that fitted the first
@@ -390,9 +435,49 @@ def read_text(config, train_rows: Callable[[int], torch.Tensor]) -> TextData:
         notes.append(f"{n_long} of {n_all} examples longer than {config.max_length} tokens {done}")
     if len(kept) == 0:
         raise DataError(f"{where}: every example is longer than max_length {config.max_length}; raise data.max_length")
+    held_x = {}
+    train_keys = {normalise_whitespace(t) for t in texts} if held_out else set()
+    for name, ts in held_out.items():
+        held_x[name], kept_h, n_long_h = encode_rows(ts, tokenizer, config.max_length, config.too_long, add_eos)
+        if n_long_h:
+            done = "truncated" if config.too_long == "truncate" else "skipped"
+            notes.append(f"{n_long_h} of {len(ts)} {name} examples longer than {config.max_length} tokens {done}")
+        if len(kept_h) == 0:
+            raise DataError(f"{paths[name]}: no {name} examples left; check the file or raise data.max_length")
+        n_seen = sum(normalise_whitespace(ts[i]) in train_keys for i in kept_h)
+        if n_seen:
+            notes.append(f"{n_seen} of {len(kept_h)} {name} examples also occur in the training file (kept as given)")
     for n in notes:
         print(f"hvae data: {where}: {n}", file=sys.stderr)
-    return TextData(x=x, levels=None, tokenizer=tokenizer, notes=notes)
+    return TextData(
+        x=x,
+        levels=None,
+        tokenizer=tokenizer,
+        notes=notes,
+        val_x=held_x.get("val"),
+        test_x=held_x.get("test"),
+        duplicates=n_dup,
+    )
+
+
+@SOURCES.register("text")
+class Text(Source):
+    modality = "text"
+    path_hint = "text file or folder of .txt files"
+    split_suffixes = (".txt", ".tokens")
+
+    def read(self, config, train_rows) -> TextData:
+        return read_text(config, train_rows)
+
+    def read_splits(self, config, paths: dict[str, Path], train_rows) -> TextData:
+        return read_text(config, train_rows, paths)
+
+
+@SOURCES.register("fortunes")
+class Fortunes(Text):
+    path_hint = None
+    default_path = FORTUNES_PATH
+    split_suffixes = ()
 
 
 def token_counts(x: torch.Tensor, tokenizer: Tokenizer) -> dict[str, int]:
