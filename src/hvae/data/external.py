@@ -54,36 +54,29 @@ def infer_source(path: str | Path, run_source: str | None = None) -> str:
 
 
 def _read(config, path: Path, source: str) -> RawData:
-    """Raw examples of ``path`` as ``source``; folders of IDX files give their test (t10k) files."""
-    if source == "npy":
-        return sources.read_npy(path)
-    if source == "npz":
-        return sources.read_npz(path, config.key if config.source == "npz" else None)
-    if source == "csv":
-        return sources.read_csv(path)
+    """Raw examples of ``path`` as ``source``: a registered source (a folder of IDX files gives its test
+    (t10k) files), or one IDX file (``idx``) or image file (``image``)."""
     if source == "idx":
         a = sources.read_idx(path)
         if a.dtype != np.uint8 or a.ndim != 3:
             raise DataError(f"{path}: expected uint8 images (N, H, W) in the IDX file, got {a.dtype} {a.shape}")
         return RawData(torch.from_numpy(a.copy()).unsqueeze(1), levels=256, scale=255.0)  # (N, H, W) -> (N, 1, H, W)
-    if source in ("mnist", "fashion_mnist"):
-        raw = sources.read_idx_folder(path)
-        return RawData(raw.test_x, raw.levels, raw.test_labels, scale=raw.scale)
     if source == "image":
         channels = config.channels or _channels_of(path)
         size = tuple(config.image_size) if config.image_size else _size_of(path)
         a = sources._decode(path, channels, size, bool(config.image_size), path)  # (C, H, W) uint8
         return RawData(torch.from_numpy(a.copy()).unsqueeze(0), levels=256, scale=255.0)
-    if source == "images":
-        return sources.read_images(path, config.image_size, config.channels)
-    if source == "audio":
-        from hvae.data import audio
-
-        return audio.read_audio_folder(dataclasses.replace(config, path=str(path)))
-    raise DataError(
-        f"source {source!r} cannot be read by load_like; use npy, npz, csv, text, fortunes, audio, images, image, "
-        "idx or mnist"
+    if source not in SOURCES:
+        raise DataError(f"source {source!r} is not known; use one of {SOURCES.choices()}, 'image' or 'idx'")
+    # the run's options, less those only its own source takes; one file or folder, read into memory
+    own = {} if source == config.source else {"image_size": None, "channels": None, "key": None}
+    read_config = dataclasses.replace(
+        config, source=source, path=str(path), train_path=None, val_path=None, test_path=None, in_memory="always", **own
     )
+    raw = SOURCES[source]().read(read_config, lambda n: torch.arange(n))
+    if SOURCES[source].own_test:
+        return RawData(raw.test_x, raw.levels, raw.test_labels, scale=raw.scale)
+    return raw
 
 
 def _channels_of(p: Path) -> int:
