@@ -582,3 +582,78 @@ def test_load_like_text_uses_the_runs_tokenizer_and_length(tmp_path):
     with pytest.raises(DataError, match="models text"):
         np.save(tmp_path / "x.npy", np.zeros((2, 8), np.float32))
         load_like(cfg, tmp_path / "x.npy")
+
+
+# ------------------------------------------------------------------------------------------------ predefined splits
+
+
+def test_predefined_npy_splits_are_read_as_given_and_a_missing_val_is_carved(tmp_path):
+    rng = np.random.default_rng(4)
+    parts = {name: rng.random((n, 3)).astype(np.float32) for name, n in (("train", 40), ("test", 6))}
+    for name, a in parts.items():
+        np.save(tmp_path / f"{name}.npy", a)
+    d = load_dataset(DataConfig(source="npy", path=str(tmp_path), val_fraction=0.1))
+    assert torch.equal(d.test.x, torch.from_numpy(parts["test"]))  # the file, in its order
+    assert (len(d.train), len(d.val)) == (36, 4)
+    assert _rows(d.train.x) | _rows(d.val.x) == _rows(torch.from_numpy(parts["train"]))
+    assert d.splits_from == {
+        "train": f"{tmp_path / 'train.npy'} less the val split",
+        "val": f"10% of {tmp_path / 'train.npy'}",
+        "test": str(tmp_path / "test.npy"),
+    }
+    assert d.official_test  # its fixed binarisation would take seed 0, like a source's own test set
+
+
+def test_explicit_split_paths_and_the_default_split_report(tmp_path):
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "a.npy", rng.random((30, 2)).astype(np.float32))
+    np.save(tmp_path / "b.npy", rng.random((5, 2)).astype(np.float32))
+    d = load_dataset(DataConfig(source="npy", path=str(tmp_path / "a.npy"), val_path=str(tmp_path / "b.npy")))
+    assert torch.equal(d.val.x, torch.from_numpy(np.load(tmp_path / "b.npy")))
+    assert (len(d.train), len(d.test)) == (27, 3)
+    assert d.splits_from["val"] == str(tmp_path / "b.npy") and d.splits_from["test"] == f"10% of {tmp_path / 'a.npy'}"
+    same = load_dataset(DataConfig(source="npy", train_path=str(tmp_path / "a.npy"), val_path=str(tmp_path / "b.npy")))
+    assert torch.equal(same.train.x, d.train.x)
+    plain = load_dataset(DataConfig(source="digits"))
+    assert plain.splits_from == {
+        "train": "digits less the val and test split",
+        "val": "10% of digits",
+        "test": "10% of digits",
+    }
+    with pytest.raises(DataError, match="data.test_path .*missing.npy does not exist"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "a.npy"), test_path=str(tmp_path / "missing.npy")))
+    with pytest.raises(ConfigError, match="set data.train_path"):
+        DataConfig(source="npy", val_path=str(tmp_path / "b.npy"))
+
+
+def test_image_folders_train_val_test_are_splits_not_classes(tmp_path):
+    for name, n in (("train", 9), ("val", 4), ("test", 3)):
+        _image_folder(tmp_path / name, n)
+    d = load_dataset(DataConfig(source="images", path=str(tmp_path), image_size=[6, 6], channels=1))
+    assert (len(d.train), len(d.val), len(d.test)) == (9, 4, 3)
+    assert d.train.labels is not None and set(d.train.labels.tolist()) == {0, 1}  # the class folders a/ b/ inside
+    (tmp_path / "val.npy").write_bytes(b"")  # only folders count for images
+    (tmp_path / "test").rename(tmp_path / "valid")  # now two val splits
+    with pytest.raises(DataError, match="several val splits \\(val, valid\\)"):
+        load_dataset(DataConfig(source="images", path=str(tmp_path), image_size=[6, 6]))
+
+
+def test_predefined_splits_must_share_shape_and_kind(tmp_path):
+    np.save(tmp_path / "train.npy", np.zeros((10, 3), np.uint8))
+    np.save(tmp_path / "test.npy", np.zeros((4, 3), np.float32))
+    with pytest.raises(DataError, match="float values, but the training split .* holds 256-level"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    np.save(tmp_path / "test.npy", np.zeros((4, 5), np.uint8))
+    with pytest.raises(DataError, match=r"shape \(5,\), but the training split's are \(3,\)"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    (tmp_path / "train.npy").unlink()
+    with pytest.raises(DataError, match="holds test split\\(s\\) but no train split"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+
+
+def test_load_like_takes_the_test_noise_of_a_predefined_test_file(tmp_path):
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "train.npy", rng.random((20, 4)).astype(np.float32))
+    np.save(tmp_path / "test.npy", rng.random((5, 4)).astype(np.float32))
+    cfg = DataConfig(source="npy", path=str(tmp_path), binarize="dynamic", seed=7)
+    assert torch.equal(load_like(cfg, tmp_path / "test.npy"), load_dataset(cfg).eval_tensor("test"))

@@ -407,3 +407,54 @@ def test_bpe_with_long_examples_skipped_learns_only_from_the_final_training_rows
     assert 0 < len(ds.train) + len(ds.val) + len(ds.test) < 80  # some were skipped
     train = sorted(ds.tokenizer.decode_batch(ds.train.x))
     assert sorted(fitted[-1]) == train  # the vocabulary saw the training rows, and nothing else
+
+
+# ---------------------------------------------------------------------------------------------------- dedupe, splits
+
+
+def test_duplicates_are_removed_before_the_split_and_counted(tmp_path, capsys):
+    lines = [b"one  two", b"three", b" one two ", b"one\ttwo", b"four", b"three", b"five"]
+    path = _write(tmp_path / "d.txt", lines)
+    ds = load_dataset(DataConfig(source="text", path=path, val_fraction=0.2, test_fraction=0.2))
+    texts = ds.tokenizer.decode_batch(torch.cat([ds.train.x, ds.val.x, ds.test.x]))
+    assert sorted(texts) == ["five", "four", "one  two", "three"]  # the first of each kept
+    assert "3 of 7 examples removed as duplicates" in capsys.readouterr().err
+    assert "3 of 7 examples removed as duplicates" in ds.notes[0]
+    kept = load_dataset(DataConfig(source="text", path=path, dedupe=False))
+    assert len(kept.train) + len(kept.val) + len(kept.test) == 7
+    with pytest.raises(ConfigError, match="dedupe: only text sources"):
+        DataConfig(source="digits", dedupe=True)
+
+
+@pytest.mark.skipif(not os.path.isdir(FORTUNES_PATH), reason="Debian's fortunes package is not installed")
+def test_fortunes_duplicates_never_straddle_the_split():
+    texts, _ = read_examples(DataConfig(source="fortunes"))
+    exact = len(texts) - len(set(texts))
+    normalised = len(texts) - len({" ".join(t.split()) for t in texts})
+    assert exact == 83 and normalised >= exact  # the 83 identical texts, and more that differ in spacing
+    ds = load_dataset(DataConfig(source="fortunes", max_length=256, too_long="skip", text_errors="replace"))
+    assert any(f"{normalised} of {len(texts)} examples removed as duplicates" in n for n in ds.notes)
+    splits = {
+        s: {" ".join(t.split()) for t in ds.tokenizer.decode_batch(ds.split(s).x)} for s in ("train", "val", "test")
+    }
+    assert not splits["train"] & splits["test"] and not splits["train"] & splits["val"]
+
+
+def test_ptb_style_split_files_share_the_training_vocabulary(tmp_path, capsys):
+    folder = tmp_path / "ptb"
+    folder.mkdir()
+    _write(folder / "ptb.train.txt", [b"the cat sat", b"a dog ran", b"the cat sat", b"birds fly"])
+    _write(folder / "ptb.valid.txt", [b"the dog sat", b"zebra"])
+    _write(folder / "ptb.test.txt", [b"a cat ran", b"the cat sat", b"the cat sat"])
+    ds = load_dataset(DataConfig(source="text", path=str(folder), tokenizer="char", max_length=16))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (4, 2, 3)  # given splits: nothing removed or carved
+    assert "z" not in ds.tokenizer.chars and (ds.val.x == ds.tokenizer.unk_id).any()  # vocabulary: train only
+    assert ds.tokenizer.decode_batch(ds.test.x) == ["a cat ran", "the cat sat", "the cat sat"]
+    assert "2 of 3 test examples also occur in the training file" in capsys.readouterr().err
+    assert ds.splits_from == {
+        s: str(folder / f"ptb.{n}.txt") for s, n in (("train", "train"), ("val", "valid"), ("test", "test"))
+    }
+    (folder / "ptb.valid.txt").unlink()  # val carved from the deduplicated training file
+    ds = load_dataset(DataConfig(source="text", path=str(folder), max_length=16, val_fraction=0.34))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (2, 1, 3)
+    assert ds.splits_from["val"] == f"34% of {folder / 'ptb.train.txt'}"
