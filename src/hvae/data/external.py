@@ -145,9 +145,9 @@ def load_like(
 
     Example::
 
-        cfg, _ = hvae.runconfig.load_run_config(run_dir / "config.yaml")
+        cfg, _ = hvae.runconfig.load_run_config(run_dir / "config.yaml")  # import hvae.runconfig first
         x = hvae.data.load_like(cfg.data, "holdout.npy", data_shape=cfg.model.data_shape)
-        result = hvae.evaluate.evaluate(model, x)  # model: the run's trained model
+        result = hvae.evaluate.evaluate(model, x)  # model: the run's trained model (hvae.load)
     """
     from hvae.data.loader import load_dataset
 
