@@ -107,7 +107,8 @@ def _encode_all(model, codes, xc, s_all, words, budget, batch_size):
         b = int(max(1, min(batch_size, N - i, (coder.num_bits() - _RESERVE) // budget)))
         while True:
             saved = coder.clone()
-            low = coding.encode_batch(model, coder, codes, xc[i : i + b], s_all[i : i + b])
+            # a fresh (aligned) copy, as the decoder's: a kernel may round differently on a view at an offset
+            low = coding.encode_batch(model, coder, codes, xc[i : i + b].clone(), s_all[i : i + b])
             if low >= _RESERVE:
                 break
             coder = saved

@@ -297,11 +297,8 @@ def data_levels(model) -> int:
     """Values per data dimension of the model's likelihood; refuses the models that cannot code data."""
     cfg = model.config
     lik = model.likelihood
-    if isinstance(lik, Autoregressive):
-        raise ValueError(
-            f"decoder {cfg.decoder!r}: autoregressive decoders are not supported by hvae.codec yet "
-            "(their pixels would have to be coded one sampling step at a time); use a model with decoder: plain"
-        )
+    if isinstance(lik, Autoregressive):  # coded position by position in sampling order: see _ar_walk
+        lik = lik.base
     if cfg.embed_dim:
         raise ValueError("token models (text) are not supported by hvae.codec yet; use an image or vector model")
     if isinstance(lik, Bernoulli):
@@ -317,9 +314,14 @@ def data_levels(model) -> int:
     )
 
 
+def _base(model):
+    lik = model.likelihood
+    return lik.base if isinstance(lik, Autoregressive) else lik
+
+
 def to_symbols(model, x: Tensor) -> Tensor:
     """Data (B, *data_shape) in the likelihood's support -> int64 levels, same shape."""
-    lik = model.likelihood
+    lik = _base(model)
     if not x.dtype.is_floating_point:
         return x.long()
     if isinstance(lik, Bernoulli):
@@ -399,6 +401,9 @@ def _x_layout(model, s: Tensor) -> Tensor:
 
 def push_x(model, coder: Coder, px, s: Tensor) -> None:
     """Push the data symbols ``s`` (B, *data_shape) with p(x | z); blocks pushed last-decoded first."""
+    if isinstance(model.likelihood, Autoregressive):
+        _ar_walk(model, px, coder, s.reshape(s.shape[0], model.likelihood.channels, -1))
+        return
     lay = _x_layout(model, s)
     B = s.shape[0]
     pending = []
@@ -419,6 +424,8 @@ def push_x(model, coder: Coder, px, s: Tensor) -> None:
 def pop_x(model, coder: Coder, px, B: int) -> Tensor:
     """Pop the data symbols with p(x | z): (B, *data_shape) int64."""
     lik = model.likelihood
+    if isinstance(lik, Autoregressive):
+        return _ar_walk(model, px, coder, None).reshape(B, *model.data_shape)
     C = lik.channels
     out = torch.zeros(B, C, math.prod(lik.spatial), dtype=torch.long)
     gen = _x_blocks(model, px, None)
@@ -435,6 +442,58 @@ def pop_x(model, coder: Coder, px, B: int) -> Tensor:
         except StopIteration:
             break
     return out.reshape(B, *model.data_shape)
+
+
+def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
+    """An autoregressive decoder's data, position by position in its sampling order (the steps of
+    ``AutoregressiveDistribution._sequential``: the same network calls on the same buffer, so encoder and
+    decoder see the same conditionals). With ``s`` (B, C, T) the symbols are pushed (last position first);
+    without, they are popped. Returns the symbols (B, C, T)."""
+    m = model.likelihood
+    B, C, T = px.cond.shape[0], m.channels, math.prod(m.spatial)
+    x = px.cond.new_zeros(B, C, *m.spatial)
+    x_flat = x.view(B, C, T)
+    out = torch.zeros(B, C, T, dtype=torch.long)
+    one = (1,) * len(m.spatial)
+    pending: list[tuple[Tensor, Tensor]] = []
+
+    def code(probs: Tensor, c: int, t: int) -> Tensor:  # probs (B, 1, K) of channel c at position t
+        if s is None:
+            k = coder.pop(probs)[:, 0]
+        else:
+            k = s[:, c, t]
+            pending.append((k, probs))
+        out[:, c, t] = k
+        x_flat[:, c, t] = k.to(x.dtype) / (m.levels - 1)
+        return k
+
+    def step(params: Tensor):
+        return m.step_base(params.float() if params.dtype not in (torch.float32, torch.float64) else params)
+
+    stepper = m.net.stepper(px.cond)
+    for t in range(T):
+        params = stepper.step(x, t)
+        for c in range(1, C if m.orders_channels else 1):  # channel c's conditional reads channels < c
+            _, probs = next(_x_blocks(model, step(params.view(B, -1, *one)), None))
+            code(probs[:, c - 1 : c], c - 1, t)
+            params = stepper.head(x, t)
+        d = step(params.view(B, -1, *one))
+        if isinstance(d, DiscretizedLogisticMixtureDistribution):
+            gen = _dlm_blocks(m.base, d)
+            item = next(gen)
+            while True:
+                c, probs = item
+                k = code(probs, c, t)
+                try:
+                    item = gen.send(k.view(B, 1))
+                except StopIteration:
+                    break
+        else:
+            _, probs = next(_x_blocks(model, d, None))
+            code(probs[:, C - 1 : C], C - 1, t)
+    for k, probs in reversed(pending):
+        coder.push(k, probs)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
