@@ -521,7 +521,8 @@ def _cmd_compress(args) -> int:
         max_examples=args.max_examples,
     )
     print(f"wrote {args.out}: {r['examples']} examples, {r['bytes']} bytes")
-    print(f"  rate      {r['bits_per_dim']:.4f} bits/dim (the whole file), {r['net_bits_per_dim']:.4f} net (less the initial bits)")
+    total, net = r["bits_per_dim"], r["net_bits_per_dim"]
+    print(f"  rate      {total:.4f} bits/dim (the whole file), {net:.4f} net (less the initial bits)")
     print(f"  -ELBO     {r['neg_elbo_bits_per_dim']:.4f} bits/dim (the model's, same data, one posterior sample each)")
     print(f"  speed     {r['examples_per_s']:.1f} examples/s ({r['seconds']:.1f} s)")
     return 0

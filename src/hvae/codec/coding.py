@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..distributions import BernoulliLatent, Categorical, Gaussian, StandardNormal
+from ..distributions import BernoulliLatent, Gaussian, StandardNormal
 from ..likelihoods import (
     Autoregressive,
     Bernoulli,
@@ -41,7 +41,7 @@ from ..likelihoods import (
     DiscretizedLogisticMixtureDistribution,
 )
 from ..likelihoods import Categorical as CategoricalLikelihood
-from ..quantize import CodePrior, VQPosterior, embed
+from ..quantize import CodePrior, embed
 
 #: probabilities reach the coder as integers out of about 2^PROB_BITS (constriction codes at 24 bits)
 PROB_BITS = 24
@@ -228,7 +228,8 @@ def level_codes(model, latent_bits: int) -> list[LevelCode]:
     for l in range(cfg.num_layers):
         kind = cfg.latent_type(l)
         if kind == "gaussian":
-            codes.append(LevelCode("fixed" if cfg.inference == "bottom_up" else "prior", 2**latent_bits, latent_bits, dtype))
+            kind = "fixed" if cfg.inference == "bottom_up" else "prior"  # see the module's docstring
+            codes.append(LevelCode(kind, 2**latent_bits, latent_bits, dtype))
         elif kind == "categorical":
             codes.append(LevelCode("categorical", cfg.categorical_classes, latent_bits, dtype))
         elif kind == "bernoulli":

@@ -166,4 +166,3 @@ def _write_pngs(k: np.ndarray, levels: int, source: dict, out: Path) -> None:
             if levels == 2:
                 img = img.convert("1")
         img.save(out / f"{i:05d}.png")
-
