@@ -144,7 +144,7 @@ class LevelCode:
 
     # --- Gaussian: equal-mass buckets under p (``prior``) or under N(0, 1) (``fixed``) ---------------------
 
-    def _edges(self, p: Gaussian | None) -> tuple[Tensor, Tensor]:
+    def _edges(self) -> tuple[Tensor, Tensor]:
         """Standardised bucket edges (K+1,) and medians (K,) of N(0, 1), float64."""
         N = self.K
         u = torch.arange(N + 1, dtype=torch.float64) / N
@@ -154,7 +154,7 @@ class LevelCode:
 
     def _abs_edges(self, p: Gaussian | None) -> Tensor:
         """Bucket edges in z units, (B, n, K+1)."""
-        edges, _ = self._edges(p)
+        edges, _ = self._edges()
         if self.kind == "fixed" or p is None:
             return edges.view(1, 1, -1)
         mu, sigma = _flat(p.mu).double(), _flat(p.sigma).double()
@@ -186,7 +186,7 @@ class LevelCode:
         """z for symbols ``s`` (B, n); ``like``: a tensor of the level's latent shape (B, *shape)."""
         B = s.shape[0]
         if self.kind in ("prior", "fixed"):
-            _, mids = self._edges(p)
+            _, mids = self._edges()
             z = mids[s]
             if self.kind == "prior":
                 z = _flat(p.mu).double() + _flat(p.sigma).double() * z
@@ -338,11 +338,10 @@ def from_symbols(model, s: Tensor) -> Tensor:
     return s.float() / (data_levels(model) - 1)
 
 
-def _x_blocks(model, px, s_x: Tensor | None):
+def _x_blocks(px):
     """The conditionals of the data given z, as (blocks, probs): a generator over blocks of symbols in
     decoding order; it yields (index into the flat (B, D) symbols, probs (B, m, K)) and takes back the decoded
     symbols of each block (``send``) before the next (a channel of a colour mixture reads the ones before)."""
-    lik = model.likelihood
     if isinstance(px, BernoulliDistribution):
         s = torch.sigmoid(_flat(px.logits).double())
         yield slice(None), torch.stack([1 - s, s], -1)
@@ -352,10 +351,10 @@ def _x_blocks(model, px, s_x: Tensor | None):
         yield slice(None), logp.movedim(1, -1).reshape(logp.shape[0], -1, px.K).exp()
         return
     assert isinstance(px, DiscretizedLogisticMixtureDistribution)
-    yield from _dlm_blocks(lik, px)
+    yield from _dlm_blocks(px)
 
 
-def _dlm_blocks(lik, px: DiscretizedLogisticMixtureDistribution):
+def _dlm_blocks(px: DiscretizedLogisticMixtureDistribution):
     """Channel by channel: p(x_c | x_<c, z) = sum_m w_m p_m(x_c | x_<c), w_m ∝ pi_m prod_{j<c} p_m(x_j | x_<j)
     (the mixture's components read the channels before through their mean shifts)."""
     B, M, C = px.mu.shape[:3]
@@ -408,7 +407,7 @@ def push_x(model, coder: Coder, px, s: Tensor) -> None:
     lay = _x_layout(model, s)
     B = s.shape[0]
     pending = []
-    gen = _x_blocks(model, px, None)
+    gen = _x_blocks(px)
     item = next(gen)
     while True:
         key, probs = item
@@ -429,7 +428,7 @@ def pop_x(model, coder: Coder, px, B: int) -> Tensor:
         return _ar_walk(model, px, coder, None).reshape(B, *model.data_shape)
     C = lik.channels
     out = torch.zeros(B, C, math.prod(lik.spatial), dtype=torch.long)
-    gen = _x_blocks(model, px, None)
+    gen = _x_blocks(px)
     item = next(gen)
     while True:
         key, probs = item
@@ -475,12 +474,12 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
     for t in range(T):
         params = stepper.step(x, t)
         for c in range(1, C if m.orders_channels else 1):  # channel c's conditional reads channels < c
-            _, probs = next(_x_blocks(model, step(params.view(B, -1, *one)), None))
+            _, probs = next(_x_blocks(step(params.view(B, -1, *one))))
             code(probs[:, c - 1 : c], c - 1, t)
             params = stepper.head(x, t)
         d = step(params.view(B, -1, *one))
         if isinstance(d, DiscretizedLogisticMixtureDistribution):
-            gen = _dlm_blocks(m.base, d)
+            gen = _dlm_blocks(d)
             item = next(gen)
             while True:
                 c, probs = item
@@ -490,7 +489,7 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
                 except StopIteration:
                     break
         else:
-            _, probs = next(_x_blocks(model, d, None))
+            _, probs = next(_x_blocks(d))
             code(probs[:, C - 1 : C], C - 1, t)
     for k, probs in reversed(pending):
         coder.push(k, probs)
