@@ -119,6 +119,8 @@ def bench_scaling(levels_list=(1, 2, 4, 8), n: int = 200) -> list[dict]:
     from hvae import codec
 
     rows = []
+    warm = hvae.build_model(hvae.presets.small()).eval()  # one-off start-up costs outside the timings
+    codec.decompress(warm, codec.compress(warm, torch.zeros(4, 64)))
     for L in levels_list:
         torch.manual_seed(0)
         dims = [max(2, 32 >> i) for i in range(L)]
