@@ -1,10 +1,12 @@
 """Lossless compression with a trained hierarchy: bits-back ANS (``hvae compress`` / ``hvae decompress``).
 
-    data = hvae.codec.compress(model, x)      # x (N, *data_shape) in the likelihood's support -> bytes
-    x_back = hvae.codec.decompress(model, data)  # -> (N, *data_shape) float32, equal to x
-    hvae.codec.info(data)                     # the header, with total and net bits
+    from hvae import codec
+    data = codec.compress(model, x)           # x (N, *data_shape) in the likelihood's support -> bytes
+    x_back = codec.decompress(model, data)    # -> (N, *data_shape) float32, equal to x
+    codec.info(data)                          # the header, with total and net bits
 
-:mod:`hvae.codec.coding` holds the bits-back recursion, :mod:`hvae.codec.container` the file format.
+:mod:`hvae.codec.coding` holds the bits-back recursion, :mod:`hvae.codec.container` the file format,
+:mod:`hvae.codec.runs` the two commands.
 
 The chain starts on ``init_words`` random 32-bit words (seeded: the same input gives the same bytes) that
 the first batch's posterior draws take bits from; the file carries them, the decoder ends with exactly
