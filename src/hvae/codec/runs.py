@@ -22,15 +22,14 @@ _ARRAY_SUFFIXES = (".npy", ".npz")
 
 
 def _load_run(run_dir: Path):
-    from ..checkpoint import trained_model_dir
-    from ..model import load
-    from ..runconfig import RunConfig
+    """The run's config and model (:meth:`hvae.rundir.RunDir.load_model`: the final model, or the latest
+    checkpoint's if training stopped early), on the CPU where the codec runs."""
+    from ..rundir import RunDir
 
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml); create one with hvae train")
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    model_dir, _ = trained_model_dir(run_dir)
-    return cfg, load(model_dir, map_location="cpu")
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    model, _ = run.load_model("cpu")
+    return cfg, model
 
 
 def _read(run_dir: Path, cfg, model, path: Path | None, split: str | None) -> tuple[torch.Tensor, dict]:
