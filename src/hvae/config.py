@@ -245,7 +245,8 @@ class ModelConfig(_Serializable):
     min_scale: float = 1e-3  # floor on the sigma each head gives (latents and Gaussian likelihood)
     # what the softplus of a Gaussian latent's scale head gives: the standard deviation ("std"), or the
     # variance ("variance", the Ladder VAE paper's sigma^2 = softplus(Linear(d)); lvae_mnist uses it)
-    scale_param: Literal["std", "variance"] = "std"
+    # "log": sigma = exp(head), VDVAE's; "softclamp": NVAE's mu = 5 tanh(mu / 5), sigma = exp(5 tanh(head / 5)) + 0.01
+    scale_param: Literal["std", "variance", "log", "softclamp"] = "std"
     likelihood: Likelihood = "bernoulli"
     likelihood_scale: float | None = None  # Gaussian: fixed sigma; null learns one sigma per dimension
     num_mixtures: int = 10  # discretized logistic mixture components
@@ -276,6 +277,9 @@ class ModelConfig(_Serializable):
     # the deterministic top-down state s_l = act(W_z z + W_h h): "activation" (the config's) or "linear"
     # (NVAE's combiner, a 1x1 conv of cat(s, z); VDVAE's x + z_proj(z))
     state_activation: Literal["activation", "linear"] = "activation"
+    # the cell family's initialisation as its official code does it (nets/vdvae.py official_init: the prior
+    # head zero, W_z and the blocks' last convolutions scaled by sqrt(1 / levels))
+    official_init: bool = False
     checkpointing: bool = False  # recompute activations per level in the backward pass (saves memory)
     # attention (nets/attention.py): spatial self-attention after the bottom-up cell and the prior cell
     # of these levels (conv-type blocks; 0 = z_1), and depth-wise attention across levels (DAVI)

@@ -92,6 +92,8 @@ class LatentLayer(nn.Module):
             self.state_ch = hidden
         else:
             self.state_ch = latent_ch
+        if cfg.official_init and hasattr(fam, "official_init"):  # the family's initialisation from its paper's code
+            fam.official_init(self, cfg)
 
     # -- generative side ----------------------------------------------------------------------------
 
