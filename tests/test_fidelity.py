@@ -150,7 +150,13 @@ def test_nvae_presets_set_the_official_run_commands_values():
     assert presets.nvae_cifar10().kl_warmup_steps == int(0.3 * 400 * (50000 // 256))
     cfg, _ = load_run_config(ROOT / "configs/nvae_cifar10.yaml", [])
     t = cfg.train
-    assert (t.optimizer, t.adam_eps, t.weight_decay, t.grad_clip, t.lr_warmup_steps) == ("adamax", 1e-3, 3e-4, None, 975)
+    assert (t.optimizer, t.adam_eps, t.weight_decay, t.grad_clip, t.lr_warmup_steps) == (
+        "adamax",
+        1e-3,
+        3e-4,
+        None,
+        975,
+    )
     v = presets.vdvae_cifar10()
     assert (v.scale_param, v.state_activation, v.official_init) == ("log", "linear", True)
     assert presets.lvae_mnist() == presets.lvae_mnist()  # and lvae_mnist is untouched: see test_lvae_mnist_is_exact

@@ -157,8 +157,8 @@ class Adam(torch.optim.Adam):
 
 
 def make_optimizer(model: nn.Module, lr: float = 1e-3, name: str = "adam", **kwargs) -> torch.optim.Optimizer:
-    """Adam (default; :class:`Adam`, the fused kernel), AdamW (the same with decoupled weight decay) or Adamax over the model's parameters, using the fused
-    or multi-tensor kernel.
+    """Adam (default; :class:`Adam`, the fused kernel), AdamW (the same with decoupled weight decay) or
+    Adamax over the model's parameters, using the fused or multi-tensor kernel.
 
     Keyword arguments go to the optimiser (``betas``, ``eps``, ``weight_decay``, ...).
     """

@@ -110,11 +110,12 @@ def nvae_mnist(**overrides) -> ModelConfig:
     Bernoulli likelihood; 2 latent scales, 8x8 with 10 groups and 4x4 with 5 (``--ada_groups`` halves the
     groups per scale), 20 latent channels per group, 2 cells per group, 32 channels at 32x32 doubling with
     every downsampling (128 at 8x8, 256 at 4x4), Swish, SE, residual posterior, KL balancing, spectral
-    regularisation lambda = 1e-2 (constant, as the official command runs it; 4 power iterations per step) with the
-    batch-norm penalty, soft-clamped Gaussians, a linear top-down state (docs/fidelity.md). NVAE trains it 400 epochs at batch 200 with Adamax,
-    lr 1e-2, KL warm-up over 30% of training with floor 1e-4. Differences: the pre-processing is two resampling cells with one
-    cell between them (NVAE: two blocks of three cells); the prior / posterior heads are 1x1 convolutions
-    (NVAE: ELU + 3x3); no normalising flows (the MNIST run uses none)."""
+    regularisation lambda = 1e-2 (constant, as the official command runs it; 4 power iterations per step)
+    with the batch-norm penalty, soft-clamped Gaussians, a linear top-down state (docs/fidelity.md). NVAE
+    trains it 400 epochs at batch 200 with Adamax, lr 1e-2, KL warm-up over 30% of training with floor 1e-4.
+    Differences: the pre-processing is two resampling cells with one cell between them (NVAE: two blocks of
+    three cells); the prior / posterior heads are 1x1 convolutions (NVAE: ELU + 3x3); no normalising flows
+    (the MNIST run uses none)."""
     base = dict(
         _NVAE,
         **_NVAE_OFFICIAL,
@@ -134,10 +135,11 @@ def nvae_mnist(**overrides) -> ModelConfig:
 
 def nvae_cifar10(**overrides) -> ModelConfig:
     """NVAE's CIFAR-10 model (for GPUs): one latent scale at 16x16 with 30 groups of 20 channels, 128
-    channels at 32x32 (256 at 16x16), 2 cells per group, discretised logistic mixture of 10 components on 8-bit
-    colour, spectral regularisation 1e-2 (constant) with NVAE's batch-norm penalty, soft-clamped Gaussians, a
-    linear top-down state, KL weight over 30% of the run with floor 1e-4 (docs/fidelity.md). The paper also uses one normalising-flow cell per group; this
-    library has none (expect a slightly weaker bound than the paper's 2.91 bits/dim)."""
+    channels at 32x32 (256 at 16x16), 2 cells per group, discretised logistic mixture of 10 components on
+    8-bit colour, spectral regularisation 1e-2 (constant) with NVAE's batch-norm penalty, soft-clamped
+    Gaussians, a linear top-down state, KL weight over 30% of the run with floor 1e-4 (docs/fidelity.md).
+    The paper also uses one normalising-flow cell per group; this library has none (expect a slightly weaker
+    bound than the paper's 2.91 bits/dim)."""
     base = dict(
         _NVAE,
         data_shape=[3, 32, 32],

@@ -90,7 +90,8 @@ class TrainConfig(_Serializable):
             f"train.kl_warmup_epochs: must be >= 0, got {self.kl_warmup_epochs}",
         )
         _require(
-            self.adam_beta2 is None or 0 <= self.adam_beta2 < 1, f"train.adam_beta2: must be in [0, 1), got {self.adam_beta2}"
+            self.adam_beta2 is None or 0 <= self.adam_beta2 < 1,
+            f"train.adam_beta2: must be in [0, 1), got {self.adam_beta2}",
         )
         _require(self.adam_eps is None or self.adam_eps > 0, f"train.adam_eps: must be > 0, got {self.adam_eps}")
         _require(

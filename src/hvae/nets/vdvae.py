@@ -125,7 +125,7 @@ def official_init(layer: nn.Module, cfg) -> None:
         nn.init.zeros_(layer.prior_head.bias)
     if getattr(layer, "trans_from_z", None) is not None:
         layer.trans_from_z.weight.data.mul_(scale)
-    for m in (layer.prior_net.modules() if layer.prior_net is not None else ()):
+    for m in layer.prior_net.modules() if layer.prior_net is not None else ():
         if isinstance(m, Bottleneck):
             m.branch[-1].weight.data.mul_(scale / LAST_SCALE)
 
