@@ -131,7 +131,7 @@ def test_variance_parametrisation_is_softplus_of_the_variance_with_the_same_floo
 
 
 def test_an_unknown_scale_parametrisation_is_refused_not_read_as_std():
-    with pytest.raises(ValueError, match="scale_param: expected one of std, variance, got 'logvar'"):
+    with pytest.raises(ValueError, match="scale_param: expected one of std, variance, log, softclamp, got 'logvar'"):
         scale_from_raw(torch.zeros(2), 1e-3, "logvar")
     with pytest.raises(ValueError, match="scale_param"):
         raw_from_scale(1.0, 1e-3, "var")

@@ -245,7 +245,8 @@ class ModelConfig(_Serializable):
     min_scale: float = 1e-3  # floor on the sigma each head gives (latents and Gaussian likelihood)
     # what the softplus of a Gaussian latent's scale head gives: the standard deviation ("std"), or the
     # variance ("variance", the Ladder VAE paper's sigma^2 = softplus(Linear(d)); lvae_mnist uses it)
-    scale_param: Literal["std", "variance"] = "std"
+    # "log": sigma = exp(head), VDVAE's; "softclamp": NVAE's mu = 5 tanh(mu / 5), sigma = exp(5 tanh(head / 5)) + 0.01
+    scale_param: Literal["std", "variance", "log", "softclamp"] = "std"
     likelihood: Likelihood = "bernoulli"
     likelihood_scale: float | None = None  # Gaussian: fixed sigma; null learns one sigma per dimension
     num_mixtures: int = 10  # discretized logistic mixture components
@@ -254,6 +255,9 @@ class ModelConfig(_Serializable):
     kl: Literal["analytic", "mc"] = "analytic"
     beta: float = 1.0  # weight of the KL term once warm-up is over
     kl_warmup_steps: int = 0  # beta grows linearly from 0 over this many training steps
+    # NVAE's utils.kl_coeff: beta = max(min((step - kl_const_steps) / kl_warmup_steps, 1), kl_warmup_floor)
+    kl_warmup_floor: float = 0.0
+    kl_const_steps: int = 0
     free_bits: float = 0.0  # nats; 0 disables
     free_bits_mode: Literal["layer", "channel"] = "layer"
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
@@ -263,6 +267,19 @@ class ModelConfig(_Serializable):
     spectral_reg: float = 0.0
     spectral_reg_init: float = 10.0
     spectral_reg_warmup_steps: int = 0
+    # power iterations per training step and at the first (NVAE's model.py spectral_norm_parallel: 4 and 40);
+    # which weights the penalty covers ("conv": NVAE's all_conv_layers; "all": also linear layers); and NVAE's
+    # batch-norm penalty, sum over batch norms of max |gamma| (model.py batchnorm_loss), at the same lambda
+    spectral_iterations: int = 1
+    spectral_seed_iterations: int = 20
+    spectral_over: Literal["all", "conv"] = "all"
+    bn_scale_penalty: bool = False
+    # the deterministic top-down state s_l = act(W_z z + W_h h): "activation" (the config's) or "linear"
+    # (NVAE's combiner, a 1x1 conv of cat(s, z); VDVAE's x + z_proj(z))
+    state_activation: Literal["activation", "linear"] = "activation"
+    # the cell family's initialisation as its official code does it (nets/vdvae.py official_init: the prior
+    # head zero, W_z and the blocks' last convolutions scaled by sqrt(1 / levels))
+    official_init: bool = False
     checkpointing: bool = False  # recompute activations per level in the backward pass (saves memory)
     # attention (nets/attention.py): spatial self-attention after the bottom-up cell and the prior cell
     # of these levels (conv-type blocks; 0 = z_1), and depth-wise attention across levels (DAVI)
@@ -380,6 +397,10 @@ class ModelConfig(_Serializable):
                 "pad the images or use fewer stride-2 layers",
             )
             self.strides = list(strides)
+        _require(0 <= self.kl_warmup_floor <= 1, f"kl_warmup_floor: must be in [0, 1], got {self.kl_warmup_floor}")
+        _require(self.kl_const_steps >= 0, f"kl_const_steps: must be >= 0, got {self.kl_const_steps}")
+        for name in ("spectral_iterations", "spectral_seed_iterations"):
+            _require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
         _require(self.spectral_reg >= 0, f"spectral_reg: must be >= 0, got {self.spectral_reg}")
         _require(self.spectral_reg_init >= 0, f"spectral_reg_init: must be >= 0, got {self.spectral_reg_init}")
         _require(

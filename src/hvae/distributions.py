@@ -74,7 +74,9 @@ def kl_divergence(q, p) -> Tensor:
     return fn(q, p)
 
 
-SCALE_PARAMS = ("std", "variance")
+SCALE_PARAMS = ("std", "variance", "log", "softclamp")
+SOFT_CLAMP = 5.0  # NVAE distributions.py soft_clamp5: x -> 5 tanh(x / 5)
+SOFTCLAMP_FLOOR = 1e-2  # NVAE distributions.py Normal: sigma = exp(log_sigma) + 1e-2
 
 
 def _check_scale_param(param: str) -> None:
@@ -90,17 +92,33 @@ def scale_from_raw(raw: Tensor, min_scale: float, param: str = "std") -> Tensor:
     min_scale; ``"variance"``, as in the Ladder VAE paper (Sønderby et al. 2016: sigma^2 = softplus(Linear(d))),
     sigma^2 = softplus(raw) + min_scale^2.
     Both floor sigma at ``min_scale``; for small sigma, a step in ``raw`` moves log sigma about twice as far
-    under ``std`` as under ``variance``."""
+    under ``std`` as under ``variance``.
+    ``"log"`` (VDVAE's vae_helpers.py: the head gives log sigma) is sigma = exp(raw), without a floor;
+    ``"softclamp"`` (NVAE's distributions.py Normal) is sigma = exp(5 tanh(raw / 5)) + 0.01, and the mean is
+    soft-clamped alike (:meth:`GaussianFamily.from_raw`); neither reads ``min_scale``."""
     _check_scale_param(param)
     if param == "variance":
         return (F.softplus(raw) + min_scale**2).sqrt()
+    if param == "log":
+        return raw.exp()
+    if param == "softclamp":
+        return soft_clamp(raw).exp() + SOFTCLAMP_FLOOR
     return F.softplus(raw) + min_scale
+
+
+def soft_clamp(x: Tensor) -> Tensor:
+    """NVAE's soft_clamp5: 5 tanh(x / 5), the identity near 0 and bounded by +-5."""
+    return SOFT_CLAMP * torch.tanh(x / SOFT_CLAMP)
 
 
 def raw_from_scale(scale: Tensor | float, min_scale: float, param: str = "std") -> Tensor:
     """Inverse of :func:`scale_from_raw` (for initialising and for tests)."""
     _check_scale_param(param)
     s = torch.as_tensor(scale, dtype=torch.get_default_dtype())
+    if param == "log":
+        return s.log()
+    if param == "softclamp":
+        return SOFT_CLAMP * torch.atanh((s - SOFTCLAMP_FLOOR).log() / SOFT_CLAMP)
     s = s**2 - min_scale**2 if param == "variance" else s - min_scale
     return s + torch.log(-torch.expm1(-s))
 
@@ -266,6 +284,8 @@ class GaussianFamily(LatentFamily):
 
     def from_raw(self, raw: Tensor) -> Gaussian:
         mu, raw_sigma = raw.chunk(2, dim=1)
+        if self.scale_param == "softclamp":  # NVAE's Normal soft-clamps the mean as well
+            mu = soft_clamp(mu)
         return Gaussian(mu, scale_from_raw(raw_sigma, self.min_scale, self.scale_param))
 
     def prior_top(self, shape, device, dtype) -> StandardNormal:
@@ -278,7 +298,10 @@ class GaussianFamily(LatentFamily):
         """NVAE's residual posterior: q = N(mu_p + dmu, (sigma_p * dsigma)^2), dsigma = softplus(.) (its square
         under scale_param: variance), shifted so a zero head gives dsigma = 1 (q = p at first)."""
         d_mu, raw_ds = raw.chunk(2, dim=1)
-        d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.scale_param)
+        if self.scale_param in ("log", "softclamp"):  # NVAE: log_sig_p + log_sig_q, i.e. an exp
+            d_sigma = raw_ds.exp()
+        else:
+            d_sigma = scale_from_raw(raw_ds + _SOFTPLUS_INV_ONE, 0.0, self.scale_param)
         # floored like every other scale (sigma_p is, so q = p at the start still holds): a head driven far
         # negative would otherwise give sigma_q = 0 and a non-finite KL
         return Gaussian(prior.mu + d_mu, (prior.sigma * d_sigma).clamp_min(self.min_scale))

@@ -87,10 +87,13 @@ class LatentLayer(nn.Module):
                 # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
                 nn.init.dirac_(self.trans_from_h.weight)
                 nn.init.zeros_(self.trans_from_h.bias)
-            self.trans_act = activation(cfg.activation, cfg.leaky_slope)
+            linear = cfg.state_activation == "linear"
+            self.trans_act = nn.Identity() if linear else activation(cfg.activation, cfg.leaky_slope)
             self.state_ch = hidden
         else:
             self.state_ch = latent_ch
+        if cfg.official_init and hasattr(fam, "official_init"):  # the family's initialisation from its paper's code
+            fam.official_init(self, cfg)
 
     # -- generative side ----------------------------------------------------------------------------
 

@@ -424,10 +424,12 @@ class HierarchicalVAE(nn.Module):
 
     def beta_at(self, step: int | Tensor) -> float:
         """KL weight at a training step: linear warm-up from 0 to ``config.beta`` (Sønderby et al. 2016)."""
-        n = self.config.kl_warmup_steps
+        cfg = self.config
+        n = cfg.kl_warmup_steps
         if n == 0:
-            return self.config.beta
-        return self.config.beta * min(1.0, float(step) / n)
+            return cfg.beta
+        # NVAE's utils.kl_coeff: held at the floor for kl_const_steps, then linear, never below the floor
+        return cfg.beta * max(min(1.0, (float(step) - cfg.kl_const_steps) / n), cfg.kl_warmup_floor)
 
     def spectral_reg_at(self, step: int | Tensor) -> float:
         """NVAE's spectral-regularisation weight lambda at a training step (see :func:`hvae.spectral.coefficient`)."""

@@ -157,12 +157,14 @@ class Adam(torch.optim.Adam):
 
 
 def make_optimizer(model: nn.Module, lr: float = 1e-3, name: str = "adam", **kwargs) -> torch.optim.Optimizer:
-    """Adam (default; :class:`Adam`, the fused kernel) or Adamax over the model's parameters, using the fused
-    or multi-tensor kernel.
+    """Adam (default; :class:`Adam`, the fused kernel), AdamW (the same with decoupled weight decay) or
+    Adamax over the model's parameters, using the fused or multi-tensor kernel.
 
     Keyword arguments go to the optimiser (``betas``, ``eps``, ``weight_decay``, ...).
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw":  # decoupled weight decay (Loshchilov & Hutter 2019), VDVAE's AdamW
+        name, kwargs = "adam", {**kwargs, "decoupled_weight_decay": True}
     if name == "adam":
         try:
             return Adam(params, lr=lr, fused=kwargs.pop("fused", True), **kwargs)
@@ -170,4 +172,4 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, name: str = "adam", **kwa
             return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
     if name == "adamax":
         return torch.optim.Adamax(params, lr=lr, foreach=True, **kwargs)
-    raise ValueError(f"unknown optimizer {name!r}; use 'adam' or 'adamax'")
+    raise ValueError(f"unknown optimizer {name!r}; use 'adam', 'adamw' or 'adamax'")

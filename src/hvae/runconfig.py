@@ -27,7 +27,7 @@ class TrainConfig(_Serializable):
     # under torchrun: "global" (the default) keeps batch_size examples per step, split evenly over the
     # ranks (it must divide by their number); "rank" gives every rank batch_size examples
     batch_size_per: Literal["global", "rank"] = "global"
-    optimizer: Literal["adam", "adamax"] = "adam"
+    optimizer: Literal["adam", "adamw", "adamax"] = "adam"  # adamw: decoupled weight decay (VDVAE)
     lr: float = 1e-3
     lr_warmup_steps: int = 0  # linear warm-up of the learning rate from 0
     lr_decay: Literal["none", "cosine", "exponential"] = "none"
@@ -37,6 +37,17 @@ class TrainConfig(_Serializable):
     grad_clip: float | None = None  # max global gradient norm; null disables clipping
     # VDVAE (Child 2021): skip an update whose gradient norm (before clipping) is above this; null: never
     skip_threshold: float | None = None
+    # what grad_clip, skip_threshold and the logged grad_norm measure: the gradient of the loss per example
+    # (hvae's loss) or per data dimension (the loss divided by the example's size before backward, as
+    # VDVAE's vae.py divides distortion and rate by the number of dimensions: its 200 / 400 apply as published)
+    grad_norm_per: Literal["example", "dim"] = "example"
+    # optimiser settings (null: torch's defaults): Adam(W)'s beta2 (VDVAE: 0.9), eps (NVAE's Adamax: 1e-3)
+    adam_beta2: float | None = None
+    adam_eps: float | None = None
+    # KL warm-up as fractions of the run's total steps (NVAE's utils.kl_coeff: kl_anneal_portion 0.3 after
+    # kl_const_portion 1e-4 held at the floor model.kl_warmup_floor); sets model.kl_warmup_steps / kl_const_steps
+    kl_warmup_fraction: float | None = None
+    kl_const_fraction: float = 0.0
     kl_warmup_epochs: float | None = None  # sets model.kl_warmup_steps from the epoch length
     ema_decay: float | None = None  # e.g. 0.999: evaluate and sample with an EMA of the weights
     log_every: int = 50  # steps between training-metric lines
@@ -77,6 +88,23 @@ class TrainConfig(_Serializable):
         _require(
             self.kl_warmup_epochs is None or self.kl_warmup_epochs >= 0,
             f"train.kl_warmup_epochs: must be >= 0, got {self.kl_warmup_epochs}",
+        )
+        _require(
+            self.adam_beta2 is None or 0 <= self.adam_beta2 < 1,
+            f"train.adam_beta2: must be in [0, 1), got {self.adam_beta2}",
+        )
+        _require(self.adam_eps is None or self.adam_eps > 0, f"train.adam_eps: must be > 0, got {self.adam_eps}")
+        _require(
+            self.kl_warmup_fraction is None or 0 <= self.kl_warmup_fraction <= 1,
+            f"train.kl_warmup_fraction: a fraction of the run's steps in [0, 1], got {self.kl_warmup_fraction}",
+        )
+        _require(
+            0 <= self.kl_const_fraction < 1,
+            f"train.kl_const_fraction: a fraction of the run's steps in [0, 1), got {self.kl_const_fraction}",
+        )
+        _require(
+            self.kl_warmup_fraction is None or self.kl_warmup_epochs is None,
+            "train.kl_warmup_fraction and train.kl_warmup_epochs both set the KL warm-up; keep one",
         )
         _require(self.dist_timeout > 0, f"train.dist_timeout: must be > 0 seconds, got {self.dist_timeout}")
         dev = self.device
@@ -246,6 +274,14 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
         if "kl_warmup_steps" in model_raw and model.kl_warmup_steps not in (0, steps):
             raise ConfigError("set either train.kl_warmup_epochs or model.kl_warmup_steps, not both")
         model = model.replace(kl_warmup_steps=steps)
+    if cfg.train.kl_warmup_fraction is not None:  # NVAE's: fractions of the run's total steps
+        tc = cfg.train
+        per_epoch = dataset.num_batches("train", batch_size or tc.batch_size)
+        total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * per_epoch)
+        model = model.replace(
+            kl_warmup_steps=int(round(tc.kl_warmup_fraction * total)),
+            kl_const_steps=int(round(tc.kl_const_fraction * total)),
+        )
     return RunConfig(model=model, data=cfg.data, train=cfg.train, eval=cfg.eval)
 
 

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SEED_ITERATIONS = 20  # iterations the first time, from random u, v
-STEP_ITERATIONS = 1  # iterations per training step after that (NVAE: 1)
+STEP_ITERATIONS = 1  # iterations per training step after that (NVAE's runs: 4, set by the model's config)
 _EPS = 1e-12
 
 
-def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+def _weighted_modules(model: nn.Module, over: str = "all") -> list[tuple[str, nn.Module]]:
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    kinds = convs if over == "conv" else (*convs, nn.Linear)  # NVAE's all_conv_layers: convolutions only
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and m.weight is not None]
 
 
@@ -31,13 +32,26 @@ class SpectralNorms(nn.Module):
     Call ``norms(model)`` to get sigma_max of every weight, (N,) in the order of :attr:`names`; in
     training (``update=True``) the stored ``u``, ``v`` advance. The model is passed at call time (not stored)
     so this module is not a second parent of the model's layers.
+
+    The model's config (when it has one) sets the iterations per step and at the first
+    (``spectral_iterations``, ``spectral_seed_iterations``; NVAE: 4 and 40), the weights covered
+    (``spectral_over``) and whether NVAE's batch-norm penalty max_c |gamma_c| of every batch norm is appended
+    to the returned vector (``bn_scale_penalty``: NVAE adds it at the spectral term's coefficient).
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        cfg = getattr(model, "config", None)
+        self.step_iterations = getattr(cfg, "spectral_iterations", STEP_ITERATIONS)
+        self.seed_iterations = getattr(cfg, "spectral_seed_iterations", SEED_ITERATIONS)
+        self.batch_norms = (
+            [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+            if getattr(cfg, "bn_scale_penalty", False)
+            else []
+        )
         groups: dict[str, list[str]] = {}
         shapes: dict[str, tuple[int, int]] = {}
-        for name, m in _weighted_modules(model):
+        for name, m in _weighted_modules(model, getattr(cfg, "spectral_over", "all")):
             out = m.weight.shape[0]
             fan_in = m.weight[0].numel()
             key = f"{out}x{fan_in}"
@@ -60,10 +74,11 @@ class SpectralNorms(nn.Module):
         self._seeded_seen = False
 
     def forward(self, model: nn.Module, iterations: int | None = None, update: bool = True) -> Tensor:
-        """sigma_max of every weight, (N,) float32, differentiable w.r.t. the weights."""
+        """sigma_max of every weight, (N,) float32, differentiable w.r.t. the weights (then, with
+        ``bn_scale_penalty``, max |gamma| of every batch norm)."""
         if iterations is None:
             self._seeded_seen = self._seeded_seen or bool(self.seeded)
-            iterations = STEP_ITERATIONS if self._seeded_seen else SEED_ITERATIONS
+            iterations = self.step_iterations if self._seeded_seen else self.seed_iterations
         sigmas = []
         for key, names in self.groups.items():
             W = torch.stack([model.get_submodule(n).weight.reshape(-1, 1) for n in names])
@@ -82,6 +97,8 @@ class SpectralNorms(nn.Module):
             sigmas.append(torch.bmm(u.unsqueeze(1), torch.bmm(W, v.unsqueeze(2))).view(-1))
         if update:
             self.seeded.fill_(True)
+        # NVAE's batchnorm_loss: max_c |gamma_c| per batch norm (model.py), penalised at the same lambda
+        sigmas += [model.get_submodule(n).weight.abs().max().float().view(1) for n in self.batch_norms]
         return torch.cat(sigmas) if sigmas else torch.zeros(0)
 
 

@@ -234,7 +234,12 @@ def train_step(
     # backward runs whatever the loss (a non-finite one gives a non-finite norm, and the update is skipped
     # below): deciding first would read the loss back, a wait on an accelerator, and under DDP every rank
     # must run it anyway (its all-reduce is collective)
-    scaler.scale(loss).backward()
+    # train.grad_norm_per: dim backpropagates the loss per data dimension (VDVAE's vae.py), so grad_clip,
+    # skip_threshold and the logged norm are of that gradient; the logged loss stays per example
+    if tc.grad_norm_per == "dim":
+        scaler.scale(loss / math.prod(model.config.data_shape)).backward()
+    else:
+        scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     if tc.grad_clip is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -345,7 +350,10 @@ def _train(
                 )
         # every rank draws its own posterior noise: rank r's stream is seeded train.seed + r
         torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
-    opt = make_optimizer(model, lr=tc.lr, name=tc.optimizer, weight_decay=tc.weight_decay)
+    settings = {k: v for k, v in (("betas", tc.adam_beta2), ("eps", tc.adam_eps)) if v is not None}
+    if "betas" in settings:
+        settings["betas"] = (0.9, tc.adam_beta2)
+    opt = make_optimizer(model, lr=tc.lr, name=tc.optimizer, weight_decay=tc.weight_decay, **settings)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     ema = None
     if tc.ema_decay is not None:

@@ -114,5 +114,21 @@ def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1)
 
 
+def official_init(layer: nn.Module, cfg) -> None:
+    """VDVAE's initialisation of one level (``model.official_init``), from openai/vdvae ``vae.py``
+    ``DecBlock.__init__``: the prior block's last conv zero (``zero_last=True``: p = N(0, I) under the log-sigma
+    parametrisation, and no extra features added to the stream), ``z_proj`` and the residual blocks' last conv
+    scaled by sqrt(1 / n_blocks), n_blocks the number of decoder blocks (here the levels)."""
+    scale = math.sqrt(1.0 / cfg.num_layers)
+    if getattr(layer, "prior_head", None) is not None:
+        nn.init.zeros_(layer.prior_head.weight)
+        nn.init.zeros_(layer.prior_head.bias)
+    if getattr(layer, "trans_from_z", None) is not None:
+        layer.trans_from_z.weight.data.mul_(scale)
+    for m in layer.prior_net.modules() if layer.prior_net is not None else ():
+        if isinstance(m, Bottleneck):
+            m.branch[-1].weight.data.mul_(scale / LAST_SCALE)
+
+
 def norm(ch: int) -> nn.Module:
     return nn.Identity()

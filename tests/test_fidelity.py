@@ -1,0 +1,342 @@
+"""The paper presets as the official code builds and trains them (docs/fidelity.md cites each value):
+the per-dimension gradient thresholds of VDVAE, NVAE's KL coefficient and spectral penalty, the
+parametrisations, the initialisation, and the first steps of each paper preset on data of its shape."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hvae import build_model, presets
+from hvae.config import ConfigError
+from hvae.distributions import raw_from_scale, scale_from_raw
+from hvae.optim import make_optimizer
+from hvae.runconfig import load_run_config
+from hvae.train import TrainingDiverged, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# vdvae_cifar10's construction at a size two shared CPU cores train 50 steps of in a test: width 16 instead of
+# 384 and 8 levels (two at 32x32, two at 16x16, two at 8x8, one at 4x4, one at 1x1) instead of 43
+VDVAE_REDUCED = [
+    "model.hidden_dims=[16,16,16,16,16,16,16,16]",
+    "model.latent_dims=[16,16,16,16,16,16,16,16]",
+    "model.strides=[1,1,2,1,2,1,2,4]",
+]
+
+
+def _random_images(path: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8))
+    return path
+
+
+def _vdvae_run(tmp_path, *overrides):
+    data = _random_images(tmp_path / "images.npz", 440)
+    cfg, raw = load_run_config(
+        ROOT / "configs/vdvae_cifar10.yaml",
+        [
+            *VDVAE_REDUCED,
+            "data.source=npz",
+            f"data.path={data}",
+            "data.val_fraction=0.05",
+            "train.epochs=2",
+            "train.max_steps=50",
+            "train.batch_size=8",
+            "train.precision=fp32",
+            "train.progress=false",
+            "train.compile=never",
+            "train.log_every=1",
+            "train.eval_every=1000",
+            "train.checkpoint_every=1000",
+            *overrides,
+        ],
+    )
+    return cfg, raw
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_vdvae_cifar10_thresholds_per_dimension_skip_no_update_on_random_images(tmp_path):
+    cfg, raw = _vdvae_run(tmp_path)
+    assert (cfg.train.grad_norm_per, cfg.train.grad_clip, cfg.train.skip_threshold) == ("dim", 200.0, 400.0)
+    assert (cfg.train.optimizer, cfg.train.adam_beta2, cfg.train.batch_size) == ("adamw", 0.9, 8)
+    notes = []
+    out = train(cfg, tmp_path / "dim", raw=raw, log=notes.append)
+    rows = [r for r in _rows(out) if r.get("split") == "train"]
+    assert rows[-1]["step"] == 50 and len(rows) == 50 and rows[-1]["skipped"] == 0, [n for n in notes if "skipped" in n]
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] <= 400 for r in rows)
+    assert np.mean([r["loss"] for r in rows[-10:]]) < np.mean([r["loss"] for r in rows[:10]])
+    # the same thresholds read per example (hvae's loss, 3,072 times the per-dimension one) skip every update
+    cfg, raw = _vdvae_run(tmp_path, "train.grad_norm_per=example", "train.max_consecutive_skips=3")
+    with pytest.raises(TrainingDiverged, match="skip_threshold=400"):
+        train(cfg, tmp_path / "example", raw=raw, log=lambda m: None)
+
+
+def test_grad_norm_per_dim_logs_the_per_example_norm_divided_by_the_size(tmp_path):
+    base = [
+        "model.preset=small",
+        "model.latent_dims=[4,2]",
+        "model.hidden_dims=[16,8]",
+        "data.source=digits",
+        "data.flatten=true",
+        "data.binarize=dynamic",
+        "data.max_examples=100",
+        "train.epochs=1",
+        "train.max_steps=1",
+        "train.batch_size=32",
+        "train.optimizer=adamax",
+        "train.progress=false",
+        "train.log_every=1",
+    ]
+    norms = {}
+    for per in ("example", "dim"):
+        cfg, raw = load_run_config(None, [*base, f"train.grad_norm_per={per}"])
+        out = train(cfg, tmp_path / per, raw=raw, log=lambda m: None)
+        (row,) = [r for r in _rows(out) if "grad_norm" in r]
+        norms[per] = row["grad_norm"]
+    assert norms["dim"] == pytest.approx(norms["example"] / 64, rel=1e-5)  # 8x8 digits: D = 64
+    with pytest.raises(ConfigError, match="grad_norm_per"):
+        load_run_config(None, [*base, "train.grad_norm_per=pixel"])
+
+
+def test_kl_weight_is_nvae_kl_coeff_with_its_floor():
+    m = build_model(presets.nvae_small(kl_warmup_steps=300, kl_const_steps=10, kl_warmup_floor=1e-4))
+
+    def kl_coeff(step, total_step, constant_step, min_kl_coeff):  # NVAE utils.py, verbatim
+        return max(min((step - constant_step) / total_step, 1.0), min_kl_coeff)
+
+    for step in (0, 5, 10, 11, 100, 309, 310, 311, 5000):
+        assert m.beta_at(step) == pytest.approx(kl_coeff(step, 300, 10, 1e-4), rel=1e-12)
+    assert m.beta_at(0) == 1e-4 and m.beta_at(310) == 1.0
+
+
+def test_kl_warm_up_fractions_of_the_run_set_the_steps(tmp_path):
+    cfg, raw = load_run_config(
+        ROOT / "configs/nvae_mnist.yaml",
+        ["data.source=digits", "data.flatten=false", "model.data_shape=[1,8,8]", "model.latent_dims=[20]"]
+        + ["model.hidden_dims=[32]", "model.strides=[2]", "train.epochs=10", "train.batch_size=20"],
+    )
+    from hvae.data import load_dataset
+    from hvae.train import resolve_config
+
+    ds = load_dataset(cfg.data)
+    per_epoch = ds.num_batches("train", 20)
+    resolved = resolve_config(cfg, raw, ds)
+    assert resolved.model.kl_warmup_steps == round(0.3 * 10 * per_epoch)
+    assert resolved.model.kl_const_steps == round(1e-4 * 10 * per_epoch)
+    assert resolved.model.kl_warmup_floor == 1e-4
+    with pytest.raises(ConfigError, match="kl_warmup_fraction and train.kl_warmup_epochs"):
+        load_run_config(ROOT / "configs/nvae_mnist.yaml", ["train.kl_warmup_epochs=3"])
+
+
+def test_nvae_presets_set_the_official_run_commands_values():
+    for name in ("nvae_mnist", "nvae_cifar10"):
+        c = presets.get(name)
+        assert (c.spectral_reg, c.spectral_reg_warmup_steps) == (1e-2, 0)  # --weight_decay_norm 1e-2, no anneal
+        assert (c.spectral_iterations, c.spectral_seed_iterations) == (4, 40)
+        assert (c.spectral_over, c.bn_scale_penalty, c.scale_param, c.state_activation) == (
+            "conv",
+            True,
+            "softclamp",
+            "linear",
+        )
+    assert presets.nvae_cifar10().kl_warmup_steps == int(0.3 * 400 * (50000 // 256))
+    cfg, _ = load_run_config(ROOT / "configs/nvae_cifar10.yaml", [])
+    t = cfg.train
+    assert (t.optimizer, t.adam_eps, t.weight_decay, t.grad_clip, t.lr_warmup_steps) == (
+        "adamax",
+        1e-3,
+        3e-4,
+        None,
+        975,
+    )
+    v = presets.vdvae_cifar10()
+    assert (v.scale_param, v.state_activation, v.official_init) == ("log", "linear", True)
+    assert presets.lvae_mnist() == presets.lvae_mnist()  # and lvae_mnist is untouched: see test_lvae_mnist_is_exact
+
+
+def test_lvae_mnist_is_exact():
+    c = presets.lvae_mnist()
+    assert (c.state_activation, c.scale_param, c.official_init, c.spectral_reg) == ("activation", "variance", False, 0)
+    assert c.latent_dims == [64, 32, 16, 8, 4] and c.hidden_dims == [512, 256, 128, 64, 32]
+
+
+def test_soft_clamp_and_log_sigma_parametrisations_in_closed_form():
+    raw = torch.linspace(-30, 30, 61)
+    assert torch.allclose(scale_from_raw(raw, 1e-3, "softclamp"), torch.exp(5 * torch.tanh(raw / 5)) + 1e-2)
+    assert torch.allclose(scale_from_raw(raw, 1e-3, "log"), raw.exp())
+    s = torch.tensor([0.02, 0.5, 1.0, 3.0])
+    for param in ("log", "softclamp"):
+        assert torch.allclose(scale_from_raw(raw_from_scale(s, 1e-3, param), 1e-3, param), s, atol=1e-6)
+    m = build_model(presets.nvae_small(scale_param="softclamp"))
+    layer = m.layers[0]
+    q = layer.family.from_raw(torch.cat([torch.full((1, 8, 2, 2), 40.0), torch.zeros(1, 8, 2, 2)], 1))
+    assert torch.allclose(q.mu, torch.full_like(q.mu, 5 * math.tanh(8.0)))  # mu = 5 tanh(mu / 5)
+    assert torch.allclose(q.sigma, torch.full_like(q.sigma, 1.01))
+
+
+def test_nvae_residual_posterior_scale_is_an_exp_of_the_head():
+    torch.manual_seed(0)
+    m = build_model(presets.nvae_small(scale_param="softclamp", state_activation="linear")).eval()
+    layer = m.layers[0]
+    x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.5))
+    with torch.no_grad():
+        torch.nn.init.normal_(layer.posterior_head.weight, std=0.1)
+        torch.nn.init.normal_(layer.posterior_head.bias, std=0.1)
+        assert torch.isfinite(m(x).elbo).all()
+        ctx = torch.randn(2, layer.post_from_d.out_channels, 8, 8)
+        h = torch.randn(2, layer.prior_net.out_ch, 8, 8)
+        p = layer.family.prior_from_raw(layer.prior_head(h))
+        raw = layer.posterior_head(layer.post_act(ctx + layer.post_from_h(h)))
+        q = layer.posterior(ctx, p, h)
+    d_mu, d_log_sigma = raw.chunk(2, dim=1)
+    assert torch.allclose(q.mu, p.mu + d_mu, atol=1e-6)
+    assert torch.allclose(q.sigma, p.sigma * d_log_sigma.exp(), atol=1e-6)
+
+
+def test_linear_state_is_wz_z_plus_wh_h():
+    torch.manual_seed(0)
+    layer = build_model(presets.vdvae_small(state_activation="linear")).layers[0]
+    z, h = torch.randn(2, 8, 16, 16), torch.randn(2, 32, 16, 16)
+    expected = F.conv2d(z, layer.trans_from_z.weight, layer.trans_from_z.bias) + F.conv2d(
+        h, layer.trans_from_h.weight, layer.trans_from_h.bias
+    )
+    assert torch.allclose(layer.transition(z, h), expected, atol=1e-6)
+    assert torch.allclose(layer.transition(z, h), layer.trans_from_z(z) + h, atol=1e-6)  # W_h = I at first
+
+
+def test_vdvae_official_init_gives_a_standard_normal_prior_and_scaled_projections():
+    torch.manual_seed(0)
+    cfg = presets.vdvae_small(state_activation="linear", scale_param="log", official_init=True)
+    plain = build_model(presets.vdvae_small(state_activation="linear", scale_param="log"))
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    L = cfg.num_layers
+    for layer, ref in zip(m.layers[:-1], plain.layers[:-1]):
+        p = layer.family.prior_from_raw(layer.prior_head(torch.randn(3, layer.prior_net.out_ch, 4, 4)))
+        assert torch.equal(p.mu, torch.zeros_like(p.mu)) and torch.equal(p.sigma, torch.ones_like(p.sigma))
+        assert torch.allclose(layer.trans_from_z.weight, ref.trans_from_z.weight * math.sqrt(1 / L))
+        last = [b.branch[-1].weight for b in layer.prior_net if hasattr(b, "branch")]
+        ref_last = [b.branch[-1].weight for b in ref.prior_net if hasattr(b, "branch")]
+        assert all(torch.allclose(a, b / 0.1 * math.sqrt(1 / L)) for a, b in zip(last, ref_last))
+
+
+def _power_sigma(W: torch.Tensor, u: torch.Tensor, iterations: int) -> torch.Tensor:
+    for _ in range(iterations):
+        v = F.normalize(u @ W, dim=0, eps=1e-12)
+        u = F.normalize(W @ v, dim=0, eps=1e-12)
+    return u @ W @ v
+
+
+def test_spectral_penalty_iterations_convs_only_and_batch_norm_scales():
+    torch.manual_seed(0)
+    cfg = presets.nvae_small(
+        spectral_iterations=4, spectral_seed_iterations=40, spectral_over="conv", bn_scale_penalty=True
+    )
+    m = build_model(cfg)
+    sn = m.spectral
+    kinds = {type(m.get_submodule(n)) for n in sn.names}
+    assert kinds <= {torch.nn.Conv2d} and torch.nn.Linear not in kinds  # SE's linear layers excluded
+    bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    for b in bns:
+        torch.nn.init.uniform_(b.weight, -2, 2)
+    key, names = next(iter(sn.groups.items()))
+    u0 = getattr(sn, f"u_{key}")[0].clone()
+    W = m.get_submodule(names[0]).weight.detach().reshape(len(u0), -1)
+    first = sn(m)
+    assert first[0].item() == pytest.approx(_power_sigma(W, u0, 40).item(), rel=1e-5)  # 40 the first time
+    u1 = getattr(sn, f"u_{key}")[0].clone()
+    second = sn(m)
+    assert second[0].item() == pytest.approx(_power_sigma(W, u1, 4).item(), rel=1e-5)  # then 4 per step
+    tail = second[len(sn.names) :]
+    assert torch.allclose(tail, torch.stack([b.weight.abs().max() for b in bns]))
+
+
+def test_adamw_decays_weights_decoupled_as_torch_adamw():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = make_optimizer(a, lr=1e-2, name="adamw", weight_decay=0.1, betas=(0.9, 0.9))
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1, betas=(0.9, 0.9))
+    x = torch.randn(7, 5)
+    for _ in range(3):
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("lvae_mnist", {}),
+        # the paper presets' cells, resolutions and options at a width and a number of groups two CPU cores
+        # train in seconds (the full widths: see test_paper_presets_build_at_full_size)
+        ("nvae_mnist", dict(latent_dims=[20] * 3, hidden_dims=[32, 32, 64], strides=[4, 1, 2])),
+        ("nvae_cifar10", dict(latent_dims=[20] * 3, hidden_dims=[32] * 3, strides=[2, 1, 1])),
+        ("vdvae_cifar10", dict(latent_dims=[16] * 4, hidden_dims=[16] * 4, strides=[1, 2, 2, 8])),
+    ],
+)
+def test_paper_presets_first_steps_lower_the_loss_with_finite_kl_and_gradient(name, overrides):
+    torch.manual_seed(0)
+    cfg = presets.get(name, **overrides, kl_warmup_steps=0)
+    m = build_model(cfg).train()
+    shape = cfg.data_shape
+    g = torch.Generator().manual_seed(1)
+    if cfg.likelihood == "bernoulli":
+        x = (torch.rand(16, *shape, generator=g) < 0.3).float()
+    else:
+        x = torch.randint(0, 256, (16, *shape), generator=g).float() / 255
+    opt = make_optimizer(m, lr=1e-3, name="adamax")
+    D = math.prod(shape)
+    losses = []
+    for step in range(8):
+        out = m(x)
+        opt.zero_grad()
+        out.loss.backward()
+        gn = torch.nn.utils.get_total_norm([p.grad for p in m.parameters() if p.grad is not None])
+        kl = sum(k.mean() for k in out.kl)  # nats per example
+        assert torch.isfinite(kl) and torch.isfinite(gn)
+        if step == 0:
+            if cfg.residual_posterior:  # NVAE's residual posterior starts at q = p below the top
+                assert all(k.abs().max() < 1e-4 for k in out.kl[:-1])
+            # VDVAE's guard (train.grad_norm_per: dim) would let the first update through
+            assert name != "vdvae_cifar10" or gn / D < 400
+        losses.append(out.loss.item())
+        opt.step()
+    assert losses[-1] < losses[0]
+
+
+def _official_vdvae_cifar10_params() -> int:
+    """openai/vdvae's cifar10 model counted from its construction (vae.py ``Encoder.build``, ``DecBlock``,
+    ``Decoder.build``; vae_helpers.py ``DmolNet``; hps.py ``cifar10``): width 384, bottleneck 96, zdim 16."""
+    w, mid, z = 384, 96, 16
+
+    def block(i, o, k3):  # Block: 1x1 i->mid, two 3x3 (1x1 at res <= 2) mid->mid, 1x1 mid->o, with biases
+        k = 9 if k3 else 1
+        return i * mid + mid + 2 * (mid * mid * k + mid) + mid * o + o
+
+    enc = 3 * w * 9 + w + sum(n * block(w, w, r > 2) for r, n in ((32, 12), (16, 7), (8, 7), (4, 4), (1, 3)))
+    dec = sum(
+        n * (block(2 * w, 2 * z, r > 2) + block(w, 2 * z + w, r > 2) + z * w + w + block(w, w, r > 2))
+        for r, n in ((1, 1), (4, 3), (8, 6), (16, 11), (32, 22))
+    )
+    bias_maps = sum(w * r * r for r in (1, 4, 8, 16, 32))
+    return enc + dec + bias_maps + (w * 100 + 100) + 2 * w  # DmolNet's 1x1 out conv, the final gain and bias
+
+
+def test_vdvae_cifar10_parameter_count_against_the_official_construction():
+    assert _official_vdvae_cifar10_params() == 39_145_700  # the paper's 39M
+    n = sum(p.numel() for p in build_model(presets.vdvae_cifar10()).parameters())
+    # hvae's construction still differs (one encoder block per group, 1x1 posterior heads, a 1x1 W_h; see
+    # docs/fidelity.md): 40,669,764, 3.9% above. Pinned so that a change is seen; the goal is within 1%
+    assert n == 40_669_764
