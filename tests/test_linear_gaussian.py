@@ -93,10 +93,10 @@ def _data(n=4, seed=1):
 def _room_for(model, samples: int, monkeypatch) -> None:
     """Automatic IW chunks of ``samples`` samples per input of ``_data()``, the widest tensor per input
     measured again at the next bound."""
-    import hvae.model as model_module
+    import hvae.iw as model_module
 
     model.log_likelihood(_data(), num_samples=1)  # measures the widest tensor per input
-    width = model._iw_widths.pop((D,))
+    width = model_module._widths[model].pop((D,))
     monkeypatch.setitem(model_module.IW_CHUNK_ELEMENTS, "cpu", samples * len(_data()) * width)
 
 

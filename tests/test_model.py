@@ -280,7 +280,7 @@ def test_iw_bound_with_one_sample_is_the_single_sample_elbo():
 def test_iw_automatic_chunks_keep_every_per_row_tensor_under_the_budget(block, monkeypatch):
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import hvae.model as model_module
+    import hvae.iw as model_module
 
     class Widest(TorchDispatchMode):  # the widest tensor of rows x ... an aten op returns, at the op level
         def __init__(self, rows):

@@ -14,7 +14,8 @@ from hvae.data.cifar10 import read_batch, read_cifar10
 from hvae.data.sources import DataError
 from hvae.distributions import raw_from_scale
 from hvae.sampling import readjust_batchnorm
-from hvae.spectral import SpectralNorms, coefficient
+from hvae.schedules import spectral_coefficient as coefficient
+from hvae.spectral import SpectralNorms
 
 B = 4
 

@@ -42,6 +42,7 @@ graph again after the weights changed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 import types
@@ -251,3 +252,44 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     if (t.is_floating_point() or t.is_complex()) and t.element_size() in _INTS:
         return t.contiguous().view(_INTS[t.element_size()])  # a copy only for a non-contiguous weight
     return t
+
+
+def set_compile(model, mode: str = "auto", after_s: float = 300.0, steps_left: Callable[[], int] | None = None) -> None:
+    """How a :class:`~hvae.HierarchicalVAE`'s two hot loops are compiled: its training calls (``model(x)`` in
+    train mode with gradients on: the graph ``_elbo``) and the full chunks of importance samples of
+    ``model.log_likelihood`` (the graph ``_iw_log_weights``). Every model starts at the defaults;
+    ``model.set_compile(...)`` calls this.
+
+    ``auto`` (the default) compiles a loop once it has run ``after_s`` seconds eagerly and keeps the compiled
+    version only if it is faster; ``always`` compiles at the first call; ``never`` stays eager.
+    ``steps_left()``, if given, says how many training steps remain: ``auto`` then compiles as soon as they
+    would take ``after_s`` seconds eagerly (timed over the first 20 steps), and never otherwise. On a CPU the
+    IW chunks compile with frozen weights (see the module doc): a change of the weights after the compile is
+    noticed at the next bound, which compiles again (``always``) or runs eagerly (``auto``), unfrozen from
+    then on. ``model.compiler.status`` and ``model.iw_compiler.status`` say what happened. Sampling is eager.
+    """
+    graphs = type(model)
+    model.compiler = LazyCompile(graphs._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
+    model.iw_compiler = LazyCompile(
+        graphs._iw_log_weights,
+        mode=mode,
+        after_s=after_s,
+        steps="chunks of importance samples",
+        freeze=functools.partial(_state_tensors, model),  # a partial, not a lambda: a deepcopy follows the copy
+    )
+
+
+def _state_tensors(model) -> list[torch.Tensor]:
+    """What a frozen compiled chunk of the IW bound takes as constants: every parameter and buffer."""
+    return [*model.parameters(), *model.buffers()]
+
+
+def compiled_training_call(model, x, beta):
+    """``model._elbo(x, beta)`` through ``model.compiler``; a compiled call that fails is undone (the ``step``
+    it advanced put back) before the eager retry."""
+
+    def snapshot():
+        saved = model.step.clone()
+        return lambda: model.step.copy_(saved)
+
+    return model.compiler(model, x, beta, snapshot=snapshot)

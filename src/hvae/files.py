@@ -4,17 +4,57 @@
 folders 0700 whatever the umask, so a run written through them would be unreadable to the other users of a
 shared filesystem; every temporary file or folder that becomes part of a run is given the usual mode (0666
 or 0777 less the umask) here before it takes its final name.
+
+Saved tensors carry a digest (:func:`tensors_digest`, written in the safetensors metadata as ``DIGEST_KEY``):
+a file whose bytes changed after the save (a bad disk, a copy cut short and padded) loads without an error
+otherwise, and scores garbage. Loading checks it and raises :class:`DamagedFileError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import torch
+
+#: the safetensors metadata key of :func:`tensors_digest`
+DIGEST_KEY = "sha256"
+
+
+class DamagedFileError(ValueError):
+    """A saved file whose contents changed after it was written. ``path``: the file."""
+
+    def __init__(self, path: str | os.PathLike, why: str = "its tensors do not match the digest written with them"):
+        self.path = Path(path)
+        super().__init__(f"{self.path} is damaged: {why}")
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over the tensors sorted by name: each one's name, dtype, shape and raw bytes in memory
+    order. The same for the same tensors wherever they are (a device's are copied to the host); hashed whole,
+    with no Python loop over elements."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
+        # bytes as the safetensors file holds them (contiguous, little-endian as torch's supported hosts)
+        flat = t.cpu().contiguous().reshape(-1)
+        h.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
+    return h.hexdigest()
+
+
+def check_digest(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None):
+    """Raise :class:`DamagedFileError` naming ``path`` when its ``metadata`` holds a digest that ``tensors``
+    (as loaded from it) do not match. Files saved without one (older hvae) pass."""
+    written = (metadata or {}).get(DIGEST_KEY)
+    if written is not None and written != tensors_digest(tensors):
+        raise DamagedFileError(path)
 
 
 def umask() -> int:

@@ -1,42 +1,39 @@
 """HierarchicalVAE: bottom-up pass, top-down pass, ELBO, importance-weighted bound, encode, decode, sample.
 
-Notation (DESIGN.md): latents z_1 … z_L, z_1 nearest the data; lists are indexed bottom (0 = z_1) to top.
+Notation (ARCHITECTURE.md): latents z_1 … z_L, z_1 nearest the data; lists are indexed bottom (0 = z_1) to top.
 
     p(x, z) = p(x | s_1) p(z_L) ∏_{l<L} p(z_l | s_{l+1}),   s_l = z_l  (or a deterministic skip state)
     q(z | x) = q(z_L | x) ∏_{l<L} q(z_l | z_{l+1}, x)         (ladder, top_down)
              = q(z_1 | x) ∏_{l>1} q(z_l | z_{l-1})           (bottom_up: the stacked VAE)
 
-All numbers are nats per example unless a name says otherwise.
+All numbers are nats per example unless a name says otherwise. What decides *when* or *how fast* lives
+beside the model: compilation in :mod:`hvae.compiled`, the IW bound's chunks in :mod:`hvae.iw`, the step
+schedules in :mod:`hvae.schedules`, saving and loading in :mod:`hvae.pretrained`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import numbers
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from . import allocator
-from .compiled import LazyCompile
+from . import iw, schedules
+from .compiled import compiled_training_call, set_compile
 from .config import ModelConfig
 from .data.text import trim_batch
 from .distributions import Gaussian, _tile, kl_divergence
-from .files import atomic_path, atomic_write_text
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
 from .nets.temporal import TokenEncoder
-from .spectral import SpectralNorms, coefficient
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .pretrained import PretrainedMixin
+from .quantize import VQPosterior
+from .spectral import SpectralNorms
 
 
 @dataclass
@@ -78,43 +75,27 @@ def _temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
     temps = [float(temperature)] * L if scalar else [float(t) for t in temperature]
     if len(temps) != L:
         raise ValueError(f"temperature: give one float or one per layer ({L}, bottom to top), got {len(temps)}")
-    if any(t < 0 for t in temps):
-        raise ValueError(f"temperature: must be >= 0 (0 gives the prior means), got {temps}")
+    if not all(0 <= t < math.inf for t in temps):  # a NaN fails both comparisons
+        raise ValueError(f"temperature: must be finite and >= 0 (0 gives the prior means), got {temps}")
     return temps
 
 
-#: the most elements of one tensor in a pass of the IW bound's automatic chunks: on a CPU, glibc serves
-#: allocations above 32 MiB with fresh pages (a page fault each 4 KiB at first touch); 8 MiB stays clear of it
-IW_CHUNK_ELEMENTS = {"cpu": 2**21, "accelerator": 2**26}
+def _check_count(n, name: str, none: str = "") -> int:
+    """A count (of samples, of a chunk's samples): a whole number >= 1, numpy's integers too, not a bool."""
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{name} must be a whole number >= 1{none}, got {n!r}")
+    return int(n)
 
 
-def _add_log_weights(total: Tensor, lw: Tensor) -> Tensor:
-    """The running log-sum-exp ``total`` (B,) with the log weights ``lw`` (k, B) added."""
-    return torch.logaddexp(total, torch.logsumexp(lw, dim=0))
-
-
-class _WidestRow(torch.overrides.TorchFunctionMode):
-    """The most elements per row of the tensors of ``rows`` rows that the torch functions called inside it
-    return (tensors of other leading sizes, such as weights folded with batch norm, are not per row)."""
-
-    def __init__(self, rows: int):
-        super().__init__()
-        self.rows, self.width = rows, 1
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == self.rows:
-                self.width = max(self.width, t.numel() // self.rows)
-        return out
-
-
-class HierarchicalVAE(nn.Module):
+class HierarchicalVAE(PretrainedMixin, nn.Module):
     """A hierarchical VAE built from a :class:`~hvae.config.ModelConfig` (use :func:`hvae.build_model`).
 
     Data: ``x`` of shape ``(B, *config.data_shape)``, float, in the likelihood's support; categorical models
     also take integer class ids (token ids (B, T), positions equal to ``config.pad_id`` ignored).
+    Saved and loaded with ``save_pretrained`` / ``from_pretrained`` (:mod:`hvae.pretrained`).
     """
+
+    config_class = ModelConfig
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -202,32 +183,13 @@ class HierarchicalVAE(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # keep last: it tracks every conv / linear weight built above
         self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
-        self._iw_widths: dict[tuple[int, ...], int] = {}  # per input shape: see log_likelihood
-        self.set_compile()
+        set_compile(self)  # the defaults: compiled where it pays
 
     def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:
-        """How the model's two hot loops are compiled (:mod:`hvae.compiled`): training calls, and the chunks
-        of importance samples of :meth:`log_likelihood`. ``auto`` (the default) compiles a loop once it has
-        run ``after_s`` seconds eagerly and keeps the compiled version only if it is faster; ``always``
-        compiles at the first call; ``never`` stays eager. ``steps_left()``, if given, says how many training
-        steps remain: ``auto`` then compiles as soon as they would take ``after_s`` seconds eagerly (timed over
-        the first 20 steps), and never otherwise.
-        On a CPU the IW chunks compile with frozen weights (:mod:`hvae.compiled`): a change of the weights
-        after the compile is noticed at the next bound, which compiles again (``always``) or runs eagerly
-        (``auto``), unfrozen from then on. ``self.compiler.status`` and ``self.iw_compiler.status`` say what
-        happened. Sampling is eager."""
-        self.compiler = LazyCompile(HierarchicalVAE._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
-        self.iw_compiler = LazyCompile(
-            HierarchicalVAE._iw_log_weights,
-            mode=mode,
-            after_s=after_s,
-            steps="chunks of importance samples",
-            freeze=self._weights,
-        )
-
-    def _weights(self) -> list[Tensor]:
-        """What a frozen compiled chunk of the IW bound takes as constants: every parameter and buffer."""
-        return [*self.parameters(), *self.buffers()]
+        """How training calls and the IW bound's chunks are compiled: ``auto`` (the default), ``always`` or
+        ``never``; see :func:`hvae.compiled.set_compile`. ``self.compiler.status`` and
+        ``self.iw_compiler.status`` say what happened."""
+        set_compile(self, mode, after_s, steps_left)
 
     # ------------------------------------------------------------------------------------------------
     # input checks
@@ -423,18 +385,8 @@ class HierarchicalVAE(nn.Module):
         return kls
 
     def beta_at(self, step: int | Tensor) -> float:
-        """KL weight at a training step: linear warm-up from 0 to ``config.beta`` (Sønderby et al. 2016)."""
-        cfg = self.config
-        n = cfg.kl_warmup_steps
-        if n == 0:
-            return cfg.beta
-        # NVAE's utils.kl_coeff: held at the floor for kl_const_steps, then linear, never below the floor
-        return cfg.beta * max(min(1.0, (float(step) - cfg.kl_const_steps) / n), cfg.kl_warmup_floor)
-
-    def spectral_reg_at(self, step: int | Tensor) -> float:
-        """NVAE's spectral-regularisation weight lambda at a training step (see :func:`hvae.spectral.coefficient`)."""
-        cfg = self.config
-        return coefficient(step, cfg.spectral_reg, cfg.spectral_reg_init, cfg.spectral_reg_warmup_steps)
+        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``)."""
+        return schedules.beta(self.config, step)
 
     def _kl_loss(self, kl_elem: list[Tensor], beta: float) -> Tensor:
         """The KL part of the training loss (batch mean): free bits, KL balancing, beta."""
@@ -475,13 +427,9 @@ class HierarchicalVAE(nn.Module):
         """
         if self.training and torch.is_grad_enabled():
             self._check_input(x)  # here too: a bad input must not count as a failed compile
-            return self.compiler(self, x, beta, snapshot=self._step_snapshot)
+            return compiled_training_call(self, x, beta)  # the graph _elbo, compiled where it pays
         self.compiler.other_call()
         return self._elbo(x, beta)
-
-    def _step_snapshot(self):
-        saved = self.step.clone()
-        return lambda: self.step.copy_(saved)
 
     def _elbo(self, x: Tensor, beta: float | None = None) -> ModelOutput:
         self._check_input(x, values=not (self.training and torch.is_grad_enabled()))
@@ -493,10 +441,10 @@ class HierarchicalVAE(nn.Module):
         elbo = log_px - torch.stack(kl).sum(0)
         training = self.training and torch.is_grad_enabled()
         if beta is None:
-            beta = self.beta_at(self.step)
+            beta = schedules.beta(self.config, self.step)
         loss = -log_px.mean() + self._kl_loss(kl_elem, beta)
         if self.spectral is not None and training:
-            loss = loss + self.spectral_reg_at(self.step) * self.spectral(self).sum()
+            loss = loss + schedules.spectral_weight(self.config, self.step) * self.spectral(self).sum()
         if training:  # with or without an explicit beta: step also drives the relaxation's and spectral annealing
             self.step += 1
         aux_loss, aux = self._discrete_aux(run)
@@ -518,14 +466,8 @@ class HierarchicalVAE(nn.Module):
         return total, aux
 
     def gumbel_temperature(self) -> float | Tensor:
-        """Relaxation temperature of discrete latents at the current ``step``: geometric from
-        ``gumbel_temperature_start`` to ``gumbel_temperature`` over ``gumbel_anneal_steps`` (Jang et al. 2017
-        anneal exponentially), then constant."""
-        cfg = self.config
-        if cfg.gumbel_anneal_steps == 0:
-            return cfg.gumbel_temperature
-        frac = (self.step.float() / cfg.gumbel_anneal_steps).clamp(max=1.0)
-        return cfg.gumbel_temperature_start * (cfg.gumbel_temperature / cfg.gumbel_temperature_start) ** frac
+        """Relaxation temperature of discrete latents at ``step`` (:func:`hvae.schedules.gumbel_temperature`)."""
+        return schedules.gumbel_temperature(self.config, self.step)
 
     def _set_relaxation(self) -> None:
         """Discrete levels draw relaxed samples only in training passes with gradients; every other pass
@@ -550,56 +492,15 @@ class HierarchicalVAE(nn.Module):
     def log_likelihood(self, x: Tensor, num_samples: int = 1000, chunk_size: int | None = None) -> Tensor:
         """Importance-weighted bound log p̂_K(x) = log mean_k exp(log p(x, z^k) - log q(z^k | x)), (B,) nats.
 
-        The bottom-up pass runs once per input; the top-down pass runs on ``chunk_size`` copies at a time
-        (memory stays bounded for any K), accumulated by a running log-sum-exp in float32. By default the
-        chunks hold as many samples as keep every tensor of a pass under ``IW_CHUNK_ELEMENTS`` (on a CPU,
-        larger tensors are fresh pages at every allocation; an ``lvae_mnist`` bound takes a tenth of the
-        memory of fixed 32,768-row chunks, at the same speed), spread evenly over the K samples: the first
-        bound for an input shape runs its first importance sample alone to measure the widest tensor per
-        input. A last chunk short of the others by at most a quarter runs at their size, and only its first
-        samples count (so all chunks may run compiled); an explicit ``chunk_size`` is kept as given, with the
-        same rule for its last chunk (one shorter by more than a quarter runs eagerly at its own size). On a
-        CPU the first call keeps freed memory in the process (:func:`hvae.allocator.retain_freed_memory`).
-        Full chunks may run compiled (:meth:`set_compile`; on a CPU with frozen weights, checked at every call
-        against the weights the chunks were compiled with). Call ``model.eval()`` first for networks with
-        batch norm.
+        The bottom-up pass runs once per input; the top-down pass runs on chunks of copies, sized to a memory
+        budget unless ``chunk_size`` (samples per input) is given (:mod:`hvae.iw`); full chunks may run compiled
+        (:meth:`set_compile`). Call ``model.eval()`` first for networks with batch norm.
         """
         self._check_input(x, values=True)
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or None (automatic), got {chunk_size}")
-        if x.device.type == "cpu":
-            allocator.tune_once()  # each chunk's memory stays for the next instead of faulting in again
-        B = x.shape[0]
-        ctxs, prepared = self._bottom_up(x), self.likelihood.prepare(x)  # once per input
-        total = torch.full((B,), -math.inf, device=x.device)
-        done = 0
-        if chunk_size is None:
-            shape = tuple(x.shape[1:])
-            if shape not in self._iw_widths:  # the widest tensor of a pass per input: the shapes alone decide it
-                with _WidestRow(B) as widest:
-                    total = _add_log_weights(total, self._iw_log_weights(ctxs, prepared, 1))
-                self._iw_widths[shape], done = widest.width, 1
-            budget = IW_CHUNK_ELEMENTS["cpu" if x.device.type == "cpu" else "accelerator"]
-            most = max(1, budget // self._iw_widths[shape] // B)
-            left = max(1, num_samples - done)
-            chunks = -(-left // most)  # as few chunks as the budget allows, of even sizes
-            chunk_size = -(-left // chunks)
-        k_max = min(chunk_size, num_samples - done)
-        if k_max > 0:  # tiled once to a full chunk; a shorter last chunk takes a prefix
-            ctxs_k, x_k = [_tile(c, k_max) for c in ctxs], _tile(prepared, k_max)
-        self.iw_compiler.other_call()  # the step clock times chunks, not what ran between two calls
-        self.iw_compiler.check_weights()  # a chunk compiled with frozen weights needs the same weights
-        while done < num_samples:
-            k = min(k_max, num_samples - done)
-            if (k_max - k) * 4 <= k_max:  # full, or short by at most a quarter: one shape, may run compiled
-                lw = self.iw_compiler(self, ctxs_k, x_k, k_max)[:k]  # the samples past K are dropped
-            else:
-                lw = self._iw_log_weights([c[: k * B] for c in ctxs_k], x_k[: k * B], k)
-            total = _add_log_weights(total, lw)
-            done += k
-        return total - math.log(num_samples)
+        num_samples = _check_count(num_samples, "num_samples")
+        if chunk_size is not None:
+            chunk_size = _check_count(chunk_size, "chunk_size", " or None (automatic)")
+        return iw.log_likelihood(self, x, num_samples, chunk_size)
 
     def _iw_log_weights(self, ctxs_k: list[Tensor], x_k: Tensor, k: int) -> Tensor:
         """log p(x, z) - log q(z | x) of ``k`` importance samples per input, (k, B)."""
@@ -651,7 +552,7 @@ class HierarchicalVAE(nn.Module):
         """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
         (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
         the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it."""
-        temps = _temperatures(temperature, self.config.num_layers)
+        n, temps = _check_count(n, "n (the number of samples)"), _temperatures(temperature, self.config.num_layers)
         run = self._top_down(n, temperatures=temps)
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()
@@ -694,25 +595,6 @@ class HierarchicalVAE(nn.Module):
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()
 
-    # ------------------------------------------------------------------------------------------------
-    # files
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (weights and buffers) into ``directory``,
-        each atomically (write to a temporary file, then rename)."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = self.config.to_json()
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        # the weights carry their config too: two files are replaced one after the other, and a save cut
-        # short between them must not pass for a model (load compares the two)
-        with atomic_path(out / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "library": "hvae", "config": config})
-        atomic_write_text(out / CONFIG_NAME, config)
-        return out
-
 
 @contextlib.contextmanager
 def _frozen_bn(module: nn.Module):
@@ -738,43 +620,5 @@ def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
     return HierarchicalVAE(config)
 
 
-def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> HierarchicalVAE:
-    """Load a model written by :meth:`HierarchicalVAE.save_pretrained` (JSON + safetensors; nothing is unpickled).
-    The model comes back in eval mode; call ``.train()`` to fine-tune it."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: {d} is not a saved hvae model (save_pretrained writes it)")
-    try:
-        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON ({e}); the file is damaged") from None
-    model = HierarchicalVAE(config)
-    try:
-        state = load_file(str(w_path), device=str(map_location))
-        with safe_open(str(w_path), framework="pt") as f:
-            saved_config = (f.metadata() or {}).get("config")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{w_path} cannot be read ({e}); the file is truncated or damaged") from None
-    if saved_config is not None and ModelConfig.from_dict(json.loads(saved_config)) != config:
-        raise ValueError(
-            f"{cfg_path} and {w_path} come from different saves (a save was cut short between the two files); "
-            "save the model again"
-        )
-    floats = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(floats) == 1 and floats != {torch.float32}:  # a float64 or bf16 model comes back as it was saved
-        model = model.to(floats.pop())
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise ValueError(
-            f"{w_path} does not match {cfg_path}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{w_path} does not match {cfg_path}: {e}") from None
-    return model.to(map_location).eval()
+#: ``hvae.load(directory, map_location="cpu")``: a saved model back (:meth:`HierarchicalVAE.from_pretrained`)
+load = HierarchicalVAE.from_pretrained

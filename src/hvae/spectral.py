@@ -9,8 +9,6 @@ product, as in NVAE's ``spectral_norm_parallel``. sigma = u^T W v carries the gr
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -100,16 +98,3 @@ class SpectralNorms(nn.Module):
         # NVAE's batchnorm_loss: max_c |gamma_c| per batch norm (model.py), penalised at the same lambda
         sigmas += [model.get_submodule(n).weight.abs().max().float().view(1) for n in self.batch_norms]
         return torch.cat(sigmas) if sigmas else torch.zeros(0)
-
-
-def coefficient(step: int | Tensor, final: float, initial: float, warmup_steps: int) -> float | Tensor:
-    """NVAE's annealing of lambda: log-linear from ``initial`` to ``final`` over ``warmup_steps`` (the KL
-    warm-up's schedule in NVAE), then ``final``. ``warmup_steps = 0`` or ``initial <= 0`` gives ``final``.
-    A tensor ``step`` (the model's buffer) gives a tensor on its device, never read back to the host."""
-    if final <= 0:
-        return 0.0
-    if warmup_steps <= 0 or initial <= 0:
-        return final
-    on_device = isinstance(step, Tensor)
-    t = (step.float() / warmup_steps).clamp(max=1.0) if on_device else min(1.0, float(step) / warmup_steps)
-    return (torch.exp if on_device else math.exp)((1 - t) * math.log(initial) + t * math.log(final))

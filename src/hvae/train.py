@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import sys
 import threading
@@ -42,6 +41,7 @@ from .runconfig import (  # noqa: F401  (global_batch_size, resolve_config: publ
     resolve_config,
 )
 from .rundir import RUN_FILES, RunDir, RunDirError  # noqa: F401  (RUN_FILES, RunDirError: public here too)
+from .schedules import learning_rate
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,19 +54,6 @@ class TrainingDiverged(RuntimeError):
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     return distributed.resolve_device(name)
-
-
-def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """Learning rate at ``step``: linear warm-up, then constant, cosine or per-epoch exponential decay."""
-    lr = cfg.lr
-    if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
-        return lr * (step + 1) / cfg.lr_warmup_steps
-    if cfg.lr_decay == "cosine":
-        t = min(1.0, (step - cfg.lr_warmup_steps) / max(1, total_steps - cfg.lr_warmup_steps))
-        return cfg.lr_min + 0.5 * (lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
-    if cfg.lr_decay == "exponential":
-        return lr * cfg.lr_decay_rate ** (step // max(1, steps_per_epoch))
-    return lr
 
 
 class _Metrics:

@@ -1,0 +1,95 @@
+"""Saved models: ``save_pretrained`` / ``from_pretrained``, as diffusers' ``ModelMixin``.
+
+A saved model is a folder of two files, nothing pickled::
+
+    config.json         the model's config (``config.to_json()``)
+    model.safetensors   every parameter and buffer; its metadata holds the config again and a digest of the
+                        tensors (:func:`hvae.files.tensors_digest`)
+
+Each file is written atomically (to a temporary file, then renamed). The two are replaced one after the
+other, so the weights carry their config: a save cut short between them never passes for a model. The
+digest catches bytes changed after the save (:class:`hvae.files.DamagedFileError`); saves of older hvae
+versions, without config or digest in the metadata, still load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .files import DIGEST_KEY, DamagedFileError, atomic_path, atomic_write_text, check_digest, tensors_digest
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class PretrainedMixin:
+    """``save_pretrained`` and ``from_pretrained`` for an ``nn.Module`` built from one config: the class sets
+    ``config_class`` (with ``from_dict`` and ``to_json``) and keeps its config as ``self.config``."""
+
+    config_class: type
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (weights and buffers, with their config and
+        digest) into ``directory``, each atomically. Returns the folder."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_json()
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        metadata = {"format": "pt", "library": "hvae", "config": config, DIGEST_KEY: tensors_digest(tensors)}
+        with atomic_path(out / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        atomic_write_text(out / CONFIG_NAME, config)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
+        """Load a model written by :meth:`save_pretrained` (JSON + safetensors; nothing is unpickled), in the
+        dtype it was saved in, on ``map_location``. The model comes back in eval mode; call ``.train()`` to
+        fine-tune it. Raises ``FileNotFoundError`` for a missing file, :class:`~hvae.files.DamagedFileError`
+        for a file that is truncated or whose tensors changed since the save, ``ValueError`` for a config
+        and weights of different saves or architectures."""
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} is missing: {d} is not a saved hvae model (save_pretrained writes it)")
+        try:
+            config = cls.config_class.from_dict(json.loads(cfg_path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path} is not valid JSON ({e}); the file is damaged") from None
+        model = cls(config)
+        try:
+            state = load_file(str(w_path))  # on the host: checked there, then moved with the model
+            with safe_open(str(w_path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise DamagedFileError(
+                w_path, f"it cannot be read ({e}): truncated, or overwritten since the save"
+            ) from None
+        check_digest(w_path, state, metadata)
+        saved_config = metadata.get("config")
+        if saved_config is not None and cls.config_class.from_dict(json.loads(saved_config)) != config:
+            raise ValueError(
+                f"{cfg_path} and {w_path} come from different saves (a save was cut short between the two files); "
+                "save the model again"
+            )
+        floats = {v.dtype for v in state.values() if v.is_floating_point()}
+        if len(floats) == 1 and floats != {torch.float32}:  # a float64 or bf16 model comes back as it was saved
+            model = model.to(floats.pop())
+        missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
+        if missing or unexpected:
+            raise ValueError(f"{w_path} does not match {cfg_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{w_path} does not match {cfg_path}: {e}") from None
+        return model.to(map_location).eval()
