@@ -673,3 +673,47 @@ def test_inference_folds_batch_norm_into_the_products_without_changing_numbers()
     torch.manual_seed(1)
     elbo = model(x).elbo.detach()
     assert torch.allclose(elbo_folded, elbo, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [-1, 0, 2.5, True, "3"])
+def test_sample_refuses_a_count_that_is_not_a_whole_number_above_zero(n):
+    with pytest.raises(ValueError, match=r"n \(the number of samples\) must be a whole number >= 1, got"):
+        _model().eval().sample(n)
+
+
+def test_sample_takes_numpy_integer_counts():
+    assert _model().eval().sample(np.int64(2)).shape == (2, 12)
+
+
+def test_iw_bound_refuses_counts_that_are_not_whole_numbers_above_zero():
+    model = _model().eval()
+    x = _x(model)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=rf"num_samples must be a whole number >= 1, got {bad!r}"):
+            model.log_likelihood(x, num_samples=bad)
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match=rf"chunk_size must be a whole number >= 1 or None \(automatic\), got {bad}"):
+            model.log_likelihood(x, num_samples=3, chunk_size=bad)
+    torch.manual_seed(0)
+    a = model.log_likelihood(x, num_samples=np.int32(3), chunk_size=np.int64(2))
+    torch.manual_seed(0)
+    assert torch.equal(a, model.log_likelihood(x, num_samples=3, chunk_size=2))
+
+
+@pytest.mark.parametrize(
+    "temperature",
+    [math.nan, math.inf, -math.inf, np.float32("nan"), np.float64("inf"), torch.tensor(math.nan), [1.0, math.inf, 1.0]],
+    ids=["nan", "inf", "-inf", "np-nan", "np-inf", "tensor-nan", "list-inf"],
+)
+def test_non_finite_temperatures_are_refused_like_negative_ones(temperature):
+    model = _model().eval()
+    x = _x(model)
+    zs = model.encode(x)
+    calls = {
+        "sample": lambda: model.sample(3, temperature=temperature),
+        "generate": lambda: model.generate([None, None, zs[2]], temperature=temperature),
+        "sample_conditional": lambda: model.sample_conditional(x, keep_top=1, temperature=temperature),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"temperature: must be finite and >= 0"):
+            call()

@@ -8,7 +8,9 @@ Layout inside ``RUN_DIR/checkpoints/``::
 
 A checkpoint folder is written under a temporary name, synced and renamed; only then does the pointer
 file move to it (``os.replace``), and only then are folders no pointer names removed. Nothing is pickled:
-optimizer tensors go to safetensors, everything else to JSON. A distributed run stores the plain model,
+optimizer tensors go to safetensors, everything else to JSON. Every safetensors file carries a digest of its
+tensors (:func:`hvae.files.tensors_digest`); a file whose tensors changed since the save raises
+:class:`hvae.files.DamagedFileError`, which names it. A distributed run stores the plain model,
 the optimizer state (the same on every rank) and every rank's random-number state (``rank{r}.torch_cpu``).
 """
 
@@ -22,9 +24,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .files import atomic_write_text, make_temp_dir, set_default_mode
+from .files import DamagedFileError, atomic_write_text, load_tensors, make_temp_dir, save_tensors, set_default_mode
 from .model import HierarchicalVAE, load
 
 
@@ -81,17 +82,17 @@ def save_checkpoint(
     try:
         model.save_pretrained(tmp / "model")
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         if ema is not None:
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors")
+            save_tensors(
+                {k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, tmp / "ema.safetensors"
             )
         if rng is None:
             rng = {"torch_cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
                 for i, s in enumerate(torch.cuda.get_rng_state_all()):
                     rng[f"torch_cuda_{i}"] = s
-        save_file(rng, str(tmp / "rng.safetensors"))
+        save_tensors(rng, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
         for f in tmp.rglob("*"):
             if f.is_file():
@@ -174,16 +175,16 @@ def load_checkpoint(
         saved = load(ckpt / "model", map_location=device)
         model.load_state_dict(saved.state_dict())
         meta = json.loads((ckpt / "state.json").read_text())
-        opt_tensors = load_file(str(ckpt / "optimizer.safetensors"), device=str(device))
+        opt_tensors, _ = load_tensors(ckpt / "optimizer.safetensors", device)
         optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta.pop("optimizer")))
         if ema is not None:
             ema_file = ckpt / "ema.safetensors"
             if not ema_file.is_file():
                 raise CheckpointError(f"{ckpt} has no EMA weights but train.ema_decay is set; unset it to resume")
-            ema.load_state_dict(load_file(str(ema_file), device=str(device)))
-        rng = load_file(str(ckpt / "rng.safetensors"))
+            ema.load_state_dict(load_tensors(ema_file, device)[0])
+        rng, _ = load_tensors(ckpt / "rng.safetensors")
     except (OSError, SafetensorError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as e:
-        if isinstance(e, CheckpointError):
+        if isinstance(e, (CheckpointError, DamagedFileError)):  # each names its file already
             raise
         raise CheckpointError(
             f"checkpoint {ckpt} cannot be loaded ({e}); it is damaged or from another model",

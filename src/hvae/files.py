@@ -49,12 +49,33 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def check_digest(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None):
-    """Raise :class:`DamagedFileError` naming ``path`` when its ``metadata`` holds a digest that ``tensors``
-    (as loaded from it) do not match. Files saved without one (older hvae) pass."""
-    written = (metadata or {}).get(DIGEST_KEY)
+def save_tensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file`` with the tensors' digest added to ``metadata`` (host tensors)."""
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(path), metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})
+
+
+def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a safetensors file (on ``device``) and its metadata, checked against the digest written
+    with them; files without a digest (older hvae) pass. Raises :class:`DamagedFileError` for a file that
+    cannot be read (truncated, overwritten) or whose tensors do not match their digest; ``OSError`` for one
+    that cannot be opened."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device=str(device))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as e:
+        raise DamagedFileError(path, f"it cannot be read ({e}): truncated, or overwritten since the save") from None
+    written = metadata.get(DIGEST_KEY)
     if written is not None and written != tensors_digest(tensors):
         raise DamagedFileError(path)
+    return tensors, metadata
 
 
 def umask() -> int:

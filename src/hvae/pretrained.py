@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .files import DIGEST_KEY, DamagedFileError, atomic_path, atomic_write_text, check_digest, tensors_digest
+from .files import atomic_path, atomic_write_text, load_tensors, save_tensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -35,15 +35,12 @@ class PretrainedMixin:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (weights and buffers, with their config and
         digest) into ``directory``, each atomically. Returns the folder."""
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         config = self.config.to_json()
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        metadata = {"format": "pt", "library": "hvae", "config": config, DIGEST_KEY: tensors_digest(tensors)}
         with atomic_path(out / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+            save_tensors(tensors, tmp, metadata={"format": "pt", "library": "hvae", "config": config})
         atomic_write_text(out / CONFIG_NAME, config)
         return out
 
@@ -54,9 +51,6 @@ class PretrainedMixin:
         fine-tune it. Raises ``FileNotFoundError`` for a missing file, :class:`~hvae.files.DamagedFileError`
         for a file that is truncated or whose tensors changed since the save, ``ValueError`` for a config
         and weights of different saves or architectures."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
         d = Path(directory)
         cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
         for p in (cfg_path, w_path):
@@ -68,14 +62,9 @@ class PretrainedMixin:
             raise ValueError(f"{cfg_path} is not valid JSON ({e}); the file is damaged") from None
         model = cls(config)
         try:
-            state = load_file(str(w_path))  # on the host: checked there, then moved with the model
-            with safe_open(str(w_path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except (SafetensorError, OSError) as e:
-            raise DamagedFileError(
-                w_path, f"it cannot be read ({e}): truncated, or overwritten since the save"
-            ) from None
-        check_digest(w_path, state, metadata)
+            state, metadata = load_tensors(w_path)  # on the host: checked there, then moved with the model
+        except OSError as e:
+            raise ValueError(f"{w_path} cannot be read ({e})") from None
         saved_config = metadata.get("config")
         if saved_config is not None and cls.config_class.from_dict(json.loads(saved_config)) != config:
             raise ValueError(
