@@ -692,7 +692,7 @@ def test_iw_bound_refuses_counts_that_are_not_whole_numbers_above_zero():
         with pytest.raises(ValueError, match=rf"num_samples must be a whole number >= 1, got {bad!r}"):
             model.log_likelihood(x, num_samples=bad)
     for bad in (0, 2.5):
-        with pytest.raises(ValueError, match=rf"chunk_size must be a whole number >= 1 or None \(automatic\), got {bad}"):
+        with pytest.raises(ValueError, match=rf"chunk_size must be a whole number >= 1 or None .automatic., got {bad}"):
             model.log_likelihood(x, num_samples=3, chunk_size=bad)
     torch.manual_seed(0)
     a = model.log_likelihood(x, num_samples=np.int32(3), chunk_size=np.int64(2))
@@ -709,11 +709,11 @@ def test_non_finite_temperatures_are_refused_like_negative_ones(temperature):
     model = _model().eval()
     x = _x(model)
     zs = model.encode(x)
-    calls = {
-        "sample": lambda: model.sample(3, temperature=temperature),
-        "generate": lambda: model.generate([None, None, zs[2]], temperature=temperature),
-        "sample_conditional": lambda: model.sample_conditional(x, keep_top=1, temperature=temperature),
-    }
-    for name, call in calls.items():
+    calls = [
+        lambda: model.sample(3, temperature=temperature),
+        lambda: model.generate([None, None, zs[2]], temperature=temperature),
+        lambda: model.sample_conditional(x, keep_top=1, temperature=temperature),
+    ]
+    for call in calls:
         with pytest.raises(ValueError, match=r"temperature: must be finite and >= 0"):
             call()

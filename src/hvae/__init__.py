@@ -2,6 +2,7 @@
 
 from . import presets
 from .config import ConfigError, ModelConfig
+from .files import DamagedFileError
 from .model import HierarchicalVAE, ModelOutput, build_model, load
 from .optim import make_optimizer
 
@@ -9,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DamagedFileError",
     "HierarchicalVAE",
     "ModelConfig",
     "ModelOutput",

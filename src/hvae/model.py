@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from . import iw, schedules
+from . import inputs, iw, schedules
 from .compiled import compiled_training_call, set_compile
 from .config import ModelConfig
 from .data.text import trim_batch
@@ -68,23 +67,38 @@ class _Pass:
     state: Tensor
 
 
-def _temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
-    if isinstance(temperature, Tensor):
-        temperature = temperature.tolist()
-    scalar = isinstance(temperature, numbers.Real)  # numpy's scalars too
-    temps = [float(temperature)] * L if scalar else [float(t) for t in temperature]
-    if len(temps) != L:
-        raise ValueError(f"temperature: give one float or one per layer ({L}, bottom to top), got {len(temps)}")
-    if not all(0 <= t < math.inf for t in temps):  # a NaN fails both comparisons
-        raise ValueError(f"temperature: must be finite and >= 0 (0 gives the prior means), got {temps}")
-    return temps
-
-
-def _check_count(n, name: str, none: str = "") -> int:
-    """A count (of samples, of a chunk's samples): a whole number >= 1, numpy's integers too, not a bool."""
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be a whole number >= 1{none}, got {n!r}")
-    return int(n)
+def _geometry(cfg: ModelConfig) -> tuple[int, list[tuple[int, ...]], tuple[int, ...] | None]:
+    """The input channels of the first bottom-up block, each level's latent shape (bottom to top) and the
+    padding of the data: (left, right, top, bottom) of images, (left, right) of sequences, None for none."""
+    L, shape = cfg.num_layers, tuple(cfg.data_shape)
+    pad: tuple[int, ...] | None = None
+    if cfg.block == "mlp":
+        in_ch = math.prod(shape)
+        latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]
+    elif len(shape) == 2:  # sequences (C, T), block temporal: padded at the end to the total stride
+        in_ch, t = shape
+        total = math.prod(cfg.strides)
+        if t % total:
+            pad = (0, -(-t // total) * total - t)
+            t += pad[1]
+        latent_shapes = []
+        for l, s in enumerate(cfg.strides):
+            t //= s
+            latent_shapes.append((latent_channels(cfg, l), t))
+    else:
+        in_ch = shape[0]
+        h, w = shape[1:]
+        # images are padded (centred, zeros) to a multiple of the total stride; p(x | z) is cropped back
+        total = math.prod(cfg.strides)
+        ph, pw = -(-h // total) * total - h, -(-w // total) * total - w
+        if ph or pw:
+            pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        h, w = h + ph, w + pw
+        latent_shapes = []
+        for l, s in enumerate(cfg.strides):
+            h, w = h // s, w // s
+            latent_shapes.append((latent_channels(cfg, l), h, w))
+    return in_ch, latent_shapes, pad
 
 
 class HierarchicalVAE(PretrainedMixin, nn.Module):
@@ -107,35 +121,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         self.data_shape = tuple(cfg.data_shape)
         self.likelihood = build_likelihood(cfg)
 
-        # latent shapes and the resolution of each level
-        # (left, right, top, bottom) of padded images; (left, right) of padded sequences
-        self._pad: tuple[int, ...] | None = None
-        if cfg.block == "mlp":
-            in_ch = math.prod(self.data_shape)
-            latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]
-        elif len(self.data_shape) == 2:  # sequences (C, T), block temporal: padded at the end to the total stride
-            in_ch, t = self.data_shape
-            total = math.prod(cfg.strides)
-            if t % total:
-                self._pad = (0, -(-t // total) * total - t)
-                t += self._pad[1]
-            latent_shapes = []
-            for l, s in enumerate(cfg.strides):
-                t //= s
-                latent_shapes.append((latent_channels(cfg, l), t))
-        else:
-            in_ch = self.data_shape[0]
-            h, w = self.data_shape[1:]
-            # images are padded (centred, zeros) to a multiple of the total stride; p(x | z) is cropped back
-            total = math.prod(cfg.strides)
-            ph, pw = -(-h // total) * total - h, -(-w // total) * total - w
-            if ph or pw:
-                self._pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-            h, w = h + ph, w + pw
-            latent_shapes = []
-            for l, s in enumerate(cfg.strides):
-                h, w = h // s, w // s
-                latent_shapes.append((latent_channels(cfg, l), h, w))
+        in_ch, latent_shapes, self._pad = _geometry(cfg)
 
         # token ids (B, T) are embedded first (sentence-level models over a token sequence)
         self.token_encoder = None
@@ -191,36 +177,6 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         ``self.iw_compiler.status`` say what happened."""
         set_compile(self, mode, after_s, steps_left)
 
-    # ------------------------------------------------------------------------------------------------
-    # input checks
-
-    def _check_input(self, x: Tensor, values: bool = False) -> None:
-        """The shape and dtype of a batch; with ``values``, also its values against the likelihood's support
-        (a pass over the data: the evaluation calls do it, a training step leaves it to the data pipeline)."""
-        if not isinstance(x, Tensor):
-            raise TypeError(
-                f"expected a torch.Tensor of shape (B, {', '.join(map(str, self.data_shape))}), got {type(x).__name__}"
-            )
-        if self.token_encoder is not None and x.dim() == 2 and 1 <= x.shape[1] <= self.data_shape[0]:
-            pass  # token rows may stop early: the positions after T' are padding (see trim_padding)
-        elif tuple(x.shape[1:]) != self.data_shape or x.dim() != len(self.data_shape) + 1:
-            want = "(B, " + ", ".join(map(str, self.data_shape)) + ")"
-            if self.token_encoder is not None:
-                want = f"(B, T) token ids with T <= {self.data_shape[0]}"
-            hint = ""
-            if math.prod(x.shape[1:]) == math.prod(self.data_shape):
-                hint = f"; reshape it with x.reshape(-1, {', '.join(map(str, self.data_shape))})"
-            raise ValueError(f"input has shape {tuple(x.shape)}, but this model takes {want}{hint}")
-        if x.shape[0] == 0:
-            raise ValueError("input batch is empty")
-        if not x.dtype.is_floating_point and not self._takes_ids:
-            raise TypeError(
-                f"input must be a floating tensor (values in [0, 1]), got {x.dtype}; integer token ids need "
-                f"likelihood categorical (this model's is {self.config.likelihood})"
-            )
-        if values:
-            self.likelihood.check_support(x)
-
     def trim_padding(self, x: Tensor) -> Tensor:
         """Token ids ``(B, T)`` -> ``(B, T')``: the trailing positions that are padding in every row dropped
         (T' >= 1). Every number of the trimmed batch (ELBO, log p(x | z), IW bound) equals that of ``x``:
@@ -231,11 +187,6 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         if self.token_encoder is None or pad is None or x.dim() != 2:
             return x
         return trim_batch(x, pad)
-
-    @property
-    def _takes_ids(self) -> bool:
-        """Integer class ids are accepted as input by categorical models (plain or autoregressive)."""
-        return self.config.likelihood == "categorical"
 
     # ------------------------------------------------------------------------------------------------
     # the two passes
@@ -426,13 +377,13 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         user's own); the call still counts as a step.
         """
         if self.training and torch.is_grad_enabled():
-            self._check_input(x)  # here too: a bad input must not count as a failed compile
+            inputs.check_batch(self, x)  # here too: a bad input must not count as a failed compile
             return compiled_training_call(self, x, beta)  # the graph _elbo, compiled where it pays
         self.compiler.other_call()
         return self._elbo(x, beta)
 
     def _elbo(self, x: Tensor, beta: float | None = None) -> ModelOutput:
-        self._check_input(x, values=not (self.training and torch.is_grad_enabled()))
+        inputs.check_batch(self, x, values=not (self.training and torch.is_grad_enabled()))
         run = self._infer(x)
         px = self._decode_state(run.state, self._length(x))
         log_px = px.log_prob(x)
@@ -496,10 +447,10 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         budget unless ``chunk_size`` (samples per input) is given (:mod:`hvae.iw`); full chunks may run compiled
         (:meth:`set_compile`). Call ``model.eval()`` first for networks with batch norm.
         """
-        self._check_input(x, values=True)
-        num_samples = _check_count(num_samples, "num_samples")
+        inputs.check_batch(self, x, values=True)
+        num_samples = inputs.count(num_samples, "num_samples")
         if chunk_size is not None:
-            chunk_size = _check_count(chunk_size, "chunk_size", " or None (automatic)")
+            chunk_size = inputs.count(chunk_size, "chunk_size", " or None (automatic)")
         return iw.log_likelihood(self, x, num_samples, chunk_size)
 
     def _iw_log_weights(self, ctxs_k: list[Tensor], x_k: Tensor, k: int) -> Tensor:
@@ -519,22 +470,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, x: Tensor, sample: bool = True) -> list[Tensor]:
         """Latents from q(z | x), bottom to top: a sample, or (``sample=False``) the means along the path."""
-        self._check_input(x)
+        inputs.check_batch(self, x)
         return self._infer(x, posterior_mean=not sample).zs
-
-    def _check_latents(self, zs: Sequence[Tensor | None]) -> None:
-        """Latents given per level (None: not given) have the level's shape and one batch size."""
-        batch = None
-        for l, (z, layer) in enumerate(zip(zs, self.layers)):
-            if z is None:
-                continue
-            want = f"(B, {', '.join(map(str, layer.latent_shape))})"
-            if not isinstance(z, Tensor) or tuple(z.shape[1:]) != layer.latent_shape:
-                got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-                raise ValueError(f"zs[{l}] has shape {got}, expected {want} (level {l + 1}, bottom to top)")
-            if batch is not None and z.shape[0] != batch:
-                raise ValueError(f"zs[{l}] holds {z.shape[0]} rows but the levels below hold {batch}; give one batch")
-            batch = z.shape[0]
 
     @torch.no_grad()
     def decode(self, zs: Sequence[Tensor]):
@@ -543,7 +480,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         L = self.config.num_layers
         if len(zs) != L:
             raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
-        self._check_latents(zs)
+        inputs.check_latents(self, zs)
         run = self._top_down(zs[0].shape[0], zs_given=list(zs))
         return self._decode_state(run.state)
 
@@ -552,7 +489,10 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
         (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
         the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it."""
-        n, temps = _check_count(n, "n (the number of samples)"), _temperatures(temperature, self.config.num_layers)
+        n, temps = (
+            inputs.count(n, "n (the number of samples)"),
+            inputs.temperatures(temperature, self.config.num_layers),
+        )
         run = self._top_down(n, temperatures=temps)
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()
@@ -567,8 +507,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         given = [z for z in zs if z is not None]
         if not given:
             raise ValueError("generate needs at least one given level; use sample() to draw all of them")
-        self._check_latents(zs)
-        run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=_temperatures(temperature, L))
+        inputs.check_latents(self, zs)
+        run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=inputs.temperatures(temperature, L))
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()
 
@@ -578,11 +518,11 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
     ) -> Tensor:
         """Keep the top ``keep_top`` levels from q(z | x) and re-sample the levels below from the prior
         conditionals: what the kept levels encode stays, the rest varies. Returns (B, *data_shape)."""
-        self._check_input(x)
+        inputs.check_batch(self, x)
         L = self.config.num_layers
         if not 0 <= keep_top <= L:
             raise ValueError(f"keep_top must be in 0..{L}, got {keep_top}")
-        temps = _temperatures(temperature, L)
+        temps = inputs.temperatures(temperature, L)
         B = x.shape[0]
         if keep_top == 0:
             run = self._top_down(B, temperatures=temps)
