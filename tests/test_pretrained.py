@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hvae
-from hvae.checkpoint import load_checkpoint, save_checkpoint
+from hvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hvae.files import DamagedFileError, tensors_digest
 
 
@@ -112,6 +112,7 @@ def test_a_checkpoint_with_flipped_bytes_raises_damaged_file_error_naming_the_fi
     with pytest.raises(DamagedFileError, match="do not match the digest written with them") as caught:
         load_checkpoint(ckpt, _model(), torch.optim.Adam(_model().parameters()), _model(), "cpu")
     assert caught.value.path == ckpt / name
+    assert isinstance(caught.value, CheckpointError)  # what the trainer's callers catch
 
 
 def test_checkpoint_files_carry_their_digest(tmp_path):

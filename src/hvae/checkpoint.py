@@ -38,6 +38,10 @@ class CheckpointError(ValueError):
         self.path = path
 
 
+class DamagedCheckpointError(CheckpointError, DamagedFileError):
+    """A file of a checkpoint changed or cut short since it was written; ``path`` names it."""
+
+
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for pid, pstate in state["state"].items():
@@ -184,7 +188,9 @@ def load_checkpoint(
             ema.load_state_dict(load_tensors(ema_file, device)[0])
         rng, _ = load_tensors(ckpt / "rng.safetensors")
     except (OSError, SafetensorError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as e:
-        if isinstance(e, (CheckpointError, DamagedFileError)):  # each names its file already
+        if isinstance(e, DamagedFileError):
+            raise DamagedCheckpointError(e.path, e.why) from None
+        if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(
             f"checkpoint {ckpt} cannot be loaded ({e}); it is damaged or from another model",

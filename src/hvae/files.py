@@ -31,7 +31,7 @@ class DamagedFileError(ValueError):
     """A saved file whose contents changed after it was written. ``path``: the file."""
 
     def __init__(self, path: str | os.PathLike, why: str = "its tensors do not match the digest written with them"):
-        self.path = Path(path)
+        self.path, self.why = Path(path), why
         super().__init__(f"{self.path} is damaged: {why}")
 
 
