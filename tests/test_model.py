@@ -717,3 +717,10 @@ def test_non_finite_temperatures_are_refused_like_negative_ones(temperature):
     for call in calls:
         with pytest.raises(ValueError, match=r"temperature: must be finite and >= 0"):
             call()
+
+
+def test_sample_conditional_refuses_a_keep_top_that_is_not_a_level_count():
+    model = _model().eval()
+    for bad in (-1, 4, 1.5, True):
+        with pytest.raises(ValueError, match=rf"keep_top must be in 0..3, got {bad}"):
+            model.sample_conditional(_x(model), keep_top=bad)

@@ -21,10 +21,10 @@ The model only offers its graphs (``_elbo``, ``_iw_log_weights``); :func:`set_co
 ``model.compiler`` for training calls (``model.train()`` with gradients on) and ``model.iw_compiler`` for the
 full chunks of importance samples of the IW bound (:mod:`hvae.iw`; 1.4-1.6x faster compiled on a CPU, with
 frozen weights); sampling and the other evaluation calls stay eager. The trainer and
-:func:`hvae.evaluate.evaluate` tell them how much work is left. If compiling or a compiled call raises, the model goes on eagerly and
-says why in :attr:`LazyCompile.status`. A step is timed as the wall clock between two consecutive calls (for
-training: forward, backward, optimizer and data, as the user's loop runs them); any other call in between
-restarts the clock.
+:func:`hvae.evaluate.evaluate` tell them how much work is left. If compiling or a compiled call raises, the
+model goes on eagerly and says why in :attr:`LazyCompile.status`. A step is timed as the wall clock between
+two consecutive calls (for training: forward, backward, optimizer and data, as the user's loop runs them); any
+other call in between restarts the clock.
 
 **Frozen weights** (``freeze``, the IW bound's chunks on a CPU): inductor's freezing treats the weights as
 constants, so it packs each linear map's weights once for the CPU's matrix kernels and folds batch norm into

@@ -66,8 +66,13 @@ def temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
     return temps
 
 
+def whole(n) -> bool:
+    """Whether ``n`` is a whole number: an integer, numpy's too, not a bool."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
 def count(n, name: str, none: str = "") -> int:
     """A count (samples, a chunk's samples): a whole number >= 1, numpy's integers too, not a bool."""
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+    if not whole(n) or n < 1:
         raise ValueError(f"{name} must be a whole number >= 1{none}, got {n!r}")
     return int(n)

@@ -489,11 +489,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
         (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
         the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it."""
-        n, temps = (
-            inputs.count(n, "n (the number of samples)"),
-            inputs.temperatures(temperature, self.config.num_layers),
-        )
-        run = self._top_down(n, temperatures=temps)
+        n = inputs.count(n, "n (the number of samples)")
+        run = self._top_down(n, temperatures=inputs.temperatures(temperature, self.config.num_layers))
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()
 
@@ -520,7 +517,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         conditionals: what the kept levels encode stays, the rest varies. Returns (B, *data_shape)."""
         inputs.check_batch(self, x)
         L = self.config.num_layers
-        if not 0 <= keep_top <= L:
+        if not inputs.whole(keep_top) or not 0 <= keep_top <= L:
             raise ValueError(f"keep_top must be in 0..{L}, got {keep_top}")
         temps = inputs.temperatures(temperature, L)
         B = x.shape[0]
