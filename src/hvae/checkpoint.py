@@ -41,6 +41,9 @@ class CheckpointError(ValueError):
 class DamagedCheckpointError(CheckpointError, DamagedFileError):
     """A file of a checkpoint changed or cut short since it was written; ``path`` names it."""
 
+    def __init__(self, path: Path, why: str):
+        DamagedFileError.__init__(self, path, why)
+
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
