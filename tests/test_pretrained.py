@@ -76,7 +76,7 @@ def test_a_truncated_model_file_is_damaged_too(tmp_path):
     _model().save_pretrained(tmp_path)
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DamagedFileError, match="model.safetensors is damaged: it cannot be read") as caught:
+    with pytest.raises(DamagedFileError, match="model.safetensors cannot be read .*truncated or damaged") as caught:
         hvae.load(tmp_path)
     assert caught.value.path == path
 

@@ -41,8 +41,8 @@ class CheckpointError(ValueError):
 class DamagedCheckpointError(CheckpointError, DamagedFileError):
     """A file of a checkpoint changed or cut short since it was written; ``path`` names it."""
 
-    def __init__(self, path: Path, why: str):
-        DamagedFileError.__init__(self, path, why)
+    def __init__(self, path: Path, message: str):
+        DamagedFileError.__init__(self, path, message)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -192,7 +192,7 @@ def load_checkpoint(
         rng, _ = load_tensors(ckpt / "rng.safetensors")
     except (OSError, SafetensorError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as e:
         if isinstance(e, DamagedFileError):
-            raise DamagedCheckpointError(e.path, e.why) from None
+            raise DamagedCheckpointError(e.path, str(e)) from None
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(

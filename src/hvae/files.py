@@ -28,11 +28,11 @@ DIGEST_KEY = "sha256"
 
 
 class DamagedFileError(ValueError):
-    """A saved file whose contents changed after it was written. ``path``: the file."""
+    """A saved file whose contents changed, or were cut short, after it was written. ``path``: the file."""
 
-    def __init__(self, path: str | os.PathLike, why: str = "its tensors do not match the digest written with them"):
-        self.path, self.why = Path(path), why
-        super().__init__(f"{self.path} is damaged: {why}")
+    def __init__(self, path: str | os.PathLike, message: str | None = None):
+        self.path = Path(path)
+        super().__init__(message or f"{self.path} is damaged: its tensors do not match the digest written with them")
 
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -71,7 +71,7 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except SafetensorError as e:
-        raise DamagedFileError(path, f"it cannot be read ({e}): truncated, or overwritten since the save") from None
+        raise DamagedFileError(path, f"{path} cannot be read ({e}); the file is truncated or damaged") from None
     written = metadata.get(DIGEST_KEY)
     if written is not None and written != tensors_digest(tensors):
         raise DamagedFileError(path)
