@@ -31,7 +31,6 @@ from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
 from .nets.temporal import TokenEncoder
 from .pretrained import PretrainedMixin
-from .quantize import VQPosterior
 from .spectral import SpectralNorms
 
 
