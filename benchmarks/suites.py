@@ -39,6 +39,7 @@ from benchmarks.harness import (
     use_device,
     written_extra,
     written_fraction,
+    written_rounds,
 )
 from benchmarks.plain_lvae import PlainLVAE
 
@@ -68,7 +69,7 @@ def train_throughput(
         flops = count_flops(step)
         extra = None if plain else written_extra(model, x, bf16, products, min_time)
     else:  # a compiled step hides its products: the eager row's, timed again beside this step
-        products, extra = floor_of["_products"], floor_of["written_extra"]
+        products, extra = floor_of["_products"], floor_of["_written_extra"]
         flops = floor_of["mflop_per_image"] * 1e6 * batch
     for _ in range(10):
         step()
@@ -99,7 +100,7 @@ def train_throughput(
         "cpu_stolen": timed["stolen"],
         "timings": timed["timings"],
         "_products": products,
-        "written_extra": extra,
+        "_written_extra": extra,
     }
 
 
@@ -180,9 +181,10 @@ def iw_eval(
         extra = None
         if split:
             twin_run = record_products(lambda: twin.log_likelihood(x, num_samples, chunk_size=chunk_size))
-            extra = floor_of_other(0.0, products, twin_run, harness.DEVICE, min(0.05, min_time / 4), packed=True)
+            rounds = written_rounds(min_time)
+            extra = floor_of_other(0.0, products, twin_run, harness.DEVICE, min(0.05, min_time / 4), rounds, True)
     else:  # a compiled chunk hides its products: the eager row's, timed again beside this bound
-        products, extra = floor_of["_products"], floor_of["written_extra"]
+        products, extra = floor_of["_products"], floor_of["_written_extra"]
     timed = floor_beside(products, run, min_time, packed=True)
     sec, floor = timed["seconds"], timed["floor_seconds"]
     in_situ = products_in_situ(run, max(1, round(min_time / sec)), harness.DEVICE) if floor_of is None else None
@@ -202,7 +204,7 @@ def iw_eval(
         "cpu_stolen": timed["stolen"],
         "timings": timed["timings"],
         "_products": products,
-        "written_extra": extra,
+        "_written_extra": extra,
     }
 
 
@@ -389,8 +391,9 @@ def run(
     if harness.DEVICE.type == "cuda":
         res["machine"]["gpu"] = torch.cuda.get_device_name(harness.DEVICE)
     side = 256 if smoke else 2048 if harness.DEVICE.type == "cpu" else 8192
-    res["roofline_gflops"] = matmul_roofline(side, harness.DEVICE)
-    res["roofline_bf16_gflops"] = matmul_roofline(side, harness.DEVICE, torch.bfloat16)
+    roofline_s = 0.1 if smoke else 1.0
+    res["roofline_gflops"] = matmul_roofline(side, harness.DEVICE, min_run_time=roofline_s)
+    res["roofline_bf16_gflops"] = matmul_roofline(side, harness.DEVICE, torch.bfloat16, roofline_s)
     lvae = hvae.presets.lvae_mnist()
     train = []
     for batch in [8] if smoke else [256, 1024]:

@@ -2,8 +2,12 @@
 
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +27,10 @@ from benchmarks.run import keep_quality
 from benchmarks.run import main as bench_main
 from benchmarks.suites import quality, quality_model_name, run
 from benchmarks.tables import quality_lines, quality_over_seeds, tables, write_results
+from hvae.cli import main as hvae_main
 from hvae.data import DataConfig, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_suite_smoke(tmp_path):
@@ -399,3 +406,30 @@ def test_bench_refuses_an_unknown_quality_model(capsys):
     with pytest.raises(SystemExit):
         bench_main(["--quality", "--no-write", "--test-examples", "0"])
     assert "--test-examples must be >= 1" in capsys.readouterr().err
+
+
+def test_hvae_bench_runs_the_suite_of_the_checkout_it_is_called_in_without_sys_path():
+    # a fresh process that imports hvae as an installed package does: the checkout is not on sys.path (its
+    # working directory, first on it, is benchmarks/ itself) and PYTHONPATH names src/ only
+    code = (
+        "import json, sys\nfrom hvae.cli import main\n"
+        "try:\n    main(['bench', '--seeds', '0'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print(sys.modules['benchmarks.run'].__file__)\nprint(json.dumps(sys.path))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO / "benchmarks", env=env, capture_output=True, text=True, timeout=300
+    )
+    exit_line, module, path = done.stdout.splitlines()[-3:]
+    # the suite's own argument check answered: its command line was found and run
+    assert exit_line == "exit 2" and "--seeds must be >= 1, got 0" in done.stderr
+    assert Path(module) == REPO / "benchmarks" / "run.py"
+    assert str(REPO) not in json.loads(path)  # found from the working directory up, imported without sys.path
+
+
+def test_hvae_bench_outside_a_checkout_says_where_the_suite_is(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert hvae_main(["bench", "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert f"no benchmarks/run.py in {tmp_path} or above it" in err
+    assert "run hvae bench (or make bench) inside a clone of hvae's repository" in err
