@@ -417,6 +417,8 @@ def _cmd_bench(args) -> int:
         spec = importlib.util.spec_from_file_location(
             "benchmarks", suite / "__init__.py", submodule_search_locations=[str(suite)]
         )
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"cannot import {suite} as the package benchmarks: it has no __init__.py")
         loaded = importlib.util.module_from_spec(spec)
         sys.modules["benchmarks"] = loaded
         spec.loader.exec_module(loaded)
