@@ -239,10 +239,11 @@ def floor_of_other(
     return floor + min(times[0]) - min(times[1])
 
 
-def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32) -> float:
-    """GFLOP/s of one large square matrix product: the machine's practical peak for this dtype."""
+def matmul_roofline(n: int = 2048, device="cpu", dtype=torch.float32, min_run_time: float = 1.0) -> float:
+    """GFLOP/s of one large square matrix product: the machine's practical peak for this dtype, timed for
+    ``min_run_time`` seconds."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = Timer(stmt="a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
-    t = t.blocked_autorange(min_run_time=1.0)
+    t = t.blocked_autorange(min_run_time=min_run_time)
     return 2 * n**3 / t.median / 1e9

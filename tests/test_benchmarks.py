@@ -2,14 +2,18 @@
 
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import hvae
-from benchmarks import run as bench
+from benchmarks import harness, suites
 from benchmarks.floor import (
     _packed_linear,
     as_written,
@@ -18,21 +22,15 @@ from benchmarks.floor import (
     record_products,
     time_products,
 )
-from benchmarks.run import (
-    Contender,
-    _rng_state,
-    _train_step,
-    keep_quality,
-    quality,
-    quality_lines,
-    quality_model_name,
-    quality_over_seeds,
-    run,
-    tables,
-    train_interleaved,
-    write_results,
-)
+from benchmarks.harness import Contender, rng_state, train_interleaved, train_step
+from benchmarks.run import keep_quality
+from benchmarks.run import main as bench_main
+from benchmarks.suites import quality, quality_model_name, run
+from benchmarks.tables import quality_lines, quality_over_seeds, tables, write_results
+from hvae.cli import main as hvae_main
 from hvae.data import DataConfig, load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_suite_smoke(tmp_path):
@@ -71,7 +69,7 @@ def test_benchmark_suite_smoke(tmp_path):
     # the hypervisor's share of the CPU time, per row (None where the clock ticks did not advance) and per run
     assert all(r["cpu_stolen"] is None or 0 <= r["cpu_stolen"] <= 1 for r in (*res["train"], res["iw"]))
     assert all(r["timings"] in (1, 2) for r in (*res["train"], res["iw"]))
-    if bench.cpu_ticks() is not None:
+    if harness.cpu_ticks() is not None:
         assert 0 <= res["machine"]["cpu_stolen"] <= 1
     json.dumps(res)
     assert [r["K"] for r in res["memory_vs_k"]] == [10] and res["memory_vs_k"][0]["extra_memory_mb"] >= 0
@@ -110,12 +108,12 @@ def test_benchmark_suite_smoke(tmp_path):
 
 def test_cpu_ticks_read_the_stolen_time_of_all_cpus():
     stat = "cpu  100 5 50 800 10 0 5 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\nintr 1 2\n"
-    assert bench.cpu_ticks(stat) == (30, 1000)  # guest time (7) is inside user time already
-    assert bench.cpu_ticks("cpu0 1 2 3 4 5 6 7 8\n") is None  # no line for all CPUs
-    assert bench.cpu_ticks("cpu  1 2 3 4\n") is None  # a kernel without the steal field
-    assert bench.stolen_share((30, 1000), (80, 2000)) == 0.05
-    assert bench.stolen_share(None, (80, 2000)) is None
-    assert bench.stolen_share((30, 1000), (30, 1000)) is None  # no tick between the readings
+    assert harness.cpu_ticks(stat) == (30, 1000)  # guest time (7) is inside user time already
+    assert harness.cpu_ticks("cpu0 1 2 3 4 5 6 7 8\n") is None  # no line for all CPUs
+    assert harness.cpu_ticks("cpu  1 2 3 4\n") is None  # a kernel without the steal field
+    assert harness.stolen_share((30, 1000), (80, 2000)) == 0.05
+    assert harness.stolen_share(None, (80, 2000)) is None
+    assert harness.stolen_share((30, 1000), (30, 1000)) is None  # no tick between the readings
 
 
 @pytest.mark.parametrize(
@@ -129,9 +127,9 @@ def test_cpu_ticks_read_the_stolen_time_of_all_cpus():
 )
 def test_a_row_timed_while_the_hypervisor_took_much_is_timed_once_more(monkeypatch, readings, timings, stolen):
     ticks = iter(readings)
-    monkeypatch.setattr(bench, "cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(harness, "cpu_ticks", lambda: next(ticks))
     calls = []
-    timed = bench._floor_beside({}, lambda: calls.append(1), 0.003, packed=False)
+    timed = harness.floor_beside({}, lambda: calls.append(1), 0.003, packed=False)
     assert timed["timings"] == timings and next(ticks, "done") == "done"
     assert timed["stolen"] == pytest.approx(stolen) if stolen is not None else timed["stolen"] is None
     assert len(timed["rounds"]) == 3 and calls
@@ -260,7 +258,7 @@ def test_optimizer_seconds_times_the_optimizer_step_on_one_backward(monkeypatch)
     opt = hvae.make_optimizer(model)
     x = torch.bernoulli(torch.full((8, 64), 0.3))
     calls = {"backward": 0, "step": 0}
-    backward, step = bench._backward, opt.step
+    backward, step = harness.backward, opt.step
 
     def counted_backward(*args):
         calls["backward"] += 1
@@ -271,10 +269,10 @@ def test_optimizer_seconds_times_the_optimizer_step_on_one_backward(monkeypatch)
         calls["step"] += 1
         step()
 
-    monkeypatch.setattr(bench, "_backward", counted_backward)
+    monkeypatch.setattr(harness, "backward", counted_backward)
     monkeypatch.setattr(opt, "step", counted_step)
     before = [p.detach().clone() for p in model.parameters()]
-    assert bench.optimizer_seconds(model, opt, x, False, False, 0.01) > 0
+    assert harness.optimizer_seconds(model, opt, x, False, False, 0.01) > 0
     assert calls["backward"] == 1 and calls["step"] >= 3 + 3  # three warm-up calls, at least three timed
     assert all(p.grad is None for p in model.parameters())
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # real steps were taken
@@ -333,7 +331,7 @@ def test_models_train_interleaved_each_for_its_own_budget():
 
     resumed = []
     torch.manual_seed(0)
-    start = _rng_state()
+    start = rng_state()
     contenders = {
         "a": Contender(stepper("a", 1.0), resume=lambda: resumed.append("a"), rng=start),
         "b": Contender(stepper("b", 2.0), rng=start),
@@ -354,7 +352,7 @@ def test_bf16_training_step_runs_its_products_in_bf16():
     opt = hvae.make_optimizer(model)
     x = torch.bernoulli(torch.full((8, 64), 0.3))
     for bf16, dtype in ((False, torch.float32), (True, torch.bfloat16)):
-        products = record_products(lambda b=bf16: _train_step(model, opt, x, bf16=b))
+        products = record_products(lambda b=bf16: train_step(model, opt, x, bf16=b))
         dtypes = {a[2] for p in products for a in p.args if isinstance(a, tuple) and len(a) == 3}
         assert dtypes == {dtype}, (bf16, dtypes)  # forward, grad-input and grad-weight products alike
     assert all(p.grad is None and p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
@@ -365,9 +363,9 @@ def test_quality_trains_a_bf16_model_under_autocast(monkeypatch):
 
     def step(model, opt, x, plain=False, bf16=False):
         seen.append((type(model).__name__, bf16))
-        _train_step(model, opt, x, plain, bf16)
+        train_step(model, opt, x, plain, bf16)
 
-    monkeypatch.setattr(bench, "_train_step", step)
+    monkeypatch.setattr(suites, "train_step", step)
     data = {"source": "digits", "flatten": True, "binarize": "dynamic"}
     rows = quality(0.2, 5, 20, data, models=("lvae_mnist bf16", "plain yardstick"), seeds=(0,))
     assert [r["model"] for r in rows] == ["lvae_mnist bf16", "plain yardstick"]
@@ -380,9 +378,9 @@ def test_quality_trains_a_model_at_its_own_batch_size(monkeypatch):
 
     def step(model, opt, x, plain=False, bf16=False):
         seen.append((type(model).__name__, bf16, len(x)))
-        _train_step(model, opt, x, plain, bf16)
+        train_step(model, opt, x, plain, bf16)
 
-    monkeypatch.setattr(bench, "_train_step", step)
+    monkeypatch.setattr(suites, "train_step", step)
     data = {"source": "digits", "flatten": True, "binarize": "dynamic"}
     rows = quality(0.2, 5, 20, data, models=("lvae_mnist bf16 @24", "plain yardstick"), batch_size=16, seeds=(0,))
     assert [(r["model"], r["batch_size"]) for r in rows] == [("lvae_mnist bf16 @24", 24), ("plain yardstick", 16)]
@@ -403,8 +401,35 @@ def test_quality_model_names():
 def test_bench_refuses_an_unknown_quality_model(capsys):
     for bad, says in (("lvae_mnist @0", "positive integer"), ("lvae_mnst bf16", "unknown model 'lvae_mnst'")):
         with pytest.raises(SystemExit):
-            bench.main(["--quality", "--no-write", "--models", "lvae_mnist", bad])
+            bench_main(["--quality", "--no-write", "--models", "lvae_mnist", bad])
         assert says in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        bench.main(["--quality", "--no-write", "--test-examples", "0"])
+        bench_main(["--quality", "--no-write", "--test-examples", "0"])
     assert "--test-examples must be >= 1" in capsys.readouterr().err
+
+
+def test_hvae_bench_runs_the_suite_of_the_checkout_it_is_called_in_without_sys_path():
+    # a fresh process that imports hvae as an installed package does: the checkout is not on sys.path (its
+    # working directory, first on it, is benchmarks/ itself) and PYTHONPATH names src/ only
+    code = (
+        "import json, sys\nfrom hvae.cli import main\n"
+        "try:\n    main(['bench', '--seeds', '0'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+        "print(sys.modules['benchmarks.run'].__file__)\nprint(json.dumps(sys.path))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO / "benchmarks", env=env, capture_output=True, text=True, timeout=300
+    )
+    exit_line, module, path = done.stdout.splitlines()[-3:]
+    # the suite's own argument check answered: its command line was found and run
+    assert exit_line == "exit 2" and "--seeds must be >= 1, got 0" in done.stderr
+    assert Path(module) == REPO / "benchmarks" / "run.py"
+    assert str(REPO) not in json.loads(path)  # found from the working directory up, imported without sys.path
+
+
+def test_hvae_bench_outside_a_checkout_says_where_the_suite_is(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert hvae_main(["bench", "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert f"no benchmarks/run.py in {tmp_path} or above it" in err
+    assert "run hvae bench (or make bench) inside a clone of hvae's repository" in err

@@ -182,8 +182,8 @@ def test_a_compiled_training_step_matches_the_eager_one():
     running statistics as eager. The compiled step draws its noise from eager's generator (inductor's own random
     numbers are slow on a CPU), so the same seed gives the same noise."""
     torch.manual_seed(0)
-    eager = hvae.build_model(hvae.presets.small())
-    compiled = hvae.build_model(hvae.presets.small())
+    eager = hvae.build_model(hvae.presets.small(latent_dims=[4, 2], hidden_dims=[16, 8]))
+    compiled = hvae.build_model(hvae.presets.small(latent_dims=[4, 2], hidden_dims=[16, 8]))
     compiled.load_state_dict(eager.state_dict())
     eager.set_compile("never")
     compiled.set_compile("always")
@@ -334,8 +334,8 @@ def test_a_frozen_compiled_iw_bound_follows_the_weights():
     not the one the graph was compiled with (the compile after the step, unfrozen, must not find the frozen
     graph again)."""
     torch.manual_seed(0)
-    model = hvae.build_model(hvae.presets.small()).eval()
-    twin = hvae.build_model(hvae.presets.small()).eval()
+    model = hvae.build_model(hvae.presets.small(latent_dims=[4, 2], hidden_dims=[16, 8])).eval()
+    twin = hvae.build_model(hvae.presets.small(latent_dims=[4, 2], hidden_dims=[16, 8])).eval()
     twin.load_state_dict(model.state_dict())
     model.set_compile("always")
     twin.set_compile("never")
@@ -362,7 +362,7 @@ def test_a_frozen_compiled_iw_bound_follows_the_weights():
     stepped = bounds()
     assert torch.allclose(*stepped, atol=1e-4) and not torch.allclose(stepped[0], first[0], atol=1e-2)
     assert model.iw_compiler._frozen is None  # compiled again, unfrozen: the weights are its inputs
-    other = hvae.build_model(hvae.presets.small()).state_dict()
+    other = hvae.build_model(hvae.presets.small(latent_dims=[4, 2], hidden_dims=[16, 8])).state_dict()
     model.load_state_dict(other)
     twin.load_state_dict(other)
     assert torch.allclose(*bounds(), atol=1e-4)

@@ -356,9 +356,8 @@ def test_a_stop_every_rank_shares_leaves_the_group_together(monkeypatch, collect
     real_barrier = dist.barrier
     monkeypatch.setattr(dist, "barrier", lambda *a, **k: (barriers.append(1), real_barrier(*a, **k))[1])
     error = TrainingDiverged("stop") if collective else RuntimeError("a rank's own failure")
-    with pytest.raises(type(error)):
-        with distributed.session("cpu"):
-            raise error
+    with pytest.raises(type(error)), distributed.session("cpu"):
+        raise error
     assert len(barriers) == (1 if collective else 0) and not dist.is_initialized()
 
 

@@ -489,15 +489,40 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    root = Path.cwd()
-    if (root / "benchmarks" / "run.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        from benchmarks.run import main as bench_main
-    except ImportError:
+    # The suite is not installed with the package: it lives in a source checkout beside the RESULTS.md it
+    # writes and the yardstick it measures against, and it measures whichever hvae this process imports.
+    # It is found from the working directory upwards (as git finds its repository) and imported from there
+    # as the package ``benchmarks``, without adding the checkout to sys.path.
+    import importlib
+    import importlib.util
+
+    import hvae
+
+    root = next((d for d in (Path.cwd(), *Path.cwd().parents) if (d / "benchmarks" / "run.py").is_file()), None)
+    if root is None:
         raise FileNotFoundError(
-            "hvae bench runs the benchmarks/ folder of a source checkout; run it from the repository root"
-        ) from None
+            f"no benchmarks/run.py in {Path.cwd()} or above it: the benchmark suite is not installed with the "
+            "package; run hvae bench (or make bench) inside a clone of hvae's repository"
+        )
+    suite = root / "benchmarks"
+    loaded = sys.modules.get("benchmarks")
+    if loaded is None:
+        spec = importlib.util.spec_from_file_location(
+            "benchmarks", suite / "__init__.py", submodule_search_locations=[str(suite)]
+        )
+        if spec is None or spec.loader is None:
+            raise FileNotFoundError(f"cannot import {suite} as the package benchmarks: it has no __init__.py")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks"] = loaded
+        spec.loader.exec_module(loaded)
+    elif [Path(p).resolve() for p in getattr(loaded, "__path__", [])] != [suite.resolve()]:
+        raise ValueError(
+            f"another module named benchmarks ({loaded}) is imported in this process; run hvae bench in a fresh one"
+        )
+    imported = Path(hvae.__file__).parent
+    if imported.resolve() != (root / "src" / "hvae").resolve():  # an installed hvae, or another checkout's
+        print(f"hvae bench: measuring the hvae in {imported}, not {root / 'src' / 'hvae'}", file=sys.stderr)
+    bench_main = importlib.import_module("benchmarks.run").main
     argv = [f for f, on in (("--smoke", args.smoke), ("--quality", args.quality), ("--no-write", args.no_write)) if on]
     argv += ["--budget-min", str(args.budget_min), "--seeds", str(args.seeds), "--device", args.device]
     argv += ["--num-samples", str(args.num_samples)]
