@@ -121,5 +121,5 @@ def test_checkpoint_files_carry_their_digest(tmp_path):
     ckpt, _ = _checkpoint(tmp_path)
     for name in ("model/model.safetensors", "optimizer.safetensors", "ema.safetensors", "rng.safetensors"):
         with safe_open(str(ckpt / name), framework="pt") as f:
-            assert f.metadata()["sha256"] == tensors_digest({k: f.get_tensor(k) for k in f.keys()}), name
+            assert f.metadata()["sha256"] == tensors_digest({k: f.get_tensor(k) for k in f.keys()}), name  # noqa: SIM118 (safe_open is not iterable)
     assert json.loads((ckpt / "state.json").read_text())["step"] == 1
