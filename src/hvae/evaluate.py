@@ -1,6 +1,6 @@
 """The evaluation job: ELBO, importance-weighted bound, bits/dim, KL and active units per layer.
 
-Protocol (DESIGN.md): every number names its bound (ELBO, or IW with its K), its split and the split's
+Protocol (ARCHITECTURE.md): every number names its bound (ELBO, or IW with its K), its split and the split's
 size; nats per example, and bits per dimension = -bound / (D ln 2). For dequantized data the bound on
 the discrete data subtracts the dequantization's log-Jacobian D log(levels).
 """
