@@ -41,9 +41,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import inputs
 from .distributions import _tile
 from .files import atomic_path, atomic_write_text
-from .model import IW_CHUNK_ELEMENTS, HierarchicalVAE, _WidestRow
+from .iw import IW_CHUNK_ELEMENTS, _WidestRow
+from .model import HierarchicalVAE
 
 __all__ = [
     "SKIPPED",
@@ -101,7 +103,7 @@ def scores(
     * ``LLR>k = elbo - L>k``: high for OOD data.
 
     The bottom-up pass runs once per input; the draws run ``chunk_size`` at a time (by default as many as keep
-    every tensor of a pass under :data:`hvae.model.IW_CHUNK_ELEMENTS`, measured on the first draw), so memory
+    every tensor of a pass under :data:`hvae.iw.IW_CHUNK_ELEMENTS`, measured on the first draw), so memory
     stays bounded for any K. Each L>k decodes the draw's own top levels again (common random numbers: LLR>k
     compares two bounds at the same z_>k). The model is put in eval mode for the call.
     """
@@ -115,7 +117,7 @@ def scores(
     was_training = model.training
     model.eval()
     try:
-        model._check_input(x, values=True)
+        inputs.check_batch(model, x, values=True)
         B = x.shape[0]
         ctxs, prepared = model._bottom_up(x), model.likelihood.prepare(x)  # once per input
         sums = {"elbo": torch.zeros(B, device=x.device), **{f"L>{k}": torch.zeros(B, device=x.device) for k in ks}}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import inputs
 from . import coding, container
 from .coding import CorruptError
 from .container import FormatError, model_id
@@ -68,7 +69,7 @@ def compress(model, x: Tensor, *, latent_bits: int = 10, batch_size: int = 64) -
     levels = coding.data_levels(model)
     model = _on_cpu(model)
     x = x.cpu()
-    model._check_input(x, values=True)
+    inputs.check_batch(model, x, values=True)
     s_all = coding.to_symbols(model, x)
     xc = coding.from_symbols(model, s_all)  # the values the decoder will see, to the bit
     codes = coding.level_codes(model, latent_bits)
