@@ -53,6 +53,11 @@ class TrainConfig(_Serializable):
     log_every: int = 50  # steps between training-metric lines
     eval_every: int = 500  # steps between validation ELBOs (also at the end of every epoch)
     checkpoint_every: int = 500  # steps between checkpoints (also at the end of every epoch)
+    # schedules in seconds of wall time instead: with eval_every_s set, validation (and its checkpoint) runs when
+    # that many seconds have passed since the last one, not at every epoch's end nor every eval_every steps;
+    # checkpoint_every_s likewise replaces checkpoint_every. The run's end always validates and checkpoints.
+    eval_every_s: float | None = None
+    checkpoint_every_s: float | None = None
     max_consecutive_skips: int = 100  # stop with an error after this many non-finite updates in a row
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun auto/cuda = cuda:LOCAL_RANK)
@@ -70,6 +75,9 @@ class TrainConfig(_Serializable):
         if isinstance(self.compile, bool):
             self.compile = "always" if self.compile else "never"
         _require(self.compile_after_s >= 0, f"train.compile_after_s: must be >= 0, got {self.compile_after_s}")
+        for name in ("eval_every_s", "checkpoint_every_s"):
+            v = getattr(self, name)
+            _require(v is None or v > 0, f"train.{name}: must be > 0 seconds or null, got {v}")
         _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
         _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps: must be >= 1 or null")
         if self.max_time is not None:

@@ -100,6 +100,62 @@ def _validate(model: HierarchicalVAE, x: torch.Tensor, batch_size: int) -> dict[
     }
 
 
+class _Clock:
+    """Where a run's wall time goes: seconds per part, ``time.monotonic()`` from the run's start.
+
+    Every interval between two :meth:`lap` calls is charged to one part, so the parts add up to the wall time
+    up to the last lap. It reads the host clock only (a few reads per step) and never waits for a device: on
+    CUDA the step is timed up to the read-back of its skip flags, where the loop waits anyway.
+    """
+
+    PARTS = ("start-up", "data loading", "compiling and probing", "batches", "step", "validation", "checkpoints",
+             "metrics and progress")  # fmt: skip
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = self.last = started_at
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+
+    def lap(self, part: str) -> float:
+        """Charge the time since the last lap to ``part``; returns now."""
+        now = time.monotonic()
+        self.seconds[part] += now - self.last
+        self.last = now
+        return now
+
+    def record(self) -> dict[str, Any]:
+        """The breakdown as a metrics record's fields: ``wall_s`` (seconds from the start to the last lap),
+        ``seconds`` and ``share`` (of wall_s) per part."""
+        wall = self.last - self.started_at
+        return {
+            "wall_s": round(wall, 4),
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "share": {k: round(v / wall, 4) if wall > 0 else 0.0 for k, v in self.seconds.items()},
+        }
+
+    def summary(self) -> str:
+        wall = self.last - self.started_at
+        parts = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{k} {v:.1f} s ({100 * v / wall:.0f}%)" for k, v in parts if wall > 0 and v >= 0.05)
+        return f"wall time {wall:.1f} s: {shown}"
+
+
+def _ahead(batches):
+    """Yield the items of ``batches``, preparing the next one in a background thread while the caller works
+    on the current one (the step). The values and their order are those of ``batches``: a batch's noise
+    comes from its own generator, not from the training stream."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    end = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="hvae-batches") as pool:
+        pending = pool.submit(next, batches, end)
+        while True:
+            x = pending.result()
+            if x is end:
+                return
+            pending = pool.submit(next, batches, end)
+            yield x
+
+
 class TrainingInterrupted(RuntimeError):
     """SIGTERM or SIGINT stopped training after a complete step and a checkpoint. ``signum``: the signal;
     ``exit_code``: 128 + the signal's number (143 for SIGTERM, 130 for SIGINT), as a shell reports it."""
@@ -280,6 +336,7 @@ class _Job:
     channels_last: bool
     stops: _StopRequests
     deadline: float | None  # time.monotonic() at which train.max_time is up
+    clock: _Clock
     state: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None
     pace: dict[str, float] = field(default_factory=dict)  # the loop's start: "time", "step"
@@ -302,9 +359,12 @@ def _train(
 ) -> Path:
     # nothing is removed or written before the config, the data and the model are known to be good
     ctx.run_on_main(lambda: run.check(resume, overwrite))
+    clock = _Clock(started_at)
+    clock.lap("start-up")
     tc = config.train
     device = ctx.device
     dataset = load_dataset(config.data)
+    clock.lap("data loading")
     batch_size = global_batch_size(tc, ctx.world_size)
     config = resolve_config(config, raw, dataset, batch_size)
     if resume:
@@ -315,6 +375,7 @@ def _train(
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
     val_x = dataset.eval_tensor("val") if len(dataset.val) else None
+    clock.lap("data loading")
     for name, x in (("training", _first_batch(dataset)), ("validation", val_x)):
         if x is not None:
             try:
@@ -444,12 +505,19 @@ def _train(
         channels_last=channels_last,
         stops=stops,
         deadline=deadline,
+        clock=clock,
         state=state,
         pace=pace,
         metrics=_Metrics(run, resume_step) if ctx.is_main else None,
     )
     try:
         _loop(job)
+        _sync_ema(ema, model)
+        ctx.run_on_main(lambda: job.eval_model.save_pretrained(run.model_dir))
+        clock.lap("checkpoints")
+        if job.metrics is not None:
+            job.metrics.write({"split": "timing", "step": state["step"], "epoch": state["epoch"], **clock.record()})
+        log(clock.summary())
     except (TrainingDiverged, TrainingInterrupted):
         raise
     except (DistributedError, RuntimeError) as e:
@@ -463,8 +531,6 @@ def _train(
     finally:
         if job.metrics is not None:
             job.metrics.close()
-    _sync_ema(ema, model)
-    ctx.run_on_main(lambda: job.eval_model.save_pretrained(run.model_dir))
     return run.path
 
 
@@ -566,6 +632,8 @@ def _loop(job: _Job) -> None:
         progress = tqdm(total=total_steps, initial=state["step"], desc="train", dynamic_ncols=True, file=sys.stderr)
     window: list[dict[str, Any]] = []
     t_start = time.perf_counter()
+    clock = job.clock
+    clock.lap("start-up")
 
     def checkpoint(best: bool = False) -> None:
         # collective: every rank hands in its random-number state, rank 0 writes, and no rank goes on
@@ -577,8 +645,10 @@ def _loop(job: _Job) -> None:
             rng["torch_cpu"] = states[0]["torch_cpu"].clone()  # safetensors refuses shared storage
         snapshot = {k: state[k] for k in _STATE_KEYS}
         ctx.run_on_main(lambda: save_checkpoint(job.run.path, model, opt, ema, snapshot, best, rng))
+        last["checkpoint"] = clock.lap("checkpoints")
 
     def validate() -> None:
+        last["validation"] = time.monotonic()
         if job.val_x is None:
             checkpoint()
             return
@@ -595,6 +665,7 @@ def _loop(job: _Job) -> None:
             is_best = state["best_val"] is None or v["elbo"] > state["best_val"]
             if is_best:
                 state["best_val"] = v["elbo"]
+        last["validation"] = clock.lap("validation")
         checkpoint(best=is_best)
 
     compile_events = 0
@@ -602,17 +673,30 @@ def _loop(job: _Job) -> None:
     stop_signal: int | None = None
     step_began: float | None = None  # host time of the last step (each step reads its skip flags back)
     job.pace.update(time=time.monotonic(), step=state["step"])
+    last = {"validation": time.monotonic(), "checkpoint": time.monotonic()}  # for train.*_every_s
+
+    def due(every_s: float | None, every: int, since: float, step: int) -> bool:
+        # a schedule in seconds is checked at log steps only, and under torchrun decided for all ranks at once
+        # (a checkpoint is collective): due when due on any rank
+        if every_s is None:
+            return step % every == 0
+        if step % tc.log_every:
+            return False
+        late = time.monotonic() - since >= every_s
+        return bool(ctx.all_min(torch.tensor([0.0 if late else 1.0], device=device)).item() == 0.0)
+
     while not done and state["epoch"] < tc.epochs:
         model.train()
         batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
-        for x in batches:
+        for x in _ahead(batches):
             x = _to_device(distributed.shard(x, ctx), device, job.channels_last)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
             # this rank asks to stop on a signal, or when the next step (as long as the last) would end past
             # train.max_time; the step's all-reduce decides for all
-            now = time.monotonic()
+            now = clock.lap("batches")
             last_step_s, step_began = (now - step_began if step_began is not None else 0.0), now
+            compiling = model.compiler.status.startswith(("compiling", "probing"))
             timed_out = job.deadline is not None and now + last_step_s >= job.deadline
             r = train_step(
                 model,
@@ -626,6 +710,8 @@ def _loop(job: _Job) -> None:
                 ctx=ctx,
                 stop=job.stops.signum is not None or timed_out,
             )
+            compiling = compiling or len(model.compiler.events) > compile_events
+            clock.lap("compiling and probing" if compiling else "step")
             while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
                 log(f"note: train.compile: {model.compiler.events[compile_events]}")
                 compile_events += 1
@@ -678,15 +764,20 @@ def _loop(job: _Job) -> None:
                     )
             if progress is not None:
                 progress.update(1)
+            clock.lap("metrics and progress")
             end_of_epoch = state["batch"] >= steps_per_epoch
             if end_of_epoch:
                 state["epoch"] += 1
                 state["batch"] = 0
-            if step % tc.eval_every == 0 or end_of_epoch or step >= total_steps:
+            if (
+                step >= total_steps
+                or due(tc.eval_every_s, tc.eval_every, last["validation"], step)
+                or (end_of_epoch and tc.eval_every_s is None)
+            ):
                 model.eval()
                 validate()
                 model.train()
-            elif step % tc.checkpoint_every == 0 or r.stop:
+            elif r.stop or due(tc.checkpoint_every_s, tc.checkpoint_every, last["checkpoint"], step):
                 checkpoint()
             if r.stop:
                 # why: a signal on any rank (the highest signal number, the same on every rank), else max_time
@@ -699,6 +790,7 @@ def _loop(job: _Job) -> None:
                 break
     if progress is not None:
         progress.close()
+    clock.lap("metrics and progress")
     if stop_signal:
         raise TrainingInterrupted(
             f"{signal.Signals(stop_signal).name} received: stopped after step {state['step']}, with a checkpoint in "
