@@ -411,3 +411,86 @@ def test_the_trainers_ema_update_is_torchs():
     assert int(ours.n_averaged) == int(theirs.n_averaged) == 4
     for a, b in zip(ours.module.parameters(), theirs.module.parameters()):
         assert torch.equal(a, b)
+
+
+def _records(out, split):
+    return [r for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+def test_the_runs_wall_time_parts_add_up_and_charge_validation_and_checkpoints_their_own_time(tmp_path, monkeypatch):
+    import hvae.train as train_module
+
+    real_validate, real_save = train_module._validate, train_module.save_checkpoint
+    calls = {"val": 0, "ckpt": 0}
+
+    def slow_validate(*a, **kw):  # known extra time in each part: the breakdown must put it there
+        calls["val"] += 1
+        time.sleep(0.2)
+        return real_validate(*a, **kw)
+
+    def slow_save(*a, **kw):
+        calls["ckpt"] += 1
+        time.sleep(0.1)
+        return real_save(*a, **kw)
+
+    monkeypatch.setattr(train_module, "_validate", slow_validate)
+    monkeypatch.setattr(train_module, "save_checkpoint", slow_save)
+    said = []
+    cfg, raw = tiny()
+    began = time.monotonic()
+    out = train(cfg, tmp_path / "r", raw=raw, log=said.append, started_at=began)
+    ended = time.monotonic()
+    (rec,) = _records(out, "timing")
+    seconds = rec["seconds"]
+    assert set(seconds) == {
+        "start-up", "data loading", "compiling and probing", "batches", "step", "validation", "checkpoints",
+        "metrics and progress",
+    }  # fmt: skip
+    assert sum(seconds.values()) == pytest.approx(rec["wall_s"], abs=1e-3)
+    assert ended - began - 0.5 < rec["wall_s"] <= ended - began  # only closing the files comes after the last lap
+    assert sum(rec["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert calls["val"] >= 2 and calls["ckpt"] >= 3
+    assert seconds["validation"] >= 0.2 * calls["val"]
+    assert seconds["checkpoints"] >= 0.1 * calls["ckpt"]
+    assert seconds["step"] > 0 and seconds["batches"] > 0
+    assert rec["step"] == 12  # the last line of metrics.jsonl, at the run's last step
+    assert _records(out, "train")[-1]["step"] <= rec["step"]
+    assert any(m.startswith("wall time ") and "validation" in m and "%)" in m for m in said)
+
+
+def test_validation_and_checkpoints_on_a_schedule_in_seconds(tmp_path, monkeypatch):
+    import hvae.train as train_module
+
+    saves = []
+    real_save = train_module.save_checkpoint
+    monkeypatch.setattr(
+        train_module, "save_checkpoint", lambda *a, **kw: saves.append(a[4]["step"]) or real_save(*a, **kw)
+    )
+    # an hour: neither the epochs' ends nor eval_every=4 / checkpoint_every=3 steps; the run's end always
+    out = run(tmp_path / "hour", "train.eval_every_s=3600", "train.checkpoint_every_s=3600")
+    assert [r["step"] for r in _records(out, "val")] == [12] and saves == [12]
+    # due at once: at every log step (log_every=2), where a schedule in seconds is checked
+    saves.clear()
+    out = run(tmp_path / "now", "train.eval_every_s=1e-9")
+    assert [r["step"] for r in _records(out, "val")] == [2, 4, 6, 8, 10, 12]
+    assert saves == [2, 3, 4, 6, 8, 9, 10, 12]  # eval's checkpoints, and checkpoint_every=3 steps still
+
+
+@pytest.mark.parametrize("key", ["eval_every_s", "checkpoint_every_s"])
+def test_a_schedule_in_seconds_must_be_positive(key):
+    with pytest.raises(ConfigError, match=f"train.{key}: must be > 0 seconds or null, got 0"):
+        tiny(f"train.{key}=0")
+
+
+def test_batches_prepared_ahead_are_the_same_batches_and_errors_arrive_in_turn():
+    from hvae.train import _ahead
+
+    def source():
+        yield from (torch.full((2,), float(i)) for i in range(3))
+        raise ValueError("bad batch 3")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch 3"):
+        for x in _ahead(source()):
+            got.append(x[0].item())
+    assert got == [0.0, 1.0, 2.0]
