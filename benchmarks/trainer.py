@@ -23,7 +23,10 @@ from pathlib import Path
 
 VARIANTS = {
     "hvae train (as configured: validation every epoch)": [],
-    "hvae train, train.eval_every_s=60 checkpoint_every_s=60": ["train.eval_every_s=60", "train.checkpoint_every_s=60"],
+    "hvae train, train.eval_every_s=300 checkpoint_every_s=300": [
+        "train.eval_every_s=300",
+        "train.checkpoint_every_s=300",
+    ],
 }
 BEFORE = "hvae train before this branch (--before SRC, as configured)"
 
