@@ -276,3 +276,27 @@ def test_train_step_is_the_plain_step_and_skips_a_non_finite_update():
     r = train_step(b, opt_b, x.clone().fill_(float("nan")), step=1)
     assert not r.applied and r.skipped == "a non-finite loss"
     assert all(torch.equal(before[k], v) for k, v in b.named_parameters())  # the weights untouched
+
+
+def test_under_max_time_a_cosine_decay_reaches_lr_min_at_the_end_of_the_budget(tmp_path, monkeypatch):
+    import hvae.train as train_module
+
+    # every step takes 10 s more on the clock the trainer reads, so the budget holds about 40 steps
+    # however busy the machine: 1000 epochs would take far longer, and the cosine decays over those 40
+    extra, real_monotonic, real_step = [0.0], time.monotonic, train_module.train_step
+
+    def slow_step(*a, **kw):
+        extra[0] += 10.0
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", slow_step)
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: real_monotonic() + extra[0])
+    out, notes = logged(
+        tmp_path / "r", "train.epochs=1000", "train.max_time=400s", "train.lr_decay=cosine", "train.lr=0.01",
+        "train.lr_min=0.001", "train.log_every=1", "train.eval_every=1000", "train.checkpoint_every=1000",
+    )  # fmt: skip
+    lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert any("train.max_time=400s reached" in n for n in notes)
+    assert 20 <= len(lrs) <= 41 and lrs[0] == pytest.approx(0.01, rel=1e-3)
+    assert lrs[-1] < 0.0015  # lr_min (0.001) at the last step, give or take the pace's last estimate
+    assert lrs[len(lrs) // 2] < 0.008  # past the middle of the budget; a decay over 1000 epochs: above 0.0099

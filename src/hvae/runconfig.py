@@ -32,7 +32,9 @@ class TrainConfig(_Serializable):
     lr_warmup_steps: int = 0  # linear warm-up of the learning rate from 0
     lr_decay: Literal["none", "cosine", "exponential"] = "none"
     lr_decay_rate: float = 1.0  # exponential: factor per epoch (the Ladder VAE paper anneals the lr)
-    lr_min: float = 0.0  # cosine: final learning rate
+    # cosine: final learning rate, reached at the last step (under train.max_time at the end of the budget,
+    # the steps that fit in it estimated from the pace so far)
+    lr_min: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global gradient norm; null disables clipping
     # VDVAE (Child 2021): skip an update whose gradient norm (before clipping) is above this; null: never

@@ -337,6 +337,7 @@ class _Job:
     stops: _StopRequests
     deadline: float | None  # time.monotonic() at which train.max_time is up
     clock: _Clock
+    steps_left: Any  # () -> the steps left: those that fit in train.max_time at the pace so far, else the epochs'
     state: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None
     pace: dict[str, float] = field(default_factory=dict)  # the loop's start: "time", "step"
@@ -506,6 +507,7 @@ def _train(
         stops=stops,
         deadline=deadline,
         clock=clock,
+        steps_left=steps_left,
         state=state,
         pace=pace,
         metrics=_Metrics(run, resume_step) if ctx.is_main else None,
@@ -690,8 +692,10 @@ def _loop(job: _Job) -> None:
         batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
         for x in _ahead(batches):
             x = _to_device(distributed.shard(x, ctx), device, job.channels_last)
+            # under train.max_time a cosine decay ends with the budget: its horizon is the steps that fit in it
+            horizon = total_steps if job.deadline is None else state["step"] + job.steps_left()
             for g in opt.param_groups:
-                g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, total_steps)
+                g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, horizon)
             # this rank asks to stop on a signal, or when the next step (as long as the last) would end past
             # train.max_time; the step's all-reduce decides for all
             now = clock.lap("batches")
