@@ -63,13 +63,21 @@ def bare(config: str, steps: int, skip: int) -> float:
     return (steps - skip) / (time.perf_counter() - t0)
 
 
-def trainer(config: str, steps: int, skip: int, overrides: list[str], src: str | None = None) -> tuple[float, dict]:
+def trainer(
+    config: str, steps: int, skip: int, log_every: int, overrides: list[str], src: str | None = None
+) -> tuple[float, dict]:
     """Steady-state updates/s of ``hvae train`` (from its metrics) and its timing record (empty when the
     trainer has none); ``src``: the source tree to import hvae from (default: this process's)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "hvae", "train", "--config", config, "--out", str(out)]
-        cmd += [f"train.max_steps={steps}", "train.compile=never", "train.progress=false", *overrides]
+        cmd += [
+            f"train.max_steps={steps}",
+            "train.compile=never",
+            "train.progress=false",
+            f"train.log_every={log_every}",
+        ]
+        cmd += overrides
         env = None if src is None else {**os.environ, "PYTHONPATH": src}
         subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -86,6 +94,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--skip", type=int, default=100, help="steps before the clock starts (warm-up)")
+    ap.add_argument("--log-every", type=int, default=50, help="hvae train's train.log_every (its clock's reads)")
     ap.add_argument("--before", help="another checkout's src/ to run hvae train from, side by side (e.g. main's)")
     ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)  # the bare step's own subprocess
     args = ap.parse_args()
@@ -103,7 +112,7 @@ def main() -> None:
         rates["bare public-API step"].append(r)
         print(json.dumps({"round": rnd, "run": "bare", "updates_per_s": round(r, 3)}), flush=True)
         for name, (overrides, src) in variants.items():
-            r, timing = trainer(args.config, args.steps, args.skip, overrides, src)
+            r, timing = trainer(args.config, args.steps, args.skip, args.log_every, overrides, src)
             rates[name].append(r)
             print(json.dumps({"round": rnd, "run": name, "updates_per_s": round(r, 3), **timing}), flush=True)
     base = statistics.median(rates["bare public-API step"])
