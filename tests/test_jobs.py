@@ -278,11 +278,11 @@ def test_train_step_is_the_plain_step_and_skips_a_non_finite_update():
     assert all(torch.equal(before[k], v) for k, v in b.named_parameters())  # the weights untouched
 
 
-def test_under_max_time_a_cosine_decay_reaches_lr_min_at_the_end_of_the_budget(tmp_path, monkeypatch):
+def _ten_seconds_a_step(monkeypatch):
+    """Every step takes 10 s more on the clock the trainer reads: a 400 s budget holds about 40 steps,
+    however busy the machine (start-up takes real seconds only)."""
     import hvae.train as train_module
 
-    # every step takes 10 s more on the clock the trainer reads, so the budget holds about 40 steps
-    # however busy the machine: 1000 epochs would take far longer, and the cosine decays over those 40
     extra, real_monotonic, real_step = [0.0], time.monotonic, train_module.train_step
 
     def slow_step(*a, **kw):
@@ -291,12 +291,34 @@ def test_under_max_time_a_cosine_decay_reaches_lr_min_at_the_end_of_the_budget(t
 
     monkeypatch.setattr(train_module, "train_step", slow_step)
     monkeypatch.setattr(train_module.time, "monotonic", lambda: real_monotonic() + extra[0])
+
+
+def _train_records(out):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+
+
+def test_under_max_time_a_cosine_decay_reaches_lr_min_at_the_end_of_the_budget(tmp_path, monkeypatch):
+    # 1000 epochs would take far longer than the budget: the cosine decays over the ~40 steps that fit in it
+    _ten_seconds_a_step(monkeypatch)
     out, notes = logged(
         tmp_path / "r", "train.epochs=1000", "train.max_time=400s", "train.lr_decay=cosine", "train.lr=0.01",
         "train.lr_min=0.001", "train.log_every=1", "train.eval_every=1000", "train.checkpoint_every=1000",
     )  # fmt: skip
-    lrs = [r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    lrs = [r["lr"] for r in _train_records(out)]
     assert any("train.max_time=400s reached" in n for n in notes)
     assert 20 <= len(lrs) <= 41 and lrs[0] == pytest.approx(0.01, rel=1e-3)
     assert lrs[-1] < 0.0015  # lr_min (0.001) at the last step, give or take the pace's last estimate
     assert lrs[len(lrs) // 2] < 0.008  # past the middle of the budget; a decay over 1000 epochs: above 0.0099
+
+
+def test_under_max_time_kl_warmup_fraction_is_a_fraction_of_the_budget(tmp_path, monkeypatch):
+    _ten_seconds_a_step(monkeypatch)
+    out, _ = logged(
+        tmp_path / "r", "train.epochs=1000", "train.max_time=400s", "train.kl_warmup_fraction=0.5",
+        "train.log_every=1", "train.eval_every=1000", "train.checkpoint_every=1000",
+    )  # fmt: skip
+    betas = [r["beta"] for r in _train_records(out)]
+    assert 20 <= len(betas) <= 41 and betas[0] < 0.1 and betas[-1] == 1.0
+    assert betas == sorted(betas)
+    full = betas.index(1.0) / len(betas)  # where the warm-up ended, as a fraction of the steps run
+    assert 0.3 <= full <= 0.7  # half the budget; over 1000 epochs' steps it would still be near 0

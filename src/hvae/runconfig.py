@@ -47,7 +47,8 @@ class TrainConfig(_Serializable):
     adam_beta2: float | None = None
     adam_eps: float | None = None
     # KL warm-up as fractions of the run's total steps (NVAE's utils.kl_coeff: kl_anneal_portion 0.3 after
-    # kl_const_portion 1e-4 held at the floor model.kl_warmup_floor); sets model.kl_warmup_steps / kl_const_steps
+    # kl_const_portion 1e-4 held at the floor model.kl_warmup_floor); sets model.kl_warmup_steps / kl_const_steps.
+    # Under train.max_time: fractions of the steps that fit in the budget (estimated from the pace so far)
     kl_warmup_fraction: float | None = None
     kl_const_fraction: float = 0.0
     kl_warmup_epochs: float | None = None  # sets model.kl_warmup_steps from the epoch length

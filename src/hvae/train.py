@@ -696,6 +696,11 @@ def _loop(job: _Job) -> None:
             horizon = total_steps if job.deadline is None else state["step"] + job.steps_left()
             for g in opt.param_groups:
                 g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, horizon)
+            # train.kl_warmup_fraction is a fraction of the run's steps (model.kl_warmup_steps of total_steps);
+            # under train.max_time of the budget's: the KL weight is read at the same fraction of the horizon
+            kl_step = state["step"]
+            if job.deadline is not None and tc.kl_warmup_fraction is not None:
+                kl_step = min(total_steps, state["step"] * total_steps // max(1, horizon))
             # this rank asks to stop on a signal, or when the next step (as long as the last) would end past
             # train.max_time; the step's all-reduce decides for all
             now = clock.lap("batches")
@@ -706,7 +711,7 @@ def _loop(job: _Job) -> None:
                 model,
                 opt,
                 x,
-                step=state["step"],
+                step=kl_step,
                 config=tc,
                 scaler=job.scaler,
                 ema=ema,
