@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +59,7 @@ class Adam(torch.optim.Adam):
         # torch has wrapped that step with the hook runner, which this step's own wrapper has already run.
         base = torch.optim.Adam.step
         if getattr(base, "hooked", False):
-            base = base.__wrapped__
+            base = base.__wrapped__  # type: ignore[attr-defined]  # functools.wraps sets it; typeshed can't see it
         return base(self, closure)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -81,12 +82,12 @@ class Adam(torch.optim.Adam):
             groups = self._gather()
             if groups is None:
                 return False
-        grads = []
+        grads: list[list[Tensor]] = []
         for g in groups:
             gs = [p.grad for p in g.params]
             if any(x is None or x.is_sparse for x in gs):
                 return False
-            grads.append(gs)
+            grads.append(cast(list[Tensor], gs))  # no None among them (checked above)
         self._accelerator_graph_capture_health_check()
         with torch.no_grad():
             for g, gs in zip(groups, grads):
@@ -133,7 +134,8 @@ class Adam(torch.optim.Adam):
         found = []
         for group in self.param_groups:
             params = list(group["params"])
-            states = [self.state.get(p) for p in params]
+            # a parameter without state gives {} (not None): rejected below alike, and the list is of dicts
+            states: list[dict] = [self.state.get(p) or {} for p in params]
             if not _plain(group) or not params:
                 return None
             if (
