@@ -45,7 +45,8 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
         # bytes as the safetensors file holds them (contiguous, little-endian as torch's supported hosts)
         flat = t.cpu().contiguous().reshape(-1)
-        h.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
+        # (numpy's stubs do not declare ndarray a buffer: it is one)
+        h.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")  # type: ignore[arg-type]
     return h.hexdigest()
 
 
