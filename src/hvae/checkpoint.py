@@ -38,7 +38,8 @@ class CheckpointError(ValueError):
         self.path = path
 
 
-class DamagedCheckpointError(CheckpointError, DamagedFileError):
+# (mypy compares the bases' `path`, Path | None against Path; this class always sets a Path, right for both)
+class DamagedCheckpointError(CheckpointError, DamagedFileError):  # type: ignore[misc]
     """A file of a checkpoint changed or cut short since it was written; ``path`` names it."""
 
     def __init__(self, path: Path, message: str):
