@@ -374,9 +374,8 @@ def run_ood(
         }
         result["ood"][name] = res
     arrays = {f"{name}/{s}": v.numpy() for name, out in per_set.items() for s, v in out.items()}
-    with atomic_path(run_dir / SCORES_NAME) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs read ** as allow_pickle's bool
+    with atomic_path(run_dir / SCORES_NAME) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs read ** as allow_pickle's bool
     atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -506,7 +505,6 @@ def write_ood_sets(
     paths = {}
     for name, a in sets.items():
         paths[name] = out / f"{name}.npy"
-        with atomic_path(paths[name]) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(a, dtype=np.uint8))
+        with atomic_path(paths[name]) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(a, dtype=np.uint8))
     return paths

@@ -381,7 +381,8 @@ class Dataset:
         if in_memory:
             store = np.empty((n, *shape), dtype=np_dtype)
         else:
-            file = tempfile.TemporaryFile(prefix="hvae-fixed-")  # removed when closed; the map keeps it open
+            # removed when closed; the map keeps it open as long as the split lives (so no `with`)
+            file = tempfile.TemporaryFile(prefix="hvae-fixed-")  # noqa: SIM115
             store = np.memmap(file, dtype=np_dtype, mode="w+", shape=(n, *shape))
         lo = 0
         for x in self.eval_batches(s.name, s._chunk_rows()):
