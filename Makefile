@@ -13,10 +13,11 @@ demo: $(VENV)/.hvae-installed
 	$(VENV)/bin/hvae eval $(RUN)
 	$(VENV)/bin/hvae report $(RUN)
 
-# the habits tools hold (ruff's rules, the import-linter contracts of pyproject.toml), then the tests
+# the habits tools hold (ruff's rules, the import-linter contracts, mypy: pyproject.toml), then the tests
 test: $(VENV)/.hvae-installed
 	$(PY) -m ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: $(VENV)/.hvae-installed
@@ -28,7 +29,7 @@ lint: $(VENV)/.hvae-installed
 	$(VENV)/bin/lint-imports
 	$(PY) -m ruff format --check src tests benchmarks
 
-# mypy over src/ with pyproject.toml's [tool.mypy] (not yet part of test: src/ has findings to fix)
+# mypy over src/ with pyproject.toml's [tool.mypy] (also run by test)
 typecheck: $(VENV)/.hvae-installed
 	$(PY) -m mypy
 

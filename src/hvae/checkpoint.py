@@ -38,7 +38,8 @@ class CheckpointError(ValueError):
         self.path = path
 
 
-class DamagedCheckpointError(CheckpointError, DamagedFileError):
+# (mypy compares the bases' `path`, Path | None against Path; this class always sets a Path, right for both)
+class DamagedCheckpointError(CheckpointError, DamagedFileError):  # type: ignore[misc]
     """A file of a checkpoint changed or cut short since it was written; ``path`` names it."""
 
     def __init__(self, path: Path, message: str):
@@ -145,7 +146,8 @@ def saved_step(model_dir: Path) -> int:
 
     try:
         with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
-            return int(f.get_tensor("step")) if "step" in f.keys() else -1
+            # (safetensors' safe_open has keys() but no `in`: SIM118 does not apply)
+            return int(f.get_tensor("step")) if "step" in f.keys() else -1  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         path = model_dir / "model.safetensors"
         raise CheckpointError(f"{path} cannot be read ({e}); the file is truncated or damaged", path) from None

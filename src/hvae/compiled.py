@@ -50,6 +50,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 
@@ -194,7 +195,7 @@ class LazyCompile:
     def check_weights(self) -> None:
         """Drops a frozen compiled graph whose weights have changed since its compile (see the module doc).
         Cheap: one comparison of the weights with their copy, before a batch of calls that use the same ones."""
-        if self._frozen is None:
+        if self._frozen is None or self.freeze is None:  # (a frozen graph was made with freeze set)
             return
         now = list(self.freeze())
         if len(now) == len(self._frozen) and all(map(_unchanged, now, self._frozen)):
@@ -214,7 +215,7 @@ class LazyCompile:
     def _due(self) -> bool:
         if self.mode == "always":
             return True
-        timed = len(self._eager_steps) >= min(self.probe, self._eager_steps.maxlen)  # enough for a median
+        timed = len(self._eager_steps) >= min(self.probe, cast(int, self._eager_steps.maxlen))  # enough for a median
         left = self.work_left() if self.work_left is not None else None  # seconds of eager calls to come
         if left is None and self.steps_left is not None and timed:
             left = self.steps_left() * statistics.median(self._eager_steps)

@@ -147,6 +147,7 @@ def session(device_name: str, timeout_s: float = 1800.0) -> Iterator[Context]:
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = world[2] if world else rank
     else:
+        assert world is not None  # without torchrun's variables nor a group, returned above
         rank, world_size, local_rank = world
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":

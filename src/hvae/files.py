@@ -45,7 +45,8 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
         # bytes as the safetensors file holds them (contiguous, little-endian as torch's supported hosts)
         flat = t.cpu().contiguous().reshape(-1)
-        h.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
+        # (numpy's stubs do not declare ndarray a buffer: it is one)
+        h.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")  # type: ignore[arg-type]
     return h.hexdigest()
 
 
@@ -128,11 +129,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically: a kill leaves the old file or the new one, never half."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def make_temp_dir(parent: str | os.PathLike, prefix: str = ".tmp-") -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor
 
@@ -57,8 +58,10 @@ def temperatures(temperature: float | Sequence[float], L: int) -> list[float]:
     finite and >= 0."""
     if isinstance(temperature, Tensor):
         temperature = temperature.tolist()
-    scalar = isinstance(temperature, numbers.Real)  # numpy's scalars too
-    temps = [float(temperature)] * L if scalar else [float(t) for t in temperature]
+    if isinstance(temperature, numbers.Real):  # numpy's scalars too
+        temps = [float(temperature)] * L
+    else:
+        temps = [float(t) for t in cast(Sequence[float], temperature)]
     if len(temps) != L:
         raise ValueError(f"temperature: give one float or one per layer ({L}, bottom to top), got {len(temps)}")
     if not all(0 <= t < math.inf for t in temps):  # a NaN fails both comparisons

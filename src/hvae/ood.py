@@ -35,7 +35,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -190,7 +190,7 @@ def score_dataset(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if x.shape[0] == 0:
         raise ValueError("no examples to score (an empty set)")
-    device = device or model.step.device
+    device = device or cast(Tensor, model.step).device  # the step counter buffer: on the model's device
     parts: dict[str, list[Tensor]] = {}
     for i, xb in enumerate(x.split(batch_size)):
         out = scores(model, model.trim_padding(xb.to(device)), ks, num_samples, skipped, chunk_size)
@@ -374,9 +374,8 @@ def run_ood(
         }
         result["ood"][name] = res
     arrays = {f"{name}/{s}": v.numpy() for name, out in per_set.items() for s, v in out.items()}
-    with atomic_path(run_dir / SCORES_NAME) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(run_dir / SCORES_NAME) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs read ** as allow_pickle's bool
     atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -506,7 +505,6 @@ def write_ood_sets(
     paths = {}
     for name, a in sets.items():
         paths[name] = out / f"{name}.npy"
-        with atomic_path(paths[name]) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(a, dtype=np.uint8))
+        with atomic_path(paths[name]) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(a, dtype=np.uint8))
     return paths

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
+
+# what a parameter without state is read as in _kept (a dict, never a state: `is` fails alike, typed alike)
+_NO_STATE: dict = {}
 
 
 @dataclass
@@ -58,7 +63,7 @@ class Adam(torch.optim.Adam):
         # torch has wrapped that step with the hook runner, which this step's own wrapper has already run.
         base = torch.optim.Adam.step
         if getattr(base, "hooked", False):
-            base = base.__wrapped__
+            base = base.__wrapped__  # type: ignore[attr-defined]  # functools.wraps sets it; typeshed can't see it
         return base(self, closure)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -81,12 +86,12 @@ class Adam(torch.optim.Adam):
             groups = self._gather()
             if groups is None:
                 return False
-        grads = []
+        grads: list[list[Tensor]] = []
         for g in groups:
-            gs = [p.grad for p in g.params]
-            if any(x is None or x.is_sparse for x in gs):
+            found = [p.grad for p in g.params]
+            if any(x is None or x.is_sparse for x in found):
                 return False
-            grads.append(gs)
+            grads.append(cast(list[Tensor], found))  # no None among them (checked above)
         self._accelerator_graph_capture_health_check()
         with torch.no_grad():
             for g, gs in zip(groups, grads):
@@ -122,9 +127,14 @@ class Adam(torch.optim.Adam):
     def _kept(self, g: _FusedGroup) -> bool:
         """The group still holds the kept parameters, and the state the kept tensors (nothing replaced them:
         ``opt.state[p] = ...``, a parameter swapped in, a sharded optimiser's load)."""
-        params, state = g.group["params"], self.state
+        params = g.group["params"]
+        state: Mapping[Tensor, dict] = self.state
         return len(params) == len(g.params) and all(
-            p is q and state.get(p) is s and s.get("exp_avg") is a and s.get("exp_avg_sq") is b and s.get("step") is c
+            p is q
+            and state.get(p, _NO_STATE) is s
+            and s.get("exp_avg") is a
+            and s.get("exp_avg_sq") is b
+            and s.get("step") is c
             for p, q, s, a, b, c in zip(params, g.params, g.states, g.exp_avgs, g.exp_avg_sqs, g.step_views)
         )
 
@@ -133,7 +143,8 @@ class Adam(torch.optim.Adam):
         found = []
         for group in self.param_groups:
             params = list(group["params"])
-            states = [self.state.get(p) for p in params]
+            # a parameter without state gives {} (not None): rejected below alike, and the list is of dicts
+            states: list[dict] = [self.state.get(p) or {} for p in params]
             if not _plain(group) or not params:
                 return None
             if (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,11 +27,18 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class PretrainedMixin:
+if TYPE_CHECKING:  # the type checker sees the nn.Module the mixin is used with; at run time a plain mixin
+    _Module = torch.nn.Module
+else:
+    _Module = object
+
+
+class PretrainedMixin(_Module):
     """``save_pretrained`` and ``from_pretrained`` for an ``nn.Module`` built from one config: the class sets
     ``config_class`` (with ``from_dict`` and ``to_json``) and keeps its config as ``self.config``."""
 
-    config_class: type
+    config_class: Any  # a config class: from_dict(dict) -> config, config.to_json() -> str
+    config: Any  # an instance of config_class
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (weights and buffers, with their config and

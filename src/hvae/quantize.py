@@ -146,6 +146,11 @@ class VQFamily(nn.Module, LatentFamily):
     """
 
     params_per_channel = 1
+    # the buffers registered in __init__ (declared for the type checker: nn.Module's attributes are untyped)
+    codebook: Tensor
+    ema_count: Tensor
+    ema_sum: Tensor
+    initialised: Tensor
 
     def __init__(
         self,

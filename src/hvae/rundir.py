@@ -33,7 +33,16 @@ from .checkpoint import CheckpointError, latest_checkpoint, saved_step
 from .config import load_yaml
 from .files import atomic_write_text
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "model", "eval.json", "report.html", "samples")
+RUN_FILES: tuple[str, ...] = (
+    "config.yaml",
+    "metrics.jsonl",
+    "tb",
+    "checkpoints",
+    "model",
+    "eval.json",
+    "report.html",
+    "samples",
+)
 RUN_FILES += ("tokenizer.json",)  # text runs: the tokeniser that decodes the model's samples
 
 TRAIN_HINT = "train one with `hvae train --config CONFIG.yaml --out RUN_DIR` (it writes config.yaml and model/)"
@@ -340,7 +349,7 @@ class RunDir:
         """The checkpoint ``--resume`` continues from: the latest, or the newest intact one when the latest
         is damaged (said in the log; a damaged file is one whose load error names it, as
         ``hvae.files.DamagedFileError`` does). None when the run has no checkpoint."""
-        problem = None
+        problem: ValueError | None = None
         try:
             latest = latest_checkpoint(self.path)
         except CheckpointError as e:

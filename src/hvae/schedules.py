@@ -36,9 +36,11 @@ def spectral_coefficient(step: int | Tensor, final: float, initial: float, warmu
         return 0.0
     if warmup_steps <= 0 or initial <= 0:
         return final
-    on_device = isinstance(step, Tensor)
-    t = (step.float() / warmup_steps).clamp(max=1.0) if on_device else min(1.0, float(step) / warmup_steps)
-    return (torch.exp if on_device else math.exp)((1 - t) * math.log(initial) + t * math.log(final))
+    if isinstance(step, Tensor):  # on the device: no host sync
+        t = (step.float() / warmup_steps).clamp(max=1.0)
+        return torch.exp((1 - t) * math.log(initial) + t * math.log(final))
+    s = min(1.0, float(step) / warmup_steps)
+    return math.exp((1 - s) * math.log(initial) + s * math.log(final))
 
 
 def spectral_weight(cfg, step: int | Tensor) -> float | Tensor:

@@ -9,6 +9,8 @@ product, as in NVAE's ``spectral_norm_parallel``. sigma = u^T W v carries the gr
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,6 +26,11 @@ def _weighted_modules(model: nn.Module, over: str = "all") -> list[tuple[str, nn
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds) and m.weight is not None]
 
 
+def _weight(model: nn.Module, name: str) -> Tensor:
+    """The weight of the submodule ``name`` (a convolution, linear layer or affine batch norm: a tensor)."""
+    return cast(Tensor, model.get_submodule(name).weight)
+
+
 class SpectralNorms(nn.Module):
     """Power-iteration state for the weights of ``model`` (the modules that exist when this is built).
 
@@ -36,6 +43,8 @@ class SpectralNorms(nn.Module):
     (``spectral_over``) and whether NVAE's batch-norm penalty max_c |gamma_c| of every batch norm is appended
     to the returned vector (``bn_scale_penalty``: NVAE adds it at the spectral term's coefficient).
     """
+
+    seeded: Tensor  # the buffer registered in __init__ (declared for the type checker)
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -50,8 +59,9 @@ class SpectralNorms(nn.Module):
         groups: dict[str, list[str]] = {}
         shapes: dict[str, tuple[int, int]] = {}
         for name, m in _weighted_modules(model, getattr(cfg, "spectral_over", "all")):
-            out = m.weight.shape[0]
-            fan_in = m.weight[0].numel()
+            weight = cast(Tensor, m.weight)  # a convolution's or linear layer's (checked in _weighted_modules)
+            out = weight.shape[0]
+            fan_in = weight[0].numel()
             key = f"{out}x{fan_in}"
             groups.setdefault(key, []).append(name)
             shapes[key] = (out, fan_in)
@@ -79,7 +89,7 @@ class SpectralNorms(nn.Module):
             iterations = self.step_iterations if self._seeded_seen else self.seed_iterations
         sigmas = []
         for key, names in self.groups.items():
-            W = torch.stack([model.get_submodule(n).weight.reshape(-1, 1) for n in names])
+            W = torch.stack([_weight(model, n).reshape(-1, 1) for n in names])
             out = getattr(self, f"u_{key}").shape[1]
             W = W.view(len(names), out, -1).float()  # (n, out, in)
             u, v = getattr(self, f"u_{key}"), getattr(self, f"v_{key}")
@@ -96,5 +106,5 @@ class SpectralNorms(nn.Module):
         if update:
             self.seeded.fill_(True)
         # NVAE's batchnorm_loss: max_c |gamma_c| per batch norm (model.py), penalised at the same lambda
-        sigmas += [model.get_submodule(n).weight.abs().max().float().view(1) for n in self.batch_norms]
+        sigmas += [_weight(model, n).abs().max().float().view(1) for n in self.batch_norms]
         return torch.cat(sigmas) if sigmas else torch.zeros(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -162,9 +163,7 @@ def load_like(
     if modality(config.source) == "text":
         raise DataError(f"{where}: the run models text; give a text file or folder (source text or fortunes)")
     raw = _read(config, path, source)
-    x = raw.x
-    if isinstance(x, sources.LazyRows):
-        x = x.take(np.arange(len(x)))
+    x = raw.x.take(np.arange(len(raw.x))) if isinstance(raw.x, sources.LazyRows) else raw.x
     if len(x) == 0:
         raise DataError(f"{where}: 0 examples read")
     if raw.scale is not None:
@@ -176,7 +175,8 @@ def load_like(
     if config.standardize:
         if train_stats is None:
             d = load_dataset(config)
-            train_stats = (d.mean, d.std)
+            # standardize: the loader computed both
+            train_stats = cast(tuple[torch.Tensor, torch.Tensor], (d.mean, d.std))
         mean, std = train_stats
         if tuple(mean.shape) != tuple(x.shape[1:]):
             raise DataError(

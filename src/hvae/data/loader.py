@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -216,12 +216,12 @@ class Split:
     @property
     def nbytes(self) -> int:
         """Bytes of examples held in memory: N * D for uint8 codes, 4 * N * D for floats, 0 when streamed."""
-        return 0 if self.streamed else self.data.numel() * self.data.element_size()
+        return 0 if isinstance(self.data, LazyRows) else self.data.numel() * self.data.element_size()
 
     def _values(self, raw: torch.Tensor) -> torch.Tensor:
         if self.scale is not None:
             raw = raw.to(torch.float32).div_(self.scale)  # the same k / scale, bit for bit, as a float source
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:  # (set together)
             raw = transforms.standardize(raw, self.mean, self.std)
         return raw
 
@@ -281,7 +281,7 @@ class Dataset:
         self.mean, self.std = mean, std
         self.shape: tuple[int, ...] = train.shape
         self._eval: dict[str, torch.Tensor] = {}
-        self.tokenizer = None  # text sources: the tokeniser of the token ids (hvae.data.text)
+        self.tokenizer: text.Tokenizer | None = None  # text sources: the tokeniser of the token ids (hvae.data.text)
         self.notes: list[str] = []
         # the source's own test set (Fashion-MNIST's t10k, say): its fixed noise does not depend on data.seed,
         # so that runs with different seeds are measured on the same binarised test images
@@ -313,7 +313,8 @@ class Dataset:
         if self.config.binarize != "none":
             return transforms.binarize(x, gen)
         if self.config.dequantize:
-            return transforms.dequantize(x, self.levels, gen)
+            # discrete data: load_dataset refuses dequantize where levels is None
+            return transforms.dequantize(x, cast(int, self.levels), gen)
         return x
 
     def _fixed_generator(self, split: str) -> torch.Generator:
@@ -380,7 +381,8 @@ class Dataset:
         if in_memory:
             store = np.empty((n, *shape), dtype=np_dtype)
         else:
-            file = tempfile.TemporaryFile(prefix="hvae-fixed-")  # removed when closed; the map keeps it open
+            # removed when closed; the map keeps it open as long as the split lives (so no `with`)
+            file = tempfile.TemporaryFile(prefix="hvae-fixed-")  # noqa: SIM115
             store = np.memmap(file, dtype=np_dtype, mode="w+", shape=(n, *shape))
         lo = 0
         for x in self.eval_batches(s.name, s._chunk_rows()):
@@ -389,7 +391,7 @@ class Dataset:
         if in_memory:
             data: torch.Tensor | LazyRows = torch.from_numpy(store)
         else:
-            store.flush()
+            cast(np.memmap, store).flush()  # (a memmap when not in memory)
             data = LazyRows(lambda rows: np.asarray(store[rows]), np.arange(n), shape, dtype)
         return Split(s.name, data, s.labels, scale=1.0 if binary else None)
 
@@ -448,8 +450,11 @@ class Dataset:
 
     def _lengths(self, split: str) -> torch.Tensor:
         """Token rows: each example's length without its padding (N,), computed once per split."""
+        if self.tokenizer is None:
+            raise ValueError(f"row lengths are for token rows; source {self.config.source} has no tokeniser")
         if split not in self._row_lengths:
-            self._row_lengths[split] = text.row_lengths(self.split(split).data, self.tokenizer.pad_id)
+            rows = cast(torch.Tensor, self.split(split).data)  # token rows are held in memory
+            self._row_lengths[split] = text.row_lengths(rows, self.tokenizer.pad_id)
         return self._row_lengths[split]
 
 
@@ -497,7 +502,7 @@ def split_paths(config: DataConfig) -> dict[str, Path]:
         if given is not None:
             found[split] = Path(given)
     if found and "train" not in found:
-        found["train"] = base
+        found["train"] = cast(Path, base)  # DataConfig asks for data.path or data.train_path with held-out splits
     for split, p in found.items():
         if not p.exists():
             key = f"data.{split}_path" if getattr(config, f"{split}_path") else "data.path"

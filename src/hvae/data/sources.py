@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -239,6 +240,7 @@ def _array_to_raw(a: np.ndarray, where: str, lazy: bool = False) -> RawData:
     if a.ndim not in (2, 3, 4):
         raise DataError(f"{where}: expected an array (N, D), (N, H, W) or (N, C, H, W), got shape {a.shape}")
     shape = a.shape[1:] if a.ndim != 3 else (1, *a.shape[1:])  # (N, H, W) -> (N, 1, H, W)
+    target: type[np.generic]  # the array's dtype in memory
     if a.dtype == np.bool_:
         target, dtype, levels, scale = np.uint8, torch.uint8, 2, 1.0
     elif np.issubdtype(a.dtype, np.integer):
@@ -249,6 +251,7 @@ def _array_to_raw(a: np.ndarray, where: str, lazy: bool = False) -> RawData:
         target, dtype, levels, scale = np.float32, torch.float32, None, None
     else:
         raise DataError(f"{where}: unsupported dtype {a.dtype}; store uint8 or float values")
+    x: torch.Tensor | LazyRows
     if lazy:
 
         def read(rows: np.ndarray) -> np.ndarray:
@@ -439,7 +442,8 @@ def read_images(
         with Image.open(files[0]) as img:  # reads the header only
             if channels is None:
                 channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-            size = tuple(image_size) if image_size else (img.height, img.width)
+            # image_size is [H, W] (the config checks it)
+            size = cast(tuple[int, int], tuple(image_size)) if image_size else (img.height, img.width)
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"{files[0]}: cannot read image ({e}); remove or replace the file") from None
     fit = bool(image_size)

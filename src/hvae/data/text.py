@@ -380,6 +380,7 @@ def read_text(config, train_rows: Callable[[int], torch.Tensor], paths: dict[str
     """
     where = f"source {config.source}" + (f" ({config.path})" if config.path else "")
     held_out: dict[str, list[str]] = {}
+    paths = paths or {}  # no predefined splits
     if paths:
         where = f"source {config.source} ({paths['train']})"
         texts, counts = read_examples(dataclasses.replace(config, path=str(paths["train"])))
@@ -463,8 +464,8 @@ def read_text(config, train_rows: Callable[[int], torch.Tensor], paths: dict[str
 @SOURCES.register("text")
 class Text(Source):
     modality = "text"
-    path_hint = "text file or folder of .txt files"
-    split_suffixes = (".txt", ".tokens")
+    path_hint: str | None = "text file or folder of .txt files"
+    split_suffixes: tuple[str, ...] = (".txt", ".tokens")
 
     def read(self, config, train_rows) -> TextData:
         return read_text(config, train_rows)

@@ -66,7 +66,7 @@ def standardization_stats(
     bits.
     """
     blocks = x.split(chunk_rows) if isinstance(x, torch.Tensor) else x
-    n, mean, m2 = 0, None, None
+    stats: tuple[int, torch.Tensor, torch.Tensor] | None = None  # rows, mean, sum of squared deviations so far
     for block in blocks:
         b = block.to(torch.float64)
         k = len(b)
@@ -74,16 +74,16 @@ def standardization_stats(
             continue
         b_mean = b.mean(dim=0)
         b_m2 = ((b - b_mean) ** 2).sum(dim=0)
-        if mean is None:
-            n, mean, m2 = k, b_mean, b_m2
+        if stats is None:
+            stats = (k, b_mean, b_m2)
         else:
+            n, mean, m2 = stats
             delta = b_mean - mean
             total = n + k
-            mean = mean + delta * (k / total)
-            m2 = m2 + b_m2 + delta**2 * (n * k / total)
-            n = total
-    if mean is None:
+            stats = (total, mean + delta * (k / total), m2 + b_m2 + delta**2 * (n * k / total))
+    if stats is None:
         raise ValueError("standardization_stats: no rows")
+    n, mean, m2 = stats
     std = (m2 / n).sqrt() if n > 1 else torch.ones_like(mean)
     std = torch.where(std < STD_FLOOR, torch.ones_like(std), std)  # a constant column is only centred
     return mean.to(torch.float32), std.to(torch.float32)

@@ -15,6 +15,8 @@ Vectors ``(B, C)`` are handled as one position. All projections act per position
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -72,7 +74,8 @@ class SpatialSelfAttention(nn.Module):
 
 def with_attention(block: nn.Module, heads: int) -> Sequential:
     """The cell ``block`` followed by spatial self-attention on its output (``block.out_ch`` channels)."""
-    return Sequential(block.out_ch, block, SpatialSelfAttention(block.out_ch, heads))
+    out_ch = cast(int, block.out_ch)  # every cell states its output channels
+    return Sequential(out_ch, block, SpatialSelfAttention(out_ch, heads))
 
 
 def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -81,7 +84,9 @@ def _resize(t: Tensor, size: tuple[int, ...]) -> Tensor:
     if t.dim() == 2 or tuple(t.shape[2:]) == tuple(size):
         return t
     if all(a >= b for a, b in zip(t.shape[2:], size)):  # sequences (B, C, T) and images (B, C, H, W)
-        return (F.adaptive_avg_pool1d if t.dim() == 3 else F.adaptive_avg_pool2d)(t, size)
+        if t.dim() == 3:
+            return F.adaptive_avg_pool1d(t, cast(tuple[int], size))
+        return F.adaptive_avg_pool2d(t, cast(tuple[int, int], size))
     return F.interpolate(t, size=size, mode="nearest")
 
 
@@ -110,11 +115,11 @@ class DepthAttention(nn.Module):
         if len(memory) != self.num_memory:
             raise ValueError(f"depth attention was built for {self.num_memory} memory states, got {len(memory)}")
         size = query.shape[2:]
-        kv = [proj(_positions(norm(_resize(m, size)))) for m, norm, proj in zip(memory, self.norms_m, self.to_kv)]
-        kv = torch.stack(kv, dim=2)  # (B, P, N, 2 dim): N memory states at every position
+        kvs = [proj(_positions(norm(_resize(m, size)))) for m, norm, proj in zip(memory, self.norms_m, self.to_kv)]
+        kv = torch.stack(kvs, dim=2)  # (B, P, N, 2 dim): N memory states at every position
         B, P = kv.shape[:2]
         k, v = kv.reshape(B * P, self.num_memory, 2 * self.dim).chunk(2, dim=-1)
-        if self.to_q is None:  # one memory state: its value, with weight 1
+        if self.to_q is None or self.norm_q is None:  # (both or neither) one memory state: its value, with weight 1
             a = v.reshape(B, P, self.dim)
         else:
             q = self.to_q(_positions(self.norm_q(query)))  # (B, P, dim)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,8 +50,10 @@ class Sequential(nn.Sequential):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
             if isinstance(m, nn.Linear) and _foldable(nxt) and x.dim() == 2:
-                scale = nxt.weight * torch.rsqrt(nxt.running_var + nxt.eps)  # (out,)
-                shift = nxt.bias - nxt.running_mean * scale
+                # tracked running statistics (_foldable checked): never None here
+                var, mean = cast(Tensor, nxt.running_var), cast(Tensor, nxt.running_mean)
+                scale = nxt.weight * torch.rsqrt(var + nxt.eps)  # (out,)
+                shift = nxt.bias - mean * scale
                 if m.bias is not None:
                     shift = shift + m.bias * scale
                 x = torch.addmm(shift.to(x.dtype), x, (m.weight * scale[:, None]).t().to(x.dtype))
@@ -64,7 +68,7 @@ class Sequential(nn.Sequential):
         return x
 
 
-def _foldable(m: nn.Module | None) -> bool:
+def _foldable(m: nn.Module | None) -> TypeGuard[nn.BatchNorm1d]:
     return (
         isinstance(m, nn.BatchNorm1d)
         and m.affine
