@@ -222,3 +222,46 @@ def test_cli_compress_and_decompress_a_split(tmp_path, capsys):
     x = load_dataset(RunConfig.from_yaml(run / "config.yaml").data).eval_tensor("test")
     assert np.array_equal(np.load(out), x.numpy().astype(np.uint8))
     assert main(["decompress", str(f), "--out", str(out)]) == 2
+
+
+def _token_model(decoder, T=20):
+    cfg = hvae.presets.text_fortunes(
+        data_shape=[T], latent_dims=[4, 2], hidden_dims=[16, 8], embed_dim=8, decoder=decoder, seq_width=16
+    )
+    cfg = hvae.ModelConfig.from_dict({**cfg.to_dict(), "seq_heads": 2, "ar_cond_channels": 4})
+    torch.manual_seed(0)
+    return hvae.build_model(cfg).eval()
+
+
+def _token_rows(T=20):
+    from hvae.data.text import ByteTokenizer, encode_rows
+
+    texts = ["hello there", "a", "", "padding is not data", "x" * 40]
+    texts = [t for t in texts if t] + ["é!"]
+    x = encode_rows(texts, ByteTokenizer(), T, "truncate", add_eos=True)[0]
+    return torch.cat([x, torch.full((1, T), ord("y"))])  # and a row with no end-of-sequence: all T coded
+
+
+@pytest.mark.parametrize("decoder", ["gru", "transformer", "plain"])
+def test_token_rows_round_trip_up_to_their_end_of_sequence(decoder):
+    model = _token_model(decoder)
+    x = _token_rows()
+    data = codec.compress(model, x, latent_bits=6)
+    y = codec.decompress(model, data)
+    assert y.dtype == torch.int64 and torch.equal(y, x)
+    # a row's length is coded by its end-of-sequence: a row cut shorter costs fewer bits
+    short = x.clone()
+    short[0, 3] = 256
+    short[0, 4:] = 257
+    assert len(codec.compress(model, short, latent_bits=6)) < len(data)
+    # rows given shorter than T are padded out
+    cut = codec.decompress(model, codec.compress(model, x[:, :15], latent_bits=6))
+    assert torch.equal(cut, torch.cat([x[:, :15], torch.full((x.shape[0], 5), 257)], 1))
+
+
+def test_token_rows_with_ids_after_their_end_are_refused():
+    model = _token_model("gru")
+    x = _token_rows()
+    x[1, -1] = ord("z")  # row 1 is "a", EOS, padding...
+    with pytest.raises(ValueError, match="token row 1 has ids other than padding"):
+        codec.compress(model, x)

@@ -57,6 +57,8 @@ def _pop_budget(model, codes) -> float:
 def compress(model, x: Tensor, *, latent_bits: int = 10, batch_size: int = 64) -> bytes:
     """Code ``x`` (N, *data_shape), values in the model's likelihood support (binary for Bernoulli, the
     levels k / (K - 1) for categorical and discretised logistic models, or integer levels), losslessly.
+    Token models (text): int64 ids (N, T' <= T); each row is coded up to and including its first
+    end-of-sequence (or padding) id, and everything after it must be padding (it decodes as padding).
 
     ``latent_bits``: each Gaussian latent is coded as one of 2^latent_bits buckets (more: closer to the
     ELBO, slower). ``batch_size``: the most examples coded together. Runs on the CPU, with one thread
@@ -70,7 +72,11 @@ def compress(model, x: Tensor, *, latent_bits: int = 10, batch_size: int = 64) -
     model = _on_cpu(model)
     x = x.cpu()
     inputs.check_batch(model, x, values=True)
+    stops = coding.token_stops(model)
+    if stops is not None and x.shape[1] < model.data_shape[0]:  # token rows that stop early: pad them out
+        x = torch.nn.functional.pad(x, (0, model.data_shape[0] - x.shape[1]), value=stops[1])
     s_all = coding.to_symbols(model, x)
+    coding.check_rows(model, s_all)
     xc = coding.from_symbols(model, s_all)  # the values the decoder will see, to the bit
     codes = coding.level_codes(model, latent_bits)
     budget = _pop_budget(model, codes)
@@ -125,7 +131,7 @@ def _encode_all(model, codes, xc, s_all, words, budget, batch_size):
 
 def decompress(model, data: bytes) -> Tensor:
     """The data coded by :func:`compress` with this ``model``: (N, *data_shape) float32 in [0, 1], equal
-    to the input. A file from another model, a damaged or truncated file, or one from a newer hvae raises
+    to the input (token models: int64 ids (N, T), rows padded to T). A file from another model, a damaged or truncated file, or one from a newer hvae raises
     ``FormatError`` / ``CorruptError`` (a ``ValueError``) and never returns wrong data."""
     header, payload = container.unpack(data)
     model = _on_cpu(model)

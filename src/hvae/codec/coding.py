@@ -300,8 +300,6 @@ def data_levels(model) -> int:
     lik = model.likelihood
     if isinstance(lik, Autoregressive):  # coded position by position in sampling order: see _ar_walk
         lik = lik.base
-    if cfg.embed_dim:
-        raise ValueError("token models (text) are not supported by hvae.codec yet; use an image or vector model")
     if isinstance(lik, Bernoulli):
         return 2
     if isinstance(lik, CategoricalLikelihood):
@@ -320,6 +318,33 @@ def _base(model):
     return lik.base if isinstance(lik, Autoregressive) else lik
 
 
+def token_stops(model) -> tuple[int, int] | None:
+    """Token models with a padding id: (end-of-sequence id, padding id), else None. Every hvae tokeniser
+    puts end-of-sequence right before padding (:class:`hvae.data.text.Tokenizer`: the last two ids)."""
+    pad = model.config.pad_id
+    if not model.config.embed_dim or pad is None:
+        return None
+    return pad - 1, pad
+
+
+def check_rows(model, s: Tensor) -> None:
+    """Token rows (B, T): each row is coded up to and including its first end-of-sequence or padding id,
+    and decodes as padding after it, so everything after that id must be padding."""
+    stops = token_stops(model)
+    if stops is None:
+        return
+    eos, pad = stops
+    stop = (s == eos) | (s == pad)
+    after = (stop.long().cumsum(1) - stop.long()) > 0  # the positions after each row's first stop id
+    bad = after & (s != pad)
+    if bad.any():
+        row = int(bad.any(1).nonzero()[0])
+        raise ValueError(
+            f"token row {row} has ids other than padding ({pad}) after its end-of-sequence ({eos}) or first "
+            "padding id: a row ends at its first end-of-sequence; pad the rest with the padding id"
+        )
+
+
 def to_symbols(model, x: Tensor) -> Tensor:
     """Data (B, *data_shape) in the likelihood's support -> int64 levels, same shape."""
     lik = _base(model)
@@ -334,7 +359,10 @@ def to_symbols(model, x: Tensor) -> Tensor:
 
 
 def from_symbols(model, s: Tensor) -> Tensor:
-    """int64 levels -> data in [0, 1] as the data pipeline gives them: float32 k / (levels - 1)."""
+    """int64 levels -> data in [0, 1] as the data pipeline gives them: float32 k / (levels - 1); token
+    models: the int64 ids themselves."""
+    if model.config.embed_dim:
+        return s.long()
     return s.float() / (data_levels(model) - 1)
 
 
@@ -404,6 +432,9 @@ def push_x(model, coder: Coder, px, s: Tensor) -> None:
     if isinstance(model.likelihood, Autoregressive):
         _ar_walk(model, px, coder, s.reshape(s.shape[0], model.likelihood.channels, -1))
         return
+    if token_stops(model) is not None:
+        _token_walk(model, coder, lambda t, x: _position_probs(px, t), s.reshape(s.shape[0], -1))
+        return
     lay = _x_layout(model, s)
     B = s.shape[0]
     pending = []
@@ -426,6 +457,8 @@ def pop_x(model, coder: Coder, px, B: int) -> Tensor:
     lik = model.likelihood
     if isinstance(lik, Autoregressive):
         return _ar_walk(model, px, coder, None).reshape(B, *model.data_shape)
+    if token_stops(model) is not None:
+        return _token_walk(model, coder, lambda t, x: _position_probs(px, t), None, B).reshape(B, *model.data_shape)
     C = lik.channels
     out = torch.zeros(B, C, math.prod(lik.spatial), dtype=torch.long)
     gen = _x_blocks(px)
@@ -444,6 +477,38 @@ def pop_x(model, coder: Coder, px, B: int) -> Tensor:
     return out.reshape(B, *model.data_shape)
 
 
+def _position_probs(px, t: int) -> Tensor:
+    """A token model's plain (not autoregressive) p(x_t | z): (B, K) float64."""
+    return torch.softmax(px.logits[:, :, 0, t].double(), dim=1)
+
+
+def _token_walk(model, coder: Coder, probs_at, s: Tensor | None, B: int | None = None) -> Tensor:
+    """Token rows, position by position: each row's ids up to and including its first end-of-sequence or
+    padding id (a row's length is coded by that id: padding is not data), the rest padding. ``probs_at(t,
+    out)`` gives p(x_t | x_<t, z) (B, K) from the ids so far ``out`` (B, T). With ``s`` (B, T) the ids are
+    pushed (last position first); without, popped. Returns the ids (B, T)."""
+    eos, pad = token_stops(model)
+    T = math.prod(model.data_shape)
+    B = s.shape[0] if s is not None else B
+    out = torch.full((B, T), pad, dtype=torch.long)
+    live = torch.ones(B, dtype=torch.bool)
+    pending: list[tuple[Tensor, Tensor]] = []
+    for t in range(T):
+        if not live.any():
+            break  # every row has ended: both sides stop here
+        probs = probs_at(t, out)[live]
+        if s is None:
+            k = coder.pop(probs.unsqueeze(1))[:, 0]
+        else:
+            k = s[live, t]
+            pending.append((k, probs.unsqueeze(1)))
+        out[live, t] = k
+        live = live & (out[:, t] != eos) & (out[:, t] != pad)
+    for k, probs in reversed(pending):
+        coder.push(k, probs)
+    return out
+
+
 def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
     """An autoregressive decoder's data, position by position in its sampling order (the steps of
     ``AutoregressiveDistribution._sequential``: the same network calls on the same buffer, so encoder and
@@ -453,6 +518,19 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
     B, C, T = px.cond.shape[0], m.channels, math.prod(m.spatial)
     x = px.cond.new_zeros(B, C, *m.spatial)
     x_flat = x.view(B, C, T)
+    def step(params: Tensor):
+        return m.step_base(params.float() if params.dtype not in (torch.float32, torch.float64) else params)
+
+    if token_stops(model) is not None:  # one channel of ids: the rows stop at their end-of-sequence
+        stepper = m.net.stepper(px.cond)
+
+        def probs_at(t: int, ids: Tensor) -> Tensor:
+            if t:
+                x_flat[:, 0, t - 1] = ids[:, t - 1].to(x.dtype) / (m.levels - 1)  # as _sequential's buffer
+            params = stepper.step(x, t).view(B, -1, *(1,) * len(m.spatial))
+            return next(_x_blocks(step(params)))[1][:, 0]
+
+        return _token_walk(model, coder, probs_at, None if s is None else s.reshape(B, T), B).view(B, 1, T)
     out = torch.zeros(B, C, T, dtype=torch.long)
     one = (1,) * len(m.spatial)
     pending: list[tuple[Tensor, Tensor]] = []
@@ -466,9 +544,6 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
         out[:, c, t] = k
         x_flat[:, c, t] = k.to(x.dtype) / (m.levels - 1)
         return k
-
-    def step(params: Tensor):
-        return m.step_base(params.float() if params.dtype not in (torch.float32, torch.float64) else params)
 
     stepper = m.net.stepper(px.cond)
     for t in range(T):
