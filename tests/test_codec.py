@@ -265,3 +265,28 @@ def test_token_rows_with_ids_after_their_end_are_refused():
     x[1, -1] = ord("z")  # row 1 is "a", EOS, padding...
     with pytest.raises(ValueError, match="token row 1 has ids other than padding"):
         codec.compress(model, x)
+
+
+def test_cli_compresses_a_text_file_and_a_fresh_process_writes_the_texts_back(tmp_path, capsys):
+    texts = [f"fox {i} jumps, café" for i in range(40)]
+    src = tmp_path / "a.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    args = ["train", "--config", "configs/text_fortunes.yaml", "data.source=text", f"data.path={src}"]
+    args += ["data.max_length=24", "model.latent_dims=[4,2]", "model.hidden_dims=[16,8]", "model.seq_width=16"]
+    args += ["model.seq_heads=2", "train.epochs=1", "train.batch_size=16", "train.max_steps=2", "--out", str(run)]
+    assert main([*args, "--quiet"]) == 0
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("a new line\nanother one, naïve\n", encoding="utf-8")
+    f = tmp_path / "t.hvz"
+    capsys.readouterr()
+    assert main(["compress", str(run), str(held_out), "--out", str(f)]) == 0
+    printed = capsys.readouterr().out
+    assert "bits per byte" in printed and "nats per text" in printed and "-ELBO" in printed
+    out = tmp_path / "back.txt"
+    cmd = [sys.executable, "-m", "hvae", "decompress", str(f), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert out.read_text(encoding="utf-8") == held_out.read_text(encoding="utf-8")
+    assert main(["decompress", str(f), "--out", str(tmp_path / "back.npy")]) == 2  # texts go to a .txt
+    assert ".txt" in capsys.readouterr().err

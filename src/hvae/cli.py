@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="lossless compression of data with a run's model (bits-back ANS)")
     c.add_argument("run_dir", type=Path)
-    c.add_argument("input", type=Path, nargs="?", help="a .npy / .npz file, an image or a folder of images")
+    c.add_argument("input", type=Path, nargs="?", help="a .npy / .npz file, an image or a folder of images; text for a text run")
     c.add_argument("--split", help="code the run's own split instead of INPUT (e.g. test)")
     c.add_argument("--out", type=Path, required=True, help="the compressed file to write")
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
 
     dc = sub.add_parser("decompress", help="decode a file written by hvae compress")
     dc.add_argument("file", type=Path)
-    dc.add_argument("--out", type=Path, required=True, help="a .npy file (arrays, splits) or a folder (images)")
+    dc.add_argument("--out", type=Path, required=True, help="a .npy file (arrays), a folder (images), a .txt (texts)")
     dc.add_argument("--run", type=Path, help="the run that compressed FILE (default: the path the file names)")
     dc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p
@@ -546,6 +546,15 @@ def _cmd_compress(args) -> int:
         max_examples=args.max_examples,
     )
     print(f"wrote {args.out}: {r['examples']} examples, {r['bytes']} bytes")
+    if "unit" in r:  # text: per byte (char, token) of the texts, and nats per text
+        u = r["unit"]
+        print(f"  rate      {r['bits_per_unit']:.4f} bits per {u} (the whole file), {r['net_bits_per_unit']:.4f} net")
+        nats, net = r["nats_per_text"], r["net_nats_per_text"]
+        print(f"            {nats:.2f} nats per text, {net:.2f} net ({r['units']} {u}s)")
+        elbo_u, elbo_t = r["neg_elbo_bits_per_unit"], r["neg_elbo_nats_per_text"]
+        print(f"  -ELBO     {elbo_u:.4f} bits per {u}, {elbo_t:.2f} nats per text")
+        print(f"  speed     {r['examples_per_s']:.1f} texts/s ({r['seconds']:.1f} s)")
+        return 0
     total, net = r["bits_per_dim"], r["net_bits_per_dim"]
     print(f"  rate      {total:.4f} bits/dim (the whole file), {net:.4f} net (less the initial bits)")
     print(f"  -ELBO     {r['neg_elbo_bits_per_dim']:.4f} bits/dim (the model's, same data, one posterior sample each)")

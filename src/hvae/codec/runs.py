@@ -44,6 +44,12 @@ def _read(run_dir: Path, cfg, model, path: Path | None, split: str | None) -> tu
         raise ValueError("give INPUT (a .npy / .npz file, an image or a folder of images) or --split test")
     from ..data import load_like
 
+    if model.config.embed_dim:  # a text run: text files (or a folder of them), read with the run's tokeniser
+        from ..data.text import run_tokenizer
+
+        tok = run_tokenizer(run_dir, cfg.data)
+        x = load_like(cfg.data, path, tokenizer=tok, data_shape=tuple(model.config.data_shape))
+        return x, {"kind": "text" if path.suffix.lower() not in _ARRAY_SUFFIXES else "array"}
     x = load_like(cfg.data, path, data_shape=tuple(model.config.data_shape))
     if path.suffix.lower() in _ARRAY_SUFFIXES:
         return x, {"kind": "array"}
@@ -94,16 +100,24 @@ def compress_run(
         Path(tmp).write_bytes(data)
     h = info(data)
     n, dims = x.shape[0], math.prod(model.data_shape)
-    return {
-        "examples": n,
-        "dims": dims,
-        "bytes": len(data),
-        "bits_per_dim": h["total_bits"] / (n * dims),
-        "net_bits_per_dim": h["net_bits"] / (n * dims),
-        "neg_elbo_bits_per_dim": _elbo_bits(model, x) / dims,
-        "examples_per_s": n / seconds,
-        "seconds": seconds,
-    }
+    out = {"examples": n, "dims": dims, "bytes": len(data), "examples_per_s": n / seconds, "seconds": seconds}
+    neg_elbo = _elbo_bits(model, x)  # bits per example
+    if model.config.embed_dim:  # text: per unit of the tokeniser (byte, char or token) and nats per text
+        from ..data.text import run_tokenizer, token_counts
+
+        tok = run_tokenizer(run_dir, cfg.data)
+        counts = token_counts(x, tok)
+        unit = tok.unit if tok.unit in counts else "token"
+        units = counts[unit]
+        out.update(unit=unit, units=units)
+        out.update(bits_per_unit=h["total_bits"] / units, net_bits_per_unit=h["net_bits"] / units)
+        out.update(neg_elbo_bits_per_unit=neg_elbo * n / units)
+        out.update(nats_per_text=h["total_bits"] * math.log(2) / n, net_nats_per_text=h["net_bits"] * math.log(2) / n)
+        out.update(neg_elbo_nats_per_text=neg_elbo * math.log(2))
+        return out
+    out.update(bits_per_dim=h["total_bits"] / (n * dims), net_bits_per_dim=h["net_bits"] / (n * dims))
+    out.update(neg_elbo_bits_per_dim=neg_elbo / dims)
+    return out
 
 
 def _with_source(data: bytes, source: dict, run_dir: Path) -> bytes:
@@ -132,23 +146,51 @@ def decompress_run(path: Path, out: Path, *, run_dir: Path | None = None, overwr
     empty_folder = images and out.is_dir() and not any(out.iterdir())
     if out.exists() and not overwrite and not empty_folder:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if not images and out.suffix.lower() != ".npy":
+    if source["kind"] == "text":
+        if out.suffix.lower() != ".txt":
+            raise ValueError(f"--out {out}: these texts are written as a .txt file; give a path ending in .txt")
+    elif not images and out.suffix.lower() != ".npy":
         raise ValueError(f"--out {out}: these data are written as a .npy file; give a path ending in .npy")
-    _, model = _load_run(run)
+    cfg, model = _load_run(run)
     t0 = time.perf_counter()
     x = decompress(model, data)
     seconds = time.perf_counter() - t0
+    result = {"examples": int(x.shape[0]), "examples_per_s": x.shape[0] / seconds, "seconds": seconds}
+    if not x.dtype.is_floating_point:  # token ids: a text run
+        if source["kind"] == "text":
+            _write_texts(x, run, cfg, out)
+        else:
+            _write_npy(x.numpy(), out)
+        return result
     levels = header["levels"]
     k = torch.round(x.double() * (levels - 1)).long().numpy()
     k = k.astype(np.uint8) if levels <= 256 else k
     if images:
         _write_pngs(k, levels, source, out)
     else:
-        buf = io.BytesIO()
-        np.save(buf, k)
-        with atomic_path(out) as tmp:
-            Path(tmp).write_bytes(buf.getvalue())
-    return {"examples": int(x.shape[0]), "examples_per_s": x.shape[0] / seconds, "seconds": seconds}
+        _write_npy(k, out)
+    return result
+
+
+def _write_npy(k: np.ndarray, out: Path) -> None:
+    buf = io.BytesIO()
+    np.save(buf, k)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+
+
+def _write_texts(x: torch.Tensor, run: Path, cfg, out: Path) -> None:
+    """The texts of token rows (N, T), decoded by the run's tokeniser: one per line; where a text holds a
+    newline (fortunes), each text then a line ``%`` (the fortune format, which the text sources read back)."""
+    from ..data.text import run_tokenizer
+
+    texts = run_tokenizer(run, cfg.data).decode_batch(x)
+    if any("\n" in t for t in texts):
+        body = "".join(t + "\n%\n" for t in texts)
+    else:
+        body = "".join(t + "\n" for t in texts)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(body, encoding="utf-8")
 
 
 def _write_pngs(k: np.ndarray, levels: int, source: dict, out: Path) -> None:
