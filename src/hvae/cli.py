@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="lossless compression of data with a run's model (bits-back ANS)")
     c.add_argument("run_dir", type=Path)
-    c.add_argument("input", type=Path, nargs="?", help="a .npy / .npz file, an image or a folder of images; text for a text run")
+    c.add_argument("input", type=Path, nargs="?", help="a .npy / .npz file, image(s), or text for a text run")
     c.add_argument("--split", help="code the run's own split instead of INPUT (e.g. test)")
     c.add_argument("--out", type=Path, required=True, help="the compressed file to write")
     c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -132,7 +132,8 @@ def _encode_all(model, codes, xc, s_all, words, budget, batch_size):
 def decompress(model, data: bytes) -> Tensor:
     """The data coded by :func:`compress` with this ``model``: (N, *data_shape) float32 in [0, 1], equal
     to the input (token models: int64 ids (N, T), rows padded to T). A file from another model, a damaged
-    or truncated file, or one from a newer hvae raises ``FormatError`` / ``CorruptError`` (a ``ValueError``) and never returns wrong data."""
+    or truncated file, or one from a newer hvae raises ``FormatError`` / ``CorruptError`` (a ``ValueError``)
+    and never returns wrong data."""
     header, payload = container.unpack(data)
     model = _on_cpu(model)
     if header["model"] != model_id(model):

@@ -518,6 +518,7 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
     B, C, T = px.cond.shape[0], m.channels, math.prod(m.spatial)
     x = px.cond.new_zeros(B, C, *m.spatial)
     x_flat = x.view(B, C, T)
+
     def step(params: Tensor):
         return m.step_base(params.float() if params.dtype not in (torch.float32, torch.float64) else params)
 
