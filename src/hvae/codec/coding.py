@@ -398,24 +398,27 @@ def _dlm_blocks(px: DiscretizedLogisticMixtureDistribution):
     coeffs = px.coeffs.double().reshape(B, M, -1, P)
     log_w = torch.log_softmax(px.logit_pi.double().reshape(B, M, P), dim=1)  # (B, M, P)
     xs: list[Tensor] = []  # decoded channels as bin centres in [-1, 1], (B, P)
+    chunk = max(1, 2**18 // (P * (bins + 2)))
+    edges = torch.cat([lower, upper[-1:]])  # (bins + 2,): -inf, the bins' inner edges, +inf
     base = 0
     for c in range(C):
         mean = mu[:, :, c]
         for j in range(c):
             mean = mean + coeffs[:, :, base + j] * xs[j].unsqueeze(1)
         base += c
-        probs = []
-        comp_all = []
-        for b in range(B):  # per example: (M, P, levels) float64 stays a few MB
-            a = (lower.view(1, 1, -1) - mean[b].unsqueeze(-1)) * inv_s[b, :, c].unsqueeze(-1)
-            e = (upper.view(1, 1, -1) - mean[b].unsqueeze(-1)) * inv_s[b, :, c].unsqueeze(-1)
-            comp = _interval_mass(torch.sigmoid, a, e)  # (M, P, levels)
-            w = torch.softmax(log_w[b], dim=0).unsqueeze(-1)  # (M, P, 1)
-            probs.append((w * comp).sum(0))
-            comp_all.append(comp)
-        k = yield (c, torch.stack(probs))  # (B, P, levels) -> the channel's symbols (B, P)
-        comp = torch.stack(comp_all)  # (B, M, P, levels)
-        picked = comp.gather(3, k.view(B, 1, P, 1).expand(B, M, P, 1)).squeeze(3)
+        probs = torch.zeros(B, P, bins + 1, dtype=torch.float64)
+        w = torch.softmax(log_w, dim=1)  # (B, M, P)
+        for i in range(0, B, chunk):  # examples at a time: a few (chunk, P, edges) float64 arrays in cache
+            j = slice(i, i + chunk)
+            for mi in range(M):  # the levels' masses from the CDF at the shared edges, from the nearer tail
+                t = (edges - mean[j, mi].unsqueeze(-1)) * inv_s[j, mi, c].unsqueeze(-1)  # (chunk, P, bins + 2)
+                F, G = torch.sigmoid(t), torch.sigmoid(-t)  # the lower and the upper tail
+                mass = torch.where(t[..., :-1] > 0, G[..., :-1] - G[..., 1:], F[..., 1:] - F[..., :-1])
+                probs[j] += w[j, mi].unsqueeze(-1) * mass
+        k = yield (c, probs)  # (B, P, levels) -> the channel's symbols (B, P)
+        # each component's mass at the chosen levels, computed alike on both sides (the same shapes)
+        m, s = mean, inv_s[:, :, c]
+        picked = _interval_mass(torch.sigmoid, (lower[k].unsqueeze(1) - m) * s, (upper[k].unsqueeze(1) - m) * s)
         log_w = log_w + torch.log(picked.clamp_min(1e-300))
         log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
         xs.append(centres[k])
