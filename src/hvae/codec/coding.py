@@ -295,22 +295,22 @@ def _infer(model, x: Tensor, pick) -> list[int]:
 
 
 def data_levels(model) -> int:
-    """Values per data dimension of the model's likelihood; refuses the models that cannot code data."""
+    """Values per data dimension of the model's likelihood (its ``levels``); refuses the models that cannot
+    code data."""
     cfg = model.config
-    lik = model.likelihood
-    if isinstance(lik, Autoregressive):  # coded position by position in sampling order: see _ar_walk
-        lik = lik.base
-    if isinstance(lik, Bernoulli):
-        return 2
-    if isinstance(lik, CategoricalLikelihood):
-        return lik.num_classes
-    if isinstance(lik, DiscretizedLogisticMixture):
-        return 2**lik.bits
-    raise ValueError(
-        f"likelihood {cfg.likelihood!r} is a density over continuous values: a lossless code needs a "
-        "likelihood with a discrete support (bernoulli, categorical or discretized_logistic_mixture), so "
-        "that each value has a probability; retrain with one of those"
-    )
+    lik = _base(model)  # an autoregressive decoder's data: coded position by position in sampling order
+    if lik.levels is None:
+        raise ValueError(
+            f"likelihood {cfg.likelihood!r} is a density over continuous values: a lossless code needs a "
+            "likelihood with a discrete support (bernoulli, categorical or discretized_logistic_mixture), so "
+            "that each value has a probability; retrain with one of those"
+        )
+    if _blocks_for(lik) is None:
+        raise ValueError(
+            f"likelihood {cfg.likelihood!r} has no coding tables in hvae.codec (it codes "
+            f"{', '.join(c.__name__ for c in _BLOCKS)}); add its tables to hvae.codec.coding._BLOCKS"
+        )
+    return lik.levels
 
 
 def _base(model):
@@ -350,12 +350,10 @@ def to_symbols(model, x: Tensor) -> Tensor:
     lik = _base(model)
     if not x.dtype.is_floating_point:
         return x.long()
-    if isinstance(lik, Bernoulli):
-        return x.round().long()
-    if isinstance(lik, CategoricalLikelihood):
-        return torch.round(x.double() * (lik.num_classes - 1)).long()
-    levels = 2**lik.bits  # the discretised logistic's bins, as its log_prob reads them
-    return torch.floor(x.double() * levels * (1 - 1e-6)).clamp(0, levels - 1).long()
+    levels = lik.levels
+    if isinstance(lik, DiscretizedLogisticMixture):  # its bins, as its log_prob reads them
+        return torch.floor(x.double() * levels * (1 - 1e-6)).clamp(0, levels - 1).long()
+    return torch.round(x.double() * (levels - 1)).long()  # the levels k / (K - 1) (binary: K = 2)
 
 
 def from_symbols(model, s: Tensor) -> Tensor:
@@ -369,17 +367,19 @@ def from_symbols(model, s: Tensor) -> Tensor:
 def _x_blocks(px):
     """The conditionals of the data given z, as (blocks, probs): a generator over blocks of symbols in
     decoding order; it yields (index into the flat (B, D) symbols, probs (B, m, K)) and takes back the decoded
-    symbols of each block (``send``) before the next (a channel of a colour mixture reads the ones before)."""
-    if isinstance(px, BernoulliDistribution):
-        s = torch.sigmoid(_flat(px.logits).double())
-        yield slice(None), torch.stack([1 - s, s], -1)
-        return
-    if isinstance(px, CategoricalDistribution):
-        logp = torch.log_softmax(px.logits.double(), dim=1)  # (B, K, C, *spatial)
-        yield slice(None), logp.movedim(1, -1).reshape(logp.shape[0], -1, px.K).exp()
-        return
-    assert isinstance(px, DiscretizedLogisticMixtureDistribution)
-    yield from _dlm_blocks(px)
+    symbols of each block (``send``) before the next (a channel of a colour mixture reads the ones before).
+    One function per likelihood class: :data:`_BLOCKS`."""
+    return _blocks_for(px._model)(px)
+
+
+def _bernoulli_blocks(px: BernoulliDistribution):
+    s = torch.sigmoid(_flat(px.logits).double())
+    yield slice(None), torch.stack([1 - s, s], -1)
+
+
+def _categorical_blocks(px: CategoricalDistribution):
+    logp = torch.log_softmax(px.logits.double(), dim=1)  # (B, K, C, *spatial)
+    yield slice(None), logp.movedim(1, -1).reshape(logp.shape[0], -1, px.K).exp()
 
 
 def _dlm_blocks(px: DiscretizedLogisticMixtureDistribution):
@@ -422,6 +422,18 @@ def _dlm_blocks(px: DiscretizedLogisticMixtureDistribution):
         log_w = log_w + torch.log(picked.clamp_min(1e-300))
         log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
         xs.append(centres[k])
+
+
+#: the data's coding tables, per likelihood class (a subclass uses its nearest registered base's)
+_BLOCKS = {
+    Bernoulli: _bernoulli_blocks,
+    CategoricalLikelihood: _categorical_blocks,
+    DiscretizedLogisticMixture: _dlm_blocks,
+}
+
+
+def _blocks_for(lik):
+    return next((_BLOCKS[c] for c in type(lik).__mro__ if c in _BLOCKS), None)
 
 
 def _x_layout(model, s: Tensor) -> Tensor:
