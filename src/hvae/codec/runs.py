@@ -100,7 +100,7 @@ def compress_run(
         Path(tmp).write_bytes(data)
     h = info(data)
     n, dims = x.shape[0], math.prod(model.data_shape)
-    out = {"examples": n, "dims": dims, "bytes": len(data), "examples_per_s": n / seconds, "seconds": seconds}
+    r: dict = {"examples": n, "dims": dims, "bytes": len(data), "examples_per_s": n / seconds, "seconds": seconds}
     neg_elbo = _elbo_bits(model, x)  # bits per example
     if model.config.embed_dim:  # text: per unit of the tokeniser (byte, char or token) and nats per text
         from ..data.text import run_tokenizer, token_counts
@@ -109,15 +109,15 @@ def compress_run(
         counts = token_counts(x, tok)
         unit = tok.unit if tok.unit in counts else "token"
         units = counts[unit]
-        out.update(unit=unit, units=units)
-        out.update(bits_per_unit=h["total_bits"] / units, net_bits_per_unit=h["net_bits"] / units)
-        out.update(neg_elbo_bits_per_unit=neg_elbo * n / units)
-        out.update(nats_per_text=h["total_bits"] * math.log(2) / n, net_nats_per_text=h["net_bits"] * math.log(2) / n)
-        out.update(neg_elbo_nats_per_text=neg_elbo * math.log(2))
-        return out
-    out.update(bits_per_dim=h["total_bits"] / (n * dims), net_bits_per_dim=h["net_bits"] / (n * dims))
-    out.update(neg_elbo_bits_per_dim=neg_elbo / dims)
-    return out
+        r.update(unit=unit, units=units)
+        r.update(bits_per_unit=h["total_bits"] / units, net_bits_per_unit=h["net_bits"] / units)
+        r.update(neg_elbo_bits_per_unit=neg_elbo * n / units)
+        r.update(nats_per_text=h["total_bits"] * math.log(2) / n, net_nats_per_text=h["net_bits"] * math.log(2) / n)
+        r.update(neg_elbo_nats_per_text=neg_elbo * math.log(2))
+        return r
+    r.update(bits_per_dim=h["total_bits"] / (n * dims), net_bits_per_dim=h["net_bits"] / (n * dims))
+    r.update(neg_elbo_bits_per_dim=neg_elbo / dims)
+    return r
 
 
 def _with_source(data: bytes, source: dict, run_dir: Path) -> bytes:
@@ -185,10 +185,8 @@ def _write_texts(x: torch.Tensor, run: Path, cfg, out: Path) -> None:
     from ..data.text import run_tokenizer
 
     texts = run_tokenizer(run, cfg.data).decode_batch(x)
-    if any("\n" in t for t in texts):
-        body = "".join(t + "\n%\n" for t in texts)
-    else:
-        body = "".join(t + "\n" for t in texts)
+    end = "\n%\n" if any("\n" in t for t in texts) else "\n"
+    body = "".join(t + end for t in texts)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(body, encoding="utf-8")
 
