@@ -8,12 +8,13 @@ Notation (ARCHITECTURE.md): latents z_1 … z_L, z_1 nearest the data; lists are
 
 All numbers are nats per example unless a name says otherwise. What decides *when* or *how fast* lives
 beside the model: compilation in :mod:`hvae.compiled`, the IW bound's chunks in :mod:`hvae.iw`, the step
-schedules in :mod:`hvae.schedules`, saving and loading in :mod:`hvae.pretrained`.
+schedules in :mod:`hvae.schedules`, saving and loading in :mod:`hvae.pretrained`, activation checkpointing in
+:mod:`hvae.checkpointing`; the loss's options beside the ELBO (free bits, KL balancing) in :mod:`hvae.objectives`
+and the levels' shapes and the data's padding in :mod:`hvae.geometry`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from . import inputs, iw, schedules
+from . import inputs, iw, objectives, schedules
+from .checkpointing import cells
 from .compiled import compiled_training_call, set_compile
 from .config import ModelConfig
 from .data.text import trim_batch
 from .distributions import Gaussian, _tile, kl_divergence
+from .geometry import geometry
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention, decoder_block, encoder_block
@@ -40,7 +43,7 @@ class ModelOutput:
 
     ``elbo``, ``log_px``: (B,) nats; ``kl``: list of L tensors (B,), bottom to top, nats;
     ``loss``: scalar to minimise (mean over the batch of -ELBO with the KL weighted by ``beta``, free
-    bits and KL balancing applied: training options that never change ``elbo``);
+    bits and KL balancing applied (:mod:`hvae.objectives`): training options that never change ``elbo``);
     ``px``: the observation distribution p(x | z_1) (``.mean`` gives reconstructions).
     """
 
@@ -66,40 +69,6 @@ class _Pass:
     state: Tensor
 
 
-def _geometry(cfg: ModelConfig) -> tuple[int, list[tuple[int, ...]], tuple[int, ...] | None]:
-    """The input channels of the first bottom-up block, each level's latent shape (bottom to top) and the
-    padding of the data: (left, right, top, bottom) of images, (left, right) of sequences, None for none."""
-    L, shape = cfg.num_layers, tuple(cfg.data_shape)
-    pad: tuple[int, ...] | None = None
-    if cfg.block == "mlp":
-        in_ch = math.prod(shape)
-        latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]
-    elif len(shape) == 2:  # sequences (C, T), block temporal: padded at the end to the total stride
-        in_ch, t = shape
-        total = math.prod(cfg.strides)
-        if t % total:
-            pad = (0, -(-t // total) * total - t)
-            t += pad[1]
-        latent_shapes = []
-        for l, s in enumerate(cfg.strides):
-            t //= s
-            latent_shapes.append((latent_channels(cfg, l), t))
-    else:
-        in_ch = shape[0]
-        h, w = shape[1:]
-        # images are padded (centred, zeros) to a multiple of the total stride; p(x | z) is cropped back
-        total = math.prod(cfg.strides)
-        ph, pw = -(-h // total) * total - h, -(-w // total) * total - w
-        if ph or pw:
-            pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-        h, w = h + ph, w + pw
-        latent_shapes = []
-        for l, s in enumerate(cfg.strides):
-            h, w = h // s, w // s
-            latent_shapes.append((latent_channels(cfg, l), h, w))
-    return in_ch, latent_shapes, pad
-
-
 class HierarchicalVAE(PretrainedMixin, nn.Module):
     """A hierarchical VAE built from a :class:`~hvae.config.ModelConfig` (use :func:`hvae.build_model`).
 
@@ -120,7 +89,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         self.data_shape = tuple(cfg.data_shape)
         self.likelihood = build_likelihood(cfg)
 
-        in_ch, latent_shapes, self._pad = _geometry(cfg)
+        in_ch, latent_shapes, self._pad = geometry(cfg)
 
         # token ids (B, T) are embedded first (sentence-level models over a token sequence)
         self.token_encoder = None
@@ -201,16 +170,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return x if self._pad is None else nn.functional.pad(x, self._pad)
 
     def _cells(self, fn, *args):
-        """``fn(*args)`` (a module or a module's method), its activations recomputed in the backward pass
-        when ``config.checkpointing``: one level's cells at a time."""
-        if not (self.config.checkpointing and torch.is_grad_enabled()):
-            return fn(*args)
-        from torch.utils.checkpoint import checkpoint
-
-        owner = fn if isinstance(fn, nn.Module) else fn.__self__
-        return checkpoint(
-            fn, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _frozen_bn(owner))
-        )
+        """``fn(*args)``, recomputed in the backward pass when ``config.checkpointing`` (:mod:`hvae.checkpointing`)."""
+        return cells(self.config.checkpointing, fn, *args)
 
     def _bottom_up(self, x: Tensor) -> list[Tensor]:
         """Deterministic bottom-up pass: the posterior context of each level, computed once per input.
@@ -338,35 +299,6 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``)."""
         return schedules.beta(self.config, step)
 
-    def _kl_loss(self, kl_elem: list[Tensor], beta: float) -> Tensor:
-        """The KL part of the training loss (batch mean): free bits, KL balancing, beta."""
-        cfg = self.config
-        per_layer = []
-        for k in kl_elem:
-            if cfg.free_bits > 0 and cfg.free_bits_mode == "channel":
-                # Kingma et al. 2016: each group (a channel) gets lambda nats for free, batch-averaged
-                per_ch = k.flatten(2).sum(2).mean(0) if k.dim() > 2 else k.mean(0)
-                per_layer.append(per_ch.clamp_min(cfg.free_bits).sum())
-            else:
-                v = k.flatten(1).sum(1).mean()
-                per_layer.append(v.clamp_min(cfg.free_bits) if cfg.free_bits > 0 else v)
-        kl = torch.stack(per_layer)
-        if cfg.kl_balancing and beta < cfg.beta:
-            # NVAE: weight each level by its share of the KL per latent element, times the number of levels at
-            # its resolution (NVAE's groups per scale), normalised to mean 1, so no level is starved during
-            # warm-up; the weights are constants (no gradient). The sizes divide as Python numbers (a tensor of
-            # them would be a host-to-device copy, which waits for the device, at every step of the warm-up)
-            spatial = [tuple(k.shape[2:]) for k in kl_elem]
-            gamma = torch.stack(
-                [
-                    (kl[i].detach().abs() + 0.01) * spatial.count(spatial[i]) / k[0].numel()
-                    for i, k in enumerate(kl_elem)
-                ]
-            )
-            gamma = gamma / gamma.mean()
-            kl = kl * gamma
-        return beta * kl.sum()
-
     def forward(self, x: Tensor, beta: float | None = None) -> ModelOutput:
         """ELBO of a batch ``x`` (B, *data_shape), with one posterior sample per example.
 
@@ -392,28 +324,15 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         training = self.training and torch.is_grad_enabled()
         if beta is None:
             beta = schedules.beta(self.config, self.step)
-        loss = -log_px.mean() + self._kl_loss(kl_elem, beta)
+        loss = -log_px.mean() + objectives.kl_loss(self.config, kl_elem, beta)
         if self.spectral is not None and training:
             loss = loss + schedules.spectral_weight(self.config, self.step) * self.spectral(self).sum()
         if training:  # with or without an explicit beta: step also drives the relaxation's and spectral annealing
             self.step += 1
-        aux_loss, aux = self._discrete_aux(run)
+        aux_loss, aux = objectives.discrete_aux(self.layers, run.qs)  # VQ levels' commitment, perplexity
         if aux:
             loss = loss + aux_loss
         return ModelOutput(elbo=elbo, log_px=log_px, kl=kl, loss=loss, beta=beta, px=px, zs=run.zs, aux=aux)
-
-    def _discrete_aux(self, run: _Pass) -> tuple[Tensor | float, dict]:
-        """The commitment losses of vector-quantised levels (added to the loss, never to the ELBO) and
-        their codebook perplexities for this batch."""
-        total, aux = 0.0, {}
-        for l, q in enumerate(run.qs):
-            if not self.layers[l].family.point_mass_posterior:
-                continue
-            commitment = q.aux_loss.mean()
-            total = total + commitment
-            aux.setdefault("commitment", {})[l] = commitment.detach()
-            aux.setdefault("perplexity", {})[l] = q.perplexity()
-        return total, aux
 
     def gumbel_temperature(self) -> float | Tensor:
         """Relaxation temperature of discrete latents at ``step`` (:func:`hvae.schedules.gumbel_temperature`)."""
@@ -530,23 +449,6 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             run = self._top_down(B, ctxs=self._bottom_up(x), infer_from=L - keep_top, temperatures=temps)
         px = self._decode_state(run.state)
         return px.mean if mean else px.sample()
-
-
-@contextlib.contextmanager
-def _frozen_bn(module: nn.Module):
-    """While a checkpointed module is recomputed, its batch norms leave their running statistics alone
-    (the forward pass already counted this batch)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(bns, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
 
 
 def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
