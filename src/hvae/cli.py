@@ -355,7 +355,8 @@ def _parse_temperature(text: str) -> float | list[float]:
 
 def _cmd_sample(args) -> int:
     from .data import load_dataset
-    from .report.media import check_out, modality, sample_path, write_samples
+    from .data.sources import modality
+    from .report.media import check_out, sample_path, write_samples
     from .sampling import interpolate, keep_top_rows, unconditional
 
     device = _device(args.device)
@@ -377,7 +378,7 @@ def _cmd_sample(args) -> int:
         raise ValueError("--data gives the inputs of --from-data or --interpolate; add one of them")
     if args.source is not None and args.data is None:
         raise ValueError("--source says how to read --data; add --data PATH")
-    kind = modality(cfg.data.source)
+    kind = modality(cfg.data.source, model.data_shape)
     name = "interpolation" if args.interpolate else "keep_top" if args.from_data else "samples"
     # checked before any sampling work; the writers take it as it is
     check_out(kind, args.out, name, args.n, args.overwrite)
@@ -417,7 +418,7 @@ def _cmd_sample(args) -> int:
 def _read_other_data(args, cfg, model) -> torch.Tensor:
     """``--data`` read as the run reads its test split (:func:`hvae.data.load_like`)."""
     from .data import load_dataset, load_like
-    from .report.media import modality
+    from .data.sources import modality
 
     tokenizer = stats = None
     if modality(cfg.data.source) == "text":

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .registry import LATENT_FAMILIES, LIKELIHOODS
+from .registry import CELL_FAMILIES, LATENT_FAMILIES, LIKELIHOODS
 
 
 class ConfigError(ValueError):
@@ -212,7 +212,7 @@ def _require(cond: bool, message: str) -> None:
 
 
 Inference = Literal["ladder", "top_down", "bottom_up"]
-Block = Literal["mlp", "conv", "nvae", "vdvae", "temporal"]
+Block = str  # a name in hvae.registry.CELL_FAMILIES (checked in ModelConfig.__post_init__)
 Likelihood = str  # a name in hvae.registry.LIKELIHOODS (checked in ModelConfig.__post_init__)
 Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "identity"]
 
@@ -327,6 +327,9 @@ class ModelConfig(_Serializable):
         _require(
             self.likelihood in LIKELIHOODS,
             f"likelihood: {self.likelihood!r} is not accepted; use one of {LIKELIHOODS.choices()}",
+        )
+        _require(
+            self.block in CELL_FAMILIES, f"block: {self.block!r} is not accepted; use one of {CELL_FAMILIES.choices()}"
         )
         for t in self.latent_types or ():
             _require(

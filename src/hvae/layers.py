@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import quantize  # noqa: F401  (registers the "vq" latent family)
 from .distributions import Gaussian, LatentFamily
-from .nets import FAMILIES, activation, decoder_block
+from .nets import FAMILIES, activation
 from .nets.attention import with_attention
 from .registry import LATENT_FAMILIES
 
@@ -58,7 +58,7 @@ class LatentLayer(nn.Module):
             prior_ch = None
         else:
             up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] > 1 else 1
-            self.prior_net = decoder_block(fam)(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
+            self.prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
             if index in cfg.attention_levels:
                 self.prior_net = with_attention(self.prior_net, cfg.attention_heads)
             prior_ch = self.prior_net.out_ch
@@ -83,7 +83,7 @@ class LatentLayer(nn.Module):
             hidden = cfg.hidden_dims[index]
             self.trans_from_z = fam.pointwise(latent_ch, hidden)
             self.trans_from_h = None if self.is_top else fam.pointwise(prior_ch, hidden)
-            if getattr(fam, "residual_state", False) and self.trans_from_h is not None and prior_ch == hidden:
+            if fam.residual_state and self.trans_from_h is not None and prior_ch == hidden:
                 # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
                 nn.init.dirac_(self.trans_from_h.weight)
                 nn.init.zeros_(self.trans_from_h.bias)

@@ -28,7 +28,7 @@ from .data.text import trim_batch
 from .distributions import Gaussian, _tile, kl_divergence
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
-from .nets import FAMILIES, attention, decoder_block, encoder_block
+from .nets import FAMILIES, attention
 from .nets.temporal import TokenEncoder
 from .pretrained import PretrainedMixin
 from .spectral import SpectralNorms
@@ -134,7 +134,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         for l in range(L):
             stride = cfg.strides[l] if cfg.strides else 1
             src = ch if (l == 0 or cfg.inference != "bottom_up") else latent_channels(cfg, l - 1)
-            blk = encoder_block(fam)(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
+            blk = fam.encoder_block(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
             if l in cfg.attention_levels:
                 blk = attention.with_attention(blk, cfg.attention_heads)
             self.encoder.append(blk)
@@ -161,7 +161,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
         # decoder p(x | s_1): mirrors the first bottom-up block
         up = -cfg.strides[0] if cfg.strides and cfg.strides[0] > 1 else 1
-        self.decoder = decoder_block(fam)(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
+        self.decoder = fam.decoder_block(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
         n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
         self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
 

@@ -22,10 +22,10 @@ from torch import Tensor
 
 from hvae.config import load_yaml
 from hvae.data import DataConfig, DataError, Dataset, load_dataset
+from hvae.data.sources import modality
 from hvae.files import atomic_write_text
 from hvae.model import HierarchicalVAE
 from hvae.report.images import images_to_uri, png_data_uri, to_images
-from hvae.report.media import modality
 from hvae.report.ood import ood_section
 from hvae.rundir import RunDir
 
@@ -407,8 +407,8 @@ NUM_MEDIA = 8
 def _media(r: _Run, seed: int, device: str) -> list[str] | None:
     """Sections for text (samples and reconstructions as text) and audio (players and spectrograms) runs;
     None for other data."""
-    kind = modality((r.config.get("data") or {}).get("source") or "")
-    if kind == "image":
+    kind = modality((r.config.get("data") or {}).get("source") or DataConfig().source)
+    if kind in ("image", "table"):
         return None
     dc = DataConfig.from_dict(r.config["data"])
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
