@@ -1,5 +1,6 @@
 """Extension points: a toy latent family, a toy likelihood, a toy data source and a toy cell family, added
-through the public registries alone, then read and trained with through the ordinary job; KL dispatch along class hierarchies."""
+through the public registries alone, then read and trained with through the ordinary job; KL dispatch along
+class hierarchies."""
 
 from __future__ import annotations
 
