@@ -214,6 +214,7 @@ def test_config_names_follow_the_registries(toys):
 def test_the_builtin_names_are_registered_in_order():
     assert list(FAMILIES) == ["conv", "mlp", "nvae", "temporal", "vdvae"]
     assert FAMILIES["nvae"].residual_state and FAMILIES["vdvae"].residual_state
+    assert FAMILIES["vdvae"].official_init is not CellFamily.official_init
     assert FAMILIES["mlp"].encoder_block(4, 8, 2).out_ch == 8 and not FAMILIES["mlp"].residual_state
     assert list(LATENT_FAMILIES) == ["gaussian", "categorical", "bernoulli", "vq"]
     assert list(LIKELIHOODS) == ["bernoulli", "gaussian", "categorical", "discretized_logistic_mixture"]

@@ -92,7 +92,7 @@ class LatentLayer(nn.Module):
             self.state_ch = hidden
         else:
             self.state_ch = latent_ch
-        if cfg.official_init and hasattr(fam, "official_init"):  # the family's initialisation from its paper's code
+        if cfg.official_init:  # the family's initialisation from its paper's code (a no-op for most)
             fam.official_init(self, cfg)
 
     # -- generative side ----------------------------------------------------------------------------

@@ -22,6 +22,8 @@ class CellFamily:
       networks, decoder); both are :meth:`block` unless a family's two paths differ (``nvae``, ``vdvae``).
     * ``residual_state``: True when the skip state's map from the prior features starts as the identity
       (:class:`hvae.layers.TopDownLayer`).
+    * :meth:`official_init` ``(layer, cfg)``: re-initialise one built level as the family's official code
+      does (``model.official_init``); by default it changes nothing.
     """
 
     residual_state = False
@@ -33,6 +35,10 @@ class CellFamily:
     @staticmethod
     def pointwise(in_ch: int, out_ch: int) -> nn.Module:
         raise NotImplementedError("a cell family defines pointwise(in_ch, out_ch)")
+
+    @staticmethod
+    def official_init(layer: nn.Module, cfg) -> None:
+        """No initialisation of its own: the layers keep torch's defaults."""
 
     @classmethod
     def encoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw) -> Sequential:

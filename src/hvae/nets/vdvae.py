@@ -140,3 +140,4 @@ class VDVAE(CellFamily):
     decoder_block = staticmethod(decoder_block)
     pointwise = staticmethod(pointwise)
     residual_state = True  # the skip state's map from the prior features starts as the identity (layers.py)
+    official_init = staticmethod(official_init)
