@@ -6,7 +6,7 @@ import pytest
 
 import hvae
 from hvae import ConfigError, ModelConfig
-from hvae.config import apply_overrides, parse_override
+from hvae.configbase import apply_overrides, parse_override
 
 
 @pytest.mark.parametrize("preset", ["lvae_mnist", "small", "conv_small"])

@@ -212,7 +212,7 @@ def test_config_names_follow_the_registries(toys):
 
 
 def test_the_builtin_names_are_registered_in_order():
-    assert list(FAMILIES) == ["conv", "mlp", "nvae", "temporal", "vdvae"]
+    assert list(FAMILIES) == ["mlp", "conv", "nvae", "vdvae", "temporal"]
     assert FAMILIES["nvae"].residual_state and FAMILIES["vdvae"].residual_state
     assert FAMILIES["vdvae"].official_init is not CellFamily.official_init
     assert FAMILIES["mlp"].encoder_block(4, 8, 2).out_ch == 8 and not FAMILIES["mlp"].residual_state

@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _device(name: str) -> torch.device:
     """``--device`` of eval, sample and report."""
-    from .config import ConfigError
+    from .configbase import ConfigError
     from .train import resolve_device
 
     try:
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started_at = time.monotonic()  # train.max_time counts from here: start-up and compilation included
     from .checkpoint import CheckpointError
-    from .config import ConfigError
+    from .configbase import ConfigError
     from .data import DataError
     from .distributed import DistributedError
     from .train import RunDirError, TrainingDiverged, TrainingInterrupted

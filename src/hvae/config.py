@@ -1,215 +1,19 @@
-"""Typed, validated configuration objects and their YAML/JSON round trip.
+"""The model's configuration, :class:`ModelConfig` (the ``model:`` section of a run's config).
 
-Every config is a dataclass. Configs are validated where they enter (``from_dict``, ``__post_init__``):
-an unknown key or a bad value raises :class:`ConfigError` naming the key and what is accepted. Past
-that point the code trusts them.
+Configs are validated where they enter (``from_dict``, ``__post_init__``): an unknown key or a bad value
+raises :class:`ConfigError` naming the key and what is accepted. Past that point the code trusts them. The
+generic machinery (reading mappings, YAML and overrides) is :mod:`hvae.configbase`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-
+from .configbase import ConfigError, Serializable, coerce_fields, require
 from .registry import CELL_FAMILIES, LATENT_FAMILIES, LIKELIHOODS
 
-
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value is not accepted."""
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        return f"list of {_type_name(args[0])}" if args else "list"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert lossless cases (int -> float, list -> tuple)."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        hint = "; YAML reads yes/no/on/off as true/false: quote the word" if isinstance(value, bool) else ""
-        raise ConfigError(f"{key}: {value!r} is not accepted; use one of {_type_name(tp)}{hint}")
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not accepted; expected {_type_name(tp)}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        (arg, *_) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build the dataclass ``cls`` from a plain mapping, rejecting unknown keys and ill-typed values."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + u for u in unknown)}; "
-            f"valid keys are: {', '.join(prefix + n for n in names)}"
-        )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as e:
-        if prefix and not str(e).startswith(prefix):
-            raise ConfigError(prefix + str(e)) from None
-        raise
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON-safe mapping of a config dataclass (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(cfg)
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML as configs mean it: ``1e-3`` and ``5e+4`` are numbers (YAML 1.1, PyYAML's default, reads a float
-    without a dot as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """Parse YAML text the way hvae reads configs and overrides (see :class:`_Loader`)."""
-    return yaml.load(text, Loader=_Loader)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse one ``key.sub=value`` command-line override; the value is read as YAML (``3``, ``[1,2]``, ``true``)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} has an empty key; write it as key.sub=value")
-    try:
-        value = load_yaml(raw) if raw != "" else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted overrides applied (validation happens in ``from_dict``)."""
-    out = json.loads(json.dumps(data))
-    for text in overrides:
-        path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {part} is not a section")
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-class _Serializable:
-    """Mixin: JSON/YAML round trip for config dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        return from_dict(cls, data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str):
-        return cls.from_dict(json.loads(text))
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, text_or_path: str | Path):
-        text = text_or_path
-        if isinstance(text_or_path, Path) or (
-            isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml"))
-        ):
-            text = Path(text_or_path).read_text()
-        data = load_yaml(text) or {}
-        return cls.from_dict(data)
-
-    def replace(self, **changes):
-        """A validated copy with some fields changed."""
-        return self.from_dict({**self.to_dict(), **changes})
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
+__all__ = ["ConfigError", "ModelConfig"]  # ConfigError: what ModelConfig raises, importable from here too
 
 Inference = Literal["ladder", "top_down", "bottom_up"]
 Block = str  # a name in hvae.registry.CELL_FAMILIES (checked in ModelConfig.__post_init__)
@@ -218,7 +22,7 @@ Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "iden
 
 
 @dataclass
-class ModelConfig(_Serializable):
+class ModelConfig(Serializable):
     """The architecture of a hierarchical VAE and the options of its training loss.
 
     Lists indexed by layer run bottom (``z_1``, nearest the data) to top (``z_L``).
@@ -321,70 +125,68 @@ class ModelConfig(_Serializable):
 
     def __post_init__(self) -> None:
         # direct construction (ModelConfig(...)) is checked like from_dict: every field's type and literal
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
-        _require(
+        coerce_fields(self)
+        require(
             self.likelihood in LIKELIHOODS,
             f"likelihood: {self.likelihood!r} is not accepted; use one of {LIKELIHOODS.choices()}",
         )
-        _require(
+        require(
             self.block in CELL_FAMILIES, f"block: {self.block!r} is not accepted; use one of {CELL_FAMILIES.choices()}"
         )
         for t in self.latent_types or ():
-            _require(
+            require(
                 t in LATENT_FAMILIES, f"latent_types: {t!r} is not accepted; use one of {LATENT_FAMILIES.choices()}"
             )
         L = len(self.latent_dims)
-        _require(L >= 1, "latent_dims: a hierarchy needs at least one latent layer, e.g. [32, 16]")
-        _require(
+        require(L >= 1, "latent_dims: a hierarchy needs at least one latent layer, e.g. [32, 16]")
+        require(
             len(self.hidden_dims) == L,
             f"hidden_dims: needs one width per latent layer ({L}), got {len(self.hidden_dims)}",
         )
-        _require(all(d > 0 for d in self.latent_dims), "latent_dims: every entry must be a positive integer")
-        _require(all(d > 0 for d in self.hidden_dims), "hidden_dims: every entry must be a positive integer")
-        _require(
+        require(all(d > 0 for d in self.latent_dims), "latent_dims: every entry must be a positive integer")
+        require(all(d > 0 for d in self.hidden_dims), "hidden_dims: every entry must be a positive integer")
+        require(
             len(self.data_shape) in (1, 2, 3) and all(d > 0 for d in self.data_shape),
             f"data_shape: expected [D], [C, T] or [C, H, W] with positive sizes, got {self.data_shape}",
         )
-        _require(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
-        _require(self.min_scale > 0, f"min_scale: must be > 0, got {self.min_scale}")
-        _require(self.beta >= 0, f"beta: must be >= 0, got {self.beta}")
-        _require(self.kl_warmup_steps >= 0, f"kl_warmup_steps: must be >= 0, got {self.kl_warmup_steps}")
-        _require(self.free_bits >= 0, f"free_bits: must be >= 0 nats, got {self.free_bits}")
-        _require(self.num_mixtures >= 1, f"num_mixtures: must be >= 1, got {self.num_mixtures}")
-        _require(1 <= self.num_bits <= 16, f"num_bits: must be in 1..16, got {self.num_bits}")
-        _require(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
-        _require(
+        require(self.depth >= 0, f"depth: must be >= 0, got {self.depth}")
+        require(self.min_scale > 0, f"min_scale: must be > 0, got {self.min_scale}")
+        require(self.beta >= 0, f"beta: must be >= 0, got {self.beta}")
+        require(self.kl_warmup_steps >= 0, f"kl_warmup_steps: must be >= 0, got {self.kl_warmup_steps}")
+        require(self.free_bits >= 0, f"free_bits: must be >= 0 nats, got {self.free_bits}")
+        require(self.num_mixtures >= 1, f"num_mixtures: must be >= 1, got {self.num_mixtures}")
+        require(1 <= self.num_bits <= 16, f"num_bits: must be in 1..16, got {self.num_bits}")
+        require(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
+        require(
             self.likelihood_scale is None or self.likelihood_scale > 0,
             f"likelihood_scale: must be > 0 or null (learned), got {self.likelihood_scale}",
         )
         if self.block == "mlp":
-            _require(self.strides is None, "strides: only used by block: conv; remove it for block: mlp")
+            require(self.strides is None, "strides: only used by block: conv; remove it for block: mlp")
         elif self.block == "temporal":  # 1-D: sequences [C, T], each level coarser in time
-            _require(
+            require(
                 len(self.data_shape) == 2,
                 f"data_shape: block: temporal needs sequences [C, T], got {self.data_shape}",
             )
             strides = self.strides if self.strides is not None else [2] * L
-            _require(
+            require(
                 len(strides) == L and all(s >= 1 and s & (s - 1) == 0 for s in strides),
                 f"strides: needs one entry per latent layer ({L}), each a power of two (1, 2, 4, ...), got {strides}",
             )
             self.strides = list(strides)
         else:
-            _require(
+            require(
                 len(self.data_shape) == 3,
                 f"data_shape: block: {self.block} needs images [C, H, W], got {self.data_shape}",
             )
             strides = self.strides if self.strides is not None else [2] * L
             if self.block == "conv":
-                _require(
+                require(
                     len(strides) == L and all(s in (1, 2) for s in strides),
                     f"strides: needs one entry per latent layer ({L}), each 1 or 2, got {strides}",
                 )
             else:  # nvae / vdvae: a level may cross several scales (e.g. NVAE's pre-processing, VDVAE's 4 -> 1)
-                _require(
+                require(
                     len(strides) == L and all(s >= 1 and s & (s - 1) == 0 for s in strides),
                     f"strides: needs one entry per latent layer ({L}), each a power of two (1, 2, 4, ...), "
                     f"got {strides}",
@@ -394,29 +196,29 @@ class ModelConfig(_Serializable):
                 total *= s
             _, H, W = self.data_shape
             # nvae / vdvae pad the images to a multiple of the total stride inside the model
-            _require(
+            require(
                 self.block != "conv" or (H % total == 0 and W % total == 0),
                 f"strides: the image {H}x{W} must divide by the total downsampling {total}; "
                 "pad the images or use fewer stride-2 layers",
             )
             self.strides = list(strides)
-        _require(0 <= self.kl_warmup_floor <= 1, f"kl_warmup_floor: must be in [0, 1], got {self.kl_warmup_floor}")
-        _require(self.kl_const_steps >= 0, f"kl_const_steps: must be >= 0, got {self.kl_const_steps}")
+        require(0 <= self.kl_warmup_floor <= 1, f"kl_warmup_floor: must be in [0, 1], got {self.kl_warmup_floor}")
+        require(self.kl_const_steps >= 0, f"kl_const_steps: must be >= 0, got {self.kl_const_steps}")
         for name in ("spectral_iterations", "spectral_seed_iterations"):
-            _require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
-        _require(self.spectral_reg >= 0, f"spectral_reg: must be >= 0, got {self.spectral_reg}")
-        _require(self.spectral_reg_init >= 0, f"spectral_reg_init: must be >= 0, got {self.spectral_reg_init}")
-        _require(
+            require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
+        require(self.spectral_reg >= 0, f"spectral_reg: must be >= 0, got {self.spectral_reg}")
+        require(self.spectral_reg_init >= 0, f"spectral_reg_init: must be >= 0, got {self.spectral_reg_init}")
+        require(
             self.spectral_reg_warmup_steps >= 0,
             f"spectral_reg_warmup_steps: must be >= 0, got {self.spectral_reg_warmup_steps}",
         )
         if self.residual_posterior:
-            _require(
+            require(
                 self.inference == "top_down",
                 "residual_posterior: only defined for inference: top_down (NVAE); set it to false",
             )
         if self.likelihood == "discretized_logistic_mixture":
-            _require(
+            require(
                 len(self.data_shape) == 3,
                 "likelihood: discretized_logistic_mixture models images [C, H, W]; use gaussian for vectors",
             )
@@ -426,14 +228,14 @@ class ModelConfig(_Serializable):
 
     def _check_tokens(self) -> None:
         if self.pad_id is not None:
-            _require(
+            require(
                 0 <= self.pad_id < self.num_classes and self.likelihood == "categorical",
                 f"pad_id: padding is a class of a categorical likelihood, in 0..num_classes-1 "
                 f"({self.num_classes - 1}); got pad_id {self.pad_id} with likelihood {self.likelihood}",
             )
-        _require(self.embed_dim >= 0, f"embed_dim: must be >= 0 (0: no token embedding), got {self.embed_dim}")
+        require(self.embed_dim >= 0, f"embed_dim: must be >= 0 (0: no token embedding), got {self.embed_dim}")
         if self.embed_dim:
-            _require(
+            require(
                 self.block == "mlp" and len(self.data_shape) == 1 and self.likelihood == "categorical",
                 "embed_dim: token ids (B, T) are embedded for block: mlp with data_shape [T] and likelihood "
                 f"categorical; got block {self.block}, data_shape {self.data_shape}, likelihood {self.likelihood}",
@@ -442,25 +244,25 @@ class ModelConfig(_Serializable):
     def _check_attention_and_decoder(self) -> None:
         L = len(self.latent_dims)
         levels = self.attention_levels
-        _require(self.attention_heads >= 1, f"attention_heads: must be >= 1, got {self.attention_heads}")
-        _require(
+        require(self.attention_heads >= 1, f"attention_heads: must be >= 1, got {self.attention_heads}")
+        require(
             all(0 <= l < L for l in levels) and len(set(levels)) == len(levels),
             f"attention_levels: distinct level indices in 0..{L - 1} (0 = z_1), got {levels}",
         )
         if levels:
-            _require(
+            require(
                 self.block != "mlp",
                 "attention_levels: spatial attention needs a conv-type block (vectors have no positions); "
                 "use depth_attention for block: mlp",
             )
             widths = {self.hidden_dims[l] for l in levels} | {self.hidden_dims[l + 1] for l in levels if l + 1 < L}
-            _require(
+            require(
                 all(w % self.attention_heads == 0 for w in widths),
                 f"attention_heads: {self.attention_heads} must divide the widths of the attended cells "
                 f"(hidden_dims at levels l and l+1: {sorted(widths)})",
             )
         if self.depth_attention:
-            _require(
+            require(
                 self.depth_attention_dim % self.attention_heads == 0,
                 f"depth_attention_dim: {self.depth_attention_dim} must divide into attention_heads "
                 f"({self.attention_heads})",
@@ -468,34 +270,34 @@ class ModelConfig(_Serializable):
         if self.decoder == "plain":
             return
         for name in ("ar_cond_channels", "pixelcnn_layers", "pixelcnn_channels", "seq_layers", "seq_width"):
-            _require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
         C = self.data_shape[0] if len(self.data_shape) > 1 else 1
         if self.decoder == "pixelcnn":
-            _require(
+            require(
                 len(self.data_shape) == 3,
                 f"decoder: pixelcnn models images [C, H, W], got data_shape {self.data_shape}; "
                 "use transformer or gru for sequences",
             )
-            _require(
+            require(
                 self.likelihood in ("bernoulli", "categorical", "discretized_logistic_mixture"),
                 f"likelihood: decoder: pixelcnn needs a discrete likelihood (bernoulli, categorical, "
                 f"discretized_logistic_mixture), got {self.likelihood!r}",
             )
-            _require(
+            require(
                 self.pixelcnn_kernel >= 3 and self.pixelcnn_kernel % 2 == 1,
                 f"pixelcnn_kernel: must be odd and >= 3, got {self.pixelcnn_kernel}",
             )
         else:
-            _require(
+            require(
                 self.likelihood in ("bernoulli", "categorical"),
                 f"likelihood: decoder: {self.decoder} predicts tokens; use bernoulli or categorical, "
                 f"got {self.likelihood!r}",
             )
-            _require(
+            require(
                 C == 1,
                 f"decoder: {self.decoder} models one channel of tokens ([T], [1, T] or [1, H, W]), got {C} channels",
             )
-            _require(
+            require(
                 self.seq_heads >= 1 and self.seq_width % self.seq_heads == 0,
                 f"seq_heads: {self.seq_heads} must divide seq_width ({self.seq_width})",
             )
@@ -503,19 +305,19 @@ class ModelConfig(_Serializable):
     def _check_discrete(self) -> None:
         L = len(self.latent_dims)
         if self.latent_types is not None:
-            _require(
+            require(
                 len(self.latent_types) == L,
                 f"latent_types: needs one type per latent layer ({L}, bottom to top), got {len(self.latent_types)}",
             )
-        _require(self.categorical_classes >= 2, f"categorical_classes: must be >= 2, got {self.categorical_classes}")
+        require(self.categorical_classes >= 2, f"categorical_classes: must be >= 2, got {self.categorical_classes}")
         for name in ("gumbel_temperature", "gumbel_temperature_start"):
-            _require(getattr(self, name) > 0, f"{name}: must be > 0, got {getattr(self, name)}")
-        _require(self.gumbel_anneal_steps >= 0, f"gumbel_anneal_steps: must be >= 0, got {self.gumbel_anneal_steps}")
-        _require(self.vq_codes >= 2, f"vq_codes: must be >= 2, got {self.vq_codes}")
-        _require(self.vq_dim >= 1, f"vq_dim: must be >= 1, got {self.vq_dim}")
-        _require(0 < self.vq_decay < 1, f"vq_decay: must be in (0, 1), got {self.vq_decay}")
-        _require(self.vq_commitment >= 0, f"vq_commitment: must be >= 0, got {self.vq_commitment}")
-        _require(0 <= self.vq_dead_threshold < 1, f"vq_dead_threshold: must be in [0, 1), got {self.vq_dead_threshold}")
+            require(getattr(self, name) > 0, f"{name}: must be > 0, got {getattr(self, name)}")
+        require(self.gumbel_anneal_steps >= 0, f"gumbel_anneal_steps: must be >= 0, got {self.gumbel_anneal_steps}")
+        require(self.vq_codes >= 2, f"vq_codes: must be >= 2, got {self.vq_codes}")
+        require(self.vq_dim >= 1, f"vq_dim: must be >= 1, got {self.vq_dim}")
+        require(0 < self.vq_decay < 1, f"vq_decay: must be in (0, 1), got {self.vq_decay}")
+        require(self.vq_commitment >= 0, f"vq_commitment: must be >= 0, got {self.vq_commitment}")
+        require(0 <= self.vq_dead_threshold < 1, f"vq_dead_threshold: must be in [0, 1), got {self.vq_dead_threshold}")
 
     def latent_type(self, index: int) -> str:
         """The latent type of level ``index`` (0 = z_1)."""

@@ -23,8 +23,10 @@ The config's shape checks know the built-in families by name; any other family i
 family (``data_shape`` [C, H, W], power-of-two strides).
 """
 
+# the families register in this order, the order config messages list them in
+from . import mlp, conv, nvae, vdvae, temporal  # noqa: I001
 from ..registry import CELL_FAMILIES as FAMILIES
-from . import attention, autoregressive, conv, mlp, nvae, temporal, vdvae
+from . import attention, autoregressive
 from .common import CellFamily, activation
 
 # attention (wraps cells) and autoregressive (nets of observation models) are not families

@@ -20,7 +20,7 @@ import yaml
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from hvae.config import load_yaml
+from hvae.configbase import load_yaml
 from hvae.data import DataConfig, DataError, Dataset, load_dataset
 from hvae.data.sources import modality
 from hvae.files import atomic_write_text
