@@ -42,8 +42,8 @@ LATENTS = {
     "gaussian-bottom_up": dict(inference="bottom_up"),
     "categorical": dict(latent_types=["categorical", "gaussian", "categorical"], categorical_classes=5),
     "bernoulli": dict(latent_types=["bernoulli", "bernoulli", "gaussian"]),
-    "vq": dict(latent_types=["vq", "gaussian", "vq"], vq_codes=16, vq_dim=3, latent_dims=[4, 2, 2]),
-    "discrete-bottom_up": dict(latent_types=["categorical", "vq", "bernoulli"], inference="bottom_up", vq_codes=8),
+    "vq": dict(latent_types=["vq", "gaussian", "vq"], vq={"codes": 16, "dim": 3}, latent_dims=[4, 2, 2]),
+    "discrete-bottom_up": dict(latent_types=["categorical", "vq", "bernoulli"], inference="bottom_up", vq={"codes": 8}),
 }
 
 

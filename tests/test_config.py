@@ -193,3 +193,55 @@ def test_a_yaml_boolean_for_a_word_says_to_quote_it():
 
     with pytest.raises(ConfigError, match="binarize: True is not accepted.*quote the word"):
         load_run_config(None, ["data.binarize=yes"])
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+
+def _flat(data: dict, section: str) -> dict:
+    """``data`` with ``section``'s keys written flat, as configs and saved models before the sections were."""
+    out = dict(data)
+    out.update({f"{section}_{k}": v for k, v in out.pop(section).items()})
+    return out
+
+
+def test_a_model_saved_with_the_flat_vq_keys_still_loads(tmp_path):
+    import json
+
+    import torch
+
+    cfg = ModelConfig(
+        data_shape=[12], latent_dims=[3, 2], hidden_dims=[8, 8], depth=1,
+        latent_types=["gaussian", "vq"], vq={"codes": 8, "dim": 3, "commitment": 0.5, "top_prior": "uniform"},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = hvae.build_model(cfg).train()
+    model(torch.rand(16, 12).round())  # the codebook is initialised from a training pass
+    path = model.save_pretrained(tmp_path / "m")
+    config_json = tmp_path / "m" / "config.json"
+    saved = json.loads(config_json.read_text())
+    config_json.write_text(json.dumps(_flat(saved, "vq")))
+    with pytest.warns(
+        FutureWarning, match=r"old config keys read in their new place: vq_codes -> vq\.codes, vq_dim -> vq\.dim"
+    ):
+        again = hvae.load(path)
+    assert again.config == cfg and again.config.vq.codes == 8 and again.config.vq.top_prior == "uniform"
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_flat_vq_keys_in_yaml_and_overrides_are_read_in_their_section():
+    from hvae.runconfig import RunConfig
+
+    with pytest.warns(FutureWarning, match=r"model\.vq_codes -> model\.vq\.codes, model\.vq_dim -> model\.vq\.dim"):
+        run = RunConfig.from_dict(apply_overrides({"model": {"vq_codes": 4}}, ["model.vq_dim=2"]))
+    assert (run.model.vq.codes, run.model.vq.dim) == (4, 2)
+    with pytest.raises(
+        ConfigError, match=r"model\.vq_codes and model\.vq\.codes are both set; .* keep only model\.vq\.codes"
+    ):
+        RunConfig.from_dict({"model": {"vq": {"codes": 4}, "vq_codes": 8}})
+    with pytest.raises(ConfigError, match=r"^model\.vq\.codes: must be >= 2, got 1$"):
+        RunConfig.from_dict(apply_overrides({}, ["model.vq.codes=1"]))
+    cfg = ModelConfig(vq={"codes": 8})
+    assert cfg.replace(vq={"dim": 4}).vq == dataclasses.replace(cfg.vq, dim=4)  # a section changes key by key
+    assert ModelConfig.from_yaml("vq:\n  codes: 8\n") == cfg

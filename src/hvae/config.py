@@ -22,6 +22,31 @@ Activation = Literal["leaky_relu", "relu", "elu", "swish", "gelu", "tanh", "iden
 
 
 @dataclass
+class VQConfig(Serializable):
+    """``model.vq``: the vector-quantised latents (``latent_types: vq``; :mod:`hvae.quantize`). Messages name
+    the keys without the section: :func:`hvae.configbase.from_dict` puts ``vq.`` (``model.vq.``) before them."""
+
+    codes: int = 512  # K codes per vq codebook
+    dim: int = 16  # E, the dimension of a code
+    decay: float = 0.99  # EMA decay of the codebook statistics
+    commitment: float = 0.25  # beta of the commitment loss beta ||e - sg(c)||^2
+    dead_threshold: float = 0.01  # restart a code used less than this fraction of the uniform share 1/K
+    top_prior: Literal["learned", "uniform"] = "learned"
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        require(self.codes >= 2, f"codes: must be >= 2, got {self.codes}")
+        require(self.dim >= 1, f"dim: must be >= 1, got {self.dim}")
+        require(0 < self.decay < 1, f"decay: must be in (0, 1), got {self.decay}")
+        require(self.commitment >= 0, f"commitment: must be >= 0, got {self.commitment}")
+        require(0 <= self.dead_threshold < 1, f"dead_threshold: must be in [0, 1), got {self.dead_threshold}")
+
+
+# the flat keys of configs and saved models written before the sections, and where each is now
+_FLAT = {f"vq_{k}": f"vq.{k}" for k in ("codes", "dim", "decay", "commitment", "dead_threshold", "top_prior")}
+
+
+@dataclass
 class ModelConfig(Serializable):
     """The architecture of a hierarchical VAE and the options of its training loss.
 
@@ -103,7 +128,7 @@ class ModelConfig(Serializable):
     seq_heads: int = 4  # transformer
     # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
     # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
-    # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq_dim (G*E).
+    # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq.dim (G*E).
     latent_types: list[str] | None = None  # names in hvae.registry.LATENT_FAMILIES
     categorical_classes: int = 10
     # Gumbel-softmax / Concrete relaxation temperature while training: geometric from
@@ -112,16 +137,13 @@ class ModelConfig(Serializable):
     gumbel_temperature_start: float = 1.0
     gumbel_anneal_steps: int = 0
     straight_through: bool = False  # hard samples forward, relaxed gradients backward
-    vq_codes: int = 512  # K codes per vq codebook
-    vq_dim: int = 16  # E, the dimension of a code
-    vq_decay: float = 0.99  # EMA decay of the codebook statistics
-    vq_commitment: float = 0.25  # beta of the commitment loss beta ||e - sg(c)||^2
-    vq_dead_threshold: float = 0.01  # restart a code used less than this fraction of the uniform share 1/K
-    vq_top_prior: Literal["learned", "uniform"] = "learned"
+    vq: VQConfig = field(default_factory=lambda: VQConfig())
     # sequences of token ids (B, T) (data/text.py): the padding id (padded positions never count in the
     # likelihood), and embed_dim > 0 for an encoder that embeds the ids (nets/temporal.py; block: mlp)
     pad_id: int | None = None
     embed_dim: int = 0
+
+    RENAMED = _FLAT
 
     def __post_init__(self) -> None:
         # direct construction (ModelConfig(...)) is checked like from_dict: every field's type and literal
@@ -313,11 +335,6 @@ class ModelConfig(Serializable):
         for name in ("gumbel_temperature", "gumbel_temperature_start"):
             require(getattr(self, name) > 0, f"{name}: must be > 0, got {getattr(self, name)}")
         require(self.gumbel_anneal_steps >= 0, f"gumbel_anneal_steps: must be >= 0, got {self.gumbel_anneal_steps}")
-        require(self.vq_codes >= 2, f"vq_codes: must be >= 2, got {self.vq_codes}")
-        require(self.vq_dim >= 1, f"vq_dim: must be >= 1, got {self.vq_dim}")
-        require(0 < self.vq_decay < 1, f"vq_decay: must be in (0, 1), got {self.vq_decay}")
-        require(self.vq_commitment >= 0, f"vq_commitment: must be >= 0, got {self.vq_commitment}")
-        require(0 <= self.vq_dead_threshold < 1, f"vq_dead_threshold: must be in [0, 1), got {self.vq_dead_threshold}")
 
     def latent_type(self, index: int) -> str:
         """The latent type of level ``index`` (0 = z_1)."""

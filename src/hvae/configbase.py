@@ -32,6 +32,7 @@ __all__ = [
     "coerce_fields",
     "from_dict",
     "load_yaml",
+    "merge",
     "parse_override",
     "require",
     "to_dict",
@@ -158,12 +159,22 @@ def _move_renamed(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any
                 f"{prefix}{renamed[key]}: keep only {prefix}{renamed[key]}"
             )
         node[last] = value
-        warnings.warn(
-            f"{prefix}{key} is now {prefix}{renamed[key]}; it was read there (write {prefix}{renamed[key]} "
-            "in new configs)",
-            FutureWarning,
-            stacklevel=3,
-        )
+    moved = ", ".join(f"{prefix}{key} -> {prefix}{renamed[key]}" for key in old)
+    warnings.warn(
+        f"old config keys read in their new place: {moved}; write the new keys (hvae.configbase)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return out
+
+
+def merge(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``changes`` applied, section by section: a mapping in ``changes`` changes only the keys
+    it names of the mapping it meets (a copy; neither argument changes)."""
+    out = dict(data)
+    for key, value in changes.items():
+        old = out.get(key)
+        out[key] = merge(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
     return out
 
 
@@ -265,8 +276,10 @@ class Serializable:
         return cls.from_dict(data)
 
     def replace(self, **changes):
-        """A validated copy with some fields changed."""
-        return self.from_dict({**self.to_dict(), **changes})
+        """A validated copy with some fields changed; a section given as a mapping changes only the keys it
+        names (``cfg.replace(vq={"codes": 8})`` keeps the other ``vq`` keys)."""
+        changes = {k: to_dict(v) for k, v in _move_renamed(type(self), changes, "").items()}
+        return self.from_dict(merge(self.to_dict(), changes))
 
 
 def require(cond: bool, message: str) -> None:

@@ -95,7 +95,7 @@ def evaluation_sums(
     }
     vq_levels = _vq_levels(model)
     if vq_levels:  # how often each code of each vector-quantised level is chosen (posterior-mean path)
-        sums["code_counts"] = torch.zeros(len(vq_levels), model.config.vq_codes, **f64)
+        sums["code_counts"] = torch.zeros(len(vq_levels), model.config.vq.codes, **f64)
     if x.shape[0] == 0:  # a rank with no examples still takes part in the reduction
         return sums
     terms = elbo_terms(model, x, batch_size)
@@ -130,7 +130,7 @@ def evaluation_sums(
     for i, l in enumerate(vq_levels):
         layer = model.layers[l]
         k = layer.family.code_indices(means[l].view(-1, *layer.latent_shape))
-        sums["code_counts"][i] += torch.bincount(k.flatten(), minlength=model.config.vq_codes).double()
+        sums["code_counts"][i] += torch.bincount(k.flatten(), minlength=model.config.vq.codes).double()
     return sums
 
 

@@ -7,6 +7,7 @@ fields (``lvae_mnist(inference="bottom_up")`` is the paper's stacked-VAE baselin
 from __future__ import annotations
 
 from .config import ModelConfig
+from .configbase import merge
 
 
 def lvae_mnist(**overrides) -> ModelConfig:
@@ -29,7 +30,7 @@ def lvae_mnist(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         scale_param="variance",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def small(**overrides) -> ModelConfig:
@@ -43,7 +44,7 @@ def small(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def conv_small(**overrides) -> ModelConfig:
@@ -59,7 +60,7 @@ def conv_small(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 # NVAE / VDVAE: the shared top-down path (skip state, posterior from encoder and decoder states, residual
@@ -130,7 +131,7 @@ def nvae_mnist(**overrides) -> ModelConfig:
         kl_warmup_steps=36000,
         kl_const_steps=12,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def nvae_cifar10(**overrides) -> ModelConfig:
@@ -155,7 +156,7 @@ def nvae_cifar10(**overrides) -> ModelConfig:
         kl_warmup_steps=23400,
         kl_const_steps=8,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def vdvae_cifar10(**overrides) -> ModelConfig:
@@ -178,7 +179,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
         num_mixtures=10,
         **_VDVAE_OFFICIAL,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def nvae_small(**overrides) -> ModelConfig:
@@ -196,7 +197,7 @@ def nvae_small(**overrides) -> ModelConfig:
         spectral_reg_init=1.0,
         spectral_reg_warmup_steps=500,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def vdvae_small(**overrides) -> ModelConfig:
@@ -212,7 +213,7 @@ def vdvae_small(**overrides) -> ModelConfig:
         likelihood="discretized_logistic_mixture",
         num_mixtures=5,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 # Attention (Apostolopoulou et al. 2022) and autoregressive decoders (PixelVAE, Gulrajani et al. 2017;
@@ -239,7 +240,7 @@ def attentive(**overrides) -> ModelConfig:
         depth_attention_dim=64,
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def attentive_small(**overrides) -> ModelConfig:
@@ -259,7 +260,7 @@ def attentive_small(**overrides) -> ModelConfig:
         depth_attention_dim=16,
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def pixelvae(**overrides) -> ModelConfig:
@@ -285,7 +286,7 @@ def pixelvae(**overrides) -> ModelConfig:
         free_bits=1.0,
         free_bits_mode="channel",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def pixelvae_small(**overrides) -> ModelConfig:
@@ -306,7 +307,7 @@ def pixelvae_small(**overrides) -> ModelConfig:
         pixelcnn_channels=16,
         pixelcnn_kernel=3,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def lvae_discrete(**overrides) -> ModelConfig:
@@ -324,7 +325,7 @@ def lvae_discrete(**overrides) -> ModelConfig:
         gumbel_temperature=0.5,
         gumbel_anneal_steps=40000,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def lvae_discrete_small(**overrides) -> ModelConfig:
@@ -339,7 +340,7 @@ def lvae_discrete_small(**overrides) -> ModelConfig:
         gumbel_temperature=0.5,
         gumbel_anneal_steps=1000,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 # Sequences (data/text.py, data/audio.py): a sentence-level model with global latent vectors over token ids,
@@ -371,7 +372,7 @@ def text_fortunes(**overrides) -> ModelConfig:
         seq_heads=4,
         free_bits=2.0,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 def audio_digits(**overrides) -> ModelConfig:
@@ -389,7 +390,7 @@ def audio_digits(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="gaussian",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return ModelConfig.from_dict(merge(base, overrides))
 
 
 PRESETS = {
