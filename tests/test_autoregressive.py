@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hvae
+from hvae.configbase import merge
 from hvae.likelihoods import Autoregressive, build_likelihood
 
 B = 3
@@ -21,9 +22,7 @@ def _cfg(decoder="pixelcnn", data_shape=(1, 4, 4), likelihood="bernoulli", **ove
         decoder=decoder,
         likelihood=likelihood,
         ar_cond_channels=3,
-        pixelcnn_layers=2,
-        pixelcnn_channels=8,
-        pixelcnn_kernel=3,
+        pixelcnn={"layers": 2, "channels": 8, "kernel": 3},
         seq_layers=2,
         seq_width=8,
         seq_heads=2,
@@ -31,7 +30,7 @@ def _cfg(decoder="pixelcnn", data_shape=(1, 4, 4), likelihood="bernoulli", **ove
         num_mixtures=2,
         num_bits=3,
     )
-    return hvae.ModelConfig.from_dict({**base, **overrides})
+    return hvae.ModelConfig.from_dict(merge(base, overrides))
 
 
 def _lik(seed=0, **kw) -> Autoregressive:
@@ -90,7 +89,7 @@ def test_changing_x_j_changes_no_output_at_positions_up_to_j(kind):
 
 
 def test_pixelcnn_sees_above_and_left_without_a_blind_spot_and_its_receptive_field_is_bounded():
-    lik = _lik(data_shape=(1, 7, 7), pixelcnn_layers=2, pixelcnn_kernel=3)
+    lik = _lik(data_shape=(1, 7, 7), pixelcnn={"layers": 2, "kernel": 3})
     cond, x = _cond(lik, batch=1), _data(lik, batch=1)
     base = lik.net(x, cond)[0, 0]
     dst = (4, 3)
@@ -289,7 +288,7 @@ def test_an_rgb_pixelvae_with_categorical_outputs_trains_a_step_and_samples():
     [
         (dict(data_shape=[16]), "pixelcnn models images"),
         (dict(likelihood="gaussian"), "discrete likelihood"),
-        (dict(pixelcnn_kernel=4), "pixelcnn_kernel"),
+        (dict(pixelcnn={"kernel": 4}), r"pixelcnn\.kernel: must be odd"),
         (dict(decoder="transformer", likelihood="discretized_logistic_mixture"), "bernoulli or categorical"),
         (dict(decoder="gru", data_shape=[2, 4]), "one channel"),
         (dict(decoder="transformer", data_shape=[6], seq_heads=3), "seq_heads"),

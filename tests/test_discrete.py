@@ -162,8 +162,8 @@ def test_latent_types_are_validated_where_they_enter():
         hvae.ModelConfig(latent_dims=[4, 2], hidden_dims=[8, 8], latent_types=["categorical"])
     with pytest.raises(hvae.ConfigError, match=r"latent_types: .*'gaussian' \| 'categorical' \| 'bernoulli' \| 'vq'"):
         hvae.ModelConfig.from_dict(dict(latent_dims=[4, 2], hidden_dims=[8, 8], latent_types=["vq", "dirichlet"]))
-    with pytest.raises(hvae.ConfigError, match="gumbel_temperature"):
-        hvae.ModelConfig(gumbel_temperature=0.0)
+    with pytest.raises(hvae.ConfigError, match=r"gumbel\.temperature: must be > 0, got 0\.0"):
+        hvae.ModelConfig(gumbel={"temperature": 0.0})
     with pytest.raises(hvae.ConfigError, match=r"vq\.decay: must be in \(0, 1\)"):
         hvae.ModelConfig(vq={"decay": 1.0})
 
@@ -230,13 +230,13 @@ def test_straight_through_feeds_hard_samples_while_training():
 
 
 def test_gumbel_temperature_anneals_geometrically_with_step():
-    model = _mixed(gumbel_temperature_start=2.0, gumbel_temperature=0.5, gumbel_anneal_steps=10)
+    model = _mixed(gumbel={"temperature_start": 2.0, "temperature": 0.5, "anneal_steps": 10})
     temps = []
     for s in (0, 5, 10, 50):
         model.step.fill_(s)
         temps.append(float(model.gumbel_temperature()))
     assert temps == pytest.approx([2.0, 1.0, 0.5, 0.5])
-    assert _mixed(gumbel_temperature=0.7).gumbel_temperature() == 0.7
+    assert _mixed(gumbel={"temperature": 0.7}).gumbel_temperature() == 0.7
 
 
 @pytest.mark.parametrize(

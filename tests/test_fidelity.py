@@ -139,9 +139,9 @@ def test_kl_warm_up_fractions_of_the_run_set_the_steps(tmp_path):
 def test_nvae_presets_set_the_official_run_commands_values():
     for name in ("nvae_mnist", "nvae_cifar10"):
         c = presets.get(name)
-        assert (c.spectral_reg, c.spectral_reg_warmup_steps) == (1e-2, 0)  # --weight_decay_norm 1e-2, no anneal
-        assert (c.spectral_iterations, c.spectral_seed_iterations) == (4, 40)
-        assert (c.spectral_over, c.bn_scale_penalty, c.scale_param, c.state_activation) == (
+        assert (c.spectral.reg, c.spectral.reg_warmup_steps) == (1e-2, 0)  # --weight_decay_norm 1e-2, no anneal
+        assert (c.spectral.iterations, c.spectral.seed_iterations) == (4, 40)
+        assert (c.spectral.over, c.bn_scale_penalty, c.scale_param, c.state_activation) == (
             "conv",
             True,
             "softclamp",
@@ -164,7 +164,7 @@ def test_nvae_presets_set_the_official_run_commands_values():
 
 def test_lvae_mnist_is_exact():
     c = presets.lvae_mnist()
-    assert (c.state_activation, c.scale_param, c.official_init, c.spectral_reg) == ("activation", "variance", False, 0)
+    assert (c.state_activation, c.scale_param, c.official_init, c.spectral.reg) == ("activation", "variance", False, 0)
     assert c.latent_dims == [64, 32, 16, 8, 4] and c.hidden_dims == [512, 256, 128, 64, 32]
 
 
@@ -237,9 +237,7 @@ def _power_sigma(W: torch.Tensor, u: torch.Tensor, iterations: int) -> torch.Ten
 
 def test_spectral_penalty_iterations_convs_only_and_batch_norm_scales():
     torch.manual_seed(0)
-    cfg = presets.nvae_small(
-        spectral_iterations=4, spectral_seed_iterations=40, spectral_over="conv", bn_scale_penalty=True
-    )
+    cfg = presets.nvae_small(spectral={"iterations": 4, "seed_iterations": 40, "over": "conv"}, bn_scale_penalty=True)
     m = build_model(cfg)
     sn = m.spectral
     kinds = {type(m.get_submodule(n)) for n in sn.names}

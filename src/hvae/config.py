@@ -42,8 +42,86 @@ class VQConfig(Serializable):
         require(0 <= self.dead_threshold < 1, f"dead_threshold: must be in [0, 1), got {self.dead_threshold}")
 
 
+@dataclass
+class GumbelConfig(Serializable):
+    """``model.gumbel``: the Gumbel-softmax / Concrete relaxation of discrete latents while training; its
+    temperature is geometric from ``temperature_start`` to ``temperature`` over ``anneal_steps`` (0: constant)."""
+
+    temperature: float = 0.5
+    temperature_start: float = 1.0
+    anneal_steps: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        for name in ("temperature", "temperature_start"):
+            require(getattr(self, name) > 0, f"{name}: must be > 0, got {getattr(self, name)}")
+        require(self.anneal_steps >= 0, f"anneal_steps: must be >= 0, got {self.anneal_steps}")
+
+
+@dataclass
+class PixelCNNConfig(Serializable):
+    """``model.pixelcnn``: the PixelCNN observation model (``decoder: pixelcnn``; nets/autoregressive.py).
+    Checked by :class:`ModelConfig` when the decoder is autoregressive."""
+
+    layers: int = 4
+    channels: int = 64
+    kernel: int = 5  # odd; with layers it sets the receptive field
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+
+
+@dataclass
+class SpectralConfig(Serializable):
+    """``model.spectral``: NVAE's spectral regularisation, + lambda * the sum of the largest singular values
+    of every conv / linear weight (training loss only). lambda anneals log-linearly from ``reg_init`` to
+    ``reg`` over ``reg_warmup_steps`` (0: constant); ``reg: 0`` turns it off."""
+
+    reg: float = 0.0
+    reg_init: float = 10.0
+    reg_warmup_steps: int = 0
+    # power iterations per training step and at the first (NVAE's model.py spectral_norm_parallel: 4 and 40)
+    iterations: int = 1
+    seed_iterations: int = 20
+    over: Literal["all", "conv"] = "all"  # the weights covered: "conv" is NVAE's all_conv_layers
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        for name in ("iterations", "seed_iterations"):
+            require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
+        require(self.reg >= 0, f"reg: must be >= 0, got {self.reg}")
+        require(self.reg_init >= 0, f"reg_init: must be >= 0, got {self.reg_init}")
+        require(self.reg_warmup_steps >= 0, f"reg_warmup_steps: must be >= 0, got {self.reg_warmup_steps}")
+
+
+@dataclass
+class AttentionConfig(Serializable):
+    """``model.attention`` (nets/attention.py): spatial self-attention after the bottom-up cell and the prior
+    cell of ``levels`` (conv-type blocks; 0 = z_1), and with ``depth`` depth-wise attention across levels
+    (DAVI) with keys and values ``depth_dim`` wide. Levels and widths are checked by :class:`ModelConfig`."""
+
+    levels: list[int] = field(default_factory=list)
+    heads: int = 4
+    depth: bool = False
+    depth_dim: int = 64
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        require(self.heads >= 1, f"heads: must be >= 1, got {self.heads}")
+
+
 # the flat keys of configs and saved models written before the sections, and where each is now
-_FLAT = {f"vq_{k}": f"vq.{k}" for k in ("codes", "dim", "decay", "commitment", "dead_threshold", "top_prior")}
+_FLAT = {
+    **{f"vq_{k}": f"vq.{k}" for k in ("codes", "dim", "decay", "commitment", "dead_threshold", "top_prior")},
+    **{f"gumbel_{k}": f"gumbel.{k}" for k in ("temperature", "temperature_start", "anneal_steps")},
+    **{f"pixelcnn_{k}": f"pixelcnn.{k}" for k in ("layers", "channels", "kernel")},
+    **{f"spectral_{k}": f"spectral.{k}" for k in ("reg", "reg_init", "reg_warmup_steps", "iterations")},
+    **{f"spectral_{k}": f"spectral.{k}" for k in ("seed_iterations", "over")},
+    "attention_levels": "attention.levels",
+    "attention_heads": "attention.heads",
+    "depth_attention": "attention.depth",
+    "depth_attention_dim": "attention.depth_dim",
+}
 
 
 @dataclass
@@ -90,18 +168,9 @@ class ModelConfig(Serializable):
     free_bits: float = 0.0  # nats; 0 disables
     free_bits_mode: Literal["layer", "channel"] = "layer"
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
-    # NVAE's spectral regularisation: + lambda * sum of the largest singular values of every conv / linear
-    # weight (training loss only); lambda anneals log-linearly from spectral_reg_init to spectral_reg over
-    # spectral_reg_warmup_steps (0: constant)
-    spectral_reg: float = 0.0
-    spectral_reg_init: float = 10.0
-    spectral_reg_warmup_steps: int = 0
-    # power iterations per training step and at the first (NVAE's model.py spectral_norm_parallel: 4 and 40);
-    # which weights the penalty covers ("conv": NVAE's all_conv_layers; "all": also linear layers); and NVAE's
-    # batch-norm penalty, sum over batch norms of max |gamma| (model.py batchnorm_loss), at the same lambda
-    spectral_iterations: int = 1
-    spectral_seed_iterations: int = 20
-    spectral_over: Literal["all", "conv"] = "all"
+    spectral: SpectralConfig = field(default_factory=lambda: SpectralConfig())
+    # NVAE's batch-norm penalty, sum over batch norms of max |gamma| (model.py batchnorm_loss), at the
+    # spectral regularisation's lambda
     bn_scale_penalty: bool = False
     # the deterministic top-down state s_l = act(W_z z + W_h h): "activation" (the config's) or "linear"
     # (NVAE's combiner, a 1x1 conv of cat(s, z); VDVAE's x + z_proj(z))
@@ -110,19 +179,12 @@ class ModelConfig(Serializable):
     # head zero, W_z and the blocks' last convolutions scaled by sqrt(1 / levels))
     official_init: bool = False
     checkpointing: bool = False  # recompute activations per level in the backward pass (saves memory)
-    # attention (nets/attention.py): spatial self-attention after the bottom-up cell and the prior cell
-    # of these levels (conv-type blocks; 0 = z_1), and depth-wise attention across levels (DAVI)
-    attention_levels: list[int] = field(default_factory=list)
-    attention_heads: int = 4
-    depth_attention: bool = False
-    depth_attention_dim: int = 64  # common width of the depth-attention keys and values
+    attention: AttentionConfig = field(default_factory=lambda: AttentionConfig())
     # autoregressive observation model p(x | z_1) = prod_i p(x_i | x_<i, z_1) (nets/autoregressive.py);
     # the decoder then emits ar_cond_channels conditioning features per position
     decoder: Literal["plain", "pixelcnn", "transformer", "gru"] = "plain"
     ar_cond_channels: int = 16
-    pixelcnn_layers: int = 4
-    pixelcnn_channels: int = 64
-    pixelcnn_kernel: int = 5  # odd; with pixelcnn_layers it sets the receptive field
+    pixelcnn: PixelCNNConfig = field(default_factory=lambda: PixelCNNConfig())
     seq_layers: int = 2  # transformer / gru
     seq_width: int = 128
     seq_heads: int = 4  # transformer
@@ -131,11 +193,7 @@ class ModelConfig(Serializable):
     # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq.dim (G*E).
     latent_types: list[str] | None = None  # names in hvae.registry.LATENT_FAMILIES
     categorical_classes: int = 10
-    # Gumbel-softmax / Concrete relaxation temperature while training: geometric from
-    # gumbel_temperature_start to gumbel_temperature over gumbel_anneal_steps (0: constant)
-    gumbel_temperature: float = 0.5
-    gumbel_temperature_start: float = 1.0
-    gumbel_anneal_steps: int = 0
+    gumbel: GumbelConfig = field(default_factory=lambda: GumbelConfig())
     straight_through: bool = False  # hard samples forward, relaxed gradients backward
     vq: VQConfig = field(default_factory=lambda: VQConfig())
     # sequences of token ids (B, T) (data/text.py): the padding id (padded positions never count in the
@@ -226,14 +284,6 @@ class ModelConfig(Serializable):
             self.strides = list(strides)
         require(0 <= self.kl_warmup_floor <= 1, f"kl_warmup_floor: must be in [0, 1], got {self.kl_warmup_floor}")
         require(self.kl_const_steps >= 0, f"kl_const_steps: must be >= 0, got {self.kl_const_steps}")
-        for name in ("spectral_iterations", "spectral_seed_iterations"):
-            require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
-        require(self.spectral_reg >= 0, f"spectral_reg: must be >= 0, got {self.spectral_reg}")
-        require(self.spectral_reg_init >= 0, f"spectral_reg_init: must be >= 0, got {self.spectral_reg_init}")
-        require(
-            self.spectral_reg_warmup_steps >= 0,
-            f"spectral_reg_warmup_steps: must be >= 0, got {self.spectral_reg_warmup_steps}",
-        )
         if self.residual_posterior:
             require(
                 self.inference == "top_down",
@@ -265,34 +315,38 @@ class ModelConfig(Serializable):
 
     def _check_attention_and_decoder(self) -> None:
         L = len(self.latent_dims)
-        levels = self.attention_levels
-        require(self.attention_heads >= 1, f"attention_heads: must be >= 1, got {self.attention_heads}")
+        levels, heads = self.attention.levels, self.attention.heads
         require(
             all(0 <= l < L for l in levels) and len(set(levels)) == len(levels),
-            f"attention_levels: distinct level indices in 0..{L - 1} (0 = z_1), got {levels}",
+            f"attention.levels: distinct level indices in 0..{L - 1} (0 = z_1), got {levels}",
         )
         if levels:
             require(
                 self.block != "mlp",
-                "attention_levels: spatial attention needs a conv-type block (vectors have no positions); "
-                "use depth_attention for block: mlp",
+                "attention.levels: spatial attention needs a conv-type block (vectors have no positions); "
+                "use attention.depth for block: mlp",
             )
             widths = {self.hidden_dims[l] for l in levels} | {self.hidden_dims[l + 1] for l in levels if l + 1 < L}
             require(
-                all(w % self.attention_heads == 0 for w in widths),
-                f"attention_heads: {self.attention_heads} must divide the widths of the attended cells "
+                all(w % heads == 0 for w in widths),
+                f"attention.heads: {heads} must divide the widths of the attended cells "
                 f"(hidden_dims at levels l and l+1: {sorted(widths)})",
             )
-        if self.depth_attention:
+        if self.attention.depth:
             require(
-                self.depth_attention_dim % self.attention_heads == 0,
-                f"depth_attention_dim: {self.depth_attention_dim} must divide into attention_heads "
-                f"({self.attention_heads})",
+                self.attention.depth_dim % heads == 0,
+                f"attention.depth_dim: {self.attention.depth_dim} must divide into attention.heads ({heads})",
             )
         if self.decoder == "plain":
             return
-        for name in ("ar_cond_channels", "pixelcnn_layers", "pixelcnn_channels", "seq_layers", "seq_width"):
-            require(getattr(self, name) >= 1, f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name, value in [
+            ("ar_cond_channels", self.ar_cond_channels),
+            ("pixelcnn.layers", self.pixelcnn.layers),
+            ("pixelcnn.channels", self.pixelcnn.channels),
+            ("seq_layers", self.seq_layers),
+            ("seq_width", self.seq_width),
+        ]:
+            require(value >= 1, f"{name}: must be >= 1, got {value}")
         C = self.data_shape[0] if len(self.data_shape) > 1 else 1
         if self.decoder == "pixelcnn":
             require(
@@ -306,8 +360,8 @@ class ModelConfig(Serializable):
                 f"discretized_logistic_mixture), got {self.likelihood!r}",
             )
             require(
-                self.pixelcnn_kernel >= 3 and self.pixelcnn_kernel % 2 == 1,
-                f"pixelcnn_kernel: must be odd and >= 3, got {self.pixelcnn_kernel}",
+                self.pixelcnn.kernel >= 3 and self.pixelcnn.kernel % 2 == 1,
+                f"pixelcnn.kernel: must be odd and >= 3, got {self.pixelcnn.kernel}",
             )
         else:
             require(
@@ -332,9 +386,6 @@ class ModelConfig(Serializable):
                 f"latent_types: needs one type per latent layer ({L}, bottom to top), got {len(self.latent_types)}",
             )
         require(self.categorical_classes >= 2, f"categorical_classes: must be >= 2, got {self.categorical_classes}")
-        for name in ("gumbel_temperature", "gumbel_temperature_start"):
-            require(getattr(self, name) > 0, f"{name}: must be > 0, got {getattr(self, name)}")
-        require(self.gumbel_anneal_steps >= 0, f"gumbel_anneal_steps: must be >= 0, got {self.gumbel_anneal_steps}")
 
     def latent_type(self, index: int) -> str:
         """The latent type of level ``index`` (0 = z_1)."""

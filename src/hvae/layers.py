@@ -59,8 +59,8 @@ class LatentLayer(nn.Module):
         else:
             up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] > 1 else 1
             self.prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
-            if index in cfg.attention_levels:
-                self.prior_net = with_attention(self.prior_net, cfg.attention_heads)
+            if index in cfg.attention.levels:
+                self.prior_net = with_attention(self.prior_net, cfg.attention.heads)
             prior_ch = self.prior_net.out_ch
             self.prior_head = fam.pointwise(prior_ch, self.family.raw_channels(cfg.latent_dims[index], "prior"))
 

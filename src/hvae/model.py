@@ -135,8 +135,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             stride = cfg.strides[l] if cfg.strides else 1
             src = ch if (l == 0 or cfg.inference != "bottom_up") else latent_channels(cfg, l - 1)
             blk = fam.encoder_block(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
-            if l in cfg.attention_levels:
-                blk = attention.with_attention(blk, cfg.attention_heads)
+            if l in cfg.attention.levels:
+                blk = attention.with_attention(blk, cfg.attention.heads)
             self.encoder.append(blk)
             ch = blk.out_ch
 
@@ -150,12 +150,12 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
         # depth-wise attention across the levels (Apostolopoulou et al. 2022), used by the two passes
         self.depth_attn = None
-        if cfg.depth_attention:
+        if cfg.attention.depth:
             self.depth_attn = attention.DepthAttentionStack(
                 [layer.state_ch for layer in self.layers],
                 [blk.out_ch for blk in self.encoder],
-                cfg.depth_attention_dim,
-                cfg.attention_heads,
+                cfg.attention.depth_dim,
+                cfg.attention.heads,
                 stacked=cfg.inference == "bottom_up",
             )
 
@@ -167,7 +167,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # keep last: it tracks every conv / linear weight built above
-        self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
+        self.spectral = SpectralNorms(self) if cfg.spectral.reg > 0 else None
         set_compile(self)  # the defaults: compiled where it pays
 
     def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:

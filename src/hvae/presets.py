@@ -91,11 +91,7 @@ _VDVAE = dict(
 _NVAE_OFFICIAL = dict(
     state_activation="linear",
     scale_param="softclamp",
-    spectral_reg=1e-2,
-    spectral_reg_warmup_steps=0,
-    spectral_iterations=4,
-    spectral_seed_iterations=40,
-    spectral_over="conv",
+    spectral={"reg": 1e-2, "reg_warmup_steps": 0, "iterations": 4, "seed_iterations": 40, "over": "conv"},
     bn_scale_penalty=True,
     kl_warmup_floor=1e-4,  # train.py --kl_const_coeff
 )
@@ -193,9 +189,7 @@ def nvae_small(**overrides) -> ModelConfig:
         strides=[4, 1, 2],
         depth=1,
         likelihood="bernoulli",
-        spectral_reg=1e-2,
-        spectral_reg_init=1.0,
-        spectral_reg_warmup_steps=500,
+        spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500},
     )
     return ModelConfig.from_dict(merge(base, overrides))
 
@@ -234,10 +228,7 @@ def attentive(**overrides) -> ModelConfig:
         depth=2,
         inference="top_down",
         generative_skip=True,
-        attention_levels=[1, 2, 3],
-        attention_heads=4,
-        depth_attention=True,
-        depth_attention_dim=64,
+        attention={"levels": [1, 2, 3], "heads": 4, "depth": True, "depth_dim": 64},
         likelihood="bernoulli",
     )
     return ModelConfig.from_dict(merge(base, overrides))
@@ -254,10 +245,7 @@ def attentive_small(**overrides) -> ModelConfig:
         depth=1,
         inference="top_down",
         generative_skip=True,
-        attention_levels=[0, 1],
-        attention_heads=2,
-        depth_attention=True,
-        depth_attention_dim=16,
+        attention={"levels": [0, 1], "heads": 2, "depth": True, "depth_dim": 16},
         likelihood="bernoulli",
     )
     return ModelConfig.from_dict(merge(base, overrides))
@@ -280,9 +268,7 @@ def pixelvae(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         decoder="pixelcnn",
         ar_cond_channels=16,
-        pixelcnn_layers=4,
-        pixelcnn_channels=64,
-        pixelcnn_kernel=5,
+        pixelcnn={"layers": 4, "channels": 64, "kernel": 5},
         free_bits=1.0,
         free_bits_mode="channel",
     )
@@ -303,9 +289,7 @@ def pixelvae_small(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         decoder="pixelcnn",
         ar_cond_channels=8,
-        pixelcnn_layers=2,
-        pixelcnn_channels=16,
-        pixelcnn_kernel=3,
+        pixelcnn={"layers": 2, "channels": 16, "kernel": 3},
     )
     return ModelConfig.from_dict(merge(base, overrides))
 
@@ -321,9 +305,7 @@ def lvae_discrete(**overrides) -> ModelConfig:
         latent_types=["gaussian", "categorical", "gaussian", "categorical", "gaussian"],
         latent_dims=[64, 16, 16, 8, 4],
         categorical_classes=10,
-        gumbel_temperature_start=1.0,
-        gumbel_temperature=0.5,
-        gumbel_anneal_steps=40000,
+        gumbel={"temperature_start": 1.0, "temperature": 0.5, "anneal_steps": 40000},
     )
     return ModelConfig.from_dict(merge(base, overrides))
 
@@ -336,9 +318,7 @@ def lvae_discrete_small(**overrides) -> ModelConfig:
         latent_types=["gaussian", "categorical", "categorical"],
         latent_dims=[16, 4, 2],
         categorical_classes=8,
-        gumbel_temperature_start=1.0,
-        gumbel_temperature=0.5,
-        gumbel_anneal_steps=1000,
+        gumbel={"temperature_start": 1.0, "temperature": 0.5, "anneal_steps": 1000},
     )
     return ModelConfig.from_dict(merge(base, overrides))
 

@@ -45,21 +45,21 @@ def spectral_coefficient(step: int | Tensor, final: float, initial: float, warmu
 
 def spectral_weight(cfg, step: int | Tensor) -> float | Tensor:
     """The spectral-regularisation weight lambda of a :class:`~hvae.config.ModelConfig` at a training step
-    (:func:`spectral_coefficient` of ``spectral_reg``, ``spectral_reg_init``, ``spectral_reg_warmup_steps``)."""
-    return spectral_coefficient(step, cfg.spectral_reg, cfg.spectral_reg_init, cfg.spectral_reg_warmup_steps)
+    (:func:`spectral_coefficient` of ``spectral.reg``, ``spectral.reg_init``, ``spectral.reg_warmup_steps``)."""
+    return spectral_coefficient(step, cfg.spectral.reg, cfg.spectral.reg_init, cfg.spectral.reg_warmup_steps)
 
 
 def gumbel_temperature(cfg, step: int | Tensor) -> float | Tensor:
     """Relaxation temperature of discrete latents at a training step: geometric from
-    ``gumbel_temperature_start`` to ``gumbel_temperature`` over ``gumbel_anneal_steps`` (Jang et al. 2017
+    ``gumbel.temperature_start`` to ``gumbel.temperature`` over ``gumbel.anneal_steps`` (Jang et al. 2017
     anneal exponentially), then constant."""
-    if cfg.gumbel_anneal_steps == 0:
-        return cfg.gumbel_temperature
+    if cfg.gumbel.anneal_steps == 0:
+        return cfg.gumbel.temperature
     if isinstance(step, Tensor):
-        frac = (step.float() / cfg.gumbel_anneal_steps).clamp(max=1.0)
+        frac = (step.float() / cfg.gumbel.anneal_steps).clamp(max=1.0)
     else:
-        frac = min(1.0, float(step) / cfg.gumbel_anneal_steps)
-    return cfg.gumbel_temperature_start * (cfg.gumbel_temperature / cfg.gumbel_temperature_start) ** frac
+        frac = min(1.0, float(step) / cfg.gumbel.anneal_steps)
+    return cfg.gumbel.temperature_start * (cfg.gumbel.temperature / cfg.gumbel.temperature_start) ** frac
 
 
 def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:

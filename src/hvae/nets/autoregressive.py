@@ -322,9 +322,9 @@ def build(
             in_ch,
             cond_ch,
             out_ch,
-            config.pixelcnn_channels,
-            config.pixelcnn_layers,
-            config.pixelcnn_kernel,
+            config.pixelcnn.channels,
+            config.pixelcnn.layers,
+            config.pixelcnn.kernel,
             order_channels=order_channels,
         )
     if config.decoder == "transformer":
