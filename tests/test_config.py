@@ -198,34 +198,47 @@ def test_a_yaml_boolean_for_a_word_says_to_quote_it():
 # ------------------------------------------------------------------------------------------- sections
 
 
-def _flat(data: dict, section: str) -> dict:
-    """``data`` with ``section``'s keys written flat, as configs and saved models before the sections were."""
+def _flat(data: dict) -> dict:
+    """``data`` with every section's keys written flat, as configs and saved models were before the sections
+    (``vq.codes`` -> ``vq_codes``, ``attention.depth`` -> ``depth_attention``, ...)."""
     out = dict(data)
-    out.update({f"{section}_{k}": v for k, v in out.pop(section).items()})
+    for old, new in ModelConfig.RENAMED.items():
+        section, key = new.split(".")
+        out[old] = data[section][key]
+    for section in {new.split(".")[0] for new in ModelConfig.RENAMED.values()}:
+        del out[section]
     return out
 
 
-def test_a_model_saved_with_the_flat_vq_keys_still_loads(tmp_path):
+def test_a_model_saved_with_the_flat_keys_still_loads(tmp_path):
     import json
 
     import torch
 
     cfg = ModelConfig(
-        data_shape=[12], latent_dims=[3, 2], hidden_dims=[8, 8], depth=1,
+        data_shape=[1, 8, 8], latent_dims=[2, 2], hidden_dims=[8, 8], depth=1, block="conv",
         latent_types=["gaussian", "vq"], vq={"codes": 8, "dim": 3, "commitment": 0.5, "top_prior": "uniform"},
+        gumbel={"temperature": 0.7}, spectral={"reg": 0.1, "reg_init": 1.0, "iterations": 2},
+        attention={"levels": [0], "heads": 2, "depth": True, "depth_dim": 8},
+        decoder="pixelcnn", ar_cond_channels=3, pixelcnn={"layers": 2, "channels": 8, "kernel": 3},
     )  # fmt: skip
     torch.manual_seed(0)
     model = hvae.build_model(cfg).train()
-    model(torch.rand(16, 12).round())  # the codebook is initialised from a training pass
+    model(torch.rand(16, 1, 8, 8).round())  # the codebook is initialised from a training pass
     path = model.save_pretrained(tmp_path / "m")
     config_json = tmp_path / "m" / "config.json"
     saved = json.loads(config_json.read_text())
-    config_json.write_text(json.dumps(_flat(saved, "vq")))
-    with pytest.warns(
-        FutureWarning, match=r"old config keys read in their new place: vq_codes -> vq\.codes, vq_dim -> vq\.dim"
-    ):
+    flat = _flat(saved)
+    assert {"vq_codes", "spectral_reg", "depth_attention_dim", "pixelcnn_kernel"} <= set(flat)
+    config_json.write_text(json.dumps(flat))
+    with pytest.warns(FutureWarning, match=r"old config keys read in their new place: .*vq_codes -> vq\.codes"):
         again = hvae.load(path)
-    assert again.config == cfg and again.config.vq.codes == 8 and again.config.vq.top_prior == "uniform"
+    assert again.config == cfg
+    assert (again.config.spectral.iterations, again.config.attention.depth_dim, again.config.pixelcnn.kernel) == (
+        2,
+        8,
+        3,
+    )
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
 
