@@ -243,7 +243,7 @@ def test_a_model_saved_with_the_flat_keys_still_loads(tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_flat_vq_keys_in_yaml_and_overrides_are_read_in_their_section():
+def test_flat_keys_in_yaml_overrides_and_presets_are_read_in_their_section():
     from hvae.runconfig import RunConfig
 
     with pytest.warns(FutureWarning, match=r"model\.vq_codes -> model\.vq\.codes, model\.vq_dim -> model\.vq\.dim"):
@@ -258,3 +258,12 @@ def test_flat_vq_keys_in_yaml_and_overrides_are_read_in_their_section():
     cfg = ModelConfig(vq={"codes": 8})
     assert cfg.replace(vq={"dim": 4}).vq == dataclasses.replace(cfg.vq, dim=4)  # a section changes key by key
     assert ModelConfig.from_yaml("vq:\n  codes: 8\n") == cfg
+    # a preset's section keeps the keys a config does not give, old flat keys included
+    from hvae.runconfig import load_run_config
+
+    want = dataclasses.replace(hvae.presets.nvae_small().spectral, reg=0.5)
+    assert (want.reg_init, want.reg_warmup_steps) == (1.0, 500)  # the preset's own, not the defaults
+    with pytest.warns(FutureWarning, match=r"model\.spectral_reg -> model\.spectral\.reg"):
+        old, _ = load_run_config(None, ["model.preset=nvae_small", "model.spectral_reg=0.5"])
+    new, _ = load_run_config(None, ["model.preset=nvae_small", "model.spectral.reg=0.5"])
+    assert old.model.spectral == new.model.spectral == want

@@ -33,6 +33,7 @@ __all__ = [
     "from_dict",
     "load_yaml",
     "merge",
+    "move_renamed",
     "parse_override",
     "require",
     "to_dict",
@@ -111,7 +112,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build the dataclass ``cls`` from a plain mapping, rejecting unknown keys and ill-typed values."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
-    data = _move_renamed(cls, data, prefix)
+    data = move_renamed(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
@@ -129,7 +130,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise
 
 
-def _move_renamed(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+def move_renamed(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``data`` with the keys ``cls.RENAMED`` lists moved to their new place (a copy; a warning names the new
     key). Both the old and the new key set: a ConfigError, since it is unclear which one is meant."""
     renamed = getattr(cls, "RENAMED", {})
@@ -278,7 +279,7 @@ class Serializable:
     def replace(self, **changes):
         """A validated copy with some fields changed; a section given as a mapping changes only the keys it
         names (``cfg.replace(vq={"codes": 8})`` keeps the other ``vq`` keys)."""
-        changes = {k: to_dict(v) for k, v in _move_renamed(type(self), changes, "").items()}
+        changes = {k: to_dict(v) for k, v in move_renamed(type(self), changes, "").items()}
         return self.from_dict(merge(self.to_dict(), changes))
 
 

@@ -7,7 +7,12 @@ fields (``lvae_mnist(inference="bottom_up")`` is the paper's stacked-VAE baselin
 from __future__ import annotations
 
 from .config import ModelConfig
-from .configbase import merge
+from .configbase import merge, move_renamed
+
+
+def _build(base: dict, overrides: dict) -> ModelConfig:
+    """The preset ``base`` with ``overrides``, section by section (old flat keys moved to their sections)."""
+    return ModelConfig.from_dict(merge(base, move_renamed(ModelConfig, overrides)))
 
 
 def lvae_mnist(**overrides) -> ModelConfig:
@@ -30,7 +35,7 @@ def lvae_mnist(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         scale_param="variance",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def small(**overrides) -> ModelConfig:
@@ -44,7 +49,7 @@ def small(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def conv_small(**overrides) -> ModelConfig:
@@ -60,7 +65,7 @@ def conv_small(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 # NVAE / VDVAE: the shared top-down path (skip state, posterior from encoder and decoder states, residual
@@ -127,7 +132,7 @@ def nvae_mnist(**overrides) -> ModelConfig:
         kl_warmup_steps=36000,
         kl_const_steps=12,
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def nvae_cifar10(**overrides) -> ModelConfig:
@@ -152,7 +157,7 @@ def nvae_cifar10(**overrides) -> ModelConfig:
         kl_warmup_steps=23400,
         kl_const_steps=8,
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def vdvae_cifar10(**overrides) -> ModelConfig:
@@ -175,7 +180,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
         num_mixtures=10,
         **_VDVAE_OFFICIAL,
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def nvae_small(**overrides) -> ModelConfig:
@@ -191,7 +196,7 @@ def nvae_small(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500},
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def vdvae_small(**overrides) -> ModelConfig:
@@ -207,7 +212,7 @@ def vdvae_small(**overrides) -> ModelConfig:
         likelihood="discretized_logistic_mixture",
         num_mixtures=5,
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 # Attention (Apostolopoulou et al. 2022) and autoregressive decoders (PixelVAE, Gulrajani et al. 2017;
@@ -231,7 +236,7 @@ def attentive(**overrides) -> ModelConfig:
         attention={"levels": [1, 2, 3], "heads": 4, "depth": True, "depth_dim": 64},
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def attentive_small(**overrides) -> ModelConfig:
@@ -248,7 +253,7 @@ def attentive_small(**overrides) -> ModelConfig:
         attention={"levels": [0, 1], "heads": 2, "depth": True, "depth_dim": 16},
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def pixelvae(**overrides) -> ModelConfig:
@@ -272,7 +277,7 @@ def pixelvae(**overrides) -> ModelConfig:
         free_bits=1.0,
         free_bits_mode="channel",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def pixelvae_small(**overrides) -> ModelConfig:
@@ -291,7 +296,7 @@ def pixelvae_small(**overrides) -> ModelConfig:
         ar_cond_channels=8,
         pixelcnn={"layers": 2, "channels": 16, "kernel": 3},
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def lvae_discrete(**overrides) -> ModelConfig:
@@ -307,7 +312,7 @@ def lvae_discrete(**overrides) -> ModelConfig:
         categorical_classes=10,
         gumbel={"temperature_start": 1.0, "temperature": 0.5, "anneal_steps": 40000},
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def lvae_discrete_small(**overrides) -> ModelConfig:
@@ -320,7 +325,7 @@ def lvae_discrete_small(**overrides) -> ModelConfig:
         categorical_classes=8,
         gumbel={"temperature_start": 1.0, "temperature": 0.5, "anneal_steps": 1000},
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 # Sequences (data/text.py, data/audio.py): a sentence-level model with global latent vectors over token ids,
@@ -352,7 +357,7 @@ def text_fortunes(**overrides) -> ModelConfig:
         seq_heads=4,
         free_bits=2.0,
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 def audio_digits(**overrides) -> ModelConfig:
@@ -370,7 +375,7 @@ def audio_digits(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="gaussian",
     )
-    return ModelConfig.from_dict(merge(base, overrides))
+    return _build(base, overrides)
 
 
 PRESETS = {

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from .config import ModelConfig
-from .configbase import ConfigError, Serializable, apply_overrides, from_dict, load_yaml, require
+from .configbase import ConfigError, Serializable, apply_overrides, from_dict, load_yaml, merge, move_renamed, require
 from .data import DataConfig, Dataset
 
 
@@ -216,7 +216,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> tuple
             base = presets.get(name).to_dict()
         except KeyError as e:
             raise ConfigError(f"model.preset: {e.args[0]}") from None
-        model = {**base, **model}
+        # section by section, the old flat keys first moved to theirs: a preset's sections keep the keys not given
+        model = merge(base, move_renamed(ModelConfig, model, "model."))
     return from_dict(RunConfig, {**raw, "model": model}), raw
 
 
