@@ -63,8 +63,12 @@ _KINDS = [
     dict(decoder="transformer", data_shape=(1, 2, 3), likelihood="bernoulli"),
     dict(decoder="gru", data_shape=(1, 7), likelihood="categorical"),
     dict(decoder="gru", data_shape=(6,), likelihood="bernoulli"),
+    dict(decoder="transformer", data_shape=(9,), likelihood="categorical", seq_context=3),
 ]
-_IDS = [f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}" for k in _KINDS]
+_IDS = [
+    f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}{'-window' if 'seq_context' in k else ''}"
+    for k in _KINDS
+]
 # pixelcnns whose head orders the channels of a pixel: p(x_i) = ∏_c p(x_i^c | x_i^<c, x_<i, c)
 _ORDERED = [
     dict(decoder="pixelcnn", data_shape=(2, 3, 4), likelihood="bernoulli"),
@@ -335,3 +339,45 @@ def test_under_bf16_autocast_the_decoders_output_is_scored_in_float32():
         out = lik.net(dist._net_input(x), cond)
     assert out.dtype == torch.bfloat16 and got.dtype == torch.float32
     assert torch.equal(got, lik.base(out.float()).log_prob(x))  # the bf16 output, widened before any log
+
+
+def test_a_transformer_with_a_limited_context_reads_only_the_last_positions():
+    lik = _lik(decoder="transformer", data_shape=(10,), likelihood="categorical", seq_context=3, seq_layers=1)
+    cond, x = _cond(lik), _data(lik)
+    base = lik.net(x, cond).flatten(2)  # (B, P, T): position t reads inputs t-2..t, i.e. x_{t-3}..x_{t-1}
+    for j in range(10):
+        y = x.clone()
+        y[:, :, j] = (y[:, :, j] + 0.5) % 1.0
+        moved = ~torch.isclose(lik.net(y, cond).flatten(2), base).all(1).all(0)  # (T,)
+        assert moved.nonzero().flatten().tolist() == list(range(j + 1, min(j + 4, 10)))
+
+
+def test_word_dropout_acts_in_training_only():
+    lik = _lik(decoder="gru", data_shape=(8,), likelihood="categorical", seq_word_dropout=0.5)
+    assert lik.net.embed.num_embeddings == lik.levels + 2  # the dropped-token symbol
+    cond, x = _cond(lik), _data(lik)
+    lik.eval()
+    clean = lik.net(x, cond)
+    assert torch.equal(lik.net(x, cond), clean)
+    lik.train()
+    torch.manual_seed(0)
+    noisy = lik.net(x, cond)
+    assert not torch.allclose(noisy, clean)
+    assert torch.allclose(noisy[..., 0], clean[..., 0])  # the start token is never dropped
+    # without word dropout the embedding keeps its old size, so saved models load as before
+    assert _lik(decoder="gru", data_shape=(8,), likelihood="categorical").net.embed.num_embeddings == lik.levels + 1
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            dict(decoder="transformer", data_shape=(8,), likelihood="categorical", seq_word_dropout=1.0),
+            "seq_word_dropout",
+        ),
+        (dict(decoder="gru", data_shape=(8,), likelihood="categorical", seq_context=4), "seq_context"),
+    ],
+)
+def test_bad_sequence_decoder_remedies_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**overrides)

@@ -297,6 +297,11 @@ class ModelConfig(_Serializable):
     seq_layers: int = 2  # transformer / gru
     seq_width: int = 128
     seq_heads: int = 4  # transformer
+    # keeping a strong sequence decoder from ignoring the latents (Bowman et al. 2016): the share of input
+    # tokens replaced by a dropped-token symbol while training, and the positions a transformer attends to
+    # (a sliding window; 0 = all before it)
+    seq_word_dropout: float = 0.0
+    seq_context: int = 0
     # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
     # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
     # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq_dim (G*E).
@@ -495,6 +500,15 @@ class ModelConfig(_Serializable):
             _require(
                 self.seq_heads >= 1 and self.seq_width % self.seq_heads == 0,
                 f"seq_heads: {self.seq_heads} must divide seq_width ({self.seq_width})",
+            )
+            _require(
+                0 <= self.seq_word_dropout < 1,
+                f"seq_word_dropout: the share of dropped input tokens must be in [0, 1), got {self.seq_word_dropout}",
+            )
+            _require(self.seq_context >= 0, f"seq_context: must be >= 0 (0 = unlimited), got {self.seq_context}")
+            _require(
+                self.seq_context == 0 or self.decoder == "transformer",
+                "seq_context: a limited context needs decoder: transformer (a GRU's state carries everything)",
             )
 
     def _check_discrete(self) -> None:
