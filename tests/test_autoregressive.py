@@ -381,3 +381,38 @@ def test_word_dropout_acts_in_training_only():
 def test_bad_sequence_decoder_remedies_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
         _cfg(**overrides)
+
+
+def test_decode_options_on_the_three_output_kinds():
+    from hvae.decoding import Decoding
+
+    lik = _lik(decoder="pixelcnn", data_shape=(1, 3, 3))  # Bernoulli
+    dist = lik(_cond(lik))
+    assert torch.equal(dist.decode(Decoding("top_k", top_k=1)), dist.decode(Decoding("greedy")))
+    # greedy values are the sequential mean's conditionals rounded (the mean reads the greedy values before it)
+    assert torch.equal(dist.decode(Decoding("greedy")), (dist.mean > 0.5).double())
+    torch.manual_seed(0)
+    x = dist.decode(Decoding("sample", temperature=0.7))
+    assert torch.allclose(dist.log_prob(x), dist.sample_log_prob, atol=1e-9)  # scored under p(x | c) itself
+    lik = _lik(data_shape=(2, 1, 2), likelihood="discretized_logistic_mixture", num_bits=2)
+    dist = lik(_cond(lik))
+    x = dist.decode(Decoding("sample"))
+    assert torch.allclose(dist.log_prob(x), dist.sample_log_prob, atol=1e-6)
+    for bad in (Decoding("top_k"), Decoding("sample", temperature=0.5)):
+        with pytest.raises(ValueError, match="discretised logistic mixture decodes with 'sample' or 'greedy'"):
+            dist.decode(bad)
+
+
+def test_the_model_api_takes_decode_for_autoregressive_decoders_only():
+    model = _model().eval()
+    torch.manual_seed(0)
+    a = model.sample(4, decode="greedy", temperature=0.0)
+    assert torch.equal(a, model.sample(4, decode="greedy", temperature=0.0))
+    assert torch.equal(a, (model.sample(4, temperature=0.0, mean=True) > 0.5).float())
+    assert model.generate([None, model.encode(_binary(model))[-1]], decode="top_k").shape == (B, *model.data_shape)
+    assert model.sample_conditional(_binary(model), keep_top=1, decode="top_p").shape == (B, *model.data_shape)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        model.sample(2, decode="beam")
+    plain = hvae.build_model(hvae.presets.small()).eval()
+    with pytest.raises(ValueError, match="decode= applies to autoregressive decoders"):
+        plain.sample(2, decode="sample")
