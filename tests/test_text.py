@@ -341,7 +341,18 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     capsys.readouterr()
     assert main(["sample", str(run), "--n", "3"]) == 0
     assert len((run / "samples" / "samples.txt").read_text().splitlines()) == 3
-    assert main(["sample", str(run), "--n", "2", "--interpolate", "--steps", "4"]) == 0
+    flags = ["--n", "3", "--overwrite", "--temperature", "0"]
+    greedy = [main(["sample", str(run), *flags, "--decode", "greedy", "--seed", s]) for s in ("1", "2")]
+    assert greedy == [0, 0]  # the second run overwrote the first: the same text (greedy at the prior means)
+    out = run / "samples" / "samples.txt"
+    text = out.read_text()
+    assert main(["sample", str(run), *flags, "--decode", "greedy", "--seed", "3"]) == 0 and out.read_text() == text
+    flags = ["--decode", "top_k", "--top-k", "3", "--decoder-temperature", "0.7"]
+    assert main(["sample", str(run), "--n", "2", "--overwrite", *flags]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2", "--overwrite", "--top-k", "3"]) != 0
+    assert "--top-k applies to --decode top_k; add --decode top_k" in capsys.readouterr().err
+    assert main(["sample", str(run), "--n", "2", "--interpolate", "--steps", "4", "--decode", "top_p"]) == 0
     assert main(["sample", str(run), "--n", "2", "--from-data", "--keep-top", "1"]) == 0
     assert "the quick brown fox" in (run / "samples" / "keep_top.txt").read_text()
     assert main(["report", str(run)]) == 0
