@@ -469,3 +469,48 @@ def test_ptb_style_split_files_share_the_training_vocabulary(tmp_path, capsys):
     ds = load_dataset(DataConfig(source="text", path=str(folder), max_length=16, val_fraction=0.34))
     assert (len(ds.train), len(ds.val), len(ds.test)) == (2, 1, 3)
     assert ds.splits_from["val"] == f"34% of {folder / 'ptb.train.txt'}"
+
+
+# --- remedies for latents that the decoder ignores -----------------------------------------------------------
+
+
+def _remedy_model(**changes):
+    base = _token_model(T=12)
+    other = hvae.build_model(base.config.replace(**changes))
+    other.load_state_dict(base.state_dict())
+    return other.eval()
+
+
+_SENTENCES = ["hello there", "a", "padding is ignored", "the quick brown fox"]
+
+
+def test_free_bits_per_sequence_floor_each_examples_kl_summed_over_levels():
+    x = _token_batch(ByteTokenizer(), _SENTENCES, 12)
+    probe = _remedy_model()
+    torch.manual_seed(0)
+    total = sum(probe(x).kl)  # (B,) nats: every level's KL per example
+    lam = total.median().item()
+    model = _remedy_model(free_bits=lam, free_bits_mode="sequence")
+    torch.manual_seed(0)
+    out = model(x, beta=0.5)
+    assert torch.allclose(sum(out.kl), total)
+    assert (total < lam).any() and (total > lam).any()
+    assert torch.allclose(out.loss, -out.log_px.mean() + 0.5 * total.clamp_min(lam).mean())
+    # not the per-level floor: with this lambda each level's KL sits below it
+    layer = _remedy_model(free_bits=lam, free_bits_mode="layer")
+    torch.manual_seed(0)
+    assert not torch.allclose(layer(x, beta=0.5).loss, out.loss)
+    with pytest.raises(ConfigError, match="free_bits_mode: sequence floors the sum"):
+        probe.config.replace(free_bits=1.0, free_bits_mode="sequence", kl_balancing=True)
+
+
+def test_cyclical_kl_annealing_ramps_beta_in_each_cycle_then_holds_it():
+    model = _remedy_model(beta=2.0, kl_cycles=2, kl_cycle_steps=100, kl_cycle_ramp=0.5)
+    betas = [model.beta_at(s) for s in (0, 25, 50, 99, 100, 125, 160, 200, 10_000)]
+    assert betas == [0.0, 1.0, 2.0, 2.0, 0.0, 1.0, 2.0, 2.0, 2.0]
+    with pytest.raises(ConfigError, match="kl_cycle_steps: the length of a KL cycle"):
+        model.config.replace(kl_cycles=2, kl_cycle_steps=0)
+    with pytest.raises(ConfigError, match="two KL schedules"):
+        model.config.replace(kl_warmup_steps=10)
+    with pytest.raises(ConfigError, match="kl_cycle_ramp"):
+        model.config.replace(kl_cycle_ramp=0.0)

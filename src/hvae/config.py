@@ -258,8 +258,15 @@ class ModelConfig(_Serializable):
     # NVAE's utils.kl_coeff: beta = max(min((step - kl_const_steps) / kl_warmup_steps, 1), kl_warmup_floor)
     kl_warmup_floor: float = 0.0
     kl_const_steps: int = 0
+    # cyclical KL annealing (Fu et al. 2019): kl_cycles cycles of kl_cycle_steps steps each; in each, beta rises
+    # linearly from 0 over the first kl_cycle_ramp of the cycle, then holds; after the cycles it stays at beta
+    kl_cycles: int = 0  # 0 disables
+    kl_cycle_steps: int = 0
+    kl_cycle_ramp: float = 0.5
     free_bits: float = 0.0  # nats; 0 disables
-    free_bits_mode: Literal["layer", "channel"] = "layer"
+    # layer: a floor on each level's batch-mean KL; channel: on each channel's; sequence: on each example's KL
+    # summed over all levels (a KL target per sequence: below it an example's KL costs nothing)
+    free_bits_mode: Literal["layer", "channel", "sequence"] = "layer"
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
     # NVAE's spectral regularisation: + lambda * sum of the largest singular values of every conv / linear
     # weight (training loss only); lambda anneals log-linearly from spectral_reg_init to spectral_reg over
@@ -354,6 +361,22 @@ class ModelConfig(_Serializable):
         _require(self.beta >= 0, f"beta: must be >= 0, got {self.beta}")
         _require(self.kl_warmup_steps >= 0, f"kl_warmup_steps: must be >= 0, got {self.kl_warmup_steps}")
         _require(self.free_bits >= 0, f"free_bits: must be >= 0 nats, got {self.free_bits}")
+        _require(self.kl_cycles >= 0, f"kl_cycles: must be >= 0 (0 = no cyclical annealing), got {self.kl_cycles}")
+        if self.kl_cycles:
+            _require(
+                self.kl_cycle_steps >= 1,
+                f"kl_cycle_steps: the length of a KL cycle must be >= 1 step with kl_cycles, got {self.kl_cycle_steps}",
+            )
+            _require(0 < self.kl_cycle_ramp <= 1, f"kl_cycle_ramp: must be in (0, 1], got {self.kl_cycle_ramp}")
+            _require(
+                self.kl_warmup_steps == 0,
+                "kl_cycles and kl_warmup_steps are two KL schedules: set kl_warmup_steps: 0 (the cycles ramp up)",
+            )
+        _require(
+            not (self.free_bits_mode == "sequence" and self.kl_balancing),
+            "free_bits_mode: sequence floors the sum of the levels' KL, which KL balancing would reweight: "
+            "set kl_balancing: false or free_bits_mode: layer",
+        )
         _require(self.num_mixtures >= 1, f"num_mixtures: must be >= 1, got {self.num_mixtures}")
         _require(1 <= self.num_bits <= 16, f"num_bits: must be in 1..16, got {self.num_bits}")
         _require(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")

@@ -591,12 +591,12 @@ class AutoregressiveDistribution(ObservationDistribution):
                 "logistic mixture decodes with 'sample' or 'greedy' at temperature 1 only; use one of those"
             )
 
-        def pick(d: _ObservationDistribution) -> Tensor:
+        def pick(d: ObservationDistribution) -> Tensor:
             if isinstance(d, BernoulliDistribution):
                 return decoding.pick_binary(d.logits)
             if isinstance(d, CategoricalDistribution):
                 return decoding.pick(d.logits, dim=1).to(d.logits.dtype) / (d.K - 1)
-            return d._sample_layout() if decoding.is_sampling else _step_mode(d)
+            return d._sample_layout() if decoding.is_sampling else d.mode_layout()
 
         x, self.sample_log_prob, _ = self._sequential(pick)
         return self._model._to_user(self._ids(x) if self._model.tokens else x)

@@ -352,12 +352,17 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return kls
 
     def beta_at(self, step: int | Tensor) -> float:
-        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``)."""
+        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``, or
+        cyclical annealing with ``kl_cycles``)."""
         return schedules.beta(self.config, step)
 
     def _kl_loss(self, kl_elem: list[Tensor], beta: float) -> Tensor:
         """The KL part of the training loss (batch mean): free bits, KL balancing, beta."""
         cfg = self.config
+        if cfg.free_bits > 0 and cfg.free_bits_mode == "sequence":
+            # a KL target per example: the levels' KL summed, floored at free_bits nats, then batch-averaged
+            total = sum(k.flatten(1).sum(1) for k in kl_elem)
+            return beta * total.clamp_min(cfg.free_bits).mean()
         per_layer = []
         for k in kl_elem:
             if cfg.free_bits > 0 and cfg.free_bits_mode == "channel":
