@@ -477,7 +477,7 @@ def test_ptb_style_split_files_share_the_training_vocabulary(tmp_path, capsys):
 def _remedy_model(**changes):
     base = _token_model(T=12)
     other = hvae.build_model(base.config.replace(**changes))
-    other.load_state_dict(base.state_dict())
+    other.load_state_dict(base.state_dict(), strict=False)  # BN-VAE's norms are new: they start as built
     return other.eval()
 
 
@@ -514,3 +514,26 @@ def test_cyclical_kl_annealing_ramps_beta_in_each_cycle_then_holds_it():
         model.config.replace(kl_warmup_steps=10)
     with pytest.raises(ConfigError, match="kl_cycle_ramp"):
         model.config.replace(kl_cycle_ramp=0.0)
+
+
+def test_batch_normalised_posterior_means_have_the_fixed_scale_over_a_batch():
+    gamma = 0.6
+    model = _remedy_model(bn_posterior_means=gamma).train()
+    plain = _remedy_model().train()
+    x = _token_batch(ByteTokenizer(), _SENTENCES * 4, 12)
+    torch.manual_seed(0)
+    run = model._infer(x)
+    for q in run.qs:  # per channel over the batch (and positions): mean = the shift (0 at first), std = gamma
+        mu = q.mu.transpose(0, 1).flatten(1)
+        assert torch.allclose(mu.mean(1), torch.zeros(mu.shape[0]), atol=1e-5)
+        assert torch.allclose(mu.var(1, unbiased=False).sqrt(), torch.full((mu.shape[0],), gamma), atol=1e-3)
+    torch.manual_seed(0)
+    assert not torch.allclose(plain._infer(x).qs[0].mu, run.qs[0].mu)
+    # the shift is learned, the scale is not; eval reads the running statistics
+    out = model(x)
+    out.loss.backward()
+    norms = [layer.mean_norm for layer in model.layers]
+    assert all(n.shift.grad is not None and n.shift.grad.abs().sum() > 0 for n in norms)
+    assert all(not (n.running_var == 1).all() for n in norms)
+    with pytest.raises(ConfigError, match="bn_posterior_means"):
+        model.config.replace(bn_posterior_means=-1.0)

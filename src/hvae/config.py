@@ -268,6 +268,9 @@ class ModelConfig(_Serializable):
     # summed over all levels (a KL target per sequence: below it an example's KL costs nothing)
     free_bits_mode: Literal["layer", "channel", "sequence"] = "layer"
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
+    # BN-VAE (Zhu et al. 2020): the posterior means of Gaussian levels batch-normalised to a fixed scale gamma (a
+    # learned shift per channel), which keeps each level's batch-averaged KL above a floor; 0 disables
+    bn_posterior_means: float = 0.0
     # NVAE's spectral regularisation: + lambda * sum of the largest singular values of every conv / linear
     # weight (training loss only); lambda anneals log-linearly from spectral_reg_init to spectral_reg over
     # spectral_reg_warmup_steps (0: constant)
@@ -361,6 +364,10 @@ class ModelConfig(_Serializable):
         _require(self.beta >= 0, f"beta: must be >= 0, got {self.beta}")
         _require(self.kl_warmup_steps >= 0, f"kl_warmup_steps: must be >= 0, got {self.kl_warmup_steps}")
         _require(self.free_bits >= 0, f"free_bits: must be >= 0 nats, got {self.free_bits}")
+        _require(
+            self.bn_posterior_means >= 0,
+            f"bn_posterior_means: the fixed scale gamma must be >= 0 (0 = off), got {self.bn_posterior_means}",
+        )
         _require(self.kl_cycles >= 0, f"kl_cycles: must be >= 0 (0 = no cyclical annealing), got {self.kl_cycles}")
         if self.kl_cycles:
             _require(
