@@ -338,6 +338,8 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     assert "bits_per_dim_iw" not in result
     assert result["tokenizer"] == "bpe" and result["bits_per_token_iw"] > 0
     assert result["nats_per_sequence_iw"] == pytest.approx(-result["iw_bound"])
+    assert "latents tell the decoder" in printed and "reconstruction similarity" in printed
+    assert 0 <= result["reconstruction_similarity"] <= 1 and result["latent_info_examples"] == 6
     capsys.readouterr()
     assert main(["sample", str(run), "--n", "3"]) == 0
     assert len((run / "samples" / "samples.txt").read_text().splitlines()) == 3
@@ -537,3 +539,22 @@ def test_batch_normalised_posterior_means_have_the_fixed_scale_over_a_batch():
     assert all(not (n.running_var == 1).all() for n in norms)
     with pytest.raises(ConfigError, match="bn_posterior_means"):
         model.config.replace(bn_posterior_means=-1.0)
+
+
+def test_latents_that_the_decoder_cannot_read_tell_it_nothing_and_its_own_greedy_text_is_rebuilt_exactly():
+    from hvae.evaluate import latent_information
+
+    model = _remedy_model(data_shape=[12])
+    with torch.no_grad():  # the decoder's conditioning is a constant: z cannot reach p(x | z)
+        model.decoder_head.weight.zero_()
+    tok = ByteTokenizer()
+    x = _token_batch(tok, _SENTENCES, 12)
+    info = latent_information(model, x, tok.eos_id, batch_size=3)
+    assert info["latent_nats"] == pytest.approx(0.0, abs=1e-9) and info["latent_info_examples"] == 4
+    assert info["reconstruction_similarity"] < 1
+    greedy = model.sample(4, decode="greedy")  # what any z decodes to, padded after end-of-sequence
+    assert latent_information(model, greedy, tok.eos_id)["reconstruction_similarity"] == 1.0
+    # the ids compared stop at end-of-sequence or padding
+    from hvae.evaluate import _until_eos
+
+    assert _until_eos([5, 6, tok.eos_id, tok.pad_id], tok.eos_id) == [5, 6] and _until_eos([1, 2], 9) == [1, 2]
