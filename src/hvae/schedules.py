@@ -1,6 +1,7 @@
 """Step schedules: pure functions of (config, step), one home for every quantity that moves with training.
 
-* :func:`beta`: the KL weight's linear warm-up (Sønderby et al. 2016) or cyclical annealing (Fu et al. 2019), from a :class:`~hvae.config.ModelConfig`;
+* :func:`beta`: the KL weight's linear warm-up (Sønderby et al. 2016) or cyclical annealing (Fu et al. 2019),
+  from a :class:`~hvae.config.ModelConfig`;
 * :func:`spectral_weight`: NVAE's spectral-regularisation weight lambda, log-linear over its warm-up;
 * :func:`gumbel_temperature`: the relaxation temperature of discrete latents, geometric over its anneal;
 * :func:`learning_rate`: warm-up, then constant, cosine or per-epoch exponential decay, from a
