@@ -377,7 +377,8 @@ class ModelConfig(_Serializable):
             _require(0 < self.kl_cycle_ramp <= 1, f"kl_cycle_ramp: must be in (0, 1], got {self.kl_cycle_ramp}")
             _require(
                 self.kl_warmup_steps == 0,
-                "kl_cycles and kl_warmup_steps are two KL schedules: set kl_warmup_steps: 0 (the cycles ramp up)",
+                "kl_cycles and kl_warmup_steps are two KL schedules: set kl_warmup_steps: 0 (the cycles ramp up; "
+                "train.kl_warmup_epochs / kl_warmup_fraction set it: set them to 0)",
             )
         _require(
             not (self.free_bits_mode == "sequence" and self.kl_balancing),
