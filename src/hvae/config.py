@@ -165,9 +165,19 @@ class ModelConfig(Serializable):
     # NVAE's utils.kl_coeff: beta = max(min((step - kl_const_steps) / kl_warmup_steps, 1), kl_warmup_floor)
     kl_warmup_floor: float = 0.0
     kl_const_steps: int = 0
+    # cyclical KL annealing (Fu et al. 2019): kl_cycles cycles of kl_cycle_steps steps each; in each, beta rises
+    # linearly from 0 over the first kl_cycle_ramp of the cycle, then holds; after the cycles it stays at beta
+    kl_cycles: int = 0  # 0 disables
+    kl_cycle_steps: int = 0
+    kl_cycle_ramp: float = 0.5
     free_bits: float = 0.0  # nats; 0 disables
-    free_bits_mode: Literal["layer", "channel"] = "layer"
+    # layer: a floor on each level's batch-mean KL; channel: on each channel's; sequence: on each example's KL
+    # summed over all levels (a KL target per sequence: below it an example's KL costs nothing)
+    free_bits_mode: Literal["layer", "channel", "sequence"] = "layer"
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
+    # BN-VAE (Zhu et al. 2020): the posterior means of Gaussian levels batch-normalised to a fixed scale gamma (a
+    # learned shift per channel), which keeps each level's batch-averaged KL above a floor; 0 disables
+    bn_posterior_means: float = 0.0
     spectral: SpectralConfig = field(default_factory=lambda: SpectralConfig())
     # NVAE's batch-norm penalty, sum over batch norms of max |gamma| (model.py batchnorm_loss), at the
     # spectral regularisation's lambda
@@ -188,6 +198,11 @@ class ModelConfig(Serializable):
     seq_layers: int = 2  # transformer / gru
     seq_width: int = 128
     seq_heads: int = 4  # transformer
+    # keeping a strong sequence decoder from ignoring the latents (Bowman et al. 2016): the share of input
+    # tokens replaced by a dropped-token symbol while training, and the positions a transformer attends to
+    # (a sliding window; 0 = all before it)
+    seq_word_dropout: float = 0.0
+    seq_context: int = 0
     # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
     # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
     # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq.dim (G*E).
@@ -234,6 +249,27 @@ class ModelConfig(Serializable):
         require(self.beta >= 0, f"beta: must be >= 0, got {self.beta}")
         require(self.kl_warmup_steps >= 0, f"kl_warmup_steps: must be >= 0, got {self.kl_warmup_steps}")
         require(self.free_bits >= 0, f"free_bits: must be >= 0 nats, got {self.free_bits}")
+        require(
+            self.bn_posterior_means >= 0,
+            f"bn_posterior_means: the fixed scale gamma must be >= 0 (0 = off), got {self.bn_posterior_means}",
+        )
+        require(self.kl_cycles >= 0, f"kl_cycles: must be >= 0 (0 = no cyclical annealing), got {self.kl_cycles}")
+        if self.kl_cycles:
+            require(
+                self.kl_cycle_steps >= 1,
+                f"kl_cycle_steps: the length of a KL cycle must be >= 1 step with kl_cycles, got {self.kl_cycle_steps}",
+            )
+            require(0 < self.kl_cycle_ramp <= 1, f"kl_cycle_ramp: must be in (0, 1], got {self.kl_cycle_ramp}")
+            require(
+                self.kl_warmup_steps == 0,
+                "kl_cycles and kl_warmup_steps are two KL schedules: set kl_warmup_steps: 0 (the cycles ramp up; "
+                "train.kl_warmup_epochs / kl_warmup_fraction set it: set them to 0)",
+            )
+        require(
+            not (self.free_bits_mode == "sequence" and self.kl_balancing),
+            "free_bits_mode: sequence floors the sum of the levels' KL, which KL balancing would reweight: "
+            "set kl_balancing: false or free_bits_mode: layer",
+        )
         require(self.num_mixtures >= 1, f"num_mixtures: must be >= 1, got {self.num_mixtures}")
         require(1 <= self.num_bits <= 16, f"num_bits: must be in 1..16, got {self.num_bits}")
         require(self.num_classes >= 2, f"num_classes: must be >= 2, got {self.num_classes}")
@@ -376,6 +412,15 @@ class ModelConfig(Serializable):
             require(
                 self.seq_heads >= 1 and self.seq_width % self.seq_heads == 0,
                 f"seq_heads: {self.seq_heads} must divide seq_width ({self.seq_width})",
+            )
+            require(
+                0 <= self.seq_word_dropout < 1,
+                f"seq_word_dropout: the share of dropped input tokens must be in [0, 1), got {self.seq_word_dropout}",
+            )
+            require(self.seq_context >= 0, f"seq_context: must be >= 0 (0 = unlimited), got {self.seq_context}")
+            require(
+                self.seq_context == 0 or self.decoder == "transformer",
+                "seq_context: a limited context needs decoder: transformer (a GRU's state carries everything)",
             )
 
     def _check_discrete(self) -> None:

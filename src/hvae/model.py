@@ -25,9 +25,10 @@ from . import inputs, iw, schedules
 from .compiled import compiled_training_call, set_compile
 from .config import ModelConfig
 from .data.text import trim_batch
+from .decoding import METHODS, Decoding
 from .distributions import Gaussian, _tile, kl_divergence
 from .layers import LatentLayer, latent_channels
-from .likelihoods import build_likelihood
+from .likelihoods import AutoregressiveDistribution, build_likelihood
 from .nets import FAMILIES, attention
 from .nets.temporal import TokenEncoder
 from .pretrained import PretrainedMixin
@@ -98,6 +99,22 @@ def _geometry(cfg: ModelConfig) -> tuple[int, list[tuple[int, ...]], tuple[int, 
             h, w = h // s, w // s
             latent_shapes.append((latent_channels(cfg, l), h, w))
     return in_ch, latent_shapes, pad
+
+
+def _draw(px, mean: bool, decode: Decoding | str | None) -> Tensor:
+    """What sample / generate / sample_conditional return from p(x | z_1)."""
+    if decode is None:
+        return px.mean if mean else px.sample()
+    if isinstance(decode, str):
+        decode = Decoding(decode)
+    if not isinstance(decode, Decoding):
+        raise TypeError(f"decode must be a hvae.decoding.Decoding or one of {', '.join(METHODS)}, got {decode!r}")
+    if not isinstance(px, AutoregressiveDistribution):
+        raise ValueError(
+            "decode= applies to autoregressive decoders (model.decoder: pixelcnn, transformer, gru); this model's "
+            "p(x | z_1) factorises: use mean=True for its mean or mean=False to sample it"
+        )
+    return px.decode(decode)
 
 
 class HierarchicalVAE(PretrainedMixin, nn.Module):
@@ -335,12 +352,17 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return kls
 
     def beta_at(self, step: int | Tensor) -> float:
-        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``)."""
+        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``, or
+        cyclical annealing with ``kl_cycles``)."""
         return schedules.beta(self.config, step)
 
     def _kl_loss(self, kl_elem: list[Tensor], beta: float) -> Tensor:
         """The KL part of the training loss (batch mean): free bits, KL balancing, beta."""
         cfg = self.config
+        if cfg.free_bits > 0 and cfg.free_bits_mode == "sequence":
+            # a KL target per example: the levels' KL summed, floored at free_bits nats, then batch-averaged
+            total = sum(k.flatten(1).sum(1) for k in kl_elem)
+            return beta * total.clamp_min(cfg.free_bits).mean()
         per_layer = []
         for k in kl_elem:
             if cfg.free_bits > 0 and cfg.free_bits_mode == "channel":
@@ -484,19 +506,35 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return self._decode_state(run.state)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float | Sequence[float] = 1.0, mean: bool = True) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 1.0,
+        mean: bool = True,
+        decode: Decoding | str | None = None,
+    ) -> Tensor:
         """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
         (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
-        the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it."""
+        the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it. Autoregressive
+        decoders: ``decode`` (a :class:`hvae.decoding.Decoding` or its method's name) generates as text
+        libraries do (sample / greedy / top_k / top_p with a decoder temperature of its own, stopping at
+        end-of-sequence) and overrides ``mean``."""
         n = inputs.count(n, "n (the number of samples)")
         run = self._top_down(n, temperatures=inputs.temperatures(temperature, self.config.num_layers))
         px = self._decode_state(run.state)
-        return px.mean if mean else px.sample()
+        return _draw(px, mean, decode)
 
     @torch.no_grad()
-    def generate(self, zs: Sequence[Tensor | None], temperature: float | Sequence[float] = 1.0, mean: bool = True):
+    def generate(
+        self,
+        zs: Sequence[Tensor | None],
+        temperature: float | Sequence[float] = 1.0,
+        mean: bool = True,
+        decode: Decoding | str | None = None,
+    ):
         """Decode with some levels fixed: ``zs[l]`` is used where given (bottom to top, batch-major) and
-        the other levels are drawn from the prior conditionals at ``temperature``. Returns (B, *data_shape)."""
+        the other levels are drawn from the prior conditionals at ``temperature``; ``mean`` and ``decode``
+        as in :meth:`sample`. Returns (B, *data_shape)."""
         L = self.config.num_layers
         if len(zs) != L:
             raise ValueError(f"generate needs one entry per level ({L}, bottom to top; None to sample), got {len(zs)}")
@@ -506,14 +544,20 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         inputs.check_latents(self, zs)
         run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=inputs.temperatures(temperature, L))
         px = self._decode_state(run.state)
-        return px.mean if mean else px.sample()
+        return _draw(px, mean, decode)
 
     @torch.no_grad()
     def sample_conditional(
-        self, x: Tensor, keep_top: int, temperature: float | Sequence[float] = 1.0, mean: bool = True
+        self,
+        x: Tensor,
+        keep_top: int,
+        temperature: float | Sequence[float] = 1.0,
+        mean: bool = True,
+        decode: Decoding | str | None = None,
     ) -> Tensor:
         """Keep the top ``keep_top`` levels from q(z | x) and re-sample the levels below from the prior
-        conditionals: what the kept levels encode stays, the rest varies. Returns (B, *data_shape)."""
+        conditionals: what the kept levels encode stays, the rest varies; ``mean`` and ``decode`` as in
+        :meth:`sample`. Returns (B, *data_shape)."""
         inputs.check_batch(self, x)
         L = self.config.num_layers
         if not inputs.whole(keep_top) or not 0 <= keep_top <= L:
@@ -529,7 +573,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         else:
             run = self._top_down(B, ctxs=self._bottom_up(x), infer_from=L - keep_top, temperatures=temps)
         px = self._decode_state(run.state)
-        return px.mean if mean else px.sample()
+        return _draw(px, mean, decode)
 
 
 @contextlib.contextmanager

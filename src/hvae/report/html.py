@@ -416,13 +416,22 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
         torch.manual_seed(seed)
         model = r.model
         L = model.config.num_layers
-        rows = [(f"samples, T = {t:g}", model.sample(NUM_MEDIA, temperature=t)) for t in TEMPERATURES]
+        # text from an autoregressive decoder is sampled from p(x | z), as text generation libraries do (the
+        # greedy pass loops); the reconstructions stay greedy: the most probable text given one z ~ q(z | x)
+        decode = "sample" if getattr(model.likelihood, "tokens", False) and hasattr(model.likelihood, "net") else None
+        how = ", x ~ p(x | z)" if decode else ""
+        rows = [
+            (f"samples, T = {t:g}{how}", model.sample(NUM_MEDIA, temperature=t, decode=decode)) for t in TEMPERATURES
+        ]
         x = _test_inputs(r, NUM_MEDIA)
         recon = []
         if x is not None:
             x = x.to(device)
             recon = [("test inputs", x), ("reconstructions (one z ~ q(z | x))", model(x).px.mean)]
-            recon += [(_keep_top_label(k, L), model.sample_conditional(x, keep_top=k)) for k in range(L - 1, 0, -1)]
+            recon += [
+                (_keep_top_label(k, L) + how, model.sample_conditional(x, keep_top=k, decode=decode))
+                for k in range(L - 1, 0, -1)
+            ]
     if kind == "audio":
         return [
             _audio_section("samples", "Samples", rows, dc),
