@@ -83,7 +83,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{key}: expected null, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -268,11 +268,10 @@ class Serializable:
 
     @classmethod
     def from_yaml(cls, text_or_path: str | Path):
-        text = text_or_path
-        if isinstance(text_or_path, Path) or (
-            isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml"))
-        ):
+        if isinstance(text_or_path, Path) or ("\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml"))):
             text = Path(text_or_path).read_text()
+        else:
+            text = text_or_path
         data = load_yaml(text) or {}
         return cls.from_dict(data)
 

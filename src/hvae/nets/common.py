@@ -29,7 +29,16 @@ class CellFamily:
     residual_state = False
 
     @staticmethod
-    def block(in_ch: int, hidden: int, depth: int, resample: int = 1, **kw) -> Sequential:
+    def block(
+        in_ch: int,
+        hidden: int,
+        depth: int,
+        resample: int = 1,
+        *,
+        batch_norm: bool = True,
+        act: str = "relu",
+        leaky_slope: float = 0.1,
+    ) -> Sequential:
         raise NotImplementedError("a cell family defines block(in_ch, hidden, depth, resample, **kw)")
 
     @staticmethod
