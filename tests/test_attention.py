@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hvae
+from hvae.configbase import merge
 from hvae.nets.attention import DepthAttention, SpatialSelfAttention
 
 B = 4
@@ -15,8 +16,8 @@ def _cfg(block="mlp", **overrides):
     else:
         base = dict(data_shape=[1, 8, 8], latent_dims=[3, 2, 2], hidden_dims=[8, 8, 8], block="conv", strides=[2, 1, 2])
         base["depth"] = 1
-    base.update(attention_heads=2, depth_attention_dim=8)
-    return hvae.ModelConfig.from_dict({**base, **overrides})
+    base.update(attention={"heads": 2, "depth_dim": 8})
+    return hvae.ModelConfig.from_dict(merge(base, overrides))
 
 
 def _model(block="mlp", seed=0, **overrides):
@@ -57,7 +58,7 @@ def test_spatial_attention_mixes_information_across_all_positions():
 
 @pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
 def test_attention_levels_wrap_the_bottom_up_and_prior_cells(inference):
-    model = _model("conv", attention_levels=[0, 1], inference=inference)
+    model = _model("conv", attention={"levels": [0, 1]}, inference=inference)
     has = lambda m: any(isinstance(c, SpatialSelfAttention) for c in m.modules())  # noqa: E731
     assert [has(b) for b in model.encoder] == [True, True, False]
     assert has(model.layers[0].prior_net) and has(model.layers[1].prior_net)
@@ -93,7 +94,7 @@ def _perturbed(zs, j):
 @pytest.mark.parametrize("skip", [False, True])
 def test_depth_attention_prior_never_reads_a_level_not_yet_computed(block, skip):
     """Changing z_j changes no prior p(z_i | ·) with i >= j (those are computed before z_j exists)."""
-    model = _model(block, depth_attention=True, generative_skip=skip).eval()
+    model = _model(block, attention={"depth": True}, generative_skip=skip).eval()
     L = model.config.num_layers
     zs = model.encode(_x(model))
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_depth_attention_lets_a_prior_read_levels_beyond_the_one_above(block):
     """Without a skip state p(z_1 | z_2) is Markov; depth attention makes it read z_3 directly."""
     zs_of = lambda m: m.encode(_x(m))  # noqa: E731
     for depth_attention, reads_z3 in [(False, False), (True, True)]:
-        model = _model(block, depth_attention=depth_attention).eval()
+        model = _model(block, attention={"depth": depth_attention}).eval()
         zs = zs_of(model)
         with torch.no_grad():
             a = model._top_down(B, zs_given=zs).ps[0].mu
@@ -122,7 +123,7 @@ def test_depth_attention_lets_a_prior_read_levels_beyond_the_one_above(block):
 @pytest.mark.parametrize("block", ["mlp", "conv"])
 def test_depth_attention_bottom_up_context_never_reads_a_level_above(block):
     """Perturb the bottom-up features of level j with a hook: the contexts of levels below j do not move."""
-    model = _model(block, depth_attention=True).eval()
+    model = _model(block, attention={"depth": True}).eval()
     x = _x(model)
     with torch.no_grad():
         base = model._bottom_up(x)
@@ -139,7 +140,7 @@ def test_depth_attention_bottom_up_context_never_reads_a_level_above(block):
 
 @pytest.mark.parametrize("block", ["mlp", "conv"])
 def test_stacked_vae_upward_pass_never_reads_a_level_above(block):
-    model = _model(block, depth_attention=True, inference="bottom_up").eval()
+    model = _model(block, attention={"depth": True}, inference="bottom_up").eval()
     x = _x(model)
     with torch.no_grad():
         base = model._infer(x, posterior_mean=True).qs
@@ -158,10 +159,10 @@ def test_stacked_vae_upward_pass_never_reads_a_level_above(block):
 _CASES = [
     dict(block=block, inference=inference, **extra)
     for block, extra in [
-        ("mlp", dict(depth_attention=True)),
-        ("mlp", dict(depth_attention=True, generative_skip=True)),
-        ("conv", dict(attention_levels=[0, 2], depth_attention=True)),
-        ("conv", dict(attention_levels=[1], depth_attention=True, generative_skip=True)),
+        ("mlp", dict(attention={"depth": True})),
+        ("mlp", dict(attention={"depth": True}, generative_skip=True)),
+        ("conv", dict(attention={"levels": [0, 2], "depth": True})),
+        ("conv", dict(attention={"levels": [1], "depth": True}, generative_skip=True)),
     ]
     for inference in ("ladder", "top_down", "bottom_up")
 ]
@@ -184,7 +185,7 @@ def test_attentive_models_have_the_usual_shapes_and_gradients_reach_every_parame
 
 
 def test_attentive_model_round_trips_through_save_and_load(tmp_path):
-    model = _model("conv", attention_levels=[0], depth_attention=True).eval()
+    model = _model("conv", attention={"levels": [0], "depth": True}).eval()
     model.save_pretrained(tmp_path)
     again = hvae.load(tmp_path)
     x = _x(model)
@@ -197,11 +198,11 @@ def test_attentive_model_round_trips_through_save_and_load(tmp_path):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (dict(attention_levels=[0]), "conv-type block"),
-        (dict(block="conv", attention_levels=[3]), "attention_levels"),
-        (dict(block="conv", attention_levels=[0, 0]), "attention_levels"),
-        (dict(block="conv", attention_levels=[0], attention_heads=3), "attention_heads"),
-        (dict(depth_attention=True, depth_attention_dim=9), "depth_attention_dim"),
+        (dict(attention={"levels": [0]}), "conv-type block"),
+        (dict(block="conv", attention={"levels": [3]}), r"attention\.levels: distinct level indices in 0\.\.2"),
+        (dict(block="conv", attention={"levels": [0, 0]}), r"attention\.levels: distinct"),
+        (dict(block="conv", attention={"levels": [0], "heads": 3}), r"attention\.heads: 3 must divide"),
+        (dict(attention={"depth": True, "depth_dim": 9}), r"attention\.depth_dim: 9 must divide"),
     ],
 )
 def test_bad_attention_settings_are_refused_naming_the_key(overrides, match):
@@ -215,7 +216,7 @@ def test_attentive_presets_build_and_the_small_one_trains_a_few_steps(tmp_path):
     from hvae.train import train
 
     cfg = hvae.presets.attentive()
-    assert cfg.depth_attention and cfg.attention_levels == [1, 2, 3] and cfg.data_shape == [1, 28, 28]
+    assert cfg.attention.depth and cfg.attention.levels == [1, 2, 3] and cfg.data_shape == [1, 28, 28]
     run_cfg, raw = load_run_config(
         None,
         [
@@ -232,12 +233,12 @@ def test_attentive_presets_build_and_the_small_one_trains_a_few_steps(tmp_path):
     )
     out = train(run_cfg, tmp_path / "r", raw=raw, log=lambda m: None)
     model = hvae.load(out / "model")
-    assert model.config.depth_attention and model.step.item() > 0
+    assert model.config.attention.depth and model.step.item() > 0
 
 
 def test_the_audio_preset_runs_with_depth_attention():
     torch.manual_seed(0)
-    cfg = hvae.presets.get("audio_digits").replace(depth_attention=True)  # sequences (B, C, T) at 3 resolutions
+    cfg = hvae.presets.get("audio_digits").replace(attention={"depth": True})  # sequences (B, C, T) at 3 resolutions
     model = hvae.build_model(cfg)
     x = torch.randn(2, *cfg.data_shape)
     model(x).loss.backward()

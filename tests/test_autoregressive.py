@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hvae
+from hvae.configbase import merge
 from hvae.likelihoods import Autoregressive, build_likelihood
 
 B = 3
@@ -21,9 +22,7 @@ def _cfg(decoder="pixelcnn", data_shape=(1, 4, 4), likelihood="bernoulli", **ove
         decoder=decoder,
         likelihood=likelihood,
         ar_cond_channels=3,
-        pixelcnn_layers=2,
-        pixelcnn_channels=8,
-        pixelcnn_kernel=3,
+        pixelcnn={"layers": 2, "channels": 8, "kernel": 3},
         seq_layers=2,
         seq_width=8,
         seq_heads=2,
@@ -31,7 +30,7 @@ def _cfg(decoder="pixelcnn", data_shape=(1, 4, 4), likelihood="bernoulli", **ove
         num_mixtures=2,
         num_bits=3,
     )
-    return hvae.ModelConfig.from_dict({**base, **overrides})
+    return hvae.ModelConfig.from_dict(merge(base, overrides))
 
 
 def _lik(seed=0, **kw) -> Autoregressive:
@@ -63,8 +62,12 @@ _KINDS = [
     dict(decoder="transformer", data_shape=(1, 2, 3), likelihood="bernoulli"),
     dict(decoder="gru", data_shape=(1, 7), likelihood="categorical"),
     dict(decoder="gru", data_shape=(6,), likelihood="bernoulli"),
+    dict(decoder="transformer", data_shape=(9,), likelihood="categorical", seq_context=3),
 ]
-_IDS = [f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}" for k in _KINDS]
+_IDS = [
+    f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}{'-window' if 'seq_context' in k else ''}"
+    for k in _KINDS
+]
 # pixelcnns whose head orders the channels of a pixel: p(x_i) = ∏_c p(x_i^c | x_i^<c, x_<i, c)
 _ORDERED = [
     dict(decoder="pixelcnn", data_shape=(2, 3, 4), likelihood="bernoulli"),
@@ -90,7 +93,7 @@ def test_changing_x_j_changes_no_output_at_positions_up_to_j(kind):
 
 
 def test_pixelcnn_sees_above_and_left_without_a_blind_spot_and_its_receptive_field_is_bounded():
-    lik = _lik(data_shape=(1, 7, 7), pixelcnn_layers=2, pixelcnn_kernel=3)
+    lik = _lik(data_shape=(1, 7, 7), pixelcnn={"layers": 2, "kernel": 3})
     cond, x = _cond(lik, batch=1), _data(lik, batch=1)
     base = lik.net(x, cond)[0, 0]
     dst = (4, 3)
@@ -289,7 +292,7 @@ def test_an_rgb_pixelvae_with_categorical_outputs_trains_a_step_and_samples():
     [
         (dict(data_shape=[16]), "pixelcnn models images"),
         (dict(likelihood="gaussian"), "discrete likelihood"),
-        (dict(pixelcnn_kernel=4), "pixelcnn_kernel"),
+        (dict(pixelcnn={"kernel": 4}), r"pixelcnn\.kernel: must be odd"),
         (dict(decoder="transformer", likelihood="discretized_logistic_mixture"), "bernoulli or categorical"),
         (dict(decoder="gru", data_shape=[2, 4]), "one channel"),
         (dict(decoder="transformer", data_shape=[6], seq_heads=3), "seq_heads"),
@@ -335,3 +338,80 @@ def test_under_bf16_autocast_the_decoders_output_is_scored_in_float32():
         out = lik.net(dist._net_input(x), cond)
     assert out.dtype == torch.bfloat16 and got.dtype == torch.float32
     assert torch.equal(got, lik.base(out.float()).log_prob(x))  # the bf16 output, widened before any log
+
+
+def test_a_transformer_with_a_limited_context_reads_only_the_last_positions():
+    lik = _lik(decoder="transformer", data_shape=(10,), likelihood="categorical", seq_context=3, seq_layers=1)
+    cond, x = _cond(lik), _data(lik)
+    base = lik.net(x, cond).flatten(2)  # (B, P, T): position t reads inputs t-2..t, i.e. x_{t-3}..x_{t-1}
+    for j in range(10):
+        y = x.clone()
+        y[:, :, j] = (y[:, :, j] + 0.5) % 1.0
+        moved = ~torch.isclose(lik.net(y, cond).flatten(2), base).all(1).all(0)  # (T,)
+        assert moved.nonzero().flatten().tolist() == list(range(j + 1, min(j + 4, 10)))
+
+
+def test_word_dropout_acts_in_training_only():
+    lik = _lik(decoder="gru", data_shape=(8,), likelihood="categorical", seq_word_dropout=0.5)
+    assert lik.net.embed.num_embeddings == lik.levels + 2  # the dropped-token symbol
+    cond, x = _cond(lik), _data(lik)
+    lik.eval()
+    clean = lik.net(x, cond)
+    assert torch.equal(lik.net(x, cond), clean)
+    lik.train()
+    torch.manual_seed(0)
+    noisy = lik.net(x, cond)
+    assert not torch.allclose(noisy, clean)
+    assert torch.allclose(noisy[..., 0], clean[..., 0])  # the start token is never dropped
+    # without word dropout the embedding keeps its old size, so saved models load as before
+    assert _lik(decoder="gru", data_shape=(8,), likelihood="categorical").net.embed.num_embeddings == lik.levels + 1
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            dict(decoder="transformer", data_shape=(8,), likelihood="categorical", seq_word_dropout=1.0),
+            "seq_word_dropout",
+        ),
+        (dict(decoder="gru", data_shape=(8,), likelihood="categorical", seq_context=4), "seq_context"),
+    ],
+)
+def test_bad_sequence_decoder_remedies_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**overrides)
+
+
+def test_decode_options_on_the_three_output_kinds():
+    from hvae.decoding import Decoding
+
+    lik = _lik(decoder="pixelcnn", data_shape=(1, 3, 3))  # Bernoulli
+    dist = lik(_cond(lik))
+    assert torch.equal(dist.decode(Decoding("top_k", top_k=1)), dist.decode(Decoding("greedy")))
+    # greedy values are the sequential mean's conditionals rounded (the mean reads the greedy values before it)
+    assert torch.equal(dist.decode(Decoding("greedy")), (dist.mean > 0.5).double())
+    torch.manual_seed(0)
+    x = dist.decode(Decoding("sample", temperature=0.7))
+    assert torch.allclose(dist.log_prob(x), dist.sample_log_prob, atol=1e-9)  # scored under p(x | c) itself
+    lik = _lik(data_shape=(2, 1, 2), likelihood="discretized_logistic_mixture", num_bits=2)
+    dist = lik(_cond(lik))
+    x = dist.decode(Decoding("sample"))
+    assert torch.allclose(dist.log_prob(x), dist.sample_log_prob, atol=1e-6)
+    for bad in (Decoding("top_k"), Decoding("sample", temperature=0.5)):
+        with pytest.raises(ValueError, match="discretised logistic mixture decodes with 'sample' or 'greedy'"):
+            dist.decode(bad)
+
+
+def test_the_model_api_takes_decode_for_autoregressive_decoders_only():
+    model = _model().eval()
+    torch.manual_seed(0)
+    a = model.sample(4, decode="greedy", temperature=0.0)
+    assert torch.equal(a, model.sample(4, decode="greedy", temperature=0.0))
+    assert torch.equal(a, (model.sample(4, temperature=0.0, mean=True) > 0.5).float())
+    assert model.generate([None, model.encode(_binary(model))[-1]], decode="top_k").shape == (B, *model.data_shape)
+    assert model.sample_conditional(_binary(model), keep_top=1, decode="top_p").shape == (B, *model.data_shape)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        model.sample(2, decode="beam")
+    plain = hvae.build_model(hvae.presets.small()).eval()
+    with pytest.raises(ValueError, match="decode= applies to autoregressive decoders"):
+        plain.sample(2, decode="sample")

@@ -42,8 +42,8 @@ LATENTS = {
     "gaussian-bottom_up": dict(inference="bottom_up"),
     "categorical": dict(latent_types=["categorical", "gaussian", "categorical"], categorical_classes=5),
     "bernoulli": dict(latent_types=["bernoulli", "bernoulli", "gaussian"]),
-    "vq": dict(latent_types=["vq", "gaussian", "vq"], vq_codes=16, vq_dim=3, latent_dims=[4, 2, 2]),
-    "discrete-bottom_up": dict(latent_types=["categorical", "vq", "bernoulli"], inference="bottom_up", vq_codes=8),
+    "vq": dict(latent_types=["vq", "gaussian", "vq"], vq={"codes": 16, "dim": 3}, latent_dims=[4, 2, 2]),
+    "discrete-bottom_up": dict(latent_types=["categorical", "vq", "bernoulli"], inference="bottom_up", vq={"codes": 8}),
 }
 
 
@@ -83,8 +83,10 @@ AUTOREGRESSIVE = [
 
 @pytest.mark.parametrize("kw", AUTOREGRESSIVE, ids=lambda kw: f"{kw['decoder']}-{kw['likelihood']}")
 def test_round_trip_is_exact_for_autoregressive_decoders(kw):
-    cfg = dict(latent_dims=[3, 2], hidden_dims=[8, 8], depth=1, ar_cond_channels=3, pixelcnn_layers=2)
-    cfg.update(pixelcnn_channels=8, seq_layers=2, seq_width=8, seq_heads=2, num_classes=3, num_mixtures=2, num_bits=3)
+    cfg = dict(
+        latent_dims=[3, 2], hidden_dims=[8, 8], depth=1, ar_cond_channels=3, pixelcnn={"layers": 2, "channels": 8}
+    )
+    cfg.update(seq_layers=2, seq_width=8, seq_heads=2, num_classes=3, num_mixtures=2, num_bits=3)
     torch.manual_seed(0)
     model = hvae.build_model(hvae.ModelConfig.from_dict({**cfg, **kw})).eval()
     x = _data(model, 8)

@@ -6,7 +6,7 @@ import pytest
 
 import hvae
 from hvae import ConfigError, ModelConfig
-from hvae.config import apply_overrides, parse_override
+from hvae.configbase import apply_overrides, parse_override
 
 
 @pytest.mark.parametrize("preset", ["lvae_mnist", "small", "conv_small"])
@@ -193,3 +193,77 @@ def test_a_yaml_boolean_for_a_word_says_to_quote_it():
 
     with pytest.raises(ConfigError, match="binarize: True is not accepted.*quote the word"):
         load_run_config(None, ["data.binarize=yes"])
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+
+def _flat(data: dict) -> dict:
+    """``data`` with every section's keys written flat, as configs and saved models were before the sections
+    (``vq.codes`` -> ``vq_codes``, ``attention.depth`` -> ``depth_attention``, ...)."""
+    out = dict(data)
+    for old, new in ModelConfig.RENAMED.items():
+        section, key = new.split(".")
+        out[old] = data[section][key]
+    for section in {new.split(".")[0] for new in ModelConfig.RENAMED.values()}:
+        del out[section]
+    return out
+
+
+def test_a_model_saved_with_the_flat_keys_still_loads(tmp_path):
+    import json
+
+    import torch
+
+    cfg = ModelConfig(
+        data_shape=[1, 8, 8], latent_dims=[2, 2], hidden_dims=[8, 8], depth=1, block="conv",
+        latent_types=["gaussian", "vq"], vq={"codes": 8, "dim": 3, "commitment": 0.5, "top_prior": "uniform"},
+        gumbel={"temperature": 0.7}, spectral={"reg": 0.1, "reg_init": 1.0, "iterations": 2},
+        attention={"levels": [0], "heads": 2, "depth": True, "depth_dim": 8},
+        decoder="pixelcnn", ar_cond_channels=3, pixelcnn={"layers": 2, "channels": 8, "kernel": 3},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = hvae.build_model(cfg).train()
+    model(torch.rand(16, 1, 8, 8).round())  # the codebook is initialised from a training pass
+    path = model.save_pretrained(tmp_path / "m")
+    config_json = tmp_path / "m" / "config.json"
+    saved = json.loads(config_json.read_text())
+    flat = _flat(saved)
+    assert {"vq_codes", "spectral_reg", "depth_attention_dim", "pixelcnn_kernel"} <= set(flat)
+    config_json.write_text(json.dumps(flat))
+    with pytest.warns(FutureWarning, match=r"old config keys read in their new place: .*vq_codes -> vq\.codes"):
+        again = hvae.load(path)
+    assert again.config == cfg
+    assert (again.config.spectral.iterations, again.config.attention.depth_dim, again.config.pixelcnn.kernel) == (
+        2,
+        8,
+        3,
+    )
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_flat_keys_in_yaml_overrides_and_presets_are_read_in_their_section():
+    from hvae.runconfig import RunConfig
+
+    with pytest.warns(FutureWarning, match=r"model\.vq_codes -> model\.vq\.codes, model\.vq_dim -> model\.vq\.dim"):
+        run = RunConfig.from_dict(apply_overrides({"model": {"vq_codes": 4}}, ["model.vq_dim=2"]))
+    assert (run.model.vq.codes, run.model.vq.dim) == (4, 2)
+    with pytest.raises(
+        ConfigError, match=r"model\.vq_codes and model\.vq\.codes are both set; .* keep only model\.vq\.codes"
+    ):
+        RunConfig.from_dict({"model": {"vq": {"codes": 4}, "vq_codes": 8}})
+    with pytest.raises(ConfigError, match=r"^model\.vq\.codes: must be >= 2, got 1$"):
+        RunConfig.from_dict(apply_overrides({}, ["model.vq.codes=1"]))
+    cfg = ModelConfig(vq={"codes": 8})
+    assert cfg.replace(vq={"dim": 4}).vq == dataclasses.replace(cfg.vq, dim=4)  # a section changes key by key
+    assert ModelConfig.from_yaml("vq:\n  codes: 8\n") == cfg
+    # a preset's section keeps the keys a config does not give, old flat keys included
+    from hvae.runconfig import load_run_config
+
+    want = dataclasses.replace(hvae.presets.nvae_small().spectral, reg=0.5)
+    assert (want.reg_init, want.reg_warmup_steps) == (1.0, 500)  # the preset's own, not the defaults
+    with pytest.warns(FutureWarning, match=r"model\.spectral_reg -> model\.spectral\.reg"):
+        old, _ = load_run_config(None, ["model.preset=nvae_small", "model.spectral_reg=0.5"])
+    new, _ = load_run_config(None, ["model.preset=nvae_small", "model.spectral.reg=0.5"])
+    assert old.model.spectral == new.model.spectral == want

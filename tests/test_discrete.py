@@ -33,8 +33,7 @@ def _mixed(inference="ladder", seed=0, **overrides):
         inference=inference,
         latent_types=["gaussian", "categorical", "bernoulli", "vq"],
         categorical_classes=4,
-        vq_codes=8,
-        vq_dim=3,
+        vq={"codes": 8, "dim": 3},
     )
     torch.manual_seed(seed)
     return hvae.build_model(hvae.ModelConfig.from_dict({**base, **overrides}))
@@ -163,10 +162,10 @@ def test_latent_types_are_validated_where_they_enter():
         hvae.ModelConfig(latent_dims=[4, 2], hidden_dims=[8, 8], latent_types=["categorical"])
     with pytest.raises(hvae.ConfigError, match=r"latent_types: .*'gaussian' \| 'categorical' \| 'bernoulli' \| 'vq'"):
         hvae.ModelConfig.from_dict(dict(latent_dims=[4, 2], hidden_dims=[8, 8], latent_types=["vq", "dirichlet"]))
-    with pytest.raises(hvae.ConfigError, match="gumbel_temperature"):
-        hvae.ModelConfig(gumbel_temperature=0.0)
-    with pytest.raises(hvae.ConfigError, match="vq_decay"):
-        hvae.ModelConfig(vq_decay=1.0)
+    with pytest.raises(hvae.ConfigError, match=r"gumbel\.temperature: must be > 0, got 0\.0"):
+        hvae.ModelConfig(gumbel={"temperature": 0.0})
+    with pytest.raises(hvae.ConfigError, match=r"vq\.decay: must be in \(0, 1\)"):
+        hvae.ModelConfig(vq={"decay": 1.0})
 
 
 @pytest.mark.parametrize("inference", ["ladder", "top_down", "bottom_up"])
@@ -187,7 +186,7 @@ def test_discrete_latents_have_group_times_class_channels(inference):
 def test_conv_hierarchies_take_discrete_spatial_latents():
     torch.manual_seed(0)
     cfg = hvae.presets.conv_small(latent_dims=[2, 1], latent_types=["categorical", "vq"], categorical_classes=3)
-    model = hvae.build_model(cfg.replace(vq_codes=8, vq_dim=4))
+    model = hvae.build_model(cfg.replace(vq={"codes": 8, "dim": 4}))
     x = torch.rand(B, 1, 8, 8).round()
     model(x).loss.backward()
     model.eval()
@@ -231,13 +230,13 @@ def test_straight_through_feeds_hard_samples_while_training():
 
 
 def test_gumbel_temperature_anneals_geometrically_with_step():
-    model = _mixed(gumbel_temperature_start=2.0, gumbel_temperature=0.5, gumbel_anneal_steps=10)
+    model = _mixed(gumbel={"temperature_start": 2.0, "temperature": 0.5, "anneal_steps": 10})
     temps = []
     for s in (0, 5, 10, 50):
         model.step.fill_(s)
         temps.append(float(model.gumbel_temperature()))
     assert temps == pytest.approx([2.0, 1.0, 0.5, 0.5])
-    assert _mixed(gumbel_temperature=0.7).gumbel_temperature() == 0.7
+    assert _mixed(gumbel={"temperature": 0.7}).gumbel_temperature() == 0.7
 
 
 @pytest.mark.parametrize(
@@ -447,7 +446,7 @@ def test_stacked_vq_training_kl_reads_the_code_q_chose_after_the_codebook_moves(
     torch.manual_seed(0)
     cfg = hvae.ModelConfig(
         data_shape=[10], latent_dims=[2, 2, 2], hidden_dims=[8, 8, 8], inference="bottom_up",
-        latent_types=["vq"] * 3, vq_codes=8, vq_dim=2,
+        latent_types=["vq"] * 3, vq={"codes": 8, "dim": 2},
     )  # fmt: skip
     model = hvae.build_model(cfg).train()
     before = [layer.family.codebook.clone() for layer in model.layers]
@@ -464,7 +463,7 @@ def test_stacked_vq_training_kl_reads_the_code_q_chose_after_the_codebook_moves(
 
 
 def test_vq_top_level_with_a_uniform_prior_has_kl_g_log_k():
-    model = _mixed(vq_top_prior="uniform").eval()
+    model = _mixed(vq={"codes": 8, "dim": 3, "top_prior": "uniform"}).eval()
     out = model(_x())
     assert torch.allclose(out.kl[3], torch.full((B,), 2 * math.log(8)))
     learned = _mixed().eval()
@@ -493,7 +492,7 @@ def _model_plain():
 def test_commitment_loss_enters_the_loss_but_not_the_elbo():
     model = _mixed().eval()
     x = _x()
-    twin = hvae.build_model(model.config.replace(vq_commitment=0.0))
+    twin = hvae.build_model(model.config.replace(vq={"commitment": 0.0}))
     twin.load_state_dict(model.state_dict())
     torch.manual_seed(0)
     out = model(x, beta=1.0)
@@ -527,7 +526,7 @@ def test_lvae_discrete_presets_mix_categorical_and_gaussian_levels():
 @pytest.mark.parametrize("types", [None, ["gaussian", "categorical", "vq"]], ids=["preset", "with-vq"])
 def test_small_mixed_preset_trains_and_round_trips_through_files(tmp_path, types):
     torch.manual_seed(0)
-    overrides = {} if types is None else dict(latent_types=types, vq_codes=16, vq_dim=4)
+    overrides = {} if types is None else dict(latent_types=types, vq={"codes": 16, "dim": 4})
     model = hvae.build_model(hvae.presets.lvae_discrete_small(**overrides)).train()
     opt = hvae.make_optimizer(model, lr=1e-2)
     x = _digits()
@@ -569,8 +568,8 @@ def test_the_pipeline_trains_evaluates_samples_and_reports_a_model_with_discrete
     overrides = [
         "model.preset=lvae_discrete_small",
         "model.latent_types=[gaussian,categorical,vq]",
-        "model.vq_codes=16",
-        "model.vq_dim=4",
+        "model.vq.codes=16",
+        "model.vq.dim=4",
         "data.max_examples=200",
         "train.epochs=1",
         "train.batch_size=32",

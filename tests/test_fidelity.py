@@ -20,12 +20,12 @@ from hvae.train import TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# vdvae_cifar10's construction at a size two shared CPU cores train 50 steps of in a test: width 16 instead of
-# 384 and 8 levels (two at 32x32, two at 16x16, two at 8x8, one at 4x4, one at 1x1) instead of 43
+# vdvae_cifar10's construction at a size two shared CPU cores train 50 steps of in a test: width 8 instead of
+# 384 and 3 levels (16x16, 8x8, 1x1) instead of 43; the same cells, options and 3x32x32 images
 VDVAE_REDUCED = [
-    "model.hidden_dims=[16,16,16,16,16,16,16,16]",
-    "model.latent_dims=[16,16,16,16,16,16,16,16]",
-    "model.strides=[1,1,2,1,2,1,2,4]",
+    "model.hidden_dims=[8,8,8]",
+    "model.latent_dims=[8,8,8]",
+    "model.strides=[2,2,8]",
 ]
 
 
@@ -139,9 +139,9 @@ def test_kl_warm_up_fractions_of_the_run_set_the_steps(tmp_path):
 def test_nvae_presets_set_the_official_run_commands_values():
     for name in ("nvae_mnist", "nvae_cifar10"):
         c = presets.get(name)
-        assert (c.spectral_reg, c.spectral_reg_warmup_steps) == (1e-2, 0)  # --weight_decay_norm 1e-2, no anneal
-        assert (c.spectral_iterations, c.spectral_seed_iterations) == (4, 40)
-        assert (c.spectral_over, c.bn_scale_penalty, c.scale_param, c.state_activation) == (
+        assert (c.spectral.reg, c.spectral.reg_warmup_steps) == (1e-2, 0)  # --weight_decay_norm 1e-2, no anneal
+        assert (c.spectral.iterations, c.spectral.seed_iterations) == (4, 40)
+        assert (c.spectral.over, c.bn_scale_penalty, c.scale_param, c.state_activation) == (
             "conv",
             True,
             "softclamp",
@@ -164,7 +164,7 @@ def test_nvae_presets_set_the_official_run_commands_values():
 
 def test_lvae_mnist_is_exact():
     c = presets.lvae_mnist()
-    assert (c.state_activation, c.scale_param, c.official_init, c.spectral_reg) == ("activation", "variance", False, 0)
+    assert (c.state_activation, c.scale_param, c.official_init, c.spectral.reg) == ("activation", "variance", False, 0)
     assert c.latent_dims == [64, 32, 16, 8, 4] and c.hidden_dims == [512, 256, 128, 64, 32]
 
 
@@ -237,9 +237,7 @@ def _power_sigma(W: torch.Tensor, u: torch.Tensor, iterations: int) -> torch.Ten
 
 def test_spectral_penalty_iterations_convs_only_and_batch_norm_scales():
     torch.manual_seed(0)
-    cfg = presets.nvae_small(
-        spectral_iterations=4, spectral_seed_iterations=40, spectral_over="conv", bn_scale_penalty=True
-    )
+    cfg = presets.nvae_small(spectral={"iterations": 4, "seed_iterations": 40, "over": "conv"}, bn_scale_penalty=True)
     m = build_model(cfg)
     sn = m.spectral
     kinds = {type(m.get_submodule(n)) for n in sn.names}
@@ -281,8 +279,8 @@ def test_adamw_decays_weights_decoupled_as_torch_adamw():
         ("lvae_mnist", {}),
         # the paper presets' cells, resolutions and options at a width and a number of groups two CPU cores
         # train in seconds (the full widths: see test_paper_presets_build_at_full_size)
-        ("nvae_mnist", dict(latent_dims=[20] * 3, hidden_dims=[32, 32, 64], strides=[4, 1, 2])),
-        ("nvae_cifar10", dict(latent_dims=[20] * 3, hidden_dims=[32] * 3, strides=[2, 1, 1])),
+        ("nvae_mnist", dict(latent_dims=[8] * 3, hidden_dims=[16, 16, 32], strides=[4, 1, 2])),
+        ("nvae_cifar10", dict(latent_dims=[8] * 3, hidden_dims=[16] * 3, strides=[2, 1, 1])),
         ("vdvae_cifar10", dict(latent_dims=[16] * 4, hidden_dims=[16] * 4, strides=[1, 2, 2, 8])),
     ],
 )
@@ -293,13 +291,13 @@ def test_paper_presets_first_steps_lower_the_loss_with_finite_kl_and_gradient(na
     shape = cfg.data_shape
     g = torch.Generator().manual_seed(1)
     if cfg.likelihood == "bernoulli":
-        x = (torch.rand(16, *shape, generator=g) < 0.3).float()
+        x = (torch.rand(8, *shape, generator=g) < 0.3).float()
     else:
-        x = torch.randint(0, 256, (16, *shape), generator=g).float() / 255
+        x = torch.randint(0, 256, (8, *shape), generator=g).float() / 255
     opt = make_optimizer(m, lr=1e-3, name="adamax")
     D = math.prod(shape)
     losses = []
-    for step in range(8):
+    for step in range(6):
         out = m(x)
         opt.zero_grad()
         out.loss.backward()
@@ -336,7 +334,9 @@ def _official_vdvae_cifar10_params() -> int:
 
 def test_vdvae_cifar10_parameter_count_against_the_official_construction():
     assert _official_vdvae_cifar10_params() == 39_145_700  # the paper's 39M
-    n = sum(p.numel() for p in build_model(presets.vdvae_cifar10()).parameters())
+    with torch.device("meta"):  # shapes only: no memory, no initialisation, no forward pass
+        model = build_model(presets.vdvae_cifar10())
+    n = sum(p.numel() for p in model.parameters())
     # hvae's construction still differs (one encoder block per group, 1x1 posterior heads, a 1x1 W_h; see
     # docs/fidelity.md): 40,669,764, 3.9% above. Pinned so that a change is seen; the goal is within 1%
     assert n == 40_669_764

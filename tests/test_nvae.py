@@ -122,8 +122,8 @@ def test_config_accepts_power_of_two_strides_and_any_size_only_for_nvae_and_vdva
         _cfg(data_shape=[64])
     with pytest.raises(hvae.ConfigError, match="must divide"):
         _cfg("conv", data_shape=[1, 10, 14], residual_posterior=False)
-    with pytest.raises(hvae.ConfigError, match="spectral_reg"):
-        _cfg(spectral_reg=-1.0)
+    with pytest.raises(hvae.ConfigError, match=r"^spectral\.reg: must be >= 0, got -1\.0$"):
+        _cfg(spectral={"reg": -1.0})
 
 
 # --- gradients, files ----------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_every_parameter_gets_a_gradient(block, overrides):
 
 @pytest.mark.parametrize("block", ["nvae", "vdvae"])
 def test_save_load_round_trip_is_exact(tmp_path, block):
-    model = _step(_model(block, spectral_reg=0.1))
+    model = _step(_model(block, spectral={"reg": 0.1}))
     model.save_pretrained(tmp_path)
     loaded = hvae.load(tmp_path)
     assert loaded.config == model.config
@@ -195,7 +195,7 @@ def test_power_iteration_matches_the_spectral_norm_of_every_weight():
 
 def test_spectral_penalty_enters_the_training_loss_only():
     base = _model()
-    model = _model(spectral_reg=0.5, spectral_reg_init=0.5)
+    model = _model(spectral={"reg": 0.5, "reg_init": 0.5})
     x = _x(base)
     base.train(), model.train()
     torch.manual_seed(0)

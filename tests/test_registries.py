@@ -1,5 +1,6 @@
-"""Extension points: a toy latent family, a toy likelihood and a toy data source, added through the public
-registries alone, then read and trained with through the ordinary job; KL dispatch along class hierarchies."""
+"""Extension points: a toy latent family, a toy likelihood, a toy data source and a toy cell family, added
+through the public registries alone, then read and trained with through the ordinary job; KL dispatch along
+class hierarchies."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from hvae.data import DataConfig, load_dataset, load_like
 from hvae.data.sources import SOURCES, RawData, Source, modality
 from hvae.distributions import Gaussian, LatentFamily, StandardNormal, kl_divergence, register_kl
 from hvae.likelihoods import ObservationDistribution, ObservationModel
+from hvae.nets import FAMILIES, CellFamily
+from hvae.nets.common import Sequential
 from hvae.registry import LATENT_FAMILIES, LIKELIHOODS
 from hvae.runconfig import RunConfig, TrainConfig
 from hvae.train import train as train_run
@@ -101,7 +104,54 @@ def _table(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+class ToyCells(CellFamily):
+    """One strided (or upsampling) convolution and a tanh per cell: only ``block`` and ``pointwise`` given,
+    so the bottom-up and top-down paths both come from ``block`` (the base class's defaults)."""
+
+    built: list[int] = []  # the resample factor of every cell built
+
+    @staticmethod
+    def block(in_ch, hidden, depth, resample=1, **kw):
+        ToyCells.built.append(resample)
+        if resample > 1:
+            layers = [torch.nn.Conv2d(in_ch, hidden, resample, stride=resample)]
+        else:
+            up = [torch.nn.Upsample(scale_factor=-resample)] if resample < -1 else []
+            layers = [*up, torch.nn.Conv2d(in_ch, hidden, 1)]
+        return Sequential(hidden, *layers, torch.nn.Tanh())
+
+    @staticmethod
+    def pointwise(in_ch, out_ch):
+        return torch.nn.Conv2d(in_ch, out_ch, 1)
+
+
 # ------------------------------------------------------------------------------------------------ tests
+
+
+def test_toy_cell_family_builds_the_model_and_round_trips(tmp_path):
+    FAMILIES.register("toy_cells")(ToyCells)
+    try:
+        ToyCells.built.clear()
+        cfg = hvae.ModelConfig(data_shape=[1, 8, 8], latent_dims=[2, 2], hidden_dims=[8, 8], block="toy_cells")
+        torch.manual_seed(0)
+        model = hvae.build_model(cfg).eval()
+        # two bottom-up cells (stride 2 each), the prior net of z_1 and the decoder (upsampling by 2)
+        assert sorted(ToyCells.built) == [-2, -2, 2, 2]
+        assert model.decoder_head.kernel_size == (1, 1) and not ToyCells.residual_state
+        x = (torch.rand(3, 1, 8, 8) > 0.5).float()
+        out = model(x)
+        assert out.elbo.shape == (3,) and torch.isfinite(out.elbo).all()
+        model.save_pretrained(tmp_path / "m")
+        again = hvae.load(tmp_path / "m").eval()
+        assert again.config.block == "toy_cells"
+        torch.manual_seed(1)
+        a = model(x).elbo
+        torch.manual_seed(1)
+        assert torch.equal(again(x).elbo, a)
+    finally:
+        del FAMILIES["toy_cells"]
+    with pytest.raises(ConfigError, match=r"block: 'toy_cells' is not accepted; use one of .*'vdvae'"):
+        hvae.ModelConfig(data_shape=[1, 8, 8], block="toy_cells")
 
 
 def test_toy_family_likelihood_and_source_train_through_the_job(toys, tmp_path):
@@ -162,6 +212,10 @@ def test_config_names_follow_the_registries(toys):
 
 
 def test_the_builtin_names_are_registered_in_order():
+    assert list(FAMILIES) == ["mlp", "conv", "nvae", "vdvae", "temporal"]
+    assert FAMILIES["nvae"].residual_state and FAMILIES["vdvae"].residual_state
+    assert FAMILIES["vdvae"].official_init is not CellFamily.official_init
+    assert FAMILIES["mlp"].encoder_block(4, 8, 2).out_ch == 8 and not FAMILIES["mlp"].residual_state
     assert list(LATENT_FAMILIES) == ["gaussian", "categorical", "bernoulli", "vq"]
     assert list(LIKELIHOODS) == ["bernoulli", "gaussian", "categorical", "discretized_logistic_mixture"]
     assert {n: modality(n) for n in SOURCES} == {

@@ -23,7 +23,7 @@ def test_beta_warms_up_linearly_then_holds():
 
 
 def test_spectral_weight_is_log_linear_over_its_warm_up():
-    cfg = _cfg(spectral_reg=0.01, spectral_reg_init=10.0, spectral_reg_warmup_steps=100)
+    cfg = _cfg(spectral={"reg": 0.01, "reg_init": 10.0, "reg_warmup_steps": 100})
     assert schedules.spectral_weight(cfg, 0) == pytest.approx(10.0)
     assert schedules.spectral_weight(cfg, 25) == pytest.approx(10.0**0.75 * 0.01**0.25)
     assert schedules.spectral_weight(cfg, 10**6) == pytest.approx(0.01)
@@ -35,9 +35,7 @@ def test_spectral_weight_is_log_linear_over_its_warm_up():
 def test_gumbel_temperature_anneals_geometrically_then_holds():
     cfg = _cfg(
         latent_types=["categorical", "gaussian"],
-        gumbel_temperature_start=1.0,
-        gumbel_temperature=0.25,
-        gumbel_anneal_steps=10,
+        gumbel={"temperature_start": 1.0, "temperature": 0.25, "anneal_steps": 10},
     )
     assert schedules.gumbel_temperature(cfg, 5) == pytest.approx(0.5)  # sqrt(1 * 0.25)
     assert float(schedules.gumbel_temperature(cfg, torch.tensor(5))) == pytest.approx(0.5)

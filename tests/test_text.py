@@ -338,10 +338,23 @@ def test_text_preset_trains_evaluates_samples_and_reports(tmp_path, small_text, 
     assert "bits_per_dim_iw" not in result
     assert result["tokenizer"] == "bpe" and result["bits_per_token_iw"] > 0
     assert result["nats_per_sequence_iw"] == pytest.approx(-result["iw_bound"])
+    assert "latents tell the decoder" in printed and "reconstruction similarity" in printed
+    assert 0 <= result["reconstruction_similarity"] <= 1 and result["latent_info_examples"] == 6
     capsys.readouterr()
     assert main(["sample", str(run), "--n", "3"]) == 0
     assert len((run / "samples" / "samples.txt").read_text().splitlines()) == 3
-    assert main(["sample", str(run), "--n", "2", "--interpolate", "--steps", "4"]) == 0
+    flags = ["--n", "3", "--overwrite", "--temperature", "0"]
+    greedy = [main(["sample", str(run), *flags, "--decode", "greedy", "--seed", s]) for s in ("1", "2")]
+    assert greedy == [0, 0]  # the second run overwrote the first: the same text (greedy at the prior means)
+    out = run / "samples" / "samples.txt"
+    text = out.read_text()
+    assert main(["sample", str(run), *flags, "--decode", "greedy", "--seed", "3"]) == 0 and out.read_text() == text
+    flags = ["--decode", "top_k", "--top-k", "3", "--decoder-temperature", "0.7"]
+    assert main(["sample", str(run), "--n", "2", "--overwrite", *flags]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(run), "--n", "2", "--overwrite", "--top-k", "3"]) != 0
+    assert "--top-k applies to --decode top_k; add --decode top_k" in capsys.readouterr().err
+    assert main(["sample", str(run), "--n", "2", "--interpolate", "--steps", "4", "--decode", "top_p"]) == 0
     assert main(["sample", str(run), "--n", "2", "--from-data", "--keep-top", "1"]) == 0
     assert "the quick brown fox" in (run / "samples" / "keep_top.txt").read_text()
     assert main(["report", str(run)]) == 0
@@ -458,3 +471,90 @@ def test_ptb_style_split_files_share_the_training_vocabulary(tmp_path, capsys):
     ds = load_dataset(DataConfig(source="text", path=str(folder), max_length=16, val_fraction=0.34))
     assert (len(ds.train), len(ds.val), len(ds.test)) == (2, 1, 3)
     assert ds.splits_from["val"] == f"34% of {folder / 'ptb.train.txt'}"
+
+
+# --- remedies for latents that the decoder ignores -----------------------------------------------------------
+
+
+def _remedy_model(**changes):
+    base = _token_model(T=12)
+    other = hvae.build_model(base.config.replace(**changes))
+    other.load_state_dict(base.state_dict(), strict=False)  # BN-VAE's norms are new: they start as built
+    return other.eval()
+
+
+_SENTENCES = ["hello there", "a", "padding is ignored", "the quick brown fox"]
+
+
+def test_free_bits_per_sequence_floor_each_examples_kl_summed_over_levels():
+    x = _token_batch(ByteTokenizer(), _SENTENCES, 12)
+    probe = _remedy_model()
+    torch.manual_seed(0)
+    total = sum(probe(x).kl)  # (B,) nats: every level's KL per example
+    lam = total.median().item()
+    model = _remedy_model(free_bits=lam, free_bits_mode="sequence")
+    torch.manual_seed(0)
+    out = model(x, beta=0.5)
+    assert torch.allclose(sum(out.kl), total)
+    assert (total < lam).any() and (total > lam).any()
+    assert torch.allclose(out.loss, -out.log_px.mean() + 0.5 * total.clamp_min(lam).mean())
+    # not the per-level floor: with this lambda each level's KL sits below it
+    layer = _remedy_model(free_bits=lam, free_bits_mode="layer")
+    torch.manual_seed(0)
+    assert not torch.allclose(layer(x, beta=0.5).loss, out.loss)
+    with pytest.raises(ConfigError, match="free_bits_mode: sequence floors the sum"):
+        probe.config.replace(free_bits=1.0, free_bits_mode="sequence", kl_balancing=True)
+
+
+def test_cyclical_kl_annealing_ramps_beta_in_each_cycle_then_holds_it():
+    model = _remedy_model(beta=2.0, kl_cycles=2, kl_cycle_steps=100, kl_cycle_ramp=0.5)
+    betas = [model.beta_at(s) for s in (0, 25, 50, 99, 100, 125, 160, 200, 10_000)]
+    assert betas == [0.0, 1.0, 2.0, 2.0, 0.0, 1.0, 2.0, 2.0, 2.0]
+    with pytest.raises(ConfigError, match="kl_cycle_steps: the length of a KL cycle"):
+        model.config.replace(kl_cycles=2, kl_cycle_steps=0)
+    with pytest.raises(ConfigError, match="two KL schedules"):
+        model.config.replace(kl_warmup_steps=10)
+    with pytest.raises(ConfigError, match="kl_cycle_ramp"):
+        model.config.replace(kl_cycle_ramp=0.0)
+
+
+def test_batch_normalised_posterior_means_have_the_fixed_scale_over_a_batch():
+    gamma = 0.6
+    model = _remedy_model(bn_posterior_means=gamma).train()
+    plain = _remedy_model().train()
+    x = _token_batch(ByteTokenizer(), _SENTENCES * 4, 12)
+    torch.manual_seed(0)
+    run = model._infer(x)
+    for q in run.qs:  # per channel over the batch (and positions): mean = the shift (0 at first), std = gamma
+        mu = q.mu.transpose(0, 1).flatten(1)
+        assert torch.allclose(mu.mean(1), torch.zeros(mu.shape[0]), atol=1e-5)
+        assert torch.allclose(mu.var(1, unbiased=False).sqrt(), torch.full((mu.shape[0],), gamma), atol=1e-3)
+    torch.manual_seed(0)
+    assert not torch.allclose(plain._infer(x).qs[0].mu, run.qs[0].mu)
+    # the shift is learned, the scale is not; eval reads the running statistics
+    out = model(x)
+    out.loss.backward()
+    norms = [layer.mean_norm for layer in model.layers]
+    assert all(n.shift.grad is not None and n.shift.grad.abs().sum() > 0 for n in norms)
+    assert all(not (n.running_var == 1).all() for n in norms)
+    with pytest.raises(ConfigError, match="bn_posterior_means"):
+        model.config.replace(bn_posterior_means=-1.0)
+
+
+def test_latents_that_the_decoder_cannot_read_tell_it_nothing_and_its_own_greedy_text_is_rebuilt_exactly():
+    from hvae.evaluate import latent_information
+
+    model = _remedy_model(data_shape=[12])
+    with torch.no_grad():  # the decoder's conditioning is a constant: z cannot reach p(x | z)
+        model.decoder_head.weight.zero_()
+    tok = ByteTokenizer()
+    x = _token_batch(tok, _SENTENCES, 12)
+    info = latent_information(model, x, tok.eos_id, batch_size=3)
+    assert info["latent_nats"] == pytest.approx(0.0, abs=1e-9) and info["latent_info_examples"] == 4
+    assert info["reconstruction_similarity"] < 1
+    greedy = model.sample(4, decode="greedy")  # what any z decodes to, padded after end-of-sequence
+    assert latent_information(model, greedy, tok.eos_id)["reconstruction_similarity"] == 1.0
+    # the ids compared stop at end-of-sequence or padding
+    from hvae.evaluate import _until_eos
+
+    assert _until_eos([5, 6, tok.eos_id, tok.pad_id], tok.eos_id) == [5, 6] and _until_eos([1, 2], 9) == [1, 2]

@@ -1,7 +1,8 @@
 """hvae: hierarchical variational autoencoders in PyTorch (Ladder VAE, top-down and stacked hierarchies)."""
 
 from . import presets
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
+from .configbase import ConfigError
 from .files import DamagedFileError
 from .model import HierarchicalVAE, ModelOutput, build_model, load
 from .optim import make_optimizer

@@ -36,5 +36,5 @@ def frozen_bn(module: nn.Module):
     finally:
         for m, (momentum, tracked) in zip(bns, saved):
             m.momentum = momentum
-            if tracked is not None:
+            if tracked is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(tracked)

@@ -102,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
         help="with --from-data: keep this many top levels from q(z|x) (repeatable; default all k)",
     )
     s.add_argument("--interpolate", action="store_true", help="interpolate between test inputs through the top layer")
+    s.add_argument(
+        "--decode",
+        choices=["sample", "greedy", "top_k", "top_p"],
+        help="autoregressive decoders: how each value is picked from p(x_t | x_<t, z) (text runs: sample by "
+        "default; other runs: the greedy pass's means unless given); text stops at end-of-sequence",
+    )
+    s.add_argument("--top-k", type=int, help="with --decode top_k: sample among the k most probable values (50)")
+    s.add_argument("--top-p", type=float, help="with --decode top_p: the nucleus' probability mass, in (0, 1] (0.9)")
+    s.add_argument(
+        "--decoder-temperature",
+        type=float,
+        help="autoregressive decoders: divides the logits before a value is picked (1); --temperature scales "
+        "the latents' priors",
+    )
     s.add_argument("--steps", type=int, default=None, help="with --interpolate: interpolation steps (10)")
     s.add_argument(
         "--readjust-bn",
@@ -214,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _device(name: str) -> torch.device:
     """``--device`` of eval, sample and report."""
-    from .config import ConfigError
+    from .configbase import ConfigError
     from .train import resolve_device
 
     try:
@@ -353,9 +367,44 @@ def _parse_temperature(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def _decoding(args, model):
+    """The ``Decoding`` of ``hvae sample``'s flags, or None for the mean of p(x | z) (models whose decoder is
+    not autoregressive, and autoregressive image models unless --decode is given)."""
+    from .decoding import Decoding
+    from .likelihoods import Autoregressive
+
+    lik = model.likelihood
+    given = {"--decode": args.decode, "--top-k": args.top_k, "--top-p": args.top_p}
+    given["--decoder-temperature"] = args.decoder_temperature
+    if not isinstance(lik, Autoregressive):
+        flags = [f for f, v in given.items() if v is not None]
+        if flags:
+            raise ValueError(
+                f"{', '.join(flags)}: this model's decoder is not autoregressive (model.decoder: plain), so there "
+                "is nothing to decode step by step; drop the flag"
+            )
+        return None
+    method = args.decode or ("sample" if lik.tokens else None)
+    if args.top_k is not None and method != "top_k":
+        raise ValueError("--top-k applies to --decode top_k; add --decode top_k")
+    if args.top_p is not None and method != "top_p":
+        raise ValueError("--top-p applies to --decode top_p; add --decode top_p")
+    if method is None:
+        if args.decoder_temperature is not None:
+            raise ValueError("--decoder-temperature needs a sampling --decode (sample, top_k or top_p)")
+        return None
+    kw = {"temperature": args.decoder_temperature} if args.decoder_temperature is not None else {}
+    if args.top_k is not None:
+        kw["top_k"] = args.top_k
+    if args.top_p is not None:
+        kw["top_p"] = args.top_p
+    return Decoding(method, **kw)
+
+
 def _cmd_sample(args) -> int:
     from .data import load_dataset
-    from .report.media import check_out, modality, sample_path, write_samples
+    from .data.sources import modality
+    from .report.media import check_out, sample_path, write_samples
     from .sampling import interpolate, keep_top_rows, unconditional
 
     device = _device(args.device)
@@ -377,7 +426,8 @@ def _cmd_sample(args) -> int:
         raise ValueError("--data gives the inputs of --from-data or --interpolate; add one of them")
     if args.source is not None and args.data is None:
         raise ValueError("--source says how to read --data; add --data PATH")
-    kind = modality(cfg.data.source)
+    decode = _decoding(args, model)
+    kind = modality(cfg.data.source, model.data_shape)
     name = "interpolation" if args.interpolate else "keep_top" if args.from_data else "samples"
     # checked before any sampling work; the writers take it as it is
     check_out(kind, args.out, name, args.n, args.overwrite)
@@ -400,15 +450,15 @@ def _cmd_sample(args) -> int:
         n, steps = x.shape[0] // 2, args.steps or 10
         if n == 0:
             raise ValueError("--interpolate needs two inputs; --data holds one")
-        images, ncol = interpolate(model, x[:n], x[n : 2 * n], steps=steps), steps
+        images, ncol = interpolate(model, x[:n], x[n : 2 * n], steps=steps, decode=decode), steps
     elif args.from_data:
         ks = args.keep_top if args.keep_top else list(range(L, -1, -1))
         for k in ks:
             if not 0 <= k <= L:
                 raise ValueError(f"--keep-top {k}: this model has {L} levels; use 0..{L}")
-        images, ncol = keep_top_rows(model, x, ks, temp), x.shape[0]
+        images, ncol = keep_top_rows(model, x, ks, temp, decode=decode), x.shape[0]
     else:
-        images, ncol = unconditional(model, args.n, temp), None
+        images, ncol = unconditional(model, args.n, temp, decode=decode), None
     out = sample_path(kind, name, args.out, args.run_dir)
     print(write_samples(kind, images.cpu(), name, ncol, out, args.run_dir, cfg.data, model.data_shape))
     return 0
@@ -417,7 +467,7 @@ def _cmd_sample(args) -> int:
 def _read_other_data(args, cfg, model) -> torch.Tensor:
     """``--data`` read as the run reads its test split (:func:`hvae.data.load_like`)."""
     from .data import load_dataset, load_like
-    from .report.media import modality
+    from .data.sources import modality
 
     tokenizer = stats = None
     if modality(cfg.data.source) == "text":
@@ -575,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started_at = time.monotonic()  # train.max_time counts from here: start-up and compilation included
     from .checkpoint import CheckpointError
-    from .config import ConfigError
+    from .configbase import ConfigError
     from .data import DataError
     from .distributed import DistributedError
     from .train import RunDirError, TrainingDiverged, TrainingInterrupted

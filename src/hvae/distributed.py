@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .configbase import ConfigError
 
 
 class DistributedError(RuntimeError):

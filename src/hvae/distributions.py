@@ -219,6 +219,8 @@ class LatentFamily:
     point_mass_posterior: bool = False
     #: the level's values are codes of a codebook (:meth:`code_indices` reads them back)
     quantized: bool = False
+    #: the posterior has a mean per channel that may be normalised (BN-VAE: ``model.bn_posterior_means``)
+    has_mean: bool = False
 
     @classmethod
     def from_config(cls, cfg, index: int) -> LatentFamily:
@@ -273,6 +275,7 @@ _SOFTPLUS_INV_ONE = float(torch.log(torch.expm1(torch.tensor(1.0))))
 @LATENT_FAMILIES.register("gaussian")
 class GaussianFamily(LatentFamily):
     params_per_channel = 2
+    has_mean = True
 
     def __init__(self, min_scale: float, scale_param: str = "std"):
         _check_scale_param(scale_param)

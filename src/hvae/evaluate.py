@@ -95,7 +95,7 @@ def evaluation_sums(
     }
     vq_levels = _vq_levels(model)
     if vq_levels:  # how often each code of each vector-quantised level is chosen (posterior-mean path)
-        sums["code_counts"] = torch.zeros(len(vq_levels), model.config.vq_codes, **f64)
+        sums["code_counts"] = torch.zeros(len(vq_levels), model.config.vq.codes, **f64)
     if x.shape[0] == 0:  # a rank with no examples still takes part in the reduction
         return sums
     terms = elbo_terms(model, x, batch_size)
@@ -130,7 +130,7 @@ def evaluation_sums(
     for i, l in enumerate(vq_levels):
         layer = model.layers[l]
         k = layer.family.code_indices(means[l].view(-1, *layer.latent_shape))
-        sums["code_counts"][i] += torch.bincount(k.flatten(), minlength=model.config.vq_codes).double()
+        sums["code_counts"][i] += torch.bincount(k.flatten(), minlength=model.config.vq.codes).double()
     return sums
 
 
@@ -231,6 +231,50 @@ def evaluate(
     }
 
 
+#: examples the latent-information measures read at most: the greedy reconstruction is one decoder step per token
+LATENT_INFO_EXAMPLES = 256
+
+
+@torch.no_grad()
+def latent_information(model: HierarchicalVAE, x: torch.Tensor, eos_id: int, batch_size: int = 100) -> dict[str, Any]:
+    """What the latents of a token model tell its decoder, on ``x`` (N, T) int64 ids padded with ``pad_id``:
+
+    * ``latent_nats``: the mean of log p(x | z ~ q(z | x)) - log p(x | z ~ p(z)) (one z each), nats per
+      sequence: how much better the decoder predicts a sentence given its own latents than given anyone's.
+      About 0 when the decoder ignores the latents (posterior collapse).
+    * ``reconstruction_similarity``: the mean over examples of 1 - Levenshtein(x, x̂) / max(|x|, |x̂|) on the
+      token ids up to end-of-sequence, x̂ the greedy decoding given z ~ q(z | x) (1: every input rebuilt).
+
+    Model in eval mode; one z per example, so both are single-draw estimates."""
+    from rapidfuzz.distance import Levenshtein
+
+    model.eval()
+    gain, sim, n = 0.0, 0.0, 0
+    for lo in range(0, x.shape[0], batch_size):
+        xb = model.trim_padding(x[lo : lo + batch_size])
+        B, T = xb.shape
+        run = model._infer(xb)
+        px_q = model._decode_state(run.state, T)
+        px_p = model._decode_state(model._top_down(B).state, T)
+        gain += float((px_q.log_prob(xb) - px_p.log_prob(xb)).sum())
+        # token ids: the greedy sequence over the full length (not cut at the batch's longest input), padded
+        # after end-of-sequence
+        rebuilt = model._decode_state(run.state).mean
+        for a, b in zip(xb.tolist(), rebuilt.tolist()):
+            a, b = _until_eos(a, eos_id), _until_eos(b, eos_id)
+            sim += Levenshtein.normalized_similarity(a, b) if (a or b) else 1.0
+        n += B
+    return {"latent_nats": gain / n, "reconstruction_similarity": sim / n, "latent_info_examples": n}
+
+
+def _until_eos(ids: list[int], eos_id: int) -> list[int]:
+    """The ids before end-of-sequence (and before padding, ``eos_id + 1``)."""
+    for i, v in enumerate(ids):
+        if v >= eos_id:
+            return ids[:i]
+    return ids
+
+
 def _per_unit(elbo: float, iw_bound: float, n: float, units: dict[str, int] | None) -> dict[str, Any]:
     """Bits per token / byte / character of a sequence split (padding excluded from the counts; the bounds
     never include it, the end-of-sequence tokens are in both)."""
@@ -261,6 +305,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'reconstruction log p(x|z)':<26}{result['log_px']:>12.3f} nats",
         *_unit_lines(result),
         f"{'KL total':<26}{result['kl_total']:>12.3f} nats",
+        *_latent_lines(result),
         "",
         f"{'layer':<8}{'KL (nats)':>12}{'active units':>16}",
     ]
@@ -270,6 +315,18 @@ def format_table(result: dict[str, Any]) -> str:
         if ppl is not None:
             lines.append(f"{'z_' + str(i + 1) + ' codebook perplexity':<26}{ppl:>12.2f}")
     return "\n".join(lines)
+
+
+def _latent_lines(result: dict[str, Any]) -> list[str]:
+    if "latent_nats" not in result:
+        return []
+    n = result["latent_info_examples"]
+    return [
+        f"{'latents tell the decoder':<26}{result['latent_nats']:>12.3f} nats  "
+        f"(log p(x|z~q) - log p(x|z~p), {n} examples)",
+        f"{'reconstruction similarity':<26}{result['reconstruction_similarity']:>12.3f}       "
+        "(1 - token edit distance / length, greedy)",
+    ]
 
 
 def _unit_lines(result: dict[str, Any]) -> list[str]:
@@ -365,4 +422,8 @@ def evaluate_run(
     result["step"] = int(model.step)  # the training step of the model evaluated
     if units:
         result["tokenizer"] = cfg.data.tokenizer
+        if hasattr(model.likelihood, "net"):  # an autoregressive decoder, which may ignore the latents
+            # this process's shard only, at most LATENT_INFO_EXAMPLES (a greedy decoding per example)
+            xs = x[lo:hi][:LATENT_INFO_EXAMPLES].to(ctx.device)
+            result.update(latent_information(model, xs, tokenizer.eos_id, batch_size or ec.batch_size))
     return result

@@ -13,31 +13,33 @@ def geometry(cfg: ModelConfig) -> tuple[int, list[tuple[int, ...]], tuple[int, .
     """The input channels of the first bottom-up block, each level's latent shape (bottom to top) and the
     padding of the data: (left, right, top, bottom) of images, (left, right) of sequences, None for none."""
     L, shape = cfg.num_layers, tuple(cfg.data_shape)
+    strides = list(cfg.strides or [])  # conv-type blocks: one per level (the config checks it)
     pad: tuple[int, ...] | None = None
+    latent_shapes: list[tuple[int, ...]]
     if cfg.block == "mlp":
         in_ch = math.prod(shape)
         latent_shapes = [(latent_channels(cfg, l),) for l in range(L)]
     elif len(shape) == 2:  # sequences (C, T), block temporal: padded at the end to the total stride
         in_ch, t = shape
-        total = math.prod(cfg.strides)
+        total = math.prod(strides)
         if t % total:
             pad = (0, -(-t // total) * total - t)
             t += pad[1]
         latent_shapes = []
-        for l, s in enumerate(cfg.strides):
+        for l, s in enumerate(strides):
             t //= s
             latent_shapes.append((latent_channels(cfg, l), t))
     else:
         in_ch = shape[0]
         h, w = shape[1:]
         # images are padded (centred, zeros) to a multiple of the total stride; p(x | z) is cropped back
-        total = math.prod(cfg.strides)
+        total = math.prod(strides)
         ph, pw = -(-h // total) * total - h, -(-w // total) * total - w
         if ph or pw:
             pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
         h, w = h + ph, w + pw
         latent_shapes = []
-        for l, s in enumerate(cfg.strides):
+        for l, s in enumerate(strides):
             h, w = h // s, w // s
             latent_shapes.append((latent_channels(cfg, l), h, w))
     return in_ch, latent_shapes, pad

@@ -20,11 +20,13 @@ name ``model.latent_types`` gives it; :mod:`hvae.distributions` says how to add 
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import quantize  # noqa: F401  (registers the "vq" latent family)
 from .distributions import Gaussian, LatentFamily
-from .nets import FAMILIES, activation, decoder_block
+from .nets import FAMILIES, activation
 from .nets.attention import with_attention
 from .registry import LATENT_FAMILIES
 
@@ -58,9 +60,9 @@ class LatentLayer(nn.Module):
             prior_ch = None
         else:
             up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] > 1 else 1
-            self.prior_net = decoder_block(fam)(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
-            if index in cfg.attention_levels:
-                self.prior_net = with_attention(self.prior_net, cfg.attention_heads)
+            self.prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
+            if index in cfg.attention.levels:
+                self.prior_net = with_attention(self.prior_net, cfg.attention.heads)
             prior_ch = self.prior_net.out_ch
             self.prior_head = fam.pointwise(prior_ch, self.family.raw_channels(cfg.latent_dims[index], "prior"))
 
@@ -83,7 +85,7 @@ class LatentLayer(nn.Module):
             hidden = cfg.hidden_dims[index]
             self.trans_from_z = fam.pointwise(latent_ch, hidden)
             self.trans_from_h = None if self.is_top else fam.pointwise(prior_ch, hidden)
-            if getattr(fam, "residual_state", False) and self.trans_from_h is not None and prior_ch == hidden:
+            if fam.residual_state and self.trans_from_h is not None and prior_ch == hidden:
                 # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
                 nn.init.dirac_(self.trans_from_h.weight)
                 nn.init.zeros_(self.trans_from_h.bias)
@@ -92,7 +94,10 @@ class LatentLayer(nn.Module):
             self.state_ch = hidden
         else:
             self.state_ch = latent_ch
-        if cfg.official_init and hasattr(fam, "official_init"):  # the family's initialisation from its paper's code
+        # BN-VAE: levels whose posterior has a mean to normalise (Gaussian ones)
+        gamma = cfg.bn_posterior_means
+        self.mean_norm = PosteriorMeanNorm(latent_ch, gamma) if gamma > 0 and self.family.has_mean else None
+        if cfg.official_init:  # the family's initialisation from its paper's code (a no-op for most)
             fam.official_init(self, cfg)
 
     # -- generative side ----------------------------------------------------------------------------
@@ -122,7 +127,14 @@ class LatentLayer(nn.Module):
         return self.post_from_d(d)
 
     def posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | None) -> Gaussian:
-        """q(z_l | ., x) from the precomputed context, the prior and the prior's features."""
+        """q(z_l | ., x) from the precomputed context, the prior and the prior's features; with
+        ``bn_posterior_means`` its mean batch-normalised (BN-VAE)."""
+        q = self._posterior(ctx, p, h_p)
+        if self.mean_norm is not None:
+            q = Gaussian(self.mean_norm(q.mu), q.sigma)
+        return q
+
+    def _posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | None) -> Gaussian:
         if self.is_top or self.inference == "bottom_up":
             return self.family.from_raw(ctx.float())
         if self.inference == "ladder":
@@ -133,6 +145,26 @@ class LatentLayer(nn.Module):
     def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:
         """Discrete latents: relaxation temperature and whether samples are relaxed in the coming pass."""
         self.family.set_relaxation(tau, relaxed)
+
+
+class PosteriorMeanNorm(nn.Module):
+    """BN-VAE (Zhu et al. 2020): mu -> gamma (mu - E[mu]) / sqrt(Var[mu] + eps) + beta per channel, over the batch
+    (and positions) in training and from running statistics in eval; gamma is fixed, the shift beta learned
+    (zero at first). mu: (B, C, *spatial) or (B, D), any float dtype; the same shape back."""
+
+    def __init__(self, channels: int, gamma: float, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.gamma, self.momentum, self.eps = float(gamma), momentum, eps
+        self.shift = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, mu: Tensor) -> Tensor:
+        weight = torch.full_like(self.shift, self.gamma)
+        # float32 statistics: the posterior heads' output is float32 already (see posterior)
+        return F.batch_norm(
+            mu, self.running_mean, self.running_var, weight, self.shift, self.training, self.momentum, self.eps
+        )
 
 
 def make_family(cfg, index: int) -> LatentFamily:

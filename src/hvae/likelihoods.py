@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .decoding import Decoding
 from .distributions import raw_from_scale, scale_from_raw
 from .registry import LIKELIHOODS
 
@@ -526,8 +527,12 @@ class AutoregressiveDistribution(ObservationDistribution):
     @torch.no_grad()
     def _sequential(self, pick) -> tuple[Tensor, Tensor, Tensor]:
         """Fill the positions in order with ``pick(p(x_t | x_<t, c))`` (channel by channel where the net
-        orders them); returns x, its log-probability under the conditionals used (B,), and the mean of each
-        conditional, both in channel layout."""
+        orders them); returns x, its log-probability under the conditionals p(x_t | x_<t, c) (B,) nats, and
+        the mean of each conditional, both in channel layout.
+
+        Token models with a padding id stop at end-of-sequence (id ``pad_id - 1``, the tokenisers' layout):
+        once a row has emitted it, its later positions hold padding and add nothing to the log-probability,
+        and the loop ends when every row has emitted it."""
         m = self._model
         B, C = self.cond.shape[0], m.channels
         x = self.cond.new_zeros(B, C, *m.spatial)
@@ -536,7 +541,14 @@ class AutoregressiveDistribution(ObservationDistribution):
         log_p = self.cond.new_zeros(B)
         one = (1,) * len(m.spatial)
         stepper = m.net.stepper(self.cond)
-        for t in range(math.prod(m.spatial)):
+        pad = getattr(m.base, "pad_id", None) if m.tokens else None
+        done = torch.zeros(B, dtype=torch.bool, device=x.device) if pad is not None else None
+        T = math.prod(m.spatial)
+        for t in range(T):
+            if done is not None and bool(done.all()):
+                # every row has ended: the rest is padding (levels k / (K - 1), as the buffer holds them)
+                x_flat[:, :, t:] = pad / (m.levels - 1)
+                break
             params = stepper.step(x, t)
             for c in range(1, C if m.orders_channels else 1):
                 # channel c's conditional reads channels < c of this position: draw channel c - 1, rerun the head
@@ -547,7 +559,12 @@ class AutoregressiveDistribution(ObservationDistribution):
             v = pick(d).reshape(B, C)
             if m.orders_channels:
                 v[:, :-1] = x_flat[:, :-1, t]  # the channels drawn above
-            log_p += d.log_prob(m.step_base._to_user(v.view(B, C, *one)))
+            lp = d.log_prob(m.step_base._to_user(v.view(B, C, *one)))
+            if done is not None:
+                v = v.masked_fill(done.unsqueeze(1), pad / (m.levels - 1))
+                lp = lp.masked_fill(done, 0.0)
+                done = done | (torch.round(v[:, 0] * (m.levels - 1)) == pad - 1)
+            log_p += lp
             x_flat[:, :, t] = v
             means_flat[:, :, t] = d._mean_layout().reshape(B, C)
         return x, log_p, means
@@ -558,6 +575,30 @@ class AutoregressiveDistribution(ObservationDistribution):
 
     def sample(self) -> Tensor:
         x, self.sample_log_prob, _ = self._sequential(lambda d: d._sample_layout())
+        return self._model._to_user(self._ids(x) if self._model.tokens else x)
+
+    def decode(self, decoding: Decoding) -> Tensor:
+        """Generate with ``decoding`` (see :mod:`hvae.decoding`): each position's value picked from its
+        conditional's logits; user's shape, token ids for token models (padded after end-of-sequence).
+        ``sample_log_prob`` keeps the log-probability (B,) nats of the result under p(x | c) itself (not
+        the tempered or truncated conditionals). The discretised logistic takes ``sample`` and ``greedy``
+        only (its values are not classes with logits)."""
+        if isinstance(self._model.base, DiscretizedLogisticMixture) and (
+            decoding.method not in ("sample", "greedy") or decoding.temperature != 1
+        ):
+            raise ValueError(
+                f"decode={decoding.method!r} at decoder temperature {decoding.temperature:g}: the discretised "
+                "logistic mixture decodes with 'sample' or 'greedy' at temperature 1 only; use one of those"
+            )
+
+        def pick(d: ObservationDistribution) -> Tensor:
+            if isinstance(d, BernoulliDistribution):
+                return decoding.pick_binary(d.logits)
+            if isinstance(d, CategoricalDistribution):
+                return decoding.pick(d.logits, dim=1).to(d.logits.dtype) / (d.K - 1)
+            return d._sample_layout() if decoding.is_sampling else d.mode_layout()
+
+        x, self.sample_log_prob, _ = self._sequential(pick)
         return self._model._to_user(self._ids(x) if self._model.tokens else x)
 
     @property

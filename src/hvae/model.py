@@ -27,11 +27,12 @@ from .checkpointing import cells
 from .compiled import compiled_training_call, set_compile
 from .config import ModelConfig
 from .data.text import trim_batch
+from .decoding import METHODS, Decoding
 from .distributions import Gaussian, _tile, kl_divergence
 from .geometry import geometry
 from .layers import LatentLayer, latent_channels
-from .likelihoods import build_likelihood
-from .nets import FAMILIES, attention, decoder_block, encoder_block
+from .likelihoods import AutoregressiveDistribution, build_likelihood
+from .nets import FAMILIES, attention
 from .nets.temporal import TokenEncoder
 from .pretrained import PretrainedMixin
 from .spectral import SpectralNorms
@@ -69,6 +70,22 @@ class _Pass:
     state: Tensor
 
 
+def _draw(px, mean: bool, decode: Decoding | str | None) -> Tensor:
+    """What sample / generate / sample_conditional return from p(x | z_1)."""
+    if decode is None:
+        return px.mean if mean else px.sample()
+    if isinstance(decode, str):
+        decode = Decoding(decode)
+    if not isinstance(decode, Decoding):
+        raise TypeError(f"decode must be a hvae.decoding.Decoding or one of {', '.join(METHODS)}, got {decode!r}")
+    if not isinstance(px, AutoregressiveDistribution):
+        raise ValueError(
+            "decode= applies to autoregressive decoders (model.decoder: pixelcnn, transformer, gru); this model's "
+            "p(x | z_1) factorises: use mean=True for its mean or mean=False to sample it"
+        )
+    return px.decode(decode)
+
+
 class HierarchicalVAE(PretrainedMixin, nn.Module):
     """A hierarchical VAE built from a :class:`~hvae.config.ModelConfig` (use :func:`hvae.build_model`).
 
@@ -103,9 +120,9 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         for l in range(L):
             stride = cfg.strides[l] if cfg.strides else 1
             src = ch if (l == 0 or cfg.inference != "bottom_up") else latent_channels(cfg, l - 1)
-            blk = encoder_block(fam)(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
-            if l in cfg.attention_levels:
-                blk = attention.with_attention(blk, cfg.attention_heads)
+            blk = fam.encoder_block(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
+            if l in cfg.attention.levels:
+                blk = attention.with_attention(blk, cfg.attention.heads)
             self.encoder.append(blk)
             ch = blk.out_ch
 
@@ -119,24 +136,24 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
         # depth-wise attention across the levels (Apostolopoulou et al. 2022), used by the two passes
         self.depth_attn = None
-        if cfg.depth_attention:
+        if cfg.attention.depth:
             self.depth_attn = attention.DepthAttentionStack(
                 [layer.state_ch for layer in self.layers],
                 [blk.out_ch for blk in self.encoder],
-                cfg.depth_attention_dim,
-                cfg.attention_heads,
+                cfg.attention.depth_dim,
+                cfg.attention.heads,
                 stacked=cfg.inference == "bottom_up",
             )
 
         # decoder p(x | s_1): mirrors the first bottom-up block
         up = -cfg.strides[0] if cfg.strides and cfg.strides[0] > 1 else 1
-        self.decoder = decoder_block(fam)(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
+        self.decoder = fam.decoder_block(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
         n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
         self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
 
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # keep last: it tracks every conv / linear weight built above
-        self.spectral = SpectralNorms(self) if cfg.spectral_reg > 0 else None
+        self.spectral = SpectralNorms(self) if cfg.spectral.reg > 0 else None
         set_compile(self)  # the defaults: compiled where it pays
 
     def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:
@@ -296,7 +313,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return kls
 
     def beta_at(self, step: int | Tensor) -> float:
-        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``)."""
+        """KL weight at a training step (:func:`hvae.schedules.beta`: linear warm-up to ``config.beta``, or
+        cyclical annealing with ``kl_cycles``)."""
         return schedules.beta(self.config, step)
 
     def forward(self, x: Tensor, beta: float | None = None) -> ModelOutput:
@@ -403,19 +421,35 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return self._decode_state(run.state)
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float | Sequence[float] = 1.0, mean: bool = True) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: float | Sequence[float] = 1.0,
+        mean: bool = True,
+        decode: Decoding | str | None = None,
+    ) -> Tensor:
         """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
         (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
-        the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it."""
+        the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it. Autoregressive
+        decoders: ``decode`` (a :class:`hvae.decoding.Decoding` or its method's name) generates as text
+        libraries do (sample / greedy / top_k / top_p with a decoder temperature of its own, stopping at
+        end-of-sequence) and overrides ``mean``."""
         n = inputs.count(n, "n (the number of samples)")
         run = self._top_down(n, temperatures=inputs.temperatures(temperature, self.config.num_layers))
         px = self._decode_state(run.state)
-        return px.mean if mean else px.sample()
+        return _draw(px, mean, decode)
 
     @torch.no_grad()
-    def generate(self, zs: Sequence[Tensor | None], temperature: float | Sequence[float] = 1.0, mean: bool = True):
+    def generate(
+        self,
+        zs: Sequence[Tensor | None],
+        temperature: float | Sequence[float] = 1.0,
+        mean: bool = True,
+        decode: Decoding | str | None = None,
+    ):
         """Decode with some levels fixed: ``zs[l]`` is used where given (bottom to top, batch-major) and
-        the other levels are drawn from the prior conditionals at ``temperature``. Returns (B, *data_shape)."""
+        the other levels are drawn from the prior conditionals at ``temperature``; ``mean`` and ``decode``
+        as in :meth:`sample`. Returns (B, *data_shape)."""
         L = self.config.num_layers
         if len(zs) != L:
             raise ValueError(f"generate needs one entry per level ({L}, bottom to top; None to sample), got {len(zs)}")
@@ -425,14 +459,20 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         inputs.check_latents(self, zs)
         run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=inputs.temperatures(temperature, L))
         px = self._decode_state(run.state)
-        return px.mean if mean else px.sample()
+        return _draw(px, mean, decode)
 
     @torch.no_grad()
     def sample_conditional(
-        self, x: Tensor, keep_top: int, temperature: float | Sequence[float] = 1.0, mean: bool = True
+        self,
+        x: Tensor,
+        keep_top: int,
+        temperature: float | Sequence[float] = 1.0,
+        mean: bool = True,
+        decode: Decoding | str | None = None,
     ) -> Tensor:
         """Keep the top ``keep_top`` levels from q(z | x) and re-sample the levels below from the prior
-        conditionals: what the kept levels encode stays, the rest varies. Returns (B, *data_shape)."""
+        conditionals: what the kept levels encode stays, the rest varies; ``mean`` and ``decode`` as in
+        :meth:`sample`. Returns (B, *data_shape)."""
         inputs.check_batch(self, x)
         L = self.config.num_layers
         if not inputs.whole(keep_top) or not 0 <= keep_top <= L:
@@ -448,7 +488,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         else:
             run = self._top_down(B, ctxs=self._bottom_up(x), infer_from=L - keep_top, temperatures=temps)
         px = self._decode_state(run.state)
-        return px.mean if mean else px.sample()
+        return _draw(px, mean, decode)
 
 
 def build_model(config: ModelConfig | dict) -> HierarchicalVAE:

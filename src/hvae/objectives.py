@@ -4,6 +4,7 @@ They change the loss a model minimises (:attr:`hvae.ModelOutput.loss`), never th
 takes the elementwise KL of one level, ``kl_elem[l]`` of shape (B, *latent_shape) in nats, bottom to top:
 
     loss_KL = beta * sum_l gamma_l * max(lambda, E_batch[KL_l])        (per level, or per channel)
+    loss_KL = beta * E_batch[max(lambda, sum_l KL_l)]                   (free_bits_mode: sequence)
 
 with gamma_l = 1 unless KL balancing is on during the warm-up.
 """
@@ -42,7 +43,12 @@ def balancing_weights(kl: Tensor, kl_elem: list[Tensor]) -> Tensor:
 
 def kl_loss(cfg: ModelConfig, kl_elem: list[Tensor], beta: float) -> Tensor:
     """The KL part of the training loss (a scalar, nats, batch mean): free bits per level, KL balancing
-    while ``beta`` is below ``cfg.beta``, times ``beta``. ``kl_elem``: L tensors (B, *latent_shape)."""
+    while ``beta`` is below ``cfg.beta``, times ``beta``. ``kl_elem``: L tensors (B, *latent_shape).
+    With ``free_bits_mode: sequence`` the floor is a KL target per example: the levels' KL summed, floored at
+    ``free_bits`` nats, then batch-averaged."""
+    if cfg.free_bits > 0 and cfg.free_bits_mode == "sequence":
+        total = sum(k.flatten(1).sum(1) for k in kl_elem)
+        return beta * torch.as_tensor(total).clamp_min(cfg.free_bits).mean()
     kl = torch.stack([free_bits(k, cfg.free_bits, cfg.free_bits_mode) for k in kl_elem])
     if cfg.kl_balancing and beta < cfg.beta:
         kl = kl * balancing_weights(kl, kl_elem)
@@ -52,7 +58,8 @@ def kl_loss(cfg: ModelConfig, kl_elem: list[Tensor], beta: float) -> Tensor:
 def discrete_aux(layers, qs) -> tuple[Tensor | float, dict]:
     """The commitment losses of vector-quantised levels (added to the loss, never to the ELBO) and their
     codebook perplexities for this batch: ``(total, {"commitment": {l: scalar}, "perplexity": {l: scalar}})``."""
-    total, aux = 0.0, {}
+    total: Tensor | float = 0.0
+    aux: dict[str, dict[int, Tensor]] = {}
     for l, (layer, q) in enumerate(zip(layers, qs)):
         if not layer.family.point_mass_posterior:
             continue

@@ -7,6 +7,12 @@ fields (``lvae_mnist(inference="bottom_up")`` is the paper's stacked-VAE baselin
 from __future__ import annotations
 
 from .config import ModelConfig
+from .configbase import merge, move_renamed
+
+
+def _build(base: dict, overrides: dict) -> ModelConfig:
+    """The preset ``base`` with ``overrides``, section by section (old flat keys moved to their sections)."""
+    return ModelConfig.from_dict(merge(base, move_renamed(ModelConfig, overrides)))
 
 
 def lvae_mnist(**overrides) -> ModelConfig:
@@ -29,7 +35,7 @@ def lvae_mnist(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         scale_param="variance",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def small(**overrides) -> ModelConfig:
@@ -43,7 +49,7 @@ def small(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def conv_small(**overrides) -> ModelConfig:
@@ -59,7 +65,7 @@ def conv_small(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 # NVAE / VDVAE: the shared top-down path (skip state, posterior from encoder and decoder states, residual
@@ -90,11 +96,7 @@ _VDVAE = dict(
 _NVAE_OFFICIAL = dict(
     state_activation="linear",
     scale_param="softclamp",
-    spectral_reg=1e-2,
-    spectral_reg_warmup_steps=0,
-    spectral_iterations=4,
-    spectral_seed_iterations=40,
-    spectral_over="conv",
+    spectral={"reg": 1e-2, "reg_warmup_steps": 0, "iterations": 4, "seed_iterations": 40, "over": "conv"},
     bn_scale_penalty=True,
     kl_warmup_floor=1e-4,  # train.py --kl_const_coeff
 )
@@ -130,7 +132,7 @@ def nvae_mnist(**overrides) -> ModelConfig:
         kl_warmup_steps=36000,
         kl_const_steps=12,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def nvae_cifar10(**overrides) -> ModelConfig:
@@ -155,7 +157,7 @@ def nvae_cifar10(**overrides) -> ModelConfig:
         kl_warmup_steps=23400,
         kl_const_steps=8,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def vdvae_cifar10(**overrides) -> ModelConfig:
@@ -178,7 +180,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
         num_mixtures=10,
         **_VDVAE_OFFICIAL,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def nvae_small(**overrides) -> ModelConfig:
@@ -192,11 +194,9 @@ def nvae_small(**overrides) -> ModelConfig:
         strides=[4, 1, 2],
         depth=1,
         likelihood="bernoulli",
-        spectral_reg=1e-2,
-        spectral_reg_init=1.0,
-        spectral_reg_warmup_steps=500,
+        spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500},
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def vdvae_small(**overrides) -> ModelConfig:
@@ -212,7 +212,7 @@ def vdvae_small(**overrides) -> ModelConfig:
         likelihood="discretized_logistic_mixture",
         num_mixtures=5,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 # Attention (Apostolopoulou et al. 2022) and autoregressive decoders (PixelVAE, Gulrajani et al. 2017;
@@ -233,13 +233,10 @@ def attentive(**overrides) -> ModelConfig:
         depth=2,
         inference="top_down",
         generative_skip=True,
-        attention_levels=[1, 2, 3],
-        attention_heads=4,
-        depth_attention=True,
-        depth_attention_dim=64,
+        attention={"levels": [1, 2, 3], "heads": 4, "depth": True, "depth_dim": 64},
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def attentive_small(**overrides) -> ModelConfig:
@@ -253,13 +250,10 @@ def attentive_small(**overrides) -> ModelConfig:
         depth=1,
         inference="top_down",
         generative_skip=True,
-        attention_levels=[0, 1],
-        attention_heads=2,
-        depth_attention=True,
-        depth_attention_dim=16,
+        attention={"levels": [0, 1], "heads": 2, "depth": True, "depth_dim": 16},
         likelihood="bernoulli",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def pixelvae(**overrides) -> ModelConfig:
@@ -279,13 +273,11 @@ def pixelvae(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         decoder="pixelcnn",
         ar_cond_channels=16,
-        pixelcnn_layers=4,
-        pixelcnn_channels=64,
-        pixelcnn_kernel=5,
+        pixelcnn={"layers": 4, "channels": 64, "kernel": 5},
         free_bits=1.0,
         free_bits_mode="channel",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def pixelvae_small(**overrides) -> ModelConfig:
@@ -302,11 +294,9 @@ def pixelvae_small(**overrides) -> ModelConfig:
         likelihood="bernoulli",
         decoder="pixelcnn",
         ar_cond_channels=8,
-        pixelcnn_layers=2,
-        pixelcnn_channels=16,
-        pixelcnn_kernel=3,
+        pixelcnn={"layers": 2, "channels": 16, "kernel": 3},
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def lvae_discrete(**overrides) -> ModelConfig:
@@ -320,11 +310,9 @@ def lvae_discrete(**overrides) -> ModelConfig:
         latent_types=["gaussian", "categorical", "gaussian", "categorical", "gaussian"],
         latent_dims=[64, 16, 16, 8, 4],
         categorical_classes=10,
-        gumbel_temperature_start=1.0,
-        gumbel_temperature=0.5,
-        gumbel_anneal_steps=40000,
+        gumbel={"temperature_start": 1.0, "temperature": 0.5, "anneal_steps": 40000},
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def lvae_discrete_small(**overrides) -> ModelConfig:
@@ -335,11 +323,9 @@ def lvae_discrete_small(**overrides) -> ModelConfig:
         latent_types=["gaussian", "categorical", "categorical"],
         latent_dims=[16, 4, 2],
         categorical_classes=8,
-        gumbel_temperature_start=1.0,
-        gumbel_temperature=0.5,
-        gumbel_anneal_steps=1000,
+        gumbel={"temperature_start": 1.0, "temperature": 0.5, "anneal_steps": 1000},
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 # Sequences (data/text.py, data/audio.py): a sentence-level model with global latent vectors over token ids,
@@ -371,7 +357,7 @@ def text_fortunes(**overrides) -> ModelConfig:
         seq_heads=4,
         free_bits=2.0,
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 def audio_digits(**overrides) -> ModelConfig:
@@ -389,7 +375,7 @@ def audio_digits(**overrides) -> ModelConfig:
         inference="ladder",
         likelihood="gaussian",
     )
-    return ModelConfig.from_dict({**base, **overrides})
+    return _build(base, overrides)
 
 
 PRESETS = {

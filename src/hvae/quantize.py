@@ -182,18 +182,18 @@ class VQFamily(nn.Module, LatentFamily):
     def from_config(cls, cfg, index: int) -> VQFamily:
         top = index == cfg.num_layers - 1
         return cls(
-            cfg.vq_codes,
-            cfg.vq_dim,
-            decay=cfg.vq_decay,
-            commitment=cfg.vq_commitment,
-            dead_threshold=cfg.vq_dead_threshold,
-            top_prior=cfg.vq_top_prior if top else None,
+            cfg.vq.codes,
+            cfg.vq.dim,
+            decay=cfg.vq.decay,
+            commitment=cfg.vq.commitment,
+            dead_threshold=cfg.vq.dead_threshold,
+            top_prior=cfg.vq.top_prior if top else None,
             groups=cfg.latent_dims[index],
         )
 
     @classmethod
     def latent_channels(cls, cfg, index: int) -> int:
-        return cfg.latent_dims[index] * cfg.vq_dim
+        return cfg.latent_dims[index] * cfg.vq.dim
 
     def channels(self, latent_dim: int) -> int:
         return latent_dim * self.code_dim

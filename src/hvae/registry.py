@@ -5,7 +5,8 @@
 * :data:`LIKELIHOODS` -- ``model.likelihood`` -> a :class:`hvae.likelihoods.ObservationModel` subclass
   (:mod:`hvae.likelihoods`);
 * ``hvae.data.sources.SOURCES`` -- ``data.source`` -> a :class:`hvae.data.sources.Source` subclass;
-* ``hvae.nets.FAMILIES`` -- ``model.block`` -> a module of cells.
+* :data:`CELL_FAMILIES` (``hvae.nets.FAMILIES``) -- ``model.block`` -> a :class:`hvae.nets.CellFamily` subclass
+  (:mod:`hvae.nets`).
 
 A class joins with the decorator ``@REGISTRY.register("name")``; the configs accept exactly the registered
 names, so a new one needs no edit elsewhere. Each registered module's docstring says what its classes must
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["LATENT_FAMILIES", "LIKELIHOODS", "Registry"]
+__all__ = ["CELL_FAMILIES", "LATENT_FAMILIES", "LIKELIHOODS", "Registry"]
 
 
 class Registry(dict):
@@ -77,3 +78,4 @@ class Registry(dict):
 
 LATENT_FAMILIES = Registry("latent type", ("hvae.distributions", "hvae.quantize"))
 LIKELIHOODS = Registry("likelihood", ("hvae.likelihoods",))
+CELL_FAMILIES = Registry("block", ("hvae.nets",))

@@ -10,12 +10,13 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import ConfigError, ModelConfig, _require, _Serializable, apply_overrides, from_dict, load_yaml
+from .config import ModelConfig
+from .configbase import ConfigError, Serializable, apply_overrides, from_dict, load_yaml, merge, move_renamed, require
 from .data import DataConfig, Dataset
 
 
 @dataclass
-class TrainConfig(_Serializable):
+class TrainConfig(Serializable):
     """How to train. Steps count optimizer updates (skipped updates included)."""
 
     epochs: int = 10
@@ -77,49 +78,49 @@ class TrainConfig(_Serializable):
     def __post_init__(self) -> None:
         if isinstance(self.compile, bool):
             self.compile = "always" if self.compile else "never"
-        _require(self.compile_after_s >= 0, f"train.compile_after_s: must be >= 0, got {self.compile_after_s}")
+        require(self.compile_after_s >= 0, f"train.compile_after_s: must be >= 0, got {self.compile_after_s}")
         for name in ("eval_every_s", "checkpoint_every_s"):
             v = getattr(self, name)
-            _require(v is None or v > 0, f"train.{name}: must be > 0 seconds or null, got {v}")
-        _require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
-        _require(self.max_steps is None or self.max_steps >= 1, "train.max_steps: must be >= 1 or null")
+            require(v is None or v > 0, f"train.{name}: must be > 0 seconds or null, got {v}")
+        require(self.epochs >= 1, f"train.epochs: must be >= 1, got {self.epochs}")
+        require(self.max_steps is None or self.max_steps >= 1, "train.max_steps: must be >= 1 or null")
         if self.max_time is not None:
             parse_duration(self.max_time)  # a bad value is refused when the config is read, not at the budget
-        _require(self.batch_size >= 1, f"train.batch_size: must be >= 1, got {self.batch_size}")
-        _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
-        _require(0 < self.lr_decay_rate <= 1, f"train.lr_decay_rate: must be in (0, 1], got {self.lr_decay_rate}")
-        _require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip: must be > 0 or null")
-        _require(self.skip_threshold is None or self.skip_threshold > 0, "train.skip_threshold: must be > 0 or null")
-        _require(
+        require(self.batch_size >= 1, f"train.batch_size: must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
+        require(0 < self.lr_decay_rate <= 1, f"train.lr_decay_rate: must be in (0, 1], got {self.lr_decay_rate}")
+        require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip: must be > 0 or null")
+        require(self.skip_threshold is None or self.skip_threshold > 0, "train.skip_threshold: must be > 0 or null")
+        require(
             self.ema_decay is None or 0 < self.ema_decay < 1,
             f"train.ema_decay: must be in (0, 1), got {self.ema_decay}",
         )
         for name in ("log_every", "eval_every", "checkpoint_every", "max_consecutive_skips"):
-            _require(getattr(self, name) >= 1, f"train.{name}: must be >= 1, got {getattr(self, name)}")
-        _require(
+            require(getattr(self, name) >= 1, f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        require(
             self.kl_warmup_epochs is None or self.kl_warmup_epochs >= 0,
             f"train.kl_warmup_epochs: must be >= 0, got {self.kl_warmup_epochs}",
         )
-        _require(
+        require(
             self.adam_beta2 is None or 0 <= self.adam_beta2 < 1,
             f"train.adam_beta2: must be in [0, 1), got {self.adam_beta2}",
         )
-        _require(self.adam_eps is None or self.adam_eps > 0, f"train.adam_eps: must be > 0, got {self.adam_eps}")
-        _require(
+        require(self.adam_eps is None or self.adam_eps > 0, f"train.adam_eps: must be > 0, got {self.adam_eps}")
+        require(
             self.kl_warmup_fraction is None or 0 <= self.kl_warmup_fraction <= 1,
             f"train.kl_warmup_fraction: a fraction of the run's steps in [0, 1], got {self.kl_warmup_fraction}",
         )
-        _require(
+        require(
             0 <= self.kl_const_fraction < 1,
             f"train.kl_const_fraction: a fraction of the run's steps in [0, 1), got {self.kl_const_fraction}",
         )
-        _require(
+        require(
             self.kl_warmup_fraction is None or self.kl_warmup_epochs is None,
             "train.kl_warmup_fraction and train.kl_warmup_epochs both set the KL warm-up; keep one",
         )
-        _require(self.dist_timeout > 0, f"train.dist_timeout: must be > 0 seconds, got {self.dist_timeout}")
+        require(self.dist_timeout > 0, f"train.dist_timeout: must be > 0 seconds, got {self.dist_timeout}")
         dev = self.device
-        _require(
+        require(
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
             f"train.device: {dev!r} is not accepted; use auto, cpu, cuda or cuda:N",
         )
@@ -157,7 +158,7 @@ def parse_duration(value: str | float | int) -> float:
 
 
 @dataclass
-class EvalConfig(_Serializable):
+class EvalConfig(Serializable):
     """How ``hvae eval`` measures a model."""
 
     split: Literal["test", "val"] = "test"
@@ -168,14 +169,14 @@ class EvalConfig(_Serializable):
     active_unit_threshold: float = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u]) > 0.01
 
     def __post_init__(self) -> None:
-        _require(self.num_samples >= 1, f"eval.num_samples: must be >= 1, got {self.num_samples}")
-        _require(self.batch_size >= 1, f"eval.batch_size: must be >= 1, got {self.batch_size}")
-        _require(self.chunk_size is None or self.chunk_size >= 1, "eval.chunk_size: must be >= 1 or null")
-        _require(self.max_examples is None or self.max_examples >= 1, "eval.max_examples: must be >= 1 or null")
+        require(self.num_samples >= 1, f"eval.num_samples: must be >= 1, got {self.num_samples}")
+        require(self.batch_size >= 1, f"eval.batch_size: must be >= 1, got {self.batch_size}")
+        require(self.chunk_size is None or self.chunk_size >= 1, "eval.chunk_size: must be >= 1 or null")
+        require(self.max_examples is None or self.max_examples >= 1, "eval.max_examples: must be >= 1 or null")
 
 
 @dataclass
-class RunConfig(_Serializable):
+class RunConfig(Serializable):
     """Everything a run needs; ``config.yaml`` in a run directory holds the resolved version."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -215,7 +216,8 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> tuple
             base = presets.get(name).to_dict()
         except KeyError as e:
             raise ConfigError(f"model.preset: {e.args[0]}") from None
-        model = {**base, **model}
+        # section by section, the old flat keys first moved to theirs: a preset's sections keep the keys not given
+        model = merge(base, move_renamed(ModelConfig, model, "model."))
     return from_dict(RunConfig, {**raw, "model": model}), raw
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import CheckpointError, latest_checkpoint, saved_step
-from .config import load_yaml
+from .configbase import load_yaml
 from .files import atomic_write_text
 
 RUN_FILES: tuple[str, ...] = (

@@ -10,30 +10,40 @@ from collections.abc import Sequence
 
 import torch
 
+from .decoding import Decoding
 from .model import HierarchicalVAE
 
 
 @torch.no_grad()
-def unconditional(model: HierarchicalVAE, n: int, temperature: float | Sequence[float]) -> torch.Tensor:
+def unconditional(
+    model: HierarchicalVAE, n: int, temperature: float | Sequence[float], decode: Decoding | None = None
+) -> torch.Tensor:
+    """``n`` samples; ``decode`` as in :meth:`HierarchicalVAE.sample` (None: the mean of p(x | z))."""
     model.eval()
-    return model.sample(n, temperature=temperature)
+    return model.sample(n, temperature=temperature, decode=decode)
 
 
 @torch.no_grad()
 def keep_top_rows(
-    model: HierarchicalVAE, x: torch.Tensor, keep_top: Sequence[int], temperature: float | Sequence[float]
+    model: HierarchicalVAE,
+    x: torch.Tensor,
+    keep_top: Sequence[int],
+    temperature: float | Sequence[float],
+    decode: Decoding | None = None,
 ) -> torch.Tensor:
     """First row the inputs ``x`` (n, ...), then one row per k in ``keep_top``: the top k levels from
     q(z | x), the rest re-sampled from the prior. Returns ((1 + len(keep_top)) * n, *data_shape)."""
     model.eval()
     rows = [x]
     for k in keep_top:
-        rows.append(model.sample_conditional(x, keep_top=k, temperature=temperature))
+        rows.append(model.sample_conditional(x, keep_top=k, temperature=temperature, decode=decode))
     return torch.cat(rows)
 
 
 @torch.no_grad()
-def interpolate(model: HierarchicalVAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8) -> torch.Tensor:
+def interpolate(
+    model: HierarchicalVAE, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8, decode: Decoding | None = None
+) -> torch.Tensor:
     """Decode a straight line between the top-level posterior means of ``x_a`` and ``x_b`` (each (n, ...)),
     the lower levels at their prior means. Returns (n * steps, *data_shape), one row per pair."""
     model.eval()
@@ -43,7 +53,7 @@ def interpolate(model: HierarchicalVAE, x_a: torch.Tensor, x_b: torch.Tensor, st
     z_top = torch.cat([(1 - ti) * top_a + ti * top_b for ti in t])  # (steps*n, ...), step-major
     n = x_a.shape[0]
     L = model.config.num_layers
-    out = model.generate([None] * (L - 1) + [z_top], temperature=0.0)
+    out = model.generate([None] * (L - 1) + [z_top], temperature=0.0, decode=decode)
     # (steps, n, ...) -> (n, steps, ...): one row per pair
     return out.view(steps, n, *out.shape[1:]).transpose(0, 1).reshape(n * steps, *out.shape[1:])
 

@@ -1,6 +1,7 @@
 """Step schedules: pure functions of (config, step), one home for every quantity that moves with training.
 
-* :func:`beta`: the KL weight's linear warm-up (Sønderby et al. 2016), from a :class:`~hvae.config.ModelConfig`;
+* :func:`beta`: the KL weight's linear warm-up (Sønderby et al. 2016) or cyclical annealing (Fu et al. 2019),
+  from a :class:`~hvae.config.ModelConfig`;
 * :func:`spectral_weight`: NVAE's spectral-regularisation weight lambda, log-linear over its warm-up;
 * :func:`gumbel_temperature`: the relaxation temperature of discrete latents, geometric over its anneal;
 * :func:`learning_rate`: warm-up, then constant, cosine or per-epoch exponential decay, from a
@@ -21,7 +22,12 @@ from torch import Tensor
 
 def beta(cfg, step: int | Tensor) -> float:
     """KL weight at a training step: linear warm-up from 0 to ``cfg.beta`` over ``cfg.kl_warmup_steps``
-    (Sønderby et al. 2016), then ``cfg.beta``."""
+    (Sønderby et al. 2016), then ``cfg.beta``; or, with ``cfg.kl_cycles``, cyclical annealing (Fu et al. 2019):
+    ``kl_cycles`` cycles of ``kl_cycle_steps`` steps, in each beta rising linearly from 0 over the first
+    ``kl_cycle_ramp`` of the cycle and then held at ``cfg.beta``; after the cycles, ``cfg.beta``."""
+    if getattr(cfg, "kl_cycles", 0) and float(step) < cfg.kl_cycles * cfg.kl_cycle_steps:
+        tau = (float(step) % cfg.kl_cycle_steps) / cfg.kl_cycle_steps  # position in the cycle, [0, 1)
+        return cfg.beta * min(1.0, tau / cfg.kl_cycle_ramp)
     n = cfg.kl_warmup_steps
     if n == 0:
         return cfg.beta
@@ -45,21 +51,21 @@ def spectral_coefficient(step: int | Tensor, final: float, initial: float, warmu
 
 def spectral_weight(cfg, step: int | Tensor) -> float | Tensor:
     """The spectral-regularisation weight lambda of a :class:`~hvae.config.ModelConfig` at a training step
-    (:func:`spectral_coefficient` of ``spectral_reg``, ``spectral_reg_init``, ``spectral_reg_warmup_steps``)."""
-    return spectral_coefficient(step, cfg.spectral_reg, cfg.spectral_reg_init, cfg.spectral_reg_warmup_steps)
+    (:func:`spectral_coefficient` of ``spectral.reg``, ``spectral.reg_init``, ``spectral.reg_warmup_steps``)."""
+    return spectral_coefficient(step, cfg.spectral.reg, cfg.spectral.reg_init, cfg.spectral.reg_warmup_steps)
 
 
 def gumbel_temperature(cfg, step: int | Tensor) -> float | Tensor:
     """Relaxation temperature of discrete latents at a training step: geometric from
-    ``gumbel_temperature_start`` to ``gumbel_temperature`` over ``gumbel_anneal_steps`` (Jang et al. 2017
+    ``gumbel.temperature_start`` to ``gumbel.temperature`` over ``gumbel.anneal_steps`` (Jang et al. 2017
     anneal exponentially), then constant."""
-    if cfg.gumbel_anneal_steps == 0:
-        return cfg.gumbel_temperature
+    if cfg.gumbel.anneal_steps == 0:
+        return cfg.gumbel.temperature
     if isinstance(step, Tensor):
-        frac = (step.float() / cfg.gumbel_anneal_steps).clamp(max=1.0)
+        frac = (step.float() / cfg.gumbel.anneal_steps).clamp(max=1.0)
     else:
-        frac = min(1.0, float(step) / cfg.gumbel_anneal_steps)
-    return cfg.gumbel_temperature_start * (cfg.gumbel_temperature / cfg.gumbel_temperature_start) ** frac
+        frac = min(1.0, float(step) / cfg.gumbel.anneal_steps)
+    return cfg.gumbel.temperature_start * (cfg.gumbel.temperature / cfg.gumbel.temperature_start) ** frac
 
 
 def learning_rate(cfg, step: int, steps_per_epoch: int, total_steps: int) -> float:

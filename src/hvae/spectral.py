@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import SpectralConfig
+
 SEED_ITERATIONS = 20  # iterations the first time, from random u, v
 STEP_ITERATIONS = 1  # iterations per training step after that (NVAE's runs: 4, set by the model's config)
 _EPS = 1e-12
@@ -39,8 +41,8 @@ class SpectralNorms(nn.Module):
     so this module is not a second parent of the model's layers.
 
     The model's config (when it has one) sets the iterations per step and at the first
-    (``spectral_iterations``, ``spectral_seed_iterations``; NVAE: 4 and 40), the weights covered
-    (``spectral_over``) and whether NVAE's batch-norm penalty max_c |gamma_c| of every batch norm is appended
+    (``spectral.iterations``, ``spectral.seed_iterations``; NVAE: 4 and 40), the weights covered
+    (``spectral.over``) and whether NVAE's batch-norm penalty max_c |gamma_c| of every batch norm is appended
     to the returned vector (``bn_scale_penalty``: NVAE adds it at the spectral term's coefficient).
     """
 
@@ -48,9 +50,12 @@ class SpectralNorms(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        cfg = getattr(model, "config", None)
-        self.step_iterations = getattr(cfg, "spectral_iterations", STEP_ITERATIONS)
-        self.seed_iterations = getattr(cfg, "spectral_seed_iterations", SEED_ITERATIONS)
+        cfg = getattr(model, "config", None)  # any nn.Module may be measured; only an hvae model has a config
+        spectral = (
+            SpectralConfig(iterations=STEP_ITERATIONS, seed_iterations=SEED_ITERATIONS) if cfg is None else cfg.spectral
+        )
+        self.step_iterations = spectral.iterations
+        self.seed_iterations = spectral.seed_iterations
         self.batch_norms = (
             [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
             if getattr(cfg, "bn_scale_penalty", False)
@@ -58,7 +63,7 @@ class SpectralNorms(nn.Module):
         )
         groups: dict[str, list[str]] = {}
         shapes: dict[str, tuple[int, int]] = {}
-        for name, m in _weighted_modules(model, getattr(cfg, "spectral_over", "all")):
+        for name, m in _weighted_modules(model, spectral.over):
             weight = cast(Tensor, m.weight)  # a convolution's or linear layer's (checked in _weighted_modules)
             out = weight.shape[0]
             fan_in = weight[0].numel()

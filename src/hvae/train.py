@@ -27,7 +27,7 @@ import torch
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError
+from .configbase import ConfigError
 from .data import Dataset, load_dataset
 from .distributed import Context, DistributedError
 from .evaluate import elbo_terms

@@ -235,7 +235,7 @@ def level_codes(model, latent_bits: int) -> list[LevelCode]:
         elif kind == "bernoulli":
             codes.append(LevelCode("bernoulli", 2, latent_bits, dtype))
         else:
-            codes.append(LevelCode("vq", cfg.vq_codes, latent_bits, dtype))
+            codes.append(LevelCode("vq", cfg.vq.codes, latent_bits, dtype))
     return codes
 
 

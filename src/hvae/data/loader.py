@@ -21,7 +21,7 @@ from typing import Literal, cast
 import numpy as np
 import torch
 
-from hvae.config import _require, _Serializable
+from hvae.configbase import Serializable, require
 from hvae.data import sources, text, transforms
 from hvae.data.sources import SOURCES, DataError, LazyRows
 
@@ -34,7 +34,7 @@ SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test
 
 
 @dataclass
-class DataConfig(_Serializable):
+class DataConfig(Serializable):
     """Where the data comes from and how it is preprocessed.
 
     * ``source``: ``digits`` (scikit-learn's bundled 8x8 digits), ``fashion_mnist`` / ``mnist`` (a folder of
@@ -113,70 +113,68 @@ class DataConfig(_Serializable):
     audio_errors: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
-        _require(self.source in SOURCES, f"source: {self.source!r} is not accepted; use one of {SOURCES.choices()}")
+        require(self.source in SOURCES, f"source: {self.source!r} is not accepted; use one of {SOURCES.choices()}")
         for name in ("path", "train_path", "val_path", "test_path"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.path.expanduser(str(getattr(self, name))))  # ~/data as a shell would read it
-        _require(
+        require(
             (self.val_path is None and self.test_path is None) or self.path is not None or self.train_path is not None,
             "val_path / test_path: set data.train_path (or data.path) to the training data too",
         )
         kind = SOURCES[self.source]()
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
-            _require(0 <= v < 1, f"{name}: must be in [0, 1), got {v}")
-        _require(
+            require(0 <= v < 1, f"{name}: must be in [0, 1), got {v}")
+        require(
             self.val_fraction + self.test_fraction < 1,
             f"val_fraction + test_fraction must be < 1 to leave training data, got "
             f"{self.val_fraction} + {self.test_fraction}; lower one of them",
         )
         if self.image_size is not None:
-            _require(
+            require(
                 len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
                 f"image_size: expected two positive integers [H, W], got {self.image_size}",
             )
             self.image_size = list(self.image_size)
-        _require(self.channels in (None, 1, 3), f"channels: use 1 (grey) or 3 (RGB), got {self.channels}")
+        require(self.channels in (None, 1, 3), f"channels: use 1 (grey) or 3 (RGB), got {self.channels}")
         for name in ("image_size", "channels"):
-            _require(
+            require(
                 getattr(self, name) is None or self.source == "images",
                 f"{name}: only used by source: images; remove it for source: {self.source}",
             )
-        _require(
-            self.key is None or self.source == "npz", f"key: only used by source: npz; remove it for {self.source}"
-        )
-        _require(
+        require(self.key is None or self.source == "npz", f"key: only used by source: npz; remove it for {self.source}")
+        require(
             self.max_examples is None or self.max_examples > 0,
             f"max_examples: must be a positive integer or null, got {self.max_examples}",
         )
-        _require(self.memory_budget_gb > 0, f"memory_budget_gb: must be a positive number, got {self.memory_budget_gb}")
+        require(self.memory_budget_gb > 0, f"memory_budget_gb: must be a positive number, got {self.memory_budget_gb}")
         streamable = [name for name in SOURCES if SOURCES[name].streamable]
-        _require(
+        require(
             self.in_memory != "never" or kind.streamable,
             f"in_memory: never streams only sources {' and '.join(streamable)}, not {self.source}; "
             "set in_memory: auto, or save the data as a .npy file and use source: npy",
         )
-        _require(
+        require(
             not (self.dequantize and self.binarize != "none"),
             "dequantize and binarize exclude each other; set dequantize: false or binarize: none",
         )
-        _require(self.max_length >= 2, f"max_length: must be >= 2 tokens, got {self.max_length}")
-        _require(
+        require(self.max_length >= 2, f"max_length: must be >= 2 tokens, got {self.max_length}")
+        require(
             self.bpe_vocab_size >= 260, f"bpe_vocab_size: must be >= 260 (256 bytes + 2), got {self.bpe_vocab_size}"
         )
-        _require(self.sample_rate > 0 and self.duration > 0, "sample_rate and duration: must be positive")
-        _require(self.n_mels >= 1 and self.hop_length >= 1, "n_mels and hop_length: must be >= 1")
-        _require(self.n_fft >= 16, f"n_fft: must be >= 16, got {self.n_fft}")
-        _require(
+        require(self.sample_rate > 0 and self.duration > 0, "sample_rate and duration: must be positive")
+        require(self.n_mels >= 1 and self.hop_length >= 1, "n_mels and hop_length: must be >= 1")
+        require(self.n_fft >= 16, f"n_fft: must be >= 16, got {self.n_fft}")
+        require(
             self.dedupe is not True or kind.modality == "text",
             f"dedupe: only text sources deduplicate; remove it for source: {self.source}",
         )
         if kind.modality in ("text", "audio"):
-            _require(
+            require(
                 self.binarize == "none" and not self.dequantize and not self.standardize and not self.flatten,
                 f"source {self.source}: binarize, dequantize, standardize and flatten do not apply; remove them",
             )
-        _require(
+        require(
             not (self.standardize and (self.dequantize or self.binarize != "none")),
             "standardize works on continuous values; set binarize: none and dequantize: false, or standardize: false",
         )

@@ -133,7 +133,7 @@ class DepthAttention(nn.Module):
 
 
 class DepthAttentionStack(nn.Module):
-    """The depth-attention modules of one hierarchy (built by the model when ``depth_attention`` is on).
+    """The depth-attention modules of one hierarchy (built by the model when ``attention.depth`` is on).
 
     * ``prior[l]`` (l < L-1): the state s_{l+1} feeding p(z_l | ·) attends over s_L, …, s_{l+1}.
     * ``decoder``: the state s_1 feeding p(x | ·) attends over s_L, …, s_1.

@@ -197,21 +197,33 @@ def _to_layout(out: Tensor, like: Tensor) -> Tensor:
 
 
 class _SequenceNet(nn.Module):
-    """Shared pieces: token embedding with a start token (id ``levels``), conditioning projection, head."""
+    """Shared pieces: token embedding with a start token (id ``levels``), conditioning projection, head.
 
-    def __init__(self, levels: int, cond_ch: int, out_ch: int, width: int):
+    ``word_dropout`` (Bowman et al. 2016, "Generating sentences from a continuous space", sec. 3.2): while
+    training, each input token (the previous position's value) is replaced by a dropped-token symbol (id
+    ``levels + 1``) with this probability, so the decoder must read more of the sentence from the latents. The
+    bound is still that of the model the decoder is at evaluation: nothing is dropped outside training.
+    """
+
+    def __init__(self, levels: int, cond_ch: int, out_ch: int, width: int, word_dropout: float = 0.0):
         super().__init__()
         self.levels = levels
-        self.embed = nn.Embedding(levels + 1, width)
+        self.word_dropout = word_dropout
+        # the dropped-token row exists only where it is used, so models saved without it load unchanged
+        self.embed = nn.Embedding(levels + (2 if word_dropout > 0 else 1), width)
         self.cond_proj = nn.Linear(cond_ch, width)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, out_ch)
 
     def _shifted_tokens(self, x: Tensor) -> Tensor:
-        """Input at position t is x_{t-1}; at t = 0 the start token."""
+        """Input at position t is x_{t-1}; at t = 0 the start token; in training some dropped (``word_dropout``)."""
         tok = _tokens(x, self.levels)
         start = torch.full_like(tok[:, :1], self.levels)
-        return torch.cat([start, tok[:, :-1]], dim=1)
+        prev = tok[:, :-1]
+        if self.training and self.word_dropout > 0:
+            dropped = torch.rand(prev.shape, device=prev.device) < self.word_dropout
+            prev = prev.masked_fill(dropped, self.levels + 1)
+        return torch.cat([start, prev], dim=1)
 
     def _token_at(self, x: Tensor, t: int) -> Tensor:
         """The input token of step t, (B,)."""
@@ -221,11 +233,12 @@ class _SequenceNet(nn.Module):
 
 
 class _CausalBlock(nn.Module):
-    """Pre-norm transformer block with causal multi-head self-attention."""
+    """Pre-norm transformer block with causal multi-head self-attention; with ``context`` each position
+    attends to itself and the ``context - 1`` positions before it only (a sliding window)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, context: int = 0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.context = heads, context
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -237,11 +250,18 @@ class _CausalBlock(nn.Module):
             t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in self.qkv(self.ln1(h)).chunk(3, -1)
         )
         if cache is None:
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if self.context and self.context < T:
+                i = torch.arange(T, device=h.device)
+                back = i.view(-1, 1) - i.view(1, -1)  # (T, T): how far key j lies before query i
+                a = F.scaled_dot_product_attention(q, k, v, attn_mask=(back >= 0) & (back < self.context))
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # one new position attends over every cached one and itself: nothing later exists, no mask
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            if self.context:  # the window: the cache keeps the last context - 1 positions and the new one
+                k, v = k[:, :, -self.context :], v[:, :, -self.context :]
             cache["k"], cache["v"] = k, v
             a = F.scaled_dot_product_attention(q, k, v)
         h = h + self.proj(a.transpose(1, 2).reshape(B, T, D))
@@ -250,12 +270,16 @@ class _CausalBlock(nn.Module):
 
 class CausalTransformer(_SequenceNet):
     """Decoder-only transformer over the tokens of a sequence, conditioned on per-position latent features
-    (added to the token and learned position embeddings). Sampling keeps a key/value cache per layer."""
+    (added to the token and learned position embeddings). Sampling keeps a key/value cache per layer.
+    ``context`` > 0 limits what each layer attends to (a sliding window of that many positions): a decoder
+    that cannot see far back leaves the sentence's content to the latents (Bowman et al. 2016; Yang et al.
+    2017 limit the decoder for the same reason)."""
 
-    def __init__(self, levels: int, cond_ch: int, out_ch: int, length: int, width=128, layers=2, heads=4):
-        super().__init__(levels, cond_ch, out_ch, width)
+    def __init__(self, levels: int, cond_ch: int, out_ch: int, length: int, width=128, layers=2, heads=4, **kw):
+        context = kw.pop("context", 0)
+        super().__init__(levels, cond_ch, out_ch, width, **kw)
         self.pos = nn.Parameter(torch.randn(length, width) / math.sqrt(width))
-        self.blocks = nn.ModuleList(_CausalBlock(width, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(_CausalBlock(width, heads, context) for _ in range(layers))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         tok = self._shifted_tokens(x)  # (B, T): T may be shorter than the length built for (trimmed padding)
@@ -286,8 +310,8 @@ class GRUDecoder(_SequenceNet):
     """A GRU over the shifted tokens, conditioned on per-position latent features. Sampling carries the
     hidden state from step to step."""
 
-    def __init__(self, levels: int, cond_ch: int, out_ch: int, width=128, layers=2):
-        super().__init__(levels, cond_ch, out_ch, width)
+    def __init__(self, levels: int, cond_ch: int, out_ch: int, width=128, layers=2, **kw):
+        super().__init__(levels, cond_ch, out_ch, width, **kw)
         self.gru = nn.GRU(width, width, num_layers=layers, batch_first=True)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -322,13 +346,25 @@ def build(
             in_ch,
             cond_ch,
             out_ch,
-            config.pixelcnn_channels,
-            config.pixelcnn_layers,
-            config.pixelcnn_kernel,
+            config.pixelcnn.channels,
+            config.pixelcnn.layers,
+            config.pixelcnn.kernel,
             order_channels=order_channels,
         )
     if config.decoder == "transformer":
-        return CausalTransformer(levels, cond_ch, out_ch, length, config.seq_width, config.seq_layers, config.seq_heads)
+        return CausalTransformer(
+            levels,
+            cond_ch,
+            out_ch,
+            length,
+            config.seq_width,
+            config.seq_layers,
+            config.seq_heads,
+            context=config.seq_context,
+            word_dropout=config.seq_word_dropout,
+        )
     if config.decoder == "gru":
-        return GRUDecoder(levels, cond_ch, out_ch, config.seq_width, config.seq_layers)
+        return GRUDecoder(
+            levels, cond_ch, out_ch, config.seq_width, config.seq_layers, word_dropout=config.seq_word_dropout
+        )
     raise ValueError(f"unknown autoregressive decoder {config.decoder!r}")

@@ -1,4 +1,4 @@
-"""Pieces shared by the cell families."""
+"""Pieces shared by the cell families, and :class:`CellFamily`, the base every family registers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,55 @@ from typing import TypeGuard, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class CellFamily:
+    """A family of cells, registered under its ``model.block`` name in :data:`hvae.nets.FAMILIES`.
+
+    The model uses the class itself (no instance); its defaults answer what the model asks of every family:
+
+    * :meth:`block` ``(in_ch, hidden, depth, resample=1, *, batch_norm, act, leaky_slope) -> Sequential``:
+      a deterministic mapping of features whose channel dimension is dim 1; ``resample`` > 1 downsamples
+      by that factor, < -1 upsamples by ``-resample``; the result's ``out_ch`` is its output width.
+    * :meth:`pointwise` ``(in_ch, out_ch)``: a per-position linear map (the heads).
+    * :meth:`encoder_block` / :meth:`decoder_block`: the bottom-up cells and the top-down ones (prior
+      networks, decoder); both are :meth:`block` unless a family's two paths differ (``nvae``, ``vdvae``).
+    * ``residual_state``: True when the skip state's map from the prior features starts as the identity
+      (:class:`hvae.layers.TopDownLayer`).
+    * :meth:`official_init` ``(layer, cfg)``: re-initialise one built level as the family's official code
+      does (``model.official_init``); by default it changes nothing.
+    """
+
+    residual_state = False
+
+    @staticmethod
+    def block(
+        in_ch: int,
+        hidden: int,
+        depth: int,
+        resample: int = 1,
+        *,
+        batch_norm: bool = True,
+        act: str = "relu",
+        leaky_slope: float = 0.1,
+    ) -> Sequential:
+        raise NotImplementedError("a cell family defines block(in_ch, hidden, depth, resample, **kw)")
+
+    @staticmethod
+    def pointwise(in_ch: int, out_ch: int) -> nn.Module:
+        raise NotImplementedError("a cell family defines pointwise(in_ch, out_ch)")
+
+    @staticmethod
+    def official_init(layer: nn.Module, cfg) -> None:
+        """No initialisation of its own: the layers keep torch's defaults."""
+
+    @classmethod
+    def encoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw) -> Sequential:
+        return cls.block(in_ch, hidden, depth, resample, **kw)
+
+    @classmethod
+    def decoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw) -> Sequential:
+        return cls.block(in_ch, hidden, depth, resample, **kw)
 
 
 def activation(name: str, leaky_slope: float = 0.1) -> nn.Module:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import Sequential, activation
+from ..registry import CELL_FAMILIES
+from .common import CellFamily, Sequential, activation
 
 
 def block(
@@ -43,3 +44,11 @@ def block(
 def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     """A 1x1 convolution head ``(B, in_ch, H, W) -> (B, out_ch, H, W)``."""
     return nn.Conv2d(in_ch, out_ch, 1)
+
+
+@CELL_FAMILIES.register("conv")
+class Conv(CellFamily):
+    """Small convolutional cells: ``(B, C, H, W)``."""
+
+    block = staticmethod(block)
+    pointwise = staticmethod(pointwise)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import Sequential, activation
+from ..registry import CELL_FAMILIES
+from .common import CellFamily, Sequential, activation
 
 
 def block(
@@ -38,3 +39,11 @@ def block(
 def pointwise(in_ch: int, out_ch: int) -> nn.Linear:
     """A linear head ``(B, in_ch) -> (B, out_ch)``."""
     return nn.Linear(in_ch, out_ch)
+
+
+@CELL_FAMILIES.register("mlp")
+class MLP(CellFamily):
+    """Fully connected cells: ``(B, F)``."""
+
+    block = staticmethod(block)
+    pointwise = staticmethod(pointwise)

@@ -22,7 +22,8 @@ import math
 
 from torch import Tensor, nn
 
-from .common import Sequential, activation
+from ..registry import CELL_FAMILIES
+from .common import CellFamily, Sequential, activation
 
 EXPAND = 6  # NVAE's decoder cell expansion ratio
 RESIDUAL_SCALE = 0.1  # NVAE: skip + 0.1 * cell(x)
@@ -171,18 +172,24 @@ def decoder_block(
     return Sequential(out, *layers)
 
 
-block = encoder_block
-residual_state = True  # the skip state's map from the prior features starts as the identity (layers.py)
-
-
 def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     """A 1x1 convolution head ``(B, in_ch, H, W) -> (B, out_ch, H, W)``."""
     return nn.Conv2d(in_ch, out_ch, 1)
 
 
+@CELL_FAMILIES.register("nvae")
+class NVAE(CellFamily):
+    """NVAE's encoder and decoder cells: ``(B, C, H, W)``."""
+
+    block = staticmethod(encoder_block)  # a family's single cell: the bottom-up one
+    encoder_block = staticmethod(encoder_block)
+    decoder_block = staticmethod(decoder_block)
+    pointwise = staticmethod(pointwise)
+    residual_state = True  # the skip state's map from the prior features starts as the identity (layers.py)
+
+
 __all__ = [
     "SqueezeExcite",
-    "block",
     "decoder_block",
     "decoder_cell",
     "encoder_block",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .common import Sequential, activation
+from ..registry import CELL_FAMILIES
+from .common import CellFamily, Sequential, activation
 
 
 def block(
@@ -73,3 +74,11 @@ class TokenEncoder(nn.Module):
             ids = nn.functional.pad(ids, (0, extra), value=self.pad_value)
         h = self.embed(ids).transpose(1, 2)  # (B, T) -> (B, E, T)
         return self.convs(h).flatten(1)  # (B, E, T/4) -> (B, E*T/4)
+
+
+@CELL_FAMILIES.register("temporal")
+class Temporal(CellFamily):
+    """1-D convolutional cells for sequences: ``(B, C, T)``."""
+
+    block = staticmethod(block)
+    pointwise = staticmethod(pointwise)

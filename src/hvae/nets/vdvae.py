@@ -20,7 +20,8 @@ import math
 
 from torch import Tensor, nn
 
-from .common import Sequential, activation
+from ..registry import CELL_FAMILIES
+from .common import CellFamily, Sequential, activation
 
 BOTTLENECK = 0.25  # VDVAE's bottleneck width ratio
 LAST_SCALE = 0.1
@@ -105,10 +106,6 @@ def decoder_block(
     return Sequential(hidden, *layers)
 
 
-block = encoder_block
-residual_state = True  # the skip state's map from the prior features starts as the identity (layers.py)
-
-
 def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     """A 1x1 convolution head ``(B, in_ch, H, W) -> (B, out_ch, H, W)``."""
     return nn.Conv2d(in_ch, out_ch, 1)
@@ -132,3 +129,15 @@ def official_init(layer: nn.Module, cfg) -> None:
 
 def norm(ch: int) -> nn.Module:
     return nn.Identity()
+
+
+@CELL_FAMILIES.register("vdvae")
+class VDVAE(CellFamily):
+    """VDVAE's bottleneck blocks: ``(B, C, H, W)``."""
+
+    block = staticmethod(encoder_block)  # a family's single cell: the bottom-up one
+    encoder_block = staticmethod(encoder_block)
+    decoder_block = staticmethod(decoder_block)
+    pointwise = staticmethod(pointwise)
+    residual_state = True  # the skip state's map from the prior features starts as the identity (layers.py)
+    official_init = staticmethod(official_init)

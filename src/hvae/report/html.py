@@ -20,12 +20,12 @@ import yaml
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from hvae.config import load_yaml
+from hvae.configbase import load_yaml
 from hvae.data import DataConfig, DataError, Dataset, load_dataset
+from hvae.data.sources import modality
 from hvae.files import atomic_write_text
 from hvae.model import HierarchicalVAE
 from hvae.report.images import images_to_uri, png_data_uri, to_images
-from hvae.report.media import modality
 from hvae.report.ood import ood_section
 from hvae.rundir import RunDir
 
@@ -407,8 +407,8 @@ NUM_MEDIA = 8
 def _media(r: _Run, seed: int, device: str) -> list[str] | None:
     """Sections for text (samples and reconstructions as text) and audio (players and spectrograms) runs;
     None for other data."""
-    kind = modality((r.config.get("data") or {}).get("source") or "")
-    if kind == "image":
+    kind = modality((r.config.get("data") or {}).get("source") or DataConfig().source)
+    if kind in ("image", "table"):
         return None
     dc = DataConfig.from_dict(r.config["data"])
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
@@ -416,13 +416,22 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
         torch.manual_seed(seed)
         model = r.model
         L = model.config.num_layers
-        rows = [(f"samples, T = {t:g}", model.sample(NUM_MEDIA, temperature=t)) for t in TEMPERATURES]
+        # text from an autoregressive decoder is sampled from p(x | z), as text generation libraries do (the
+        # greedy pass loops); the reconstructions stay greedy: the most probable text given one z ~ q(z | x)
+        decode = "sample" if getattr(model.likelihood, "tokens", False) and hasattr(model.likelihood, "net") else None
+        how = ", x ~ p(x | z)" if decode else ""
+        rows = [
+            (f"samples, T = {t:g}{how}", model.sample(NUM_MEDIA, temperature=t, decode=decode)) for t in TEMPERATURES
+        ]
         x = _test_inputs(r, NUM_MEDIA)
         recon = []
         if x is not None:
             x = x.to(device)
             recon = [("test inputs", x), ("reconstructions (one z ~ q(z | x))", model(x).px.mean)]
-            recon += [(_keep_top_label(k, L), model.sample_conditional(x, keep_top=k)) for k in range(L - 1, 0, -1)]
+            recon += [
+                (_keep_top_label(k, L) + how, model.sample_conditional(x, keep_top=k, decode=decode))
+                for k in range(L - 1, 0, -1)
+            ]
     if kind == "audio":
         return [
             _audio_section("samples", "Samples", rows, dc),

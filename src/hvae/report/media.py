@@ -1,9 +1,11 @@
 """Samples written as files, by modality: image grids (PNG), text (a .txt of decoded rows), audio (a folder of
 WAV files and a spectrogram PNG).
 
-``MODALITIES`` maps a data source to its modality; a source not in it gives images. To add a modality, add
-its writer to ``WRITERS`` (``writer(x, name, ncol, out, run_dir, data_config, data_shape) -> message``) and
-its output's suffix to ``SUFFIXES`` (None: a folder), then map its sources in ``MODALITIES``.
+The modality comes from the run's data source (:func:`hvae.data.sources.modality`); tables are written as
+images when their examples reshape to pictures (flattened images) and refused otherwise. To add a modality,
+add it to :data:`hvae.data.sources.MODALITIES` and set it on its sources, then add its writer to ``WRITERS``
+(``writer(x, name, ncol, out, run_dir, data_config, data_shape) -> message``) and its output's suffix to
+``SUFFIXES`` (None: a folder).
 """
 
 from __future__ import annotations
@@ -14,14 +16,6 @@ from pathlib import Path
 import torch
 
 from hvae.report.images import save_grid, to_images
-
-# which modality a data source's examples are; every other source holds images
-MODALITIES = {"text": "text", "fortunes": "text", "audio": "audio"}
-
-
-def modality(source: str) -> str:
-    """``image``, ``text`` or ``audio`` for a ``data.source``."""
-    return MODALITIES.get(source, "image")
 
 
 def _write_image(x: torch.Tensor, name: str, ncol: int | None, out: Path, run_dir, dc, data_shape) -> str:
@@ -61,8 +55,9 @@ def _write_audio(x: torch.Tensor, name: str, ncol: int | None, out: Path, run_di
 
 
 Writer = Callable[..., str]
-WRITERS: dict[str, Writer] = {"image": _write_image, "text": _write_text, "audio": _write_audio}
-SUFFIXES: dict[str, str | None] = {"image": ".png", "text": ".txt", "audio": None}
+# a table's rows may be flattened images (to_images reshapes them); _write_image refuses any other table
+WRITERS: dict[str, Writer] = {"image": _write_image, "table": _write_image, "text": _write_text, "audio": _write_audio}
+SUFFIXES: dict[str, str | None] = {"image": ".png", "table": ".png", "text": ".txt", "audio": None}
 
 
 def sample_path(kind: str, name: str, out: Path | None, run_dir: Path) -> Path:
