@@ -690,113 +690,117 @@ def _loop(job: _Job) -> None:
     while not done and state["epoch"] < tc.epochs:
         model.train()
         batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
-        for x in _ahead(batches):
-            x = _to_device(distributed.shard(x, ctx), device, job.channels_last)
-            # under train.max_time a cosine decay ends with the budget: its horizon is the steps that fit in it
-            horizon = total_steps if job.deadline is None else state["step"] + job.steps_left()
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, horizon)
-            # train.kl_warmup_fraction is a fraction of the run's steps (model.kl_warmup_steps of total_steps);
-            # under train.max_time of the budget's: the KL weight is read at the same fraction of the horizon
-            kl_step = state["step"]
-            if job.deadline is not None and tc.kl_warmup_fraction is not None:
-                kl_step = min(total_steps, state["step"] * total_steps // max(1, horizon))
-            # this rank asks to stop on a signal, or when the next step (as long as the last) would end past
-            # train.max_time; the step's all-reduce decides for all
-            now = clock.lap("batches")
-            last_step_s, step_began = (now - step_began if step_began is not None else 0.0), now
-            compiling = model.compiler.status.startswith(("compiling", "probing"))
-            timed_out = job.deadline is not None and now + last_step_s >= job.deadline
-            r = train_step(
-                model,
-                opt,
-                x,
-                step=kl_step,
-                config=tc,
-                scaler=job.scaler,
-                ema=ema,
-                forward=job.step_model,
-                ctx=ctx,
-                stop=job.stops.signum is not None or timed_out,
-            )
-            compiling = compiling or len(model.compiler.events) > compile_events
-            clock.lap("compiling and probing" if compiling else "step")
-            while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
-                log(f"note: train.compile: {model.compiler.events[compile_events]}")
-                compile_events += 1
-            if r.applied:
-                consecutive_skips = 0
-            else:
-                state["skipped"] += 1
-                consecutive_skips += 1
-                where = " on at least one rank" if ctx.distributed else ""
-                log(f"step {state['step']}: {r.skipped}{where}; update skipped")
-                if consecutive_skips >= tc.max_consecutive_skips:
-                    checkpoint()
-                    raise TrainingDiverged(
-                        f"{consecutive_skips} consecutive updates had {r.skipped} (step {state['step']}); "
-                        "training stopped, and the latest checkpoint holds the weights of the last good update. "
-                        "Lower train.lr, set train.grad_clip, raise train.skip_threshold if set, or check the data "
-                        "for extreme values"
+        ahead = _ahead(batches)
+        try:
+            for x in ahead:
+                x = _to_device(distributed.shard(x, ctx), device, job.channels_last)
+                # under train.max_time a cosine decay ends with the budget: its horizon is the steps that fit in it
+                horizon = total_steps if job.deadline is None else state["step"] + job.steps_left()
+                for g in opt.param_groups:
+                    g["lr"] = learning_rate(tc, state["step"], steps_per_epoch, horizon)
+                # train.kl_warmup_fraction is a fraction of the run's steps (model.kl_warmup_steps of total_steps);
+                # under train.max_time of the budget's: the KL weight is read at the same fraction of the horizon
+                kl_step = state["step"]
+                if job.deadline is not None and tc.kl_warmup_fraction is not None:
+                    kl_step = min(total_steps, state["step"] * total_steps // max(1, horizon))
+                # this rank asks to stop on a signal, or when the next step (as long as the last) would end past
+                # train.max_time; the step's all-reduce decides for all
+                now = clock.lap("batches")
+                last_step_s, step_began = (now - step_began if step_began is not None else 0.0), now
+                compiling = model.compiler.status.startswith(("compiling", "probing"))
+                timed_out = job.deadline is not None and now + last_step_s >= job.deadline
+                r = train_step(
+                    model,
+                    opt,
+                    x,
+                    step=kl_step,
+                    config=tc,
+                    scaler=job.scaler,
+                    ema=ema,
+                    forward=job.step_model,
+                    ctx=ctx,
+                    stop=job.stops.signum is not None or timed_out,
+                )
+                compiling = compiling or len(model.compiler.events) > compile_events
+                clock.lap("compiling and probing" if compiling else "step")
+                while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
+                    log(f"note: train.compile: {model.compiler.events[compile_events]}")
+                    compile_events += 1
+                if r.applied:
+                    consecutive_skips = 0
+                else:
+                    state["skipped"] += 1
+                    consecutive_skips += 1
+                    where = " on at least one rank" if ctx.distributed else ""
+                    log(f"step {state['step']}: {r.skipped}{where}; update skipped")
+                    if consecutive_skips >= tc.max_consecutive_skips:
+                        checkpoint()
+                        raise TrainingDiverged(
+                            f"{consecutive_skips} consecutive updates had {r.skipped} (step {state['step']}); "
+                            "training stopped, and the latest checkpoint holds the weights of the last good update. "
+                            "Lower train.lr, set train.grad_clip, raise train.skip_threshold if set, or check the data "
+                            "for extreme values"
+                        )
+                state["step"] += 1
+                state["batch"] += 1
+                out = r.out
+                if r.applied:
+                    window.append(
+                        {
+                            "loss": out.loss.detach().float(),
+                            "elbo": out.elbo.detach().mean(),
+                            "log_px": out.log_px.detach().mean(),
+                            "kl": torch.stack([k.detach().mean() for k in out.kl]),
+                            "grad_norm": r.grad_norm.detach().float(),  # read at the log step, with the rest
+                        }
                     )
-            state["step"] += 1
-            state["batch"] += 1
-            out = r.out
-            if r.applied:
-                window.append(
-                    {
-                        "loss": out.loss.detach().float(),
-                        "elbo": out.elbo.detach().mean(),
-                        "log_px": out.log_px.detach().mean(),
-                        "kl": torch.stack([k.detach().mean() for k in out.kl]),
-                        "grad_norm": r.grad_norm.detach().float(),  # read at the log step, with the rest
-                    }
-                )
-            step = state["step"]
-            if step % tc.log_every == 0 and window:  # the same steps on every rank: skips are all-reduced
-                rec = _summarise(window, ctx)
-                window = []
-                rec.update(
-                    beta=out.beta,
-                    lr=opt.param_groups[0]["lr"],
-                    skipped=state["skipped"],
-                    time=round(time.perf_counter() - t_start, 3),
-                )
-                if job.metrics is not None:
-                    job.metrics.write({"split": "train", "step": step, "epoch": state["epoch"], **rec})
+                step = state["step"]
+                if step % tc.log_every == 0 and window:  # the same steps on every rank: skips are all-reduced
+                    rec = _summarise(window, ctx)
+                    window = []
+                    rec.update(
+                        beta=out.beta,
+                        lr=opt.param_groups[0]["lr"],
+                        skipped=state["skipped"],
+                        time=round(time.perf_counter() - t_start, 3),
+                    )
+                    if job.metrics is not None:
+                        job.metrics.write({"split": "train", "step": step, "epoch": state["epoch"], **rec})
+                    if progress is not None:
+                        progress.set_postfix(
+                            loss=f"{rec['loss']:.2f}",
+                            elbo=f"{rec['elbo']:.2f}",
+                            kl="/".join(f"{k:.1f}" for k in rec["kl"]),
+                            refresh=False,
+                        )
                 if progress is not None:
-                    progress.set_postfix(
-                        loss=f"{rec['loss']:.2f}",
-                        elbo=f"{rec['elbo']:.2f}",
-                        kl="/".join(f"{k:.1f}" for k in rec["kl"]),
-                        refresh=False,
-                    )
-            if progress is not None:
-                progress.update(1)
-            clock.lap("metrics and progress")
-            end_of_epoch = state["batch"] >= steps_per_epoch
-            if end_of_epoch:
-                state["epoch"] += 1
-                state["batch"] = 0
-            if (
-                step >= total_steps
-                or due(tc.eval_every_s, tc.eval_every, last["validation"], step)
-                or (end_of_epoch and tc.eval_every_s is None)
-            ):
-                model.eval()
-                validate()
-                model.train()
-            elif r.stop or due(tc.checkpoint_every_s, tc.checkpoint_every, last["checkpoint"], step):
-                checkpoint()
-            if r.stop:
-                # why: a signal on any rank (the highest signal number, the same on every rank), else max_time
-                local = torch.tensor([-float(job.stops.signum or 0)], device=device)
-                stop_signal = int(-ctx.all_min(local).item())
-                done = True
-                break
-            if step >= total_steps:
-                done = True
-                break
+                    progress.update(1)
+                clock.lap("metrics and progress")
+                end_of_epoch = state["batch"] >= steps_per_epoch
+                if end_of_epoch:
+                    state["epoch"] += 1
+                    state["batch"] = 0
+                if (
+                    step >= total_steps
+                    or due(tc.eval_every_s, tc.eval_every, last["validation"], step)
+                    or (end_of_epoch and tc.eval_every_s is None)
+                ):
+                    model.eval()
+                    validate()
+                    model.train()
+                elif r.stop or due(tc.checkpoint_every_s, tc.checkpoint_every, last["checkpoint"], step):
+                    checkpoint()
+                if r.stop:
+                    # why: a signal on any rank (the highest signal number, the same on every rank), else max_time
+                    local = torch.tensor([-float(job.stops.signum or 0)], device=device)
+                    stop_signal = int(-ctx.all_min(local).item())
+                    done = True
+                    break
+                if step >= total_steps:
+                    done = True
+                    break
+        finally:
+            ahead.close()  # the batch being prepared is finished before training goes on (or the process ends)
     if progress is not None:
         progress.close()
     clock.lap("metrics and progress")
