@@ -203,8 +203,11 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             ctxs.append(layer.context(a))
         return ctxs
 
-    def _upward_stochastic(self, ctx0: Tensor, use_mean: bool = False) -> tuple[list[Tensor], list[Gaussian]]:
-        """The stacked VAE's inference: z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1})."""
+    def _upward_stochastic(
+        self, ctx0: Tensor, use_mean: bool = False, pick=None
+    ) -> tuple[list[Tensor], list[Gaussian]]:
+        """The stacked VAE's inference: z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1}). ``pick(l, None, q_l)``, if given,
+        chooses z_l instead (the codec decodes it from its stack)."""
         self._set_relaxation()
         zs, qs, feats = [], [], []
         ctx = ctx0
@@ -216,7 +219,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
                     f = self.depth_attn.posterior[l](f, feats)
                 ctx = layer.context(f)
             q = layer.posterior(ctx, None, None)
-            zs.append(q.mean if use_mean else q.rsample())
+            zs.append(pick(l, None, q) if pick is not None else q.mean if use_mean else q.rsample())
             qs.append(q)
         return zs, qs
 

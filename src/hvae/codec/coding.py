@@ -264,27 +264,11 @@ def _walk_down(model, B: int, pick, ctxs: list[Tensor] | None = None):
     return state
 
 
-def _walk_up(model, ctx0: Tensor, pick) -> None:
-    """The stacked VAE's inference pass with ``z_l = pick(l, None, q_l)``."""
-    model._set_relaxation()
-    zs, feats = [], []
-    ctx = ctx0
-    for l, layer in enumerate(model.layers):
-        if l > 0:
-            f = model.encoder[l](zs[-1].to(ctx0.dtype))
-            feats.append(f)
-            if model.depth_attn is not None:
-                f = model.depth_attn.posterior[l](f, feats)
-            ctx = layer.context(f)
-        q = layer.posterior(ctx, None, None)
-        zs.append(pick(l, None, q))
-
-
 def _infer(model, x: Tensor, pick) -> list[int]:
     """Run q(z | x) level by level with ``pick``; returns the order the levels were visited in."""
     ctxs = model._bottom_up(x)
     if model.config.inference == "bottom_up":
-        _walk_up(model, ctxs[0], pick)
+        model._upward_stochastic(ctxs[0], pick=pick)  # the stacked VAE's pass, z_l chosen by pick
         return list(range(model.config.num_layers))
     _walk_down(model, x.shape[0], pick, ctxs)
     return list(reversed(range(model.config.num_layers)))
