@@ -476,7 +476,8 @@ def _read_other_data(args, cfg, model) -> torch.Tensor:
         tokenizer = run_tokenizer(args.run_dir, cfg.data)
     if cfg.data.standardize:
         ds = load_dataset(cfg.data)
-        stats = (ds.mean, ds.std)
+        if ds.mean is not None and ds.std is not None:  # standardize: the loader computed both
+            stats = (ds.mean, ds.std)
     x = load_like(cfg.data, args.data, args.source, tokenizer, data_shape=model.data_shape, train_stats=stats)
     if x.shape[0] == 0:
         raise ValueError(f"--data {args.data} holds no examples")
@@ -501,8 +502,8 @@ def _cmd_data(args) -> int:
         return 0
     from .data.audio import synthesize_spoken_digits
 
-    paths = synthesize_spoken_digits(args.out, per_digit=args.per_digit, seed=args.seed)
-    print(f"wrote {len(paths)} WAV files to {args.out}; train on them with data.source=audio data.path={args.out}")
+    wavs = synthesize_spoken_digits(args.out, per_digit=args.per_digit, seed=args.seed)
+    print(f"wrote {len(wavs)} WAV files to {args.out}; train on them with data.source=audio data.path={args.out}")
     return 0
 
 

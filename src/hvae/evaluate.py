@@ -379,7 +379,9 @@ def evaluate_run(
 
         tokenizer = run_tokenizer(run_dir, cfg.data)
     if data is not None:
-        stats = (dataset.mean, dataset.std) if cfg.data.standardize and dataset.std is not None else None
+        stats = None
+        if cfg.data.standardize and dataset.mean is not None and dataset.std is not None:  # (set together)
+            stats = (dataset.mean, dataset.std)
         x = load_like(cfg.data, data, source, tokenizer, data_shape=model.data_shape, train_stats=stats)
         where = {"data": str(data), **({"source": source} if source else {})}
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -185,7 +186,7 @@ class RunConfig(Serializable):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> tuple[RunConfig, dict[str, Any]]:
     """Read a YAML run config, apply ``key.sub=value`` overrides and validate.
 
     Returns the config and the raw mapping (which says, e.g., whether ``model.data_shape`` was given).
@@ -287,8 +288,8 @@ def resolve_config(cfg: RunConfig, raw: dict[str, Any], dataset: Dataset, batch_
         if "kl_warmup_steps" in model_raw and model.kl_warmup_steps not in (0, steps):
             raise ConfigError("set either train.kl_warmup_epochs or model.kl_warmup_steps, not both")
         model = model.replace(kl_warmup_steps=steps)
-    if cfg.train.kl_warmup_fraction is not None:  # NVAE's: fractions of the run's total steps
-        tc = cfg.train
+    tc = cfg.train
+    if tc.kl_warmup_fraction is not None:  # NVAE's: fractions of the run's total steps
         per_epoch = dataset.num_batches("train", batch_size or tc.batch_size)
         total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.max_steps, tc.epochs * per_epoch)
         model = model.replace(

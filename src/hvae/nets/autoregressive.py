@@ -78,6 +78,8 @@ class _ChannelHead(nn.Module):
     c's parameters depend on x_i^<c through a hidden layer, not only linearly as the mixture's coefficients do.
     """
 
+    mask: Tensor  # (C ch, C, 1, 1) bool: a buffer, not saved (rebuilt from the shapes)
+
     def __init__(self, ch: int, C: int, P: int):
         super().__init__()
         self.C = C
@@ -125,6 +127,7 @@ class GatedPixelCNN(nn.Module):
             GatedLayer(in_ch if i == 0 else channels, channels, kernel, cond_ch, first=(i == 0)) for i in range(layers)
         )
         self.orders_channels = order_channels and in_ch > 1
+        self.head: nn.Module
         if self.orders_channels:
             if out_ch % in_ch:
                 raise ValueError(f"order_channels needs parameters per channel: {out_ch} over {in_ch} channels")
@@ -174,6 +177,8 @@ class _PixelStepper:
     def head(self, x: Tensor, t: int) -> Tensor:
         """The parameters at ``t`` (B, P_out) from the last step's features and the channels of ``x`` at
         ``t`` (those a channel-ordering head reads: the ones filled in since the step)."""
+        if self.h is None:
+            raise RuntimeError("head(x, t) reads the features that step(x, t) computes: call step first")
         i, j = divmod(t, self.W)
         return self.net._params(self.h, x[:, :, i : i + 1, j : j + 1])[:, :, 0, 0]
 
@@ -244,7 +249,7 @@ class _CausalBlock(nn.Module):
         self.proj = nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, h: Tensor, cache: dict | None = None) -> Tensor:
+    def forward(self, h: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
         B, T, D = h.shape
         q, k, v = (
             t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in self.qkv(self.ln1(h)).chunk(3, -1)
@@ -295,7 +300,7 @@ class CausalTransformer(_SequenceNet):
 class _TransformerStepper:
     def __init__(self, net: CausalTransformer, cond: Tensor):
         self.net, self.cond = net, _per_position(cond)
-        self.caches = [{} for _ in net.blocks]
+        self.caches: list[dict[str, Tensor]] = [{} for _ in net.blocks]  # per layer: keys "k", "v" (B, heads, T, d)
 
     def step(self, x: Tensor, t: int) -> Tensor:
         net = self.net
