@@ -393,12 +393,12 @@ def _dlm_blocks(px: DiscretizedLogisticMixtureDistribution):
         probs = torch.zeros(B, P, bins + 1, dtype=torch.float64)
         w = torch.softmax(log_w, dim=1)  # (B, M, P)
         for i in range(0, B, chunk):  # examples at a time: a few (chunk, P, edges) float64 arrays in cache
-            j = slice(i, i + chunk)
+            rows = slice(i, i + chunk)
             for mi in range(M):  # the levels' masses from the CDF at the shared edges, from the nearer tail
-                t = (edges - mean[j, mi].unsqueeze(-1)) * inv_s[j, mi, c].unsqueeze(-1)  # (chunk, P, bins + 2)
+                t = (edges - mean[rows, mi].unsqueeze(-1)) * inv_s[rows, mi, c].unsqueeze(-1)  # (chunk, P, bins + 2)
                 F, G = torch.sigmoid(t), torch.sigmoid(-t)  # the lower and the upper tail
                 mass = torch.where(t[..., :-1] > 0, G[..., :-1] - G[..., 1:], F[..., 1:] - F[..., :-1])
-                probs[j] += w[j, mi].unsqueeze(-1) * mass
+                probs[rows] += w[rows, mi].unsqueeze(-1) * mass
         k = yield (c, probs)  # (B, P, levels) -> the channel's symbols (B, P)
         # each component's mass at the chosen levels, computed alike on both sides (the same shapes)
         m, s = mean, inv_s[:, :, c]
@@ -431,8 +431,8 @@ def push_x(model, coder: Coder, px, s: Tensor) -> None:
     if isinstance(model.likelihood, Autoregressive):
         _ar_walk(model, px, coder, s.reshape(s.shape[0], model.likelihood.channels, -1))
         return
-    if token_stops(model) is not None:
-        _token_walk(model, coder, lambda t, x: _position_probs(px, t), s.reshape(s.shape[0], -1))
+    if (stops := token_stops(model)) is not None:
+        _token_walk(model, stops, coder, lambda t, x: _position_probs(px, t), s.reshape(s.shape[0], -1), s.shape[0])
         return
     lay = _x_layout(model, s)
     B = s.shape[0]
@@ -456,8 +456,9 @@ def pop_x(model, coder: Coder, px, B: int) -> Tensor:
     lik = model.likelihood
     if isinstance(lik, Autoregressive):
         return _ar_walk(model, px, coder, None).reshape(B, *model.data_shape)
-    if token_stops(model) is not None:
-        return _token_walk(model, coder, lambda t, x: _position_probs(px, t), None, B).reshape(B, *model.data_shape)
+    if (stops := token_stops(model)) is not None:
+        ids = _token_walk(model, stops, coder, lambda t, x: _position_probs(px, t), None, B)
+        return ids.reshape(B, *model.data_shape)
     C = lik.channels
     out = torch.zeros(B, C, math.prod(lik.spatial), dtype=torch.long)
     gen = _x_blocks(px)
@@ -481,14 +482,14 @@ def _position_probs(px, t: int) -> Tensor:
     return torch.softmax(px.logits[:, :, 0, t].double(), dim=1)
 
 
-def _token_walk(model, coder: Coder, probs_at, s: Tensor | None, B: int | None = None) -> Tensor:
+def _token_walk(model, stops: tuple[int, int], coder: Coder, probs_at, s: Tensor | None, B: int) -> Tensor:
     """Token rows, position by position: each row's ids up to and including its first end-of-sequence or
-    padding id (a row's length is coded by that id: padding is not data), the rest padding. ``probs_at(t,
-    out)`` gives p(x_t | x_<t, z) (B, K) from the ids so far ``out`` (B, T). With ``s`` (B, T) the ids are
-    pushed (last position first); without, popped. Returns the ids (B, T)."""
-    eos, pad = token_stops(model)
+    padding id (a row's length is coded by that id: padding is not data), the rest padding. ``stops`` is
+    :func:`token_stops`'s (end-of-sequence id, padding id). ``probs_at(t, out)`` gives p(x_t | x_<t, z)
+    (B, K) from the ids so far ``out`` (B, T). With ``s`` (B, T) the ids are pushed (last position first);
+    without, popped. Returns the ids (B, T)."""
+    eos, pad = stops
     T = math.prod(model.data_shape)
-    B = s.shape[0] if s is not None else B
     out = torch.full((B, T), pad, dtype=torch.long)
     live = torch.ones(B, dtype=torch.bool)
     pending: list[tuple[Tensor, Tensor]] = []
@@ -521,7 +522,7 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
     def step(params: Tensor):
         return m.step_base(params.float() if params.dtype not in (torch.float32, torch.float64) else params)
 
-    if token_stops(model) is not None:  # one channel of ids: the rows stop at their end-of-sequence
+    if (stops := token_stops(model)) is not None:  # one channel of ids: the rows stop at their end-of-sequence
         stepper = m.net.stepper(px.cond)
 
         def probs_at(t: int, ids: Tensor) -> Tensor:
@@ -530,7 +531,7 @@ def _ar_walk(model, px, coder: Coder, s: Tensor | None) -> Tensor:
             params = stepper.step(x, t).view(B, -1, *(1,) * len(m.spatial))
             return next(_x_blocks(step(params)))[1][:, 0]
 
-        return _token_walk(model, coder, probs_at, None if s is None else s.reshape(B, T), B).view(B, 1, T)
+        return _token_walk(model, stops, coder, probs_at, None if s is None else s.reshape(B, T), B).view(B, 1, T)
     out = torch.zeros(B, C, T, dtype=torch.long)
     one = (1,) * len(m.spatial)
     pending: list[tuple[Tensor, Tensor]] = []
@@ -579,7 +580,7 @@ def encode_batch(model, coder: Coder, codes: list[LevelCode], x: Tensor, s_x: Te
     """Push a batch: pop z with q (bits back), push x with p(x | z), push z with p. Returns the bits the
     coder held right after the pops (below 96, the pops may have run past the words it held)."""
     B = x.shape[0]
-    syms: list[Tensor | None] = [None] * len(codes)
+    syms: dict[int, Tensor] = {}  # level -> its symbols, as the walk codes them
 
     def infer_pick(l, p, q):
         code = codes[l]
@@ -599,11 +600,11 @@ def encode_batch(model, coder: Coder, codes: list[LevelCode], x: Tensor, s_x: Te
     state = _walk_down(model, B, gen_pick)
     px = model._decode_state(state)
     push_x(model, coder, px, s_x)
-    for l, code in enumerate(codes):  # z_1 first: the decoder pops z_L first
-        if p_tables[l] is None:
+    for l, (code, table) in enumerate(zip(codes, p_tables)):  # z_1 first: the decoder pops z_L first
+        if table is None:
             coder.push_uniform(syms[l], code.K)
         else:
-            coder.push(syms[l], p_tables[l])
+            coder.push(syms[l], table)
     return low
 
 
@@ -620,7 +621,7 @@ def _like(p, code: LevelCode) -> Tensor:
 
 def decode_batch(model, coder: Coder, codes: list[LevelCode], B: int) -> Tensor:
     """Pop a batch pushed by :func:`encode_batch`: its data symbols (B, *data_shape)."""
-    syms: list[Tensor | None] = [None] * len(codes)
+    syms: dict[int, Tensor] = {}  # level -> its symbols, as the walk codes them
 
     def gen_pick(l, p, q):
         code = codes[l]
