@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """An HTML table; numbers right-aligned."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = []
@@ -194,7 +195,7 @@ def _data_summary(r: _Run) -> str:
         return _note(r.data_note, "warn")
     c = d.config
     prep = [f"binarize: {c.binarize}"] + [k for k in ("dequantize", "standardize", "flatten") if getattr(c, k)]
-    rows = [
+    rows: list[list[object]] = [
         ["source", c.source + (f" ({c.path})" if c.path else "")],
         ["example shape", str(d.shape)],
         ["examples (train / val / test)", f"{len(d.train)} / {len(d.val)} / {len(d.test)}"],
@@ -333,20 +334,28 @@ def _test_inputs(r: _Run, n: int) -> Tensor | None:
     return None
 
 
+def _grid_images(x: Tensor, data_shape: Sequence[int]) -> Tensor:
+    """:func:`to_images` of data that :func:`_pictures` found to be images: (N, C, H, W) in [0, 1]."""
+    images = to_images(x, data_shape)
+    if images is None:  # _pictures asks first
+        raise ValueError(f"data of shape {tuple(data_shape)} are not images: no grids to draw")
+    return images
+
+
 def _samples(model: HierarchicalVAE, num_samples: int) -> str:
     nrow = max(1, math.ceil(math.sqrt(num_samples)))
     figs = []
     for t in TEMPERATURES:
         x = model.sample(num_samples, temperature=t)  # (n, *data_shape), mean of p(x | z_1)
         caption = f"T = {t:g}" + (" (every level at its prior mean)" if t == 0 else "")
-        figs.append(_figure(images_to_uri(to_images(x, model.data_shape), nrow), caption))
+        figs.append(_figure(images_to_uri(_grid_images(x, model.data_shape), nrow), caption))
     text = "Unconditional samples: the mean of p(x | z_1) for z ~ p(z), each prior's std scaled by T."
     return _section("samples", "Samples", _note(text) + "".join(figs))
 
 
 def _reconstructions(model: HierarchicalVAE, x: Tensor) -> str:
     recon = model(x).px.mean  # (B, *data_shape), one z ~ q(z | x) per input
-    grid = to_images(torch.cat([x, recon]), model.data_shape)
+    grid = _grid_images(torch.cat([x, recon]), model.data_shape)
     text = "Top: test inputs; bottom: the mean of p(x | z_1) for one z ~ q(z | x)."
     return _section("reconstructions", "Reconstructions", _note(text) + _img(images_to_uri(grid, len(x)), text))
 
@@ -363,9 +372,9 @@ def _keep_top_label(k: int, L: int) -> str:
 
 def _keep_top(model: HierarchicalVAE, x: Tensor) -> str:
     L = model.config.num_layers
-    rows = [("inputs", to_images(x, model.data_shape))]
+    rows = [("inputs", _grid_images(x, model.data_shape))]
     for k in range(L, -1, -1):
-        rows.append((_keep_top_label(k, L), to_images(model.sample_conditional(x, keep_top=k), model.data_shape)))
+        rows.append((_keep_top_label(k, L), _grid_images(model.sample_conditional(x, keep_top=k), model.data_shape)))
     cells = "".join(
         f"<tr><th>{_esc(label)}</th><td>{_img(images_to_uri(g, len(x)), label)}</td></tr>" for label, g in rows
     )
