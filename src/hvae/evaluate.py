@@ -25,15 +25,17 @@ def elbo_terms(model: HierarchicalVAE, x: torch.Tensor, batch_size: int = 100) -
     """Per-example ELBO, reconstruction term and per-layer KL over ``x`` (N, *data_shape), in eval mode."""
     was_training = model.training
     model.eval()
-    elbo, log_px, kls = [], [], []
+    elbos: list[torch.Tensor] = []  # per batch (B,)
+    log_pxs: list[torch.Tensor] = []  # (B,)
+    kls: list[torch.Tensor] = []  # (B, L)
     order, xs = _by_length(model, x)
     for xb in xs.split(batch_size):
         out = model(model.trim_padding(xb), beta=1.0)
-        elbo.append(out.elbo)
-        log_px.append(out.log_px)
+        elbos.append(out.elbo)
+        log_pxs.append(out.log_px)
         kls.append(torch.stack(out.kl, 1))
     model.train(was_training)
-    elbo, log_px, kl = (_unsort(torch.cat(t), order) for t in (elbo, log_px, kls))
+    elbo, log_px, kl = (_unsort(torch.cat(t), order) for t in (elbos, log_pxs, kls))
     return {"elbo": elbo, "log_px": log_px, "kl": list(kl.unbind(1))}
 
 
@@ -82,20 +84,23 @@ def evaluation_sums(
     squares, KL per layer, posterior means per unit and their squares. Sums of shards add up to the sums
     of the whole, so ranks evaluate disjoint shards and one all-reduce gives the exact totals."""
     model.eval()
-    f64 = dict(dtype=torch.float64, device=x.device)
+
+    def zeros(*size: int) -> torch.Tensor:
+        return torch.zeros(*size, dtype=torch.float64, device=x.device)
+
     units = [math.prod(layer.latent_shape) for layer in model.layers]
     sums = {
-        "n": torch.tensor([float(x.shape[0])], **f64),
-        "elbo": torch.zeros(2, **f64),  # sum, sum of squares
-        "iw": torch.zeros(2, **f64),
-        "log_px": torch.zeros(1, **f64),
-        "kl": torch.zeros(len(units), **f64),
-        "mean_z": torch.zeros(sum(units), **f64),
-        "mean_z_sq": torch.zeros(sum(units), **f64),
+        "n": torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device),
+        "elbo": zeros(2),  # sum, sum of squares
+        "iw": zeros(2),
+        "log_px": zeros(1),
+        "kl": zeros(len(units)),
+        "mean_z": zeros(sum(units)),
+        "mean_z_sq": zeros(sum(units)),
     }
     vq_levels = _vq_levels(model)
     if vq_levels:  # how often each code of each vector-quantised level is chosen (posterior-mean path)
-        sums["code_counts"] = torch.zeros(len(vq_levels), model.config.vq.codes, **f64)
+        sums["code_counts"] = zeros(len(vq_levels), model.config.vq.codes)
     if x.shape[0] == 0:  # a rank with no examples still takes part in the reduction
         return sums
     terms = elbo_terms(model, x, batch_size)
@@ -103,7 +108,7 @@ def evaluation_sums(
     sums["elbo"] += torch.stack([elbo.sum(), (elbo**2).sum()])
     sums["log_px"] += terms["log_px"].double().sum()
     sums["kl"] += torch.stack([k.double().sum() for k in terms["kl"]])
-    iw = []
+    iws: list[torch.Tensor] = []  # per batch (B,)
     batches = [model.trim_padding(xb) for xb in _by_length(model, x)[1].split(batch_size)]  # the sums ignore order
     todo = len(batches)
     if progress:
@@ -112,16 +117,16 @@ def evaluation_sums(
         batches = tqdm(batches, desc=f"IW bound (K={num_samples})", leave=False)
     first: list[float] = []  # the first bound's seconds, eager: what each of the others would take eagerly
     lazy, before = model.iw_compiler, model.iw_compiler.work_left
-    lazy.work_left = lambda: first[0] * (todo - len(iw)) if first else None
+    lazy.work_left = lambda: first[0] * (todo - len(iws)) if first else None
     try:
         for xb in batches:
             start = time.perf_counter()
-            iw.append(model.log_likelihood(xb, num_samples=num_samples, chunk_size=chunk_size))
+            iws.append(model.log_likelihood(xb, num_samples=num_samples, chunk_size=chunk_size))
             if not first:
                 first.append(time.perf_counter() - start)
     finally:
         lazy.work_left = before
-    iw = torch.cat(iw).double()
+    iw = torch.cat(iws).double()
     sums["iw"] += torch.stack([iw.sum(), (iw**2).sum()])
     means = [torch.cat(m).flatten(1) for m in zip(*(model.encode(xb, sample=False) for xb in x.split(batch_size)))]
     m = torch.cat(means, 1).double()  # (N, total units)
@@ -129,7 +134,9 @@ def evaluation_sums(
     sums["mean_z_sq"] += (m**2).sum(0)
     for i, l in enumerate(vq_levels):
         layer = model.layers[l]
-        k = layer.family.code_indices(means[l].view(-1, *layer.latent_shape))
+        k = layer.family.code_indices(means[l].view(-1, *layer.latent_shape))  # (N, G, *spatial)
+        if k is None:  # _vq_levels keeps the quantized families, which all have codes
+            raise TypeError(f"level {l + 1}'s family is quantized but code_indices gave no codes")
         sums["code_counts"][i] += torch.bincount(k.flatten(), minlength=model.config.vq.codes).double()
     return sums
 
@@ -422,7 +429,7 @@ def evaluate_run(
         result["ranks"] = ctx.world_size
     result = {**where, "data_source": cfg.data.source, "binarize": cfg.data.binarize, **result}
     result["step"] = int(model.step)  # the training step of the model evaluated
-    if units:
+    if units and tokenizer is not None:  # (units are counted for a tokeniser's rows only)
         result["tokenizer"] = cfg.data.tokenizer
         if hasattr(model.likelihood, "net"):  # an autoregressive decoder, which may ignore the latents
             # this process's shard only, at most LATENT_INFO_EXAMPLES (a greedy decoding per example)
