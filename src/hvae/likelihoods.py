@@ -21,6 +21,7 @@ distribution's ``mode_layout``; the defaults refuse or fall back to the mean.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,9 @@ from torch import Tensor
 from .decoding import Decoding
 from .distributions import raw_from_scale, scale_from_raw
 from .registry import LIKELIHOODS
+
+if TYPE_CHECKING:
+    from .nets.autoregressive import AutoregressiveNet
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -88,6 +92,8 @@ class ObservationModel(nn.Module):
     levels: int | None = None
     #: data are token ids: ``sample()`` and ``mean`` give int64 ids
     tokens: bool = False
+    #: the token id of padding, which adds nothing to ``log_prob`` (token data only); None: no padding
+    pad_id: int | None = None
     #: one position's distribution couples its channels itself (the discretised logistic mixture's
     #: coefficients), so an autoregressive net need not order them
     joint_channels: bool = False
@@ -143,6 +149,18 @@ class ObservationDistribution:
 
     def __init__(self, model: ObservationModel):
         self._model = model
+
+    def _log_prob_layout(self, x: Tensor) -> Tensor:
+        """log p(x) per dimension, channel layout: ``x`` (B, C, *spatial) -> nats (B, C, *spatial)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no _log_prob_layout")
+
+    def _mean_layout(self) -> Tensor:
+        """The mean, channel layout (B, C, *spatial)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no _mean_layout")
+
+    def _sample_layout(self) -> Tensor:
+        """One sample, channel layout (B, C, *spatial)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no _sample_layout")
 
     def mode_layout(self) -> Tensor:
         """The most probable value, channel layout (an autoregressive decoder's greedy step); the mean unless
@@ -268,7 +286,9 @@ class Gaussian(ObservationModel):
 
 
 class CategoricalDistribution(ObservationDistribution):
-    def __init__(self, model, logits: Tensor):  # logits (B, K, C, *spatial)
+    _model: Categorical
+
+    def __init__(self, model: Categorical, logits: Tensor):  # logits (B, K, C, *spatial)
         super().__init__(model)
         self.logits = logits
         self.K = logits.shape[1]
@@ -414,7 +434,7 @@ class DiscretizedLogisticMixtureDistribution(ObservationDistribution):
     def _mean_layout(self):
         pi = F.softmax(self.logit_pi, dim=1)
         C = self.mu.shape[2]
-        xs = []
+        xs: list[Tensor] = []  # channel means (B, *spatial) in [-1, 1]
         for c in range(C):
             m = self.mu[:, :, c]
             base = c * (c - 1) // 2
@@ -432,11 +452,11 @@ class DiscretizedLogisticMixtureDistribution(ObservationDistribution):
         onehot = F.one_hot((self.logit_pi + gumbel).argmax(1), self.logit_pi.shape[1]).movedim(-1, 1).to(self.mu)
         mu = self._pick_component(self.mu, onehot)
         log_s = self._pick_component(self.log_s, onehot)
-        coeffs = self._pick_component(self.coeffs, onehot) if self.coeffs.shape[2] else None
+        coeffs = self._pick_component(self.coeffs, onehot)  # (B, C (C - 1) / 2, *spatial): none for one channel
         u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
         noise = torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))
         C = mu.shape[1]
-        xs = []
+        xs: list[Tensor] = []  # channel samples (B, *spatial) in [-1, 1]
         for c in range(C):
             v = mu[:, c] + noise[:, c]
             base = c * (c - 1) // 2
@@ -515,6 +535,8 @@ class AutoregressiveDistribution(ObservationDistribution):
         self.cond = cond  # (B, P_c, *spatial)
         self.sample_log_prob: Tensor | None = None
 
+    _model: Autoregressive
+
     def _net_input(self, x: Tensor) -> Tensor:
         m = self._model
         x = m._to_layout(x)
@@ -541,11 +563,11 @@ class AutoregressiveDistribution(ObservationDistribution):
         log_p = self.cond.new_zeros(B)
         one = (1,) * len(m.spatial)
         stepper = m.net.stepper(self.cond)
-        pad = getattr(m.base, "pad_id", None) if m.tokens else None
-        done = torch.zeros(B, dtype=torch.bool, device=x.device) if pad is not None else None
+        pad = m.base.pad_id if m.tokens else None
+        done = torch.zeros(B, dtype=torch.bool, device=x.device)  # (B,) rows past end-of-sequence (with a pad)
         T = math.prod(m.spatial)
         for t in range(T):
-            if done is not None and bool(done.all()):
+            if pad is not None and bool(done.all()):
                 # every row has ended: the rest is padding (levels k / (K - 1), as the buffer holds them)
                 x_flat[:, :, t:] = pad / (m.levels - 1)
                 break
@@ -560,7 +582,7 @@ class AutoregressiveDistribution(ObservationDistribution):
             if m.orders_channels:
                 v[:, :-1] = x_flat[:, :-1, t]  # the channels drawn above
             lp = d.log_prob(m.step_base._to_user(v.view(B, C, *one)))
-            if done is not None:
+            if pad is not None:
                 v = v.masked_fill(done.unsqueeze(1), pad / (m.levels - 1))
                 lp = lp.masked_fill(done, 0.0)
                 done = done | (torch.round(v[:, 0] * (m.levels - 1)) == pad - 1)
@@ -619,7 +641,9 @@ class Autoregressive(ObservationModel):
     logistic mixture) or there is one.
     """
 
-    def __init__(self, data_shape, base: ObservationModel, net: nn.Module, cond_channels: int, levels: int):
+    levels: int  # values per position (set from the base model's)
+
+    def __init__(self, data_shape, base: ObservationModel, net: AutoregressiveNet, cond_channels: int, levels: int):
         super().__init__(data_shape)
         self.base = base
         step_shape = (self.channels, *(1 for _ in self.spatial)) if len(self.data_shape) > 1 else (1,)
@@ -628,7 +652,7 @@ class Autoregressive(ObservationModel):
         self.cond_channels = cond_channels
         self.levels = levels  # values per position, for integer class data
         self.tokens = base.tokens
-        self.orders_channels = getattr(net, "orders_channels", False)
+        self.orders_channels = net.orders_channels
 
     @property
     def num_params(self) -> int:
@@ -646,6 +670,8 @@ def _build_autoregressive(config) -> Autoregressive:
 
     base = build_likelihood(config.replace(decoder="plain"))
     levels = base.levels
+    if levels is None:  # continuous data: no values to predict position by position
+        raise ValueError(f"an autoregressive decoder cannot use the observation model {type(base).__name__}")
     net = autoregressive.build(
         config,
         in_ch=base.channels,

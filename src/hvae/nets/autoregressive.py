@@ -17,17 +17,52 @@ Every net has the same two entry points:
     ``orders_channels`` reads the channels of position t that ``x`` holds, and its stepper's
     ``head(x, t)`` returns the parameters at t again after channels of t were filled in, reusing the
     spatial features of the last step.
+
+and says whether it ``orders_channels`` (a bool). :class:`AutoregressiveNet` is that contract as a protocol:
+a net of one's own needs no base class, and its stepper subclasses :class:`Stepper` (whose ``head`` refuses:
+only a net that orders channels reruns it).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # --- gated PixelCNN ----------------------------------------------------------------------------------
+
+
+class Stepper:
+    """Sequential generation, one position at a time (see the module docstring); subclasses define ``step``
+    and, for a net that ``orders_channels``, ``head``."""
+
+    def step(self, x: Tensor, t: int) -> Tensor:
+        """The parameters at position ``t`` (B, P_out), from ``x`` (B, C, *spatial) filled in before ``t``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no step(x, t)")
+
+    def head(self, x: Tensor, t: int) -> Tensor:
+        """The parameters at ``t`` (B, P_out) again, once channels of ``t`` are filled in."""
+        raise NotImplementedError(
+            f"{type(self).__name__} predicts the channels of a position together: only the stepper of a net "
+            "that orders_channels reruns its head"
+        )
+
+
+class AutoregressiveNet(Protocol):
+    """What an observation model asks of its autoregressive net (:class:`~hvae.likelihoods.Autoregressive`)."""
+
+    orders_channels: bool
+
+    def __call__(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Teacher forcing: ``x`` (B, C, *spatial) in [0, 1], ``cond`` (B, P_c, *spatial) -> (B, P_out, *spatial)."""
+        ...
+
+    def stepper(self, cond: Tensor) -> Stepper:
+        """A :class:`Stepper` for one batch of conditioning features ``cond`` (B, P_c, *spatial)."""
+        ...
 
 
 def _gate(a: Tensor) -> Tensor:
@@ -157,7 +192,7 @@ class GatedPixelCNN(nn.Module):
         return _PixelStepper(self, cond)
 
 
-class _PixelStepper:
+class _PixelStepper(Stepper):
     """Recomputes the spatial stacks for each pixel on the rows its output can read: those below row i
     cannot reach it, nor can those more than ``reach`` rows above, so cropping them changes nothing. The
     features of the pixel are kept for ``head``, which the channels of one pixel share."""
@@ -209,6 +244,8 @@ class _SequenceNet(nn.Module):
     ``levels + 1``) with this probability, so the decoder must read more of the sentence from the latents. The
     bound is still that of the model the decoder is at evaluation: nothing is dropped outside training.
     """
+
+    orders_channels = False  # one channel of token ids
 
     def __init__(self, levels: int, cond_ch: int, out_ch: int, width: int, word_dropout: float = 0.0):
         super().__init__()
@@ -297,7 +334,7 @@ class CausalTransformer(_SequenceNet):
         return _TransformerStepper(self, cond)
 
 
-class _TransformerStepper:
+class _TransformerStepper(Stepper):
     def __init__(self, net: CausalTransformer, cond: Tensor):
         self.net, self.cond = net, _per_position(cond)
         self.caches: list[dict[str, Tensor]] = [{} for _ in net.blocks]  # per layer: keys "k", "v" (B, heads, T, d)
@@ -328,10 +365,10 @@ class GRUDecoder(_SequenceNet):
         return _GRUStepper(self, cond)
 
 
-class _GRUStepper:
+class _GRUStepper(Stepper):
     def __init__(self, net: GRUDecoder, cond: Tensor):
         self.net, self.cond = net, _per_position(cond)
-        self.state = None
+        self.state: Tensor | None = None  # (layers, B, width): the GRU's hidden state after the last step
 
     def step(self, x: Tensor, t: int) -> Tensor:
         net = self.net
@@ -342,7 +379,7 @@ class _GRUStepper:
 
 def build(
     config, in_ch: int, cond_ch: int, out_ch: int, levels: int, length: int, order_channels: bool = False
-) -> nn.Module:
+) -> AutoregressiveNet:
     """The network named by ``config.decoder``. ``in_ch``: data channels; ``cond_ch``: conditioning channels;
     ``out_ch``: parameters per position; ``levels``: values per token; ``length``: positions;
     ``order_channels``: the net, not the output distribution, orders the channels of a position."""
