@@ -415,3 +415,27 @@ def test_the_model_api_takes_decode_for_autoregressive_decoders_only():
     plain = hvae.build_model(hvae.presets.small()).eval()
     with pytest.raises(ValueError, match="decode= applies to autoregressive decoders"):
         plain.sample(2, decode="sample")
+
+
+@pytest.mark.parametrize("kind", _KINDS + _ORDERED, ids=_IDS + _ORDERED_IDS)
+def test_every_net_says_whether_it_orders_channels_and_only_those_steppers_rerun_the_head(kind):
+    from hvae.nets.autoregressive import Stepper
+
+    lik = _lik(**kind)
+    cond, x = _cond(lik), _data(lik)
+    assert lik.orders_channels is lik.net.orders_channels
+    assert lik.orders_channels == (kind in _ORDERED)
+    stepper = lik.net.stepper(cond)
+    assert isinstance(stepper, Stepper)
+    params = stepper.step(x, 0)
+    if lik.orders_channels:  # the head rerun on the features the step kept gives the step's parameters
+        assert torch.equal(stepper.head(x, 0), params)
+    elif kind["decoder"] != "pixelcnn":
+        with pytest.raises(NotImplementedError, match="only the stepper of a net that orders_channels"):
+            stepper.head(x, 0)
+
+
+def test_a_pixel_steppers_head_before_any_step_says_to_step_first():
+    lik = _lik(**_ORDERED[0])
+    with pytest.raises(RuntimeError, match="call step first"):
+        lik.net.stepper(_cond(lik)).head(_data(lik), 0)

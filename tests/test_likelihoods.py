@@ -13,6 +13,7 @@ from hvae.likelihoods import (
     Categorical,
     DiscretizedLogisticMixture,
     Gaussian,
+    ObservationDistribution,
     _softplus_groups,
     build_likelihood,
     sum_softplus,
@@ -274,3 +275,17 @@ def test_grouped_softplus_sum_is_what_a_compiled_bernoulli_bound_uses():
     eager = lik(logits).log_prob_prepared(signs)
     assert torch.allclose(got, sum_softplus(logits * signs, grouped=True).neg(), atol=1e-4)
     assert torch.allclose(got, eager, atol=2e-4)
+
+
+def test_a_distribution_missing_a_layout_method_names_it_and_keeps_the_ones_it_has():
+    class MeanOnly(ObservationDistribution):  # an observation distribution that cannot sample
+        def _mean_layout(self):
+            return torch.full((2, 1, 4), 0.25)
+
+    d = MeanOnly(Bernoulli((4,)))
+    assert torch.equal(d.mean, torch.full((2, 4), 0.25))  # (B, 1, D) -> (B, D)
+    assert torch.equal(d.mode_layout(), torch.full((2, 1, 4), 0.25))
+    with pytest.raises(NotImplementedError, match="MeanOnly defines no _sample_layout"):
+        d.sample()
+    with pytest.raises(NotImplementedError, match="MeanOnly defines no _log_prob_layout"):
+        d.log_prob(torch.zeros(2, 4))
