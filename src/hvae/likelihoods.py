@@ -530,12 +530,12 @@ class AutoregressiveDistribution(ObservationDistribution):
     each further channel where the net orders them.
     """
 
+    _model: Autoregressive
+
     def __init__(self, model: Autoregressive, cond: Tensor):
         super().__init__(model)
         self.cond = cond  # (B, P_c, *spatial)
         self.sample_log_prob: Tensor | None = None
-
-    _model: Autoregressive
 
     def _net_input(self, x: Tensor) -> Tensor:
         m = self._model
@@ -641,7 +641,7 @@ class Autoregressive(ObservationModel):
     logistic mixture) or there is one.
     """
 
-    levels: int  # values per position (set from the base model's)
+    levels: int  # never None: the base model's discrete values
 
     def __init__(self, data_shape, base: ObservationModel, net: AutoregressiveNet, cond_channels: int, levels: int):
         super().__init__(data_shape)

@@ -18,9 +18,9 @@ Every net has the same two entry points:
     ``head(x, t)`` returns the parameters at t again after channels of t were filled in, reusing the
     spatial features of the last step.
 
-and says whether it ``orders_channels`` (a bool). :class:`AutoregressiveNet` is that contract as a protocol:
-a net of one's own needs no base class, and its stepper subclasses :class:`Stepper` (whose ``head`` refuses:
-only a net that orders channels reruns it).
+Every net also says whether it ``orders_channels`` (a bool). :class:`AutoregressiveNet` is this contract as a
+protocol: a net of one's own needs no base class; its stepper subclasses :class:`Stepper`, whose ``head``
+refuses (only the stepper of a net that orders channels reruns it).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# --- gated PixelCNN ----------------------------------------------------------------------------------
+# --- the contract: nets and their steppers ----------------------------------------------------------
 
 
 class Stepper:
@@ -63,6 +63,9 @@ class AutoregressiveNet(Protocol):
     def stepper(self, cond: Tensor) -> Stepper:
         """A :class:`Stepper` for one batch of conditioning features ``cond`` (B, P_c, *spatial)."""
         ...
+
+
+# --- gated PixelCNN ----------------------------------------------------------------------------------
 
 
 def _gate(a: Tensor) -> Tensor:
