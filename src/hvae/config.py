@@ -110,6 +110,33 @@ class AttentionConfig(Serializable):
         require(self.heads >= 1, f"heads: must be >= 1, got {self.heads}")
 
 
+@dataclass
+class VDVAEConfig(Serializable):
+    """``model.vdvae``: openai/vdvae's construction of a level (``vae.py``), for ``block: vdvae``; every switch
+    off (the default) keeps hvae's generic top-down level. docs/fidelity.md cites file and function for each."""
+
+    posterior_block: bool = False  # q from a bottleneck block on cat(h, d) (DecBlock.enc)
+    prior_block: bool = False  # p and an update of the stream from a block on h, last conv zero (DecBlock.prior)
+    identity_state: bool = False  # s = h + W_z z: W_h the identity, no parameters (DecBlock.forward)
+    # bottom-up blocks per level (Encoder.build): at a level that downsamples, one runs before the pooling
+    # ("32d2") and the rest after it; null: model.depth, all before the pooling
+    encoder_depths: list[int] | None = None
+    pointwise_at: int = 0  # the blocks' middle convs are 1x1 at resolutions <= this (Block: use_3x3 = res > 2)
+    bias_maps: bool = False  # a learned map at the first level of each resolution, the top's prior from it
+    upsample_last: bool = False  # a top-down cell runs its blocks at the resolution above, then upsamples
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        require(self.pointwise_at >= 0, f"pointwise_at: must be >= 0 (0: 3x3 everywhere), got {self.pointwise_at}")
+        require(
+            all(d >= 0 for d in self.encoder_depths or ()),
+            f"encoder_depths: every entry must be >= 0, got {self.encoder_depths}",
+        )
+
+    def active(self) -> bool:
+        return self != VDVAEConfig()
+
+
 # the flat keys of configs and saved models written before the sections, and where each is now
 _FLAT = {
     **{f"vq_{k}": f"vq.{k}" for k in ("codes", "dim", "decay", "commitment", "dead_threshold", "top_prior")},
@@ -188,6 +215,7 @@ class ModelConfig(Serializable):
     # the cell family's initialisation as its official code does it (nets/vdvae.py official_init: the prior
     # head zero, W_z and the blocks' last convolutions scaled by sqrt(1 / levels))
     official_init: bool = False
+    vdvae: VDVAEConfig = field(default_factory=lambda: VDVAEConfig())
     checkpointing: bool = False  # recompute activations per level in the backward pass (saves memory)
     attention: AttentionConfig = field(default_factory=lambda: AttentionConfig())
     # autoregressive observation model p(x | z_1) = prod_i p(x_i | x_<i, z_1) (nets/autoregressive.py);
@@ -331,6 +359,7 @@ class ModelConfig(Serializable):
                 "likelihood: discretized_logistic_mixture models images [C, H, W]; use gaussian for vectors",
             )
         self._check_attention_and_decoder()
+        self._check_vdvae()
         self._check_discrete()
         self._check_tokens()
 
@@ -421,6 +450,25 @@ class ModelConfig(Serializable):
             require(
                 self.seq_context == 0 or self.decoder == "transformer",
                 "seq_context: a limited context needs decoder: transformer (a GRU's state carries everything)",
+            )
+
+    def _check_vdvae(self) -> None:
+        v, L = self.vdvae, len(self.latent_dims)
+        if not v.active():
+            return
+        require(self.block == "vdvae", f"vdvae: these options build VDVAE's levels; set block: vdvae (got {self.block})")
+        if v.encoder_depths is not None:
+            require(
+                len(v.encoder_depths) == L,
+                f"vdvae.encoder_depths: needs one entry per latent layer ({L}), got {len(v.encoder_depths)}",
+            )
+        if v.posterior_block:
+            require(self.inference == "top_down", "vdvae.posterior_block: needs inference: top_down")
+        if v.identity_state or v.prior_block or v.bias_maps:
+            require(
+                self.generative_skip and len(set(self.hidden_dims)) == 1,
+                "vdvae.identity_state, prior_block and bias_maps add to a skip stream of one width: set "
+                f"generative_skip: true and one width in hidden_dims (got {sorted(set(self.hidden_dims))})",
             )
 
     def _check_discrete(self) -> None:

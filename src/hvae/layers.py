@@ -20,6 +20,8 @@ name ``model.latent_types`` gives it; :mod:`hvae.distributions` says how to add 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,15 +32,42 @@ from .nets import FAMILIES, activation
 from .nets.attention import with_attention
 from .registry import LATENT_FAMILIES
 
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+
+class Features(NamedTuple):
+    """What a prior block hands on (``model.vdvae.prior_block``): ``h`` (B, C, H, W), the features q reads, and
+    ``stream`` (B, C, H, W), h plus the block's extra output, which the state is built on."""
+
+    h: Tensor
+    stream: Tensor
+
+
+def _split(h_p: Tensor | Features | None) -> tuple[Tensor | None, Tensor | None]:
+    """(the features q reads, the stream the state is built on) of the prior's features."""
+    if isinstance(h_p, Features):
+        return h_p.h, h_p.stream
+    return h_p, h_p
+
 
 class LatentLayer(nn.Module):
     """Level ``index`` (0 = z_1) of a hierarchy of ``config.num_layers`` levels.
 
     Shapes: ``latent_shape`` is ``(D,)`` for ``mlp`` and ``(C, h, w)`` for ``conv``.
-    ``state_ch`` is the channel count of the state this layer hands down.
+    ``state_ch`` is the channel count of the state this layer hands down. The cell family may replace the
+    heads with blocks of its own and add a learned feature map (:class:`hvae.nets.CellFamily`'s hooks): then the
+    top level too has features ``h_p`` (the map), which its prior and posterior read.
     """
 
-    def __init__(self, config, index: int, latent_shape: tuple[int, ...], feature_ch: int, above_state_ch: int | None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        index: int,
+        latent_shape: tuple[int, ...],
+        feature_ch: int,
+        above_state_ch: int | None,
+    ):
         super().__init__()
         cfg = config
         fam = FAMILIES[cfg.block]
@@ -52,24 +81,41 @@ class LatentLayer(nn.Module):
         self.min_scale = cfg.min_scale
         latent_ch = self.family.channels(cfg.latent_dims[index])
         n_raw = self.family.raw_channels(cfg.latent_dims[index])
+        n_raw_p = self.family.raw_channels(cfg.latent_dims[index], "prior")
         kw = dict(batch_norm=cfg.batch_norm, act=cfg.activation, leaky_slope=cfg.leaky_slope)
 
         # prior p(z_l | s_{l+1}): mirrors the bottom-up mapping between levels l and l+1
+        self.prior_net: nn.Module | None = None
+        self.prior_head: nn.Module | None = None
+        prior_ch: int | None = None
         if self.is_top:
-            self.prior_net = None
-            prior_ch = None
+            width = cfg.hidden_dims[index]
         else:
+            assert cfg.strides is not None or cfg.block == "mlp"
             up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] > 1 else 1
-            self.prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw)
-            if index in cfg.attention.levels:
-                self.prior_net = with_attention(self.prior_net, cfg.attention.heads)
-            prior_ch = self.prior_net.out_ch
-            self.prior_head = fam.pointwise(prior_ch, self.family.raw_channels(cfg.latent_dims[index], "prior"))
+            opts = fam.cell_options(cfg, "prior", index, self.latent_shape)
+            prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw, **opts)
+            width = prior_net.out_ch
+            self.prior_net = with_attention(prior_net, cfg.attention.heads) if index in cfg.attention.levels else prior_net
+            prior_ch = width
+        # a learned map added to the prior's features (on top: the features themselves)
+        self.feature_map = fam.feature_map(cfg, index, width, self.latent_shape)
+        if self.feature_map is not None:
+            prior_ch = width
+        self.prior_block = fam.prior_block(cfg, index, prior_ch, n_raw_p, self.latent_shape) if prior_ch else None
+        if prior_ch is not None and self.prior_block is None and not self.is_top:
+            self.prior_head = fam.pointwise(prior_ch, n_raw_p)
 
         # posterior
-        if self.is_top or self.inference in ("ladder", "bottom_up"):
+        self.posterior_block: nn.Module | None = None
+        if prior_ch is not None and self.inference == "top_down":
+            self.posterior_block = fam.posterior_block(cfg, index, prior_ch, feature_ch, n_raw, self.latent_shape)
+        if self.posterior_block is not None:
+            pass  # q = posterior_block(d, h_p) (its context precomputes the half of d)
+        elif self.is_top or self.inference in ("ladder", "bottom_up"):
             self.posterior_head = fam.pointwise(feature_ch, n_raw)
         else:  # top_down: q from (d_l, h_p); the d_l half of the first map is precomputed per input
+            assert prior_ch is not None
             hidden = cfg.hidden_dims[index]
             self.post_from_d = fam.pointwise(feature_ch, hidden)
             self.post_from_h = fam.pointwise(prior_ch, hidden)
@@ -81,14 +127,16 @@ class LatentLayer(nn.Module):
                 nn.init.zeros_(self.posterior_head.bias)
 
         # state handed to the layer below
+        self.trans_from_h: nn.Module | None = None
         if self.skip:
             hidden = cfg.hidden_dims[index]
             self.trans_from_z = fam.pointwise(latent_ch, hidden)
-            self.trans_from_h = None if self.is_top else fam.pointwise(prior_ch, hidden)
-            if fam.residual_state and self.trans_from_h is not None and prior_ch == hidden:
-                # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
-                nn.init.dirac_(self.trans_from_h.weight)
-                nn.init.zeros_(self.trans_from_h.bias)
+            if prior_ch is not None and not (fam.identity_state(cfg) and prior_ch == hidden):
+                self.trans_from_h = fam.pointwise(prior_ch, hidden)
+                if fam.residual_state and prior_ch == hidden:
+                    # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
+                    nn.init.dirac_(self.trans_from_h.weight)
+                    nn.init.zeros_(self.trans_from_h.bias)
             linear = cfg.state_activation == "linear"
             self.trans_act = nn.Identity() if linear else activation(cfg.activation, cfg.leaky_slope)
             self.state_ch = hidden
@@ -103,30 +151,49 @@ class LatentLayer(nn.Module):
     # -- generative side ----------------------------------------------------------------------------
 
     def prior(self, state: Tensor | None, batch: int, device=None, dtype=None):
-        """p(z_l | s_{l+1}) and the prior network's features ``h_p`` (None on top)."""
-        if self.is_top:
+        """p(z_l | s_{l+1}) and the prior network's features ``h_p`` (B, C, h, w): a tensor, a
+        :class:`Features` pair when the family's prior block updates the stream, None on a top level without a
+        feature map."""
+        if self.is_top and self.feature_map is None:
             return self.family.prior_top((batch, *self.latent_shape), device, dtype), None
-        h_p = self.prior_net(state)
-        return self.family.prior_from_raw(self.prior_head(h_p).float()), h_p
+        if self.is_top:
+            assert self.feature_map is not None
+            h = self.feature_map.expand(batch, -1, -1, -1)  # (1, C, h, w) -> (B, C, h, w)
+        else:
+            assert self.prior_net is not None
+            h = self.prior_net(state)
+            if self.feature_map is not None:
+                h = h + self.feature_map
+        if self.prior_block is not None:
+            raw, stream = self.prior_block(h)
+            return self.family.prior_from_raw(raw.float()), Features(h, stream)
+        if self.is_top:
+            return self.family.prior_top((batch, *self.latent_shape), device, dtype), h
+        assert self.prior_head is not None
+        return self.family.prior_from_raw(self.prior_head(h).float()), h
 
-    def transition(self, z: Tensor, h_p: Tensor | None) -> Tensor:
-        """The state s_l handed to level l-1 (or to the decoder)."""
+    def transition(self, z: Tensor, h_p: Tensor | Features | None) -> Tensor:
+        """The state s_l handed to level l-1 (or to the decoder): act(W_z z + W_h h), W_h h = h with the
+        family's identity state."""
         if not self.skip:
             return z
         a = self.trans_from_z(z.to(self.trans_from_z.weight.dtype))
-        if h_p is not None:
-            a = a + self.trans_from_h(h_p)
+        _, stream = _split(h_p)
+        if stream is not None:
+            a = a + (stream if self.trans_from_h is None else self.trans_from_h(stream))
         return self.trans_act(a)
 
     # -- inference side -----------------------------------------------------------------------------
 
     def context(self, d: Tensor) -> Tensor:
         """What q needs from the bottom-up features ``d_l``, computed once per input."""
+        if self.posterior_block is not None:
+            return self.posterior_block.context(d)
         if self.is_top or self.inference in ("ladder", "bottom_up"):
             return self.posterior_head(d)
         return self.post_from_d(d)
 
-    def posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | None) -> Gaussian:
+    def posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | Features | None) -> Gaussian:
         """q(z_l | ., x) from the precomputed context, the prior and the prior's features; with
         ``bn_posterior_means`` its mean batch-normalised (BN-VAE)."""
         q = self._posterior(ctx, p, h_p)
@@ -134,12 +201,16 @@ class LatentLayer(nn.Module):
             q = Gaussian(self.mean_norm(q.mu), q.sigma)
         return q
 
-    def _posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | None) -> Gaussian:
-        if self.is_top or self.inference == "bottom_up":
+    def _posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | Features | None) -> Gaussian:
+        h, _ = _split(h_p)
+        if self.posterior_block is not None:
+            raw = self.posterior_block(ctx, h).float()
+        elif self.is_top or self.inference == "bottom_up":
             return self.family.from_raw(ctx.float())
-        if self.inference == "ladder":
+        elif self.inference == "ladder":
             return self.family.merge(self.family.from_raw(ctx.float()), p)
-        raw = self.posterior_head(self.post_act(ctx + self.post_from_h(h_p))).float()
+        else:
+            raw = self.posterior_head(self.post_act(ctx + self.post_from_h(h))).float()
         return self.family.residual_posterior(raw, p) if self.residual else self.family.from_raw(raw)
 
     def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:

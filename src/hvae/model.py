@@ -120,7 +120,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         for l in range(L):
             stride = cfg.strides[l] if cfg.strides else 1
             src = ch if (l == 0 or cfg.inference != "bottom_up") else latent_channels(cfg, l - 1)
-            blk = fam.encoder_block(src, cfg.hidden_dims[l], cfg.depth, stride, **kw)
+            opts = fam.cell_options(cfg, "encoder", l, latent_shapes[l])
+            blk = fam.encoder_block(src, cfg.hidden_dims[l], fam.encoder_depth(cfg, l), stride, **kw, **opts)
             if l in cfg.attention.levels:
                 blk = attention.with_attention(blk, cfg.attention.heads)
             self.encoder.append(blk)
@@ -147,7 +148,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
         # decoder p(x | s_1): mirrors the first bottom-up block
         up = -cfg.strides[0] if cfg.strides and cfg.strides[0] > 1 else 1
-        self.decoder = fam.decoder_block(above, cfg.hidden_dims[0], cfg.depth, up, **kw)
+        opts = fam.cell_options(cfg, "decoder", 0, latent_shapes[0])
+        self.decoder = fam.decoder_block(above, cfg.hidden_dims[0], cfg.depth, up, **kw, **opts)
         n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
         self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
 

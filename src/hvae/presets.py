@@ -179,6 +179,17 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
         likelihood="discretized_logistic_mixture",
         num_mixtures=10,
         **_VDVAE_OFFICIAL,
+        # vae.py's level (docs/fidelity.md): the encoder's 33 blocks (hps.py enc_blocks "32x11,32d2,16x6,16d2,8x6,
+        # 8d2,4x3,4d4,1x3") at the first level of each resolution, every level there reading their last output
+        vdvae=dict(
+            posterior_block=True,
+            prior_block=True,
+            identity_state=True,
+            encoder_depths=[11] + [0] * 21 + [7] + [0] * 10 + [7] + [0] * 5 + [4] + [0] * 2 + [4],
+            pointwise_at=2,
+            bias_maps=True,
+            upsample_last=True,
+        ),
     )
     return _build(base, overrides)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeGuard, cast
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,12 @@ class CellFamily:
       (:class:`hvae.layers.TopDownLayer`).
     * :meth:`official_init` ``(layer, cfg)``: re-initialise one built level as the family's official code
       does (``model.official_init``); by default it changes nothing.
+
+    How a level is built from the config (:class:`hvae.layers.LatentLayer`, :class:`hvae.HierarchicalVAE`), each
+    a no-op by default: :meth:`encoder_depth` (blocks in a level's bottom-up cell), :meth:`cell_options`
+    (keyword arguments of the family's own for a cell), :meth:`posterior_block` / :meth:`prior_block` (networks
+    that replace the pointwise heads), :meth:`feature_map` (a learned map added to a level's top-down
+    features; on top, the features themselves) and :meth:`identity_state` (s = h + W_z z, no W_h).
     """
 
     residual_state = False
@@ -48,6 +54,43 @@ class CellFamily:
     @staticmethod
     def official_init(layer: nn.Module, cfg) -> None:
         """No initialisation of its own: the layers keep torch's defaults."""
+
+    @staticmethod
+    def encoder_depth(cfg: Any, level: int) -> int:
+        """The number of blocks in the bottom-up cell into ``level``: ``model.depth``."""
+        return cfg.depth
+
+    @staticmethod
+    def cell_options(cfg: Any, role: str, level: int, shape: tuple[int, ...]) -> dict[str, Any]:
+        """Extra keyword arguments of a cell: ``role`` "encoder" (the bottom-up cell into ``level``), "prior" (the
+        top-down cell from level + 1 into ``level``) or "decoder" (from level 0 to the data); ``shape`` is
+        ``level``'s latent shape. None by default."""
+        return {}
+
+    @staticmethod
+    def posterior_block(
+        cfg: Any, level: int, h_ch: int, d_ch: int, n_raw: int, shape: tuple[int, ...]
+    ) -> nn.Module | None:
+        """A module with ``context(d)`` (once per input) and ``forward(ctx, h) -> raw`` (n_raw channels) that
+        gives q from the bottom-up features d (d_ch channels) and the prior's h (h_ch); None: the pointwise maps."""
+        return None
+
+    @staticmethod
+    def prior_block(cfg: Any, level: int, ch: int, n_raw: int, shape: tuple[int, ...]) -> nn.Module | None:
+        """A module ``h -> (raw, stream)``: p's raw parameters (n_raw channels) and the features the state is
+        built on (ch channels); None: a pointwise head and the stream h itself."""
+        return None
+
+    @staticmethod
+    def feature_map(cfg: Any, level: int, ch: int, shape: tuple[int, ...]) -> nn.Parameter | None:
+        """A learned map ``(1, ch, *shape[1:])`` added to ``level``'s top-down features (on top: the features,
+        read by its prior and posterior); None: no map."""
+        return None
+
+    @staticmethod
+    def identity_state(cfg: Any) -> bool:
+        """True when the state is h + W_z z (W_h the identity, no parameters) instead of W_h h + W_z z."""
+        return False
 
     @classmethod
     def encoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw) -> Sequential:
