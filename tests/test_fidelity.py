@@ -480,6 +480,12 @@ def test_vdvae_official_init_scales_the_encoder_blocks_last_convs_by_sqrt_one_ov
     dec = [b.last.weight for b in official.decoder if hasattr(b, "last")]
     dec_ref = [b.last.weight for b in plain.decoder if hasattr(b, "last")]
     assert len(dec) == 1 and torch.allclose(dec[0], dec_ref[0] / 0.1 * math.sqrt(1 / 5))
+    # vae_helpers.py get_conv: every conv's bias starts at zero (zero_bias=True), z_proj's too; torch's otherwise
+    cells = [*official.encoder, official.decoder, *(layer.trans_from_z for layer in official.layers)]
+    cells += [layer.prior_net for layer in official.layers if layer.prior_net is not None]
+    biases = [m.bias for c in cells for m in c.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(biases) > 30 and all(torch.equal(b, torch.zeros_like(b)) for b in biases)
+    assert any(m.bias.abs().sum() > 0 for m in plain.encoder.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def test_vdvae_options_keep_other_models_and_are_checked():
@@ -497,4 +503,3 @@ def test_vdvae_options_keep_other_models_and_are_checked():
         presets.vdvae_small(hidden_dims=[32, 32, 32, 64], vdvae={"identity_state": True})
     with pytest.raises(ConfigError, match="encoder_depths: every entry must be >= 0"):
         presets.vdvae_small(vdvae={"encoder_depths": [1, -1, 1, 1]})
-

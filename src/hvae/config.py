@@ -456,7 +456,9 @@ class ModelConfig(Serializable):
         v, L = self.vdvae, len(self.latent_dims)
         if not v.active():
             return
-        require(self.block == "vdvae", f"vdvae: these options build VDVAE's levels; set block: vdvae (got {self.block})")
+        require(
+            self.block == "vdvae", f"vdvae: these options build VDVAE's levels; set block: vdvae (got {self.block})"
+        )
         if v.encoder_depths is not None:
             require(
                 len(v.encoder_depths) == L,

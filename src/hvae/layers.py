@@ -30,6 +30,7 @@ from . import quantize  # noqa: F401  (registers the "vq" latent family)
 from .distributions import Gaussian, LatentFamily
 from .nets import FAMILIES, activation
 from .nets.attention import with_attention
+from .nets.common import PosteriorNet
 from .registry import LATENT_FAMILIES
 
 if TYPE_CHECKING:
@@ -96,7 +97,9 @@ class LatentLayer(nn.Module):
             opts = fam.cell_options(cfg, "prior", index, self.latent_shape)
             prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw, **opts)
             width = prior_net.out_ch
-            self.prior_net = with_attention(prior_net, cfg.attention.heads) if index in cfg.attention.levels else prior_net
+            self.prior_net = (
+                with_attention(prior_net, cfg.attention.heads) if index in cfg.attention.levels else prior_net
+            )
             prior_ch = width
         # a learned map added to the prior's features (on top: the features themselves)
         self.feature_map = fam.feature_map(cfg, index, width, self.latent_shape)
@@ -107,7 +110,7 @@ class LatentLayer(nn.Module):
             self.prior_head = fam.pointwise(prior_ch, n_raw_p)
 
         # posterior
-        self.posterior_block: nn.Module | None = None
+        self.posterior_block: PosteriorNet | None = None
         if prior_ch is not None and self.inference == "top_down":
             self.posterior_block = fam.posterior_block(cfg, index, prior_ch, feature_ch, n_raw, self.latent_shape)
         if self.posterior_block is not None:
@@ -132,11 +135,13 @@ class LatentLayer(nn.Module):
             hidden = cfg.hidden_dims[index]
             self.trans_from_z = fam.pointwise(latent_ch, hidden)
             if prior_ch is not None and not (fam.identity_state(cfg) and prior_ch == hidden):
-                self.trans_from_h = fam.pointwise(prior_ch, hidden)
+                w_h = self.trans_from_h = fam.pointwise(prior_ch, hidden)
                 if fam.residual_state and prior_ch == hidden:
                     # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
-                    nn.init.dirac_(self.trans_from_h.weight)
-                    nn.init.zeros_(self.trans_from_h.bias)
+                    weight, bias = w_h.weight, w_h.bias
+                    assert isinstance(weight, Tensor) and isinstance(bias, Tensor)
+                    nn.init.dirac_(weight)
+                    nn.init.zeros_(bias)
             linear = cfg.state_activation == "linear"
             self.trans_act = nn.Identity() if linear else activation(cfg.activation, cfg.leaky_slope)
             self.state_ch = hidden
@@ -222,6 +227,9 @@ class PosteriorMeanNorm(nn.Module):
     """BN-VAE (Zhu et al. 2020): mu -> gamma (mu - E[mu]) / sqrt(Var[mu] + eps) + beta per channel, over the batch
     (and positions) in training and from running statistics in eval; gamma is fixed, the shift beta learned
     (zero at first). mu: (B, C, *spatial) or (B, D), any float dtype; the same shape back."""
+
+    running_mean: Tensor
+    running_var: Tensor
 
     def __init__(self, channels: int, gamma: float, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()

@@ -164,11 +164,13 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
     """VDVAE's CIFAR-10 model (Child 2021, ``hps.py`` ``cifar10``), for GPUs: width 384, 16 latent channels
     per group, bottleneck blocks (ratio 0.25, GELU, no batch norm), 43 groups: 22 at 32x32, 11 at 16x16,
     6 at 8x8, 3 at 4x4, 1 at 1x1 (decoder ``1x1,4m1,4x2,8m4,8x5,16m8,16x10,32m16,32x21``), discretised
-    logistic mixture of 10 components. Differences: one encoder block per group (VDVAE's encoder has its own,
-    shorter, stack per resolution whose last output all groups of that resolution read); the skip state is
-    ``W_h h + W_z z`` with W_h starting at the identity (VDVAE: ``x + z_proj(z)``, then the residual block).
-    As in vae.py: linear state, log-sigma Gaussians, the prior head zero and z_proj / the blocks' last convs
-    scaled by sqrt(1 / 43) at initialisation (docs/fidelity.md)."""
+    logistic mixture of 10 components. Each level as vae.py ``DecBlock`` builds it (``model.vdvae``): q from a
+    block on cat(h, d), p and an update of the stream from a block on h (its last conv zero), the state
+    h + z_proj(z) then the residual block, learned bias maps per resolution (the top's prior read from its map),
+    1x1 middle convs at 1x1; the encoder's 33 blocks as ``Encoder.build`` lays them out, each level reading the
+    last output at its resolution; linear state, log-sigma Gaussians, last convs scaled by sqrt(1 / n_blocks),
+    zero biases. 39,144,932 parameters: vae.py's 39,145,700 less the output's gain and bias (docs/fidelity.md).
+    To change the number of levels, give ``vdvae.encoder_depths`` one entry per level."""
     base = dict(
         _VDVAE,
         data_shape=[3, 32, 32],

@@ -9,6 +9,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class PosteriorNet(nn.Module):
+    """What :meth:`CellFamily.posterior_block` returns: q's raw parameters from the bottom-up features d and
+    the prior's features h, split into :meth:`context` (once per input, reused across importance samples) and
+    ``forward(ctx, h) -> raw``."""
+
+    def context(self, d: Tensor) -> Tensor:
+        raise NotImplementedError("a posterior net defines context(d) and forward(ctx, h)")
+
+
 class CellFamily:
     """A family of cells, registered under its ``model.block`` name in :data:`hvae.nets.FAMILIES`.
 
@@ -70,9 +79,9 @@ class CellFamily:
     @staticmethod
     def posterior_block(
         cfg: Any, level: int, h_ch: int, d_ch: int, n_raw: int, shape: tuple[int, ...]
-    ) -> nn.Module | None:
-        """A module with ``context(d)`` (once per input) and ``forward(ctx, h) -> raw`` (n_raw channels) that
-        gives q from the bottom-up features d (d_ch channels) and the prior's h (h_ch); None: the pointwise maps."""
+    ) -> PosteriorNet | None:
+        """A :class:`PosteriorNet` giving q's raw parameters (n_raw channels) from the bottom-up features d
+        (d_ch channels) and the prior's h (h_ch); None: the pointwise maps of the top-down rule."""
         return None
 
     @staticmethod

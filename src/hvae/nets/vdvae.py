@@ -24,14 +24,14 @@ blocks per level (``Encoder.build``); 1x1 middle convs at small resolutions; lea
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import CELL_FAMILIES
-from .common import CellFamily, Sequential, activation
+from .common import CellFamily, PosteriorNet, Sequential, activation
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -78,6 +78,13 @@ class Bottleneck(nn.Module):
         self.last.weight.data.mul_(last_scale)
 
     @property
+    def first(self) -> nn.Conv2d:
+        """c_1, the block's first convolution."""
+        conv = self.branch[1]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
+
+    @property
     def last(self) -> nn.Conv2d:
         """c_4, the block's last convolution."""
         conv = self.branch[-1]
@@ -95,7 +102,7 @@ def _zero_biases(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class PosteriorBlock(nn.Module):
+class PosteriorBlock(PosteriorNet):
     """q's raw parameters as vae.py ``DecBlock.enc`` computes them: a non-residual block on cat(h, d),
     ``(B, h_ch, H, W)``, ``(B, d_ch, H, W) -> (B, n_raw, H, W)``, bottleneck width ``mid``.
 
@@ -114,12 +121,12 @@ class PosteriorBlock(nn.Module):
 
     def context(self, d: Tensor) -> Tensor:
         """W_d act(d) + b: ``(B, d_ch, H, W) -> (B, mid, H, W)``."""
-        c1 = self.block.branch[1]
+        c1 = self.block.first
         return F.conv2d(self.block.branch[0](d), c1.weight[:, self.h_ch :], c1.bias)
 
     def forward(self, ctx: Tensor, h: Tensor) -> Tensor:
         """The raw parameters of q ``(B, n_raw, H, W)`` from the context and the prior's features h."""
-        c1 = self.block.branch[1]
+        c1 = self.block.first
         a = ctx + F.conv2d(self.block.branch[0](h), c1.weight[:, : self.h_ch])
         return self.block.branch[2:](a)
 
@@ -170,12 +177,14 @@ def encoder_block(
     pointwise_at: int = 0,
     split_pool: bool = False,
     last_scale: float = LAST_SCALE,
+    zero_bias: bool = False,
 ) -> Sequential:
     """Bottom-up ``(B, in_ch, H, W) -> (B, hidden, H / resample, W / resample)``: a 3x3 convolution when the
     width changes (VDVAE's input stem), ``depth`` blocks, then average pooling by ``resample``. With
     ``split_pool`` (vae.py ``Encoder.build``'s ``"32d2,16x6"``) one block runs before the pooling and the rest
     after it. ``size``: the input's height (needed with ``pointwise_at``, the largest resolution whose
-    blocks have 1x1 middle convs); ``last_scale``: the blocks' last convs' scale."""
+    blocks have 1x1 middle convs); ``last_scale``: the blocks' last convs' scale; ``zero_bias``: every conv's
+    bias starts at zero."""
     if resample < 1:
         raise ValueError(f"encoder_block downsamples: resample must be >= 1, got {resample}")
     r = _factor(resample)
@@ -184,17 +193,20 @@ def encoder_block(
     layers: list[nn.Module] = []
     if in_ch != hidden:
         layers.append(nn.Conv2d(in_ch, hidden, 3, padding=1))
-    opts = dict(last_scale=last_scale)
     layers.extend(
-        Bottleneck(hidden, act, leaky_slope, pointwise=_pointwise_at(size, pointwise_at), **opts) for _ in range(before)
+        Bottleneck(hidden, act, leaky_slope, pointwise=_pointwise_at(size, pointwise_at), last_scale=last_scale)
+        for _ in range(before)
     )
     if r > 1:
         layers.append(nn.AvgPool2d(r))
     layers.extend(
-        Bottleneck(hidden, act, leaky_slope, pointwise=_pointwise_at(after_size, pointwise_at), **opts)
+        Bottleneck(hidden, act, leaky_slope, pointwise=_pointwise_at(after_size, pointwise_at), last_scale=last_scale)
         for _ in range(depth - before)
     )
-    return Sequential(hidden, *layers)
+    out = Sequential(hidden, *layers)
+    if zero_bias:
+        _zero_biases(out)  # the stem's too
+    return out
 
 
 def decoder_block(
@@ -210,12 +222,13 @@ def decoder_block(
     pointwise_at: int = 0,
     upsample_last: bool = False,
     last_scale: float = LAST_SCALE,
+    zero_bias: bool = False,
 ) -> Sequential:
     """Top-down ``(B, in_ch, H, W) -> (B, hidden, H * |resample|, W * |resample|)``: nearest upsampling, a 1x1
     convolution when the width changes, then ``depth`` blocks; with ``upsample_last`` the 1x1 convolution and
     the blocks run at the input's resolution and the upsampling comes last (vae.py: a ``DecBlock``'s resnet
     runs at its own resolution; the next resolution's first block upsamples, ``"4m1"``). ``size``: the input's
-    height; ``pointwise_at`` and ``last_scale`` as in :func:`encoder_block`."""
+    height; ``pointwise_at``, ``last_scale`` and ``zero_bias`` as in :func:`encoder_block`."""
     if resample > 1:
         raise ValueError(f"decoder_block upsamples: resample must be 1 or negative, got {resample}")
     r = _factor(resample)
@@ -228,7 +241,10 @@ def decoder_block(
     layers.extend(Bottleneck(hidden, act, leaky_slope, pointwise=pw, last_scale=last_scale) for _ in range(depth))
     if upsample_last:
         layers.extend(up)
-    return Sequential(hidden, *layers)
+    out = Sequential(hidden, *layers)
+    if zero_bias:
+        _zero_biases(out)
+    return out
 
 
 def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
@@ -246,10 +262,13 @@ def official_init(layer: nn.Module, cfg: ModelConfig) -> None:
     head = getattr(layer, "prior_head", None)
     if isinstance(head, nn.Conv2d):
         nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
     z_proj = getattr(layer, "trans_from_z", None)
     if isinstance(z_proj, nn.Conv2d):
         z_proj.weight.data.mul_(scale)
+        if cfg.vdvae.active() and z_proj.bias is not None:  # get_1x1: zero bias
+            nn.init.zeros_(z_proj.bias)
 
 
 def norm(ch: int) -> nn.Module:
@@ -265,11 +284,17 @@ class VDVAE(CellFamily):
     """VDVAE's bottleneck blocks: ``(B, C, H, W)``."""
 
     block = staticmethod(encoder_block)  # a family's single cell: the bottom-up one
-    encoder_block = staticmethod(encoder_block)
-    decoder_block = staticmethod(decoder_block)
     pointwise = staticmethod(pointwise)
     residual_state = True  # the skip state's map from the prior features starts as the identity (layers.py)
     official_init = staticmethod(official_init)
+
+    @classmethod
+    def encoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw: Any) -> Sequential:
+        return encoder_block(in_ch, hidden, depth, resample, **kw)
+
+    @classmethod
+    def decoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw: Any) -> Sequential:
+        return decoder_block(in_ch, hidden, depth, resample, **kw)
 
     @staticmethod
     def encoder_depth(cfg: ModelConfig, level: int) -> int:
@@ -277,26 +302,30 @@ class VDVAE(CellFamily):
         return cfg.depth if depths is None else depths[level]
 
     @staticmethod
-    def cell_options(cfg: ModelConfig, role: str, level: int, shape: tuple[int, ...]) -> dict:
+    def cell_options(cfg: ModelConfig, role: str, level: int, shape: tuple[int, ...]) -> dict[str, Any]:
         v, strides = cfg.vdvae, cfg.strides or [1] * cfg.num_layers
         size = _size(shape)
         if role == "encoder":  # into ``level`` from the resolution below
             size_in = None if size is None else size * strides[level]
-            opts: dict = dict(size=size_in, pointwise_at=v.pointwise_at, split_pool=v.encoder_depths is not None)
+            opts: dict[str, Any] = dict(
+                size=size_in, pointwise_at=v.pointwise_at, split_pool=v.encoder_depths is not None
+            )
             if cfg.official_init and v.encoder_depths is not None:  # vae.py Encoder.build: x sqrt(1 / n_blocks)
                 opts["last_scale"] = math.sqrt(1.0 / max(1, sum(v.encoder_depths)))
+            opts["zero_bias"] = cfg.official_init and v.active()
             return opts
         # "prior" (into ``level`` from the level above) or "decoder" (from level 0 to the data)
         size_in = size if (role == "decoder" or size is None) else size // strides[level + 1]
         opts = dict(size=size_in, pointwise_at=v.pointwise_at, upsample_last=v.upsample_last)
         if cfg.official_init:  # vae.py DecBlock.__init__: resnet.c4 x sqrt(1 / n_blocks)
             opts["last_scale"] = math.sqrt(1.0 / cfg.num_layers)
+        opts["zero_bias"] = cfg.official_init and v.active()
         return opts
 
     @staticmethod
     def posterior_block(
         cfg: ModelConfig, level: int, h_ch: int, d_ch: int, n_raw: int, shape: tuple[int, ...]
-    ) -> nn.Module | None:
+    ) -> PosteriorNet | None:
         if not cfg.vdvae.posterior_block:
             return None
         mid = int(h_ch * BOTTLENECK)  # vae.py DecBlock: cond_width = width * bottleneck_multiple
