@@ -92,7 +92,6 @@ class LatentLayer(nn.Module):
         if self.is_top:
             width = cfg.hidden_dims[index]
         else:
-            assert cfg.strides is not None or cfg.block == "mlp"
             up = -cfg.strides[index + 1] if cfg.strides and cfg.strides[index + 1] > 1 else 1
             opts = fam.cell_options(cfg, "prior", index, self.latent_shape)
             prior_net = fam.decoder_block(above_state_ch, cfg.hidden_dims[index + 1], cfg.depth, up, **kw, **opts)
@@ -105,16 +104,18 @@ class LatentLayer(nn.Module):
         self.feature_map = fam.feature_map(cfg, index, width, self.latent_shape)
         if self.feature_map is not None:
             prior_ch = width
-        self.prior_block = fam.prior_block(cfg, index, prior_ch, n_raw_p, self.latent_shape) if prior_ch else None
-        if prior_ch is not None and self.prior_block is None and not self.is_top:
-            self.prior_head = fam.pointwise(prior_ch, n_raw_p)
+        self.prior_block: nn.Module | None = None
+        if prior_ch is not None:
+            self.prior_block = fam.prior_block(cfg, index, prior_ch, n_raw_p, self.latent_shape)
+            if self.prior_block is None and not self.is_top:
+                self.prior_head = fam.pointwise(prior_ch, n_raw_p)
 
-        # posterior
+        # posterior: a family's own block of (d_l, h_p) (its context precomputes the d_l part), or the rule's maps
         self.posterior_block: PosteriorNet | None = None
         if prior_ch is not None and self.inference == "top_down":
             self.posterior_block = fam.posterior_block(cfg, index, prior_ch, feature_ch, n_raw, self.latent_shape)
         if self.posterior_block is not None:
-            pass  # q = posterior_block(d, h_p) (its context precomputes the half of d)
+            pass
         elif self.is_top or self.inference in ("ladder", "bottom_up"):
             self.posterior_head = fam.pointwise(feature_ch, n_raw)
         else:  # top_down: q from (d_l, h_p); the d_l half of the first map is precomputed per input
