@@ -462,7 +462,8 @@ class ModelConfig(Serializable):
         if v.encoder_depths is not None:
             require(
                 len(v.encoder_depths) == L,
-                f"vdvae.encoder_depths: needs one entry per latent layer ({L}), got {len(v.encoder_depths)}",
+                f"vdvae.encoder_depths: needs one entry per latent layer ({L}), got {len(v.encoder_depths)}; "
+                "give one per level, or null for model.depth blocks at every level",
             )
         if v.posterior_block:
             require(self.inference == "top_down", "vdvae.posterior_block: needs inference: top_down")
