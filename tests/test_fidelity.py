@@ -503,3 +503,18 @@ def test_vdvae_options_keep_other_models_and_are_checked():
         presets.vdvae_small(hidden_dims=[32, 32, 32, 64], vdvae={"identity_state": True})
     with pytest.raises(ConfigError, match="encoder_depths: every entry must be >= 0"):
         presets.vdvae_small(vdvae={"encoder_depths": [1, -1, 1, 1]})
+
+
+def test_vdvae_construction_recomputed_by_checkpointing_gives_the_same_loss_and_gradients():
+    x = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(2)).float() / 255
+    grads = []
+    for checkpointing in (False, True):
+        m = _vdvae_model()
+        _perturb(m, seed=4)  # the prior's extra output and the bias maps non-zero
+        m.config.checkpointing = checkpointing
+        torch.manual_seed(7)
+        out = m(x)
+        out.loss.backward()
+        grads.append((out.loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    (l0, g0), (l1, g1) = grads
+    assert torch.allclose(l0, l1) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))

@@ -328,7 +328,7 @@ class VDVAE(CellFamily):
     ) -> PosteriorNet | None:
         if not cfg.vdvae.posterior_block:
             return None
-        mid = int(h_ch * BOTTLENECK)  # vae.py DecBlock: cond_width = width * bottleneck_multiple
+        mid = max(1, int(h_ch * BOTTLENECK))  # vae.py DecBlock: cond_width = width * bottleneck_multiple
         pw = _pointwise_at(_size(shape), cfg.vdvae.pointwise_at)
         return PosteriorBlock(h_ch, d_ch, mid, n_raw, cfg.activation, cfg.leaky_slope, pw)
 
@@ -337,7 +337,7 @@ class VDVAE(CellFamily):
         if not cfg.vdvae.prior_block:
             return None
         pw = _pointwise_at(_size(shape), cfg.vdvae.pointwise_at)
-        return PriorBlock(ch, int(ch * BOTTLENECK), n_raw, cfg.activation, cfg.leaky_slope, pw)
+        return PriorBlock(ch, max(1, int(ch * BOTTLENECK)), n_raw, cfg.activation, cfg.leaky_slope, pw)
 
     @staticmethod
     def feature_map(cfg: ModelConfig, level: int, ch: int, shape: tuple[int, ...]) -> nn.Parameter | None:
