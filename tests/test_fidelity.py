@@ -371,12 +371,12 @@ def _vdvae_model(seed=0, **vdvae):
     return build_model(cfg)
 
 
-def _perturb(module: torch.nn.Module, seed: int = 1) -> None:
+def _perturb(module: torch.nn.Module, seed: int = 1, std: float = 0.3) -> None:
     """Random weights and biases everywhere (the zero initialisations would hide a wrong wiring)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def test_vdvae_posterior_is_dec_block_enc_on_the_concatenation_of_h_and_d():
@@ -510,11 +510,12 @@ def test_vdvae_construction_recomputed_by_checkpointing_gives_the_same_loss_and_
     grads = []
     for checkpointing in (False, True):
         m = _vdvae_model()
-        _perturb(m, seed=4)  # the prior's extra output and the bias maps non-zero
+        _perturb(m, seed=4, std=0.05)  # the prior's extra output and the bias maps non-zero
         m.config.checkpointing = checkpointing
         torch.manual_seed(7)
         out = m(x)
         out.loss.backward()
         grads.append((out.loss.detach(), [p.grad.clone() for p in m.parameters()]))
     (l0, g0), (l1, g1) = grads
-    assert torch.allclose(l0, l1) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
+    assert torch.isfinite(l0) and torch.allclose(l0, l1)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
