@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from benchmarks import text as bench
 from hvae.runconfig import load_run_config
 
