@@ -118,7 +118,11 @@ class AggressiveEncoder:
         if not self.active:
             return
         if step % self.mi_every == 0:
-            mi = mutual_information(self.model, self.probe)
+            # the same draws at every check (a change of I_q is not noise of z), outside the training's stream
+            devices = [self.probe.device] if self.probe.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                mi = mutual_information(self.model, self.probe)
             if self.mi and mi <= self.mi[-1][1]:
                 self.active, self.ended_at = False, step
                 self.log(
