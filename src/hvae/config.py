@@ -231,6 +231,10 @@ class ModelConfig(Serializable):
     # (a sliding window; 0 = all before it)
     seq_word_dropout: float = 0.0
     seq_context: int = 0
+    # the yardstick of a latent-variable model with an autoregressive decoder: the same decoder with no latents
+    # (q(z|x) = p(z), the decoder reads no z), trained and scored by the same code; its ELBO and IW bound are
+    # then its exact log-likelihood
+    decoder_only: bool = False
     # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
     # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
     # one-hot groups of categorical_classes (G*K channels), a vq latent G code vectors of vq.dim (G*E).
@@ -402,6 +406,11 @@ class ModelConfig(Serializable):
                 self.attention.depth_dim % heads == 0,
                 f"attention.depth_dim: {self.attention.depth_dim} must divide into attention.heads ({heads})",
             )
+        require(
+            not self.decoder_only or self.decoder != "plain",
+            "decoder_only: needs an autoregressive decoder (decoder: transformer, gru or pixelcnn); a plain decoder "
+            "without latents predicts the same distribution for every example",
+        )
         if self.decoder == "plain":
             return
         for name, value in [

@@ -668,7 +668,7 @@ class Autoregressive(ObservationModel):
 def _build_autoregressive(config) -> Autoregressive:
     from .nets import autoregressive
 
-    base = build_likelihood(config.replace(decoder="plain"))
+    base = build_likelihood(config.replace(decoder="plain", decoder_only=False))  # the per-position model
     levels = base.levels
     if levels is None:  # continuous data: no values to predict position by position
         raise ValueError(f"an autoregressive decoder cannot use the observation model {type(base).__name__}")

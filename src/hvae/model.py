@@ -269,6 +269,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
     def _decode_state(self, state: Tensor, length: int | None = None):
         """p(x | z_1) from the top-down state; ``length``: token models, the positions of a batch whose rows
         stop early (the rest is padding, which never counts)."""
+        if self.config.decoder_only:  # the yardstick's decoder reads no latents: its features are constant
+            state = torch.zeros_like(state)
         params = self.decoder_head(self._cells(self.decoder, state)).float()
         if self._pad is not None and len(self._pad) == 2:  # crop the padded sequence back: (B, P, T')->(B, P, T)
             params = params[:, :, : self.data_shape[1]]
@@ -287,6 +289,11 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
     def _infer(self, x: Tensor | None, k: int = 1, ctxs: list[Tensor] | None = None, posterior_mean: bool = False):
         """z ~ q(z | x) (k samples per input, sample-major) and the pass that scores it."""
+        if self.config.decoder_only:  # the yardstick: q(z | x) = p(z), so every KL is 0 and the bound is exact
+            means = [0.0] * self.config.num_layers if posterior_mean else None  # temperature 0: the prior's means
+            run = self._top_down((x.shape[0] if ctxs is None else ctxs[0].shape[0]) * k, temperatures=means)
+            run.qs = list(run.ps)
+            return run
         if ctxs is None:
             ctxs = self._bottom_up(x)
         B = ctxs[0].shape[0]
@@ -347,7 +354,9 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         training = self.training and torch.is_grad_enabled()
         if beta is None:
             beta = schedules.beta(self.config, self.step)
-        loss = -log_px.mean() + objectives.kl_loss(self.config, kl_elem, beta)
+        loss = -log_px.mean()
+        if not self.config.decoder_only:  # the yardstick's KL is 0: a free-bits floor would only add a constant
+            loss = loss + objectives.kl_loss(self.config, kl_elem, beta)
         if self.spectral is not None and training:
             loss = loss + schedules.spectral_weight(self.config, self.step) * self.spectral(self).sum()
         if training:  # with or without an explicit beta: step also drives the relaxation's and spectral annealing

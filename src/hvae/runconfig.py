@@ -74,6 +74,13 @@ class TrainConfig(Serializable):
     compile: Literal["auto", "always", "never"] | bool = "auto"  # true / false (older configs): always / never
     compile_after_s: float = 300.0
     dist_timeout: float = 1800.0  # seconds a rank waits for the others in a collective before failing
+    # aggressive encoder updates early in training (He et al. 2019; hvae.aggressive): before each step the
+    # inference network alone is updated until its loss stops falling (at most aggressive_inner_steps), then the
+    # step updates the generative model; the phase ends when the mutual information I_q(x; z), measured every
+    # aggressive_mi_every steps, stops rising
+    aggressive_encoder: bool = False
+    aggressive_inner_steps: int = 100
+    aggressive_mi_every: int = 50
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -96,7 +103,10 @@ class TrainConfig(Serializable):
             self.ema_decay is None or 0 < self.ema_decay < 1,
             f"train.ema_decay: must be in (0, 1), got {self.ema_decay}",
         )
-        for name in ("log_every", "eval_every", "checkpoint_every", "max_consecutive_skips"):
+        for name in (
+            "log_every", "eval_every", "checkpoint_every", "max_consecutive_skips", "aggressive_inner_steps",
+            "aggressive_mi_every",
+        ):  # fmt: skip
             require(getattr(self, name) >= 1, f"train.{name}: must be >= 1, got {getattr(self, name)}")
         require(
             self.kl_warmup_epochs is None or self.kl_warmup_epochs >= 0,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import distributed
+from .aggressive import start as start_aggressive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .configbase import ConfigError
 from .data import Dataset, load_dataset
@@ -693,6 +694,7 @@ def _loop(job: _Job) -> None:
         late = time.monotonic() - since >= every_s
         return bool(ctx.all_min(torch.tensor([0.0 if late else 1.0], device=device)).item() == 0.0)
 
+    aggressive = start_aggressive(job)  # train.aggressive_encoder: None unless asked for
     while not done and state["epoch"] < tc.epochs:
         model.train()
         batches = job.dataset.batches("train", job.batch_size, epoch=state["epoch"], start_batch=state["batch"])
@@ -718,6 +720,8 @@ def _loop(job: _Job) -> None:
                 last_step_s, step_began = (now - step_began if step_began is not None else 0.0), now
                 compiling = model.compiler.status.startswith(("compiling", "probing"))
                 timed_out = job.deadline is not None and now + last_step_s >= job.deadline
+                if aggressive is not None and not timed_out:  # He et al. 2019: the encoder catches up first
+                    aggressive.before_step(state["step"], model.beta_at(kl_step))  # timed with the step
                 r = train_step(
                     model,
                     opt,
