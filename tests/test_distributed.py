@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import hvae
 from hvae.checkpoint import latest_checkpoint
 from hvae.config import ConfigError
-from hvae.data import load_dataset
+from hvae.data import DataConfig, load_dataset, text
 from hvae.distributed import Context, eval_shard, shard
 from hvae.evaluate import elbo_terms, evaluate, evaluation_sums
 from hvae.model import build_model
@@ -390,3 +390,47 @@ def test_vq_codebooks_of_data_parallel_ranks_follow_the_whole_batch(tmp_path):
         got = torch.load(tmp_path / f"vq-{rank}.pt")
         for k in ("codebook", "ema_count", "ema_sum"):
             assert torch.allclose(got[k], one.state_dict()[k], atol=1e-6), (rank, k)
+
+
+def _text_file(tmp_path):
+    lines = [("ab " * (1 + (7 * i) % 11)).strip() for i in range(60)]  # lengths 2 .. 32 bytes
+    (tmp_path / "t.txt").write_text("\n".join(f"{i} {s}" for i, s in enumerate(lines)) + "\n")
+    return dict(source="text", path=str(tmp_path / "t.txt"), max_length=24, dedupe=False)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "dequantize", "static", "text"])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_a_ranks_rows_of_each_batch_are_its_slice_of_the_whole_batch_bit_for_bit(tmp_path, kind, world_size):
+    options = {
+        "dynamic": dict(binarize="dynamic", flatten=True),
+        "dequantize": dict(dequantize=True),
+        "static": dict(binarize="static"),
+        "text": _text_file(tmp_path),
+    }[kind]
+    d = load_dataset(DataConfig(**options))
+    B = 12 if kind == "text" else 30
+    for epoch in (0, 1):
+        whole = list(d.batches("train", B, epoch=epoch, start_batch=1))
+        parts = [list(d.batches("train", B, epoch=epoch, start_batch=1, part=(r, world_size))) for r in range(world_size)]
+        assert len(whole) >= 2 and all(len(p) == len(whole) for p in parts)
+        for i, x in enumerate(whole):
+            for r in range(world_size):
+                assert parts[r][i].dtype == x.dtype and torch.equal(parts[r][i], shard(x, Context(r, world_size)))
+    if kind == "text":  # the whole batch's width, not the rank's own rows' (those can be shorter)
+        assert any(p.shape[1] > text.trim_batch(p, d.tokenizer.pad_id).shape[1] for p in parts[0])
+
+
+def test_a_rank_reads_and_binarizes_only_its_own_rows(monkeypatch):
+    from hvae.data import loader, transforms
+
+    d = load_dataset(DataConfig(binarize="dynamic", flatten=True))
+    read, drawn = [], []
+    real_rows, real_binarize = loader.Split.rows, transforms.binarize
+    monkeypatch.setattr(loader.Split, "rows", lambda self, index: (read.append(len(index)), real_rows(self, index))[1])
+    monkeypatch.setattr(transforms, "binarize", lambda x, gen: (drawn.append(x.numel()), real_binarize(x, gen))[1])
+    batches = list(d.batches("train", 40, epoch=2, part=(1, 4)))
+    assert len(batches) == d.num_batches("train", 40) and all(x.shape == (10, 64) for x in batches)
+    assert read == [10] * len(batches)  # 10 of each batch's 40 rows read
+    assert sum(drawn) == 10 * 64 * len(batches)  # and only their values drawn
+    with pytest.raises(ValueError, match="rank 4 of 4"):
+        next(d.batches("train", 40, part=(4, 4)))

@@ -415,12 +415,17 @@ class Dataset:
         start_batch: int = 0,
         drop_last: bool | None = None,
         device=None,
+        part: tuple[int, int] = (0, 1),
     ) -> Iterator[torch.Tensor]:
         """Yield preprocessed float32 batches (B, *shape) of ``split`` on ``device``.
 
         Order (when shuffled; default for train only) depends on (seed, split, epoch); training noise
-        (dynamic binarization, dequantization) on (seed, epoch, batch index). ``start_batch`` skips the
-        first batches without computing them, for exact resume. A batch is a new tensor (never a view of
+        (dynamic binarization, dequantization) on (seed, epoch, batch index, row in the batch): each row of a
+        batch draws from its own generator. ``part=(r, N)`` yields only rows ``[r*B/N, (r+1)*B/N)`` of every
+        batch (rank r's share under torchrun, ``B // N`` rows each), read and preprocessed alone: the values
+        are those rows of the whole batch, bit for bit, and the other rows are never touched (token rows are
+        trimmed to the whole batch's width). ``start_batch`` skips the first batches without computing them,
+        for exact resume. A batch is a new tensor (never a view of
         the stored split), gathered by index from memory or, for a streamed split, read from disk; the values
         are the same either way. Static binarization of a streamed split writes its one fixed binarization
         once (1 byte per value; to a temporary file beyond ``memory_budget_gb``) on first use.
@@ -437,14 +442,30 @@ class Dataset:
                 order = text.bucket_order(self._lengths(split), batch_size, gen)
             else:
                 order = torch.randperm(len(source), generator=gen)
+        r, n_parts = part
+        if not 0 <= r < n_parts:
+            raise ValueError(f"part: rank {r} of {n_parts} does not exist; use 0 <= r < N")
         for b in range(start_batch, n_batches):
             lo, hi = b * batch_size, min((b + 1) * batch_size, len(source))
-            batch = source.rows(order[lo:hi] if order is not None else torch.arange(lo, hi))
+            rows = order[lo:hi] if order is not None else torch.arange(lo, hi)
+            per = len(rows) // n_parts  # as distributed.shard cuts the whole batch
+            mine = rows[r * per : (r + 1) * per] if n_parts > 1 else rows
+            batch = source.rows(mine)
             if noisy:
-                batch = self._preprocess(batch, transforms.generator(self.config.seed, "batch", epoch, b))
+                batch = self._noisy_rows(batch, epoch, b, first=r * per if n_parts > 1 else 0)
             if pad is not None:
-                batch = text.trim_batch(batch, pad)
+                width = int(self._lengths(split)[rows].max()) if n_parts > 1 and len(rows) else None
+                batch = text.trim_batch(batch, pad) if width is None else batch[:, : max(1, width)]
             yield batch if device is None else batch.to(device)
+
+    def _noisy_rows(self, x: torch.Tensor, epoch: int, b: int, first: int) -> torch.Tensor:
+        """Training noise of rows ``first, first+1, ...`` of batch ``b`` (x: (rows, *shape), float32): row i
+        binarized or dequantized with a generator of its own, seeded from (seed, epoch, b, i), so that any
+        range of a batch's rows is made without drawing the others' noise."""
+        base = transforms.derive_seed(self.config.seed, "batch", epoch, b)
+        gen = torch.Generator()
+        out = [self._preprocess(row, gen.manual_seed(_row_seed(base, first + i))) for i, row in enumerate(x.split(1))]
+        return torch.cat(out) if out else x
 
     def _lengths(self, split: str) -> torch.Tensor:
         """Token rows: each example's length without its padding (N,), computed once per split."""
@@ -454,6 +475,15 @@ class Dataset:
             rows = cast(torch.Tensor, self.split(split).data)  # token rows are held in memory
             self._row_lengths[split] = text.row_lengths(rows, self.tokenizer.pad_id)
         return self._row_lengths[split]
+
+
+def _row_seed(base: int, i: int) -> int:
+    """Row i's seed from its batch's: SplitMix64's finaliser of base + (i + 1) * golden gamma (Steele et al.
+    2014), so neighbouring rows' seeds differ in every bit (torch's CPU generator reads the low 32)."""
+    z = (base + (i + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & (2**63 - 1)
 
 
 def _train_rows(config: DataConfig, n: int, carve_val: bool = True, carve_test: bool = True) -> torch.Tensor:
