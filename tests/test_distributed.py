@@ -434,3 +434,79 @@ def test_a_rank_reads_and_binarizes_only_its_own_rows(monkeypatch):
     assert sum(drawn) == 10 * 64 * len(batches)  # and only their values drawn
     with pytest.raises(ValueError, match="rank 4 of 4"):
         next(d.batches("train", 40, part=(4, 4)))
+
+
+# free bits and KL balancing over the global batch: 2 ranks x 8 rows train the objective of 1 process x 16 rows
+OBJECTIVES = {
+    "free bits per level": dict(free_bits_mode="layer"),
+    "free bits per channel": dict(free_bits_mode="channel"),
+    "KL balancing": dict(kl_balancing=True),
+}
+
+
+def _row_noise(t, **kw):
+    # the posterior noise of a row from its own values: a rank's rows draw what the same rows draw in one process
+    return torch.sin(1e3 * t)
+
+
+def _objective_model(name):
+    """The model (seed 0), the global batch (16 rows), the KL weight, and free bits between the two ranks' own
+    batch means of level 1's KL (so each rank alone would decide differently from the global batch)."""
+    torch.manual_seed(0)
+    cfg = tiny("model.latent_dims=[4,2]")[0].model
+    x = torch.bernoulli(torch.rand(16, 64, generator=torch.Generator().manual_seed(1)))
+    options = OBJECTIVES[name]
+    cfg = type(cfg).from_dict({**cfg.to_dict(), **options})
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    if "free_bits_mode" in options:
+        with torch.no_grad():
+            kl = model._kl_terms(model._infer(x))[0]  # level 1's (16, 4) nats
+        kl = kl.sum(1) if options["free_bits_mode"] == "layer" else kl[:, 0]  # its first channel's
+        lo, hi = sorted([kl[:8].mean().item(), kl[8:].mean().item()])
+        model.config.free_bits = 0.7 * lo + 0.3 * hi  # above one rank's mean, below the other's and the global one
+    return model, x, 0.5 if "kl_balancing" in options else 1.0
+
+
+def _loss_and_grads(forward, model, x, beta):
+    loss = forward(x, beta=beta).loss
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _objective_case(rank, out):
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.distributed.init_process_group("gloo")
+    torch.randn_like = _row_noise
+    try:
+        results = {}
+        for name in OBJECTIVES:
+            for reduced in (True, False):
+                model, x, beta = _objective_model(name)
+                model.batch_sum = Context(rank, 2).all_sum if reduced else None
+                ddp = DistributedDataParallel(model)
+                results[name, reduced] = _loss_and_grads(ddp, model, x[8 * rank : 8 * (rank + 1)], beta)
+        torch.save(results, out / f"objective-{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_free_bits_and_kl_balancing_of_two_ranks_are_those_of_one_process_on_the_global_batch(tmp_path, monkeypatch):
+    _run_ranks(_objective_case, tmp_path, 300)
+    ranks = [torch.load(tmp_path / f"objective-{r}.pt") for r in (0, 1)]
+    monkeypatch.setattr(torch, "randn_like", _row_noise)
+    for name in OBJECTIVES:
+        model, x, beta = _objective_model(name)
+        loss, grads = _loss_and_grads(model, model, x, beta)
+        for reduced in (True, False):
+            (loss0, grads0), (loss1, _) = ranks[0][name, reduced], ranks[1][name, reduced]
+            same_loss = torch.allclose((loss0 + loss1) / 2, loss, rtol=1e-6, atol=1e-6)
+            same_grads = grads0.keys() == grads.keys() and all(
+                torch.allclose(grads0[k], grads[k], rtol=1e-5, atol=1e-6) for k in grads
+            )
+            # DDP averages the ranks' gradients: rank 0's are the average
+            if reduced:
+                assert same_loss and same_grads, name
+            else:  # each rank's own batch means: another objective (what hvae trained before the all-reduce)
+                assert not same_grads, name

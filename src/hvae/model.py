@@ -16,7 +16,7 @@ and the levels' shapes and the data's padding in :mod:`hvae.geometry`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -154,6 +154,9 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
 
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # data parallelism (set by the trainer): sums a tensor over the processes that share each training batch,
+        # so that free bits and KL balancing act on the global batch (hvae.objectives); None: the batch is all here
+        self.batch_sum: Callable[[Tensor], Tensor] | None = None
         # keep last: it tracks every conv / linear weight built above
         self.spectral = SpectralNorms(self) if cfg.spectral.reg > 0 else None
         set_compile(self)  # the defaults: compiled where it pays
@@ -356,7 +359,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             beta = schedules.beta(self.config, self.step)
         loss = -log_px.mean()
         if not self.config.decoder_only:  # the yardstick's KL is 0: a free-bits floor would only add a constant
-            loss = loss + objectives.kl_loss(self.config, kl_elem, beta)
+            loss = loss + objectives.kl_loss(self.config, kl_elem, beta, self.batch_sum if training else None)
         if self.spectral is not None and training:
             loss = loss + schedules.spectral_weight(self.config, self.step) * self.spectral(self).sum()
         if training:  # with or without an explicit beta: step also drives the relaxation's and spectral annealing

@@ -6,8 +6,8 @@ applied, and a long run of skips stops training with :class:`TrainingDiverged`.
 
 Under ``torchrun`` the same loop runs on every rank with ``DistributedDataParallel``: rank r reads and
 preprocesses only rows ``[r*B/N, (r+1)*B/N)`` of every global batch of the single-process data order, draws its posterior noise
-from its own stream (seeded ``train.seed + r``), and the skip decision is all-reduced so every rank skips
-the same updates. Rank 0 alone writes files and prints.
+from its own stream (seeded ``train.seed + r``), free bits and KL balancing act on the global batch's means
+(:mod:`hvae.objectives`), and the skip decision is all-reduced so every rank skips the same updates. Rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
@@ -407,6 +407,8 @@ def _train(
                 )
         # every rank draws its own posterior noise: rank r's stream is seeded train.seed + r
         torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
+        # free bits and KL balancing on the global batch's means (hvae.objectives): one small all-reduce a step
+        model.batch_sum = ctx.all_sum
     settings = {k: v for k, v in (("betas", tc.adam_beta2), ("eps", tc.adam_eps)) if v is not None}
     if "betas" in settings:
         settings["betas"] = (0.9, tc.adam_beta2)
