@@ -411,7 +411,9 @@ def test_a_ranks_rows_of_each_batch_are_its_slice_of_the_whole_batch_bit_for_bit
     B = 12 if kind == "text" else 30
     for epoch in (0, 1):
         whole = list(d.batches("train", B, epoch=epoch, start_batch=1))
-        parts = [list(d.batches("train", B, epoch=epoch, start_batch=1, part=(r, world_size))) for r in range(world_size)]
+        parts = [
+            list(d.batches("train", B, epoch=epoch, start_batch=1, part=(r, world_size))) for r in range(world_size)
+        ]
         assert len(whole) >= 2 and all(len(p) == len(whole) for p in parts)
         for i, x in enumerate(whole):
             for r in range(world_size):

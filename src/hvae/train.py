@@ -5,9 +5,10 @@ opt.step()``), guarded: an update whose loss or gradient norm is not finite is s
 applied, and a long run of skips stops training with :class:`TrainingDiverged`.
 
 Under ``torchrun`` the same loop runs on every rank with ``DistributedDataParallel``: rank r reads and
-preprocesses only rows ``[r*B/N, (r+1)*B/N)`` of every global batch of the single-process data order, draws its posterior noise
-from its own stream (seeded ``train.seed + r``), free bits and KL balancing act on the global batch's means
-(:mod:`hvae.objectives`), and the skip decision is all-reduced so every rank skips the same updates. Rank 0 alone writes files and prints.
+preprocesses only rows ``[r*B/N, (r+1)*B/N)`` of every global batch of the single-process data order, draws
+its posterior noise from its own stream (seeded ``train.seed + r``), free bits and KL balancing act on the
+global batch's means (:mod:`hvae.objectives`), and the skip decision is all-reduced so every rank skips the
+same updates. Rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
