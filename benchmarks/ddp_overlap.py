@@ -36,7 +36,6 @@ from hvae.distributed import Context
 from hvae.optim import make_optimizer
 from hvae.train import train_step
 
-
 MODES = ("eager", "compiled", "compiled, DDPOptimizer off")
 
 

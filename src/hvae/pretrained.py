@@ -68,17 +68,16 @@ class PretrainedMixin(_Module):
             config = cls.config_class.from_dict(json.loads(cfg_path.read_text()))
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_path} is not valid JSON ({e}); the file is damaged") from None
-        model = cls(config)
         try:
             state, metadata = load_tensors(w_path)  # on the host: checked there, then moved with the model
         except OSError as e:
             raise ValueError(f"{w_path} cannot be read ({e})") from None
         saved_config = metadata.get("config")
-        if saved_config is not None and cls.config_class.from_dict(json.loads(saved_config)) != config:
-            raise ValueError(
-                f"{cfg_path} and {w_path} come from different saves (a save was cut short between the two files); "
-                "save the model again"
-            )
+        if saved_config is not None:
+            saved = cls.config_class.from_dict(json.loads(saved_config))
+            if saved != config:
+                raise ValueError(_config_mismatch(cfg_path, w_path, config.to_dict(), saved.to_dict()))
+        model = cls(config)
         floats = {v.dtype for v in state.values() if v.is_floating_point()}
         if len(floats) == 1 and floats != {torch.float32}:  # a float64 or bf16 model comes back as it was saved
             model = model.to(floats.pop())
@@ -90,3 +89,27 @@ class PretrainedMixin(_Module):
         except RuntimeError as e:
             raise ValueError(f"{w_path} does not match {cfg_path}: {e}") from None
         return model.to(map_location).eval()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config's dict with its sections' keys dotted: ``{"vq": {"codes": 8}}`` -> ``{"vq.codes": 8}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _config_mismatch(cfg_path: Path, w_path: Path, now: dict[str, Any], saved: dict[str, Any]) -> str:
+    """What is wrong when ``config.json`` no longer holds the config the weights were saved with: the keys that
+    differ, with both values, and the two ways out."""
+    now, saved = _flat(now), _flat(saved)
+    keys = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+    shown = "; ".join(f"{k} is {now.get(k)!r} there but {saved.get(k)!r} in the weights' own config" for k in keys[:5])
+    more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
+    return (
+        f"{cfg_path} no longer matches the config saved inside {w_path} with the weights: {shown}{more}. "
+        f"{cfg_path.name} was changed after the save (edited by hand or replaced; or a save stopped between the "
+        f"two files), and a model's settings cannot change under trained weights. Restore {cfg_path.name} "
+        "to those values, or load another copy of the model (a run's checkpoints/*/model); to change a setting, "
+        "load the model, change model.config in Python and save it, or train a new model"
+    )
