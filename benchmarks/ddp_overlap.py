@@ -116,7 +116,7 @@ def main() -> None:
             train_step(model, opt, x, forward=ddp, ctx=ctx)  # the compile
         compile_s[mode] = round(time.perf_counter() - t, 1)
     for _ in range(args.steps // 5):
-        for mode, (model, ddp, opt, steps) in jobs.items():
+        for model, ddp, opt, steps in jobs.values():
             for _ in range(5):
                 timeline.reset()
                 train_step(model, opt, x, forward=ddp, ctx=ctx)
