@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from . import distributed
 from .aggressive import start as start_aggressive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .compiled import LazyCompile
 from .configbase import ConfigError
 from .data import Dataset, load_dataset
 from .distributed import Context, DistributedError
@@ -309,6 +310,8 @@ def train_step(
     if applied:
         scaler.step(optimizer)  # optimizer.step(); with fp16 first un-scaled (the scaler found no inf)
         if ema is not None:
+            if tc.ema_decay is None:
+                raise ValueError("train_step: ema was given but config.ema_decay is not set; set train.ema_decay")
             _ema_update(ema, model, tc.ema_decay)
     else:
         skipped = (
@@ -393,7 +396,8 @@ def _train(
                 raise ConfigError(f"the {name} data do not fit the model: {e}") from None
     channels_last = tc.channels_last and config.model.block != "mlp"
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's stubs list only device, dtype and tensor
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     elif tc.channels_last:
         log("note: train.channels_last applies to convolutional models only; ignored")
     if ctx.distributed:
@@ -410,7 +414,7 @@ def _train(
         torch.manual_seed(distributed.rank_seed(tc.seed, ctx.rank))
         # free bits and KL balancing on the global batch's means (hvae.objectives): one small all-reduce a step
         model.batch_sum = ctx.all_sum
-    settings = {k: v for k, v in (("betas", tc.adam_beta2), ("eps", tc.adam_eps)) if v is not None}
+    settings: dict[str, Any] = {k: v for k, v in (("betas", tc.adam_beta2), ("eps", tc.adam_eps)) if v is not None}
     if "betas" in settings:
         settings["betas"] = (0.9, tc.adam_beta2)
     opt = make_optimizer(model, lr=tc.lr, name=tc.optimizer, weight_decay=tc.weight_decay, **settings)
@@ -496,7 +500,8 @@ def _train(
         per_step = (time.monotonic() - pace["time"]) / done
         return min(left, int(max(0.0, deadline - time.monotonic()) / per_step))
 
-    model.set_compile(tc.compile, after_s=tc.compile_after_s, steps_left=steps_left)
+    # TrainConfig turns the older true / false into always / never
+    model.set_compile(cast(str, tc.compile), after_s=tc.compile_after_s, steps_left=steps_left)
 
     ctx.run_on_main(lambda: _start_writing(run, config, dataset, resume, resume_step, overwrite, log))
     job = _Job(
@@ -681,6 +686,7 @@ def _loop(job: _Job) -> None:
         checkpoint(best=is_best)
 
     compile_events = 0
+    compiler = cast(LazyCompile, model.compiler)  # set by set_compile (an attribute nn.Module's stubs cannot see)
     done = state["step"] >= total_steps
     stop_signal: int | None = None
     step_began: float | None = None  # host time of the last step (each step reads its skip flags back)
@@ -724,7 +730,7 @@ def _loop(job: _Job) -> None:
                 # train.max_time; the step's all-reduce decides for all
                 now = clock.lap("batches")
                 last_step_s, step_began = (now - step_began if step_began is not None else 0.0), now
-                compiling = model.compiler.status.startswith(("compiling", "probing"))
+                compiling = compiler.status.startswith(("compiling", "probing"))
                 timed_out = job.deadline is not None and now + last_step_s >= job.deadline
                 if aggressive is not None and not timed_out:  # He et al. 2019: the encoder catches up first
                     aggressive.before_step(state["step"], model.beta_at(kl_step))  # timed with the step
@@ -740,10 +746,10 @@ def _loop(job: _Job) -> None:
                     ctx=ctx,
                     stop=job.stops.signum is not None or timed_out,
                 )
-                compiling = compiling or len(model.compiler.events) > compile_events
+                compiling = compiling or len(compiler.events) > compile_events
                 clock.lap("compiling and probing" if compiling else "step")
-                while len(model.compiler.events) > compile_events:  # auto-compilation's decisions, as they come
-                    log(f"note: train.compile: {model.compiler.events[compile_events]}")
+                while len(compiler.events) > compile_events:  # auto-compilation's decisions, as they come
+                    log(f"note: train.compile: {compiler.events[compile_events]}")
                     compile_events += 1
                 if r.applied:
                     consecutive_skips = 0
