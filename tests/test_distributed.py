@@ -512,3 +512,42 @@ def test_free_bits_and_kl_balancing_of_two_ranks_are_those_of_one_process_on_the
                 assert same_loss and same_grads, name
             else:  # each rank's own batch means: another objective (what hvae trained before the all-reduce)
                 assert not same_grads, name
+
+
+def _compiled_ddp_case(rank, out):
+    import logging
+
+    real_compile = torch.compile  # aot_eager: dynamo and AOTAutograd as hvae's compile, without inductor's codegen
+    torch.compile = lambda fn, **kw: real_compile(fn, backend="aot_eager", fullgraph=kw.get("fullgraph", False))
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    logger = logging.getLogger("torch._dynamo.backends.distributed")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Keep())
+    # 512-unit layers: about 3 MB of gradients, more than DDP's first bucket (1 MB)
+    cfg, raw = tiny("model.hidden_dims=[512,512]", "model.free_bits=0.1", "train.compile=always", "train.max_steps=3")
+    notes = []
+    train(cfg, out / "r", raw=raw, log=notes.append)
+    (out / f"compiled-{rank}.json").write_text(json.dumps({"said": said, "notes": notes}))
+
+
+@pytest.mark.slow
+def test_the_compiled_ddp_step_is_split_at_the_gradient_buckets_so_the_all_reduce_overlaps_backward(tmp_path):
+    """The training step compiles inside DDP's forward, where dynamo's DDPOptimizer cuts the graph at DDP's
+    bucket boundaries: each bucket's gradients are then complete, and its all-reduce starts, while the backward
+    of the layers before it still runs (compiled outside the wrapper, one graph gives every gradient at its
+    end). benchmarks/ddp_overlap.py measures the overlap."""
+    import re
+
+    _run_ranks(_compiled_ddp_case, tmp_path, 600)
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"compiled-{rank}.json").read_text())
+        buckets = [int(m[1]) for s in said["said"] if (m := re.search(r"created (\d+) buckets", s))]
+        assert buckets and min(buckets) >= 2, said["said"]
+    notes = json.loads((tmp_path / "compiled-0.json").read_text())["notes"]  # rank 0 prints
+    assert "note: train.compile: compiled" in notes, notes  # not a fallback to eager
+    assert int(hvae.load(tmp_path / "r" / "model").step) == 3

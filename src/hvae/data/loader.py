@@ -2,10 +2,11 @@
 
 A split that fits in memory is one tensor (uint8 codes for 8-bit data, converted to float32 per batch; float32
 otherwise) and a batch is a gather of it by index; a larger ``.npy`` array is memory-mapped and an image
-folder read lazily, a batch then reading only its own rows. Either way a batch is preprocessed as a whole
-(binarized or dequantized) with a generator seeded from ``(seed, epoch, batch index)``, so the stream of
-batches depends only on the config and the epoch, not on where the data lives, and a run resumed at
-``start_batch`` sees the same data.
+folder read lazily, a batch then reading only its own rows. Either way each row of a training batch is
+binarized or dequantized with a generator seeded from ``(seed, epoch, batch index, row)``, so the stream of
+batches depends only on the config and the epoch, not on where the data lives nor on how many processes
+share a batch (each reads and preprocesses only its rows), and a run resumed at ``start_batch`` sees the
+same data.
 """
 
 from __future__ import annotations
