@@ -2,11 +2,11 @@
 
 A split that fits in memory is one tensor (uint8 codes for 8-bit data, converted to float32 per batch; float32
 otherwise) and a batch is a gather of it by index; a larger ``.npy`` array is memory-mapped and an image
-folder read lazily, a batch then reading only its own rows. Either way each row of a training batch is
-binarized or dequantized with a generator seeded from ``(seed, epoch, batch index, row)``, so the stream of
-batches depends only on the config and the epoch, not on where the data lives nor on how many processes
-share a batch (each reads and preprocesses only its rows), and a run resumed at ``start_batch`` sees the
-same data.
+folder read lazily, a batch then reading only its own rows. Either way a training batch is binarized or
+dequantized with uniforms from a counter-based generator keyed by ``(seed, epoch, batch index)``, each row at
+its own place in the stream, so the stream of batches depends only on the config and the epoch, not on where
+the data lives nor on how many processes share a batch (each reads and preprocesses only its rows), and a
+run resumed at ``start_batch`` sees the same data.
 """
 
 from __future__ import annotations
@@ -421,15 +421,15 @@ class Dataset:
         """Yield preprocessed float32 batches (B, *shape) of ``split`` on ``device``.
 
         Order (when shuffled; default for train only) depends on (seed, split, epoch); training noise
-        (dynamic binarization, dequantization) on (seed, epoch, batch index, row in the batch): each row of a
-        batch draws from its own generator. ``part=(r, N)`` yields only rows ``[r*B/N, (r+1)*B/N)`` of every
-        batch (rank r's share under torchrun, ``B // N`` rows each), read and preprocessed alone: the values
-        are those rows of the whole batch, bit for bit, and the other rows are never touched (token rows are
-        trimmed to the whole batch's width). ``start_batch`` skips the first batches without computing them,
-        for exact resume. A batch is a new tensor (never a view of
-        the stored split), gathered by index from memory or, for a streamed split, read from disk; the values
-        are the same either way. Static binarization of a streamed split writes its one fixed binarization
-        once (1 byte per value; to a temporary file beyond ``memory_budget_gb``) on first use.
+        (dynamic binarization, dequantization) on (seed, epoch, batch index), each row at its own place in the
+        batch's stream (see :meth:`_noisy_rows`). ``part=(r, N)`` yields only rows ``[r*B/N, (r+1)*B/N)`` of
+        every batch (rank r's share under torchrun, ``B // N`` rows each), read and preprocessed alone: the
+        values are those rows of the whole batch, bit for bit, and the other rows are never touched (token rows
+        are trimmed to the whole batch's width). ``start_batch`` skips the first batches without computing
+        them, for exact resume. A batch is a new tensor (never a view of the stored split), gathered by index
+        from memory or, for a streamed split, read from disk; the values are the same either way. Static
+        binarization of a streamed split writes its one fixed binarization once (1 byte per value; to a
+        temporary file beyond ``memory_budget_gb``) on first use.
         """
         shuffle = split == "train" if shuffle is None else shuffle
         n_batches = self.num_batches(split, batch_size, drop_last)
@@ -460,13 +460,23 @@ class Dataset:
             yield batch if device is None else batch.to(device)
 
     def _noisy_rows(self, x: torch.Tensor, epoch: int, b: int, first: int) -> torch.Tensor:
-        """Training noise of rows ``first, first+1, ...`` of batch ``b`` (x: (rows, *shape), float32): row i
-        binarized or dequantized with a generator of its own, seeded from (seed, epoch, b, i), so that any
-        range of a batch's rows is made without drawing the others' noise."""
-        base = transforms.derive_seed(self.config.seed, "batch", epoch, b)
-        gen = torch.Generator()
-        out = [self._preprocess(row, gen.manual_seed(_row_seed(base, first + i))) for i, row in enumerate(x.split(1))]
-        return torch.cat(out) if out else x
+        """Training noise of rows ``first, first+1, ...`` of batch ``b`` (x: (rows, *shape), float32 values).
+
+        The batch's uniforms u come from a counter-based generator (numpy's Philox) keyed by (seed, epoch, b):
+        value j of row i is draw ``i * D + j`` of its stream (D values a row), and skipping to row ``first`` is
+        one counter jump, so any range of rows gets the values of those rows of the whole batch without
+        drawing the others'. Binarized: 1 where u < x (Bernoulli(x)); dequantized: (k + u) / levels."""
+        d = math.prod(x.shape[1:])
+        bits = np.random.Philox(key=transforms.derive_seed(self.config.seed, "batch", epoch, b))
+        skip = first * d
+        bits.advance(skip // 8)  # a Philox block holds 4 x 64 bits: 8 float32 draws
+        gen = np.random.Generator(bits)
+        gen.random(skip % 8, dtype=np.float32)
+        u = torch.from_numpy(gen.random(x.numel(), dtype=np.float32)).view(x.shape)  # [0, 1), 24-bit steps
+        if self.config.binarize != "none":
+            return (u < x).to(x.dtype)
+        levels = cast(int, self.levels)  # dequantize: load_dataset refuses it where levels is None
+        return (torch.round(x * (levels - 1)) + u) / levels  # as transforms.dequantize, with these u
 
     def _lengths(self, split: str) -> torch.Tensor:
         """Token rows: each example's length without its padding (N,), computed once per split."""
@@ -476,15 +486,6 @@ class Dataset:
             rows = cast(torch.Tensor, self.split(split).data)  # token rows are held in memory
             self._row_lengths[split] = text.row_lengths(rows, self.tokenizer.pad_id)
         return self._row_lengths[split]
-
-
-def _row_seed(base: int, i: int) -> int:
-    """Row i's seed from its batch's: SplitMix64's finaliser of base + (i + 1) * golden gamma (Steele et al.
-    2014), so neighbouring rows' seeds differ in every bit (torch's CPU generator reads the low 32)."""
-    z = (base + (i + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & (2**63 - 1)
 
 
 def _train_rows(config: DataConfig, n: int, carve_val: bool = True, carve_test: bool = True) -> torch.Tensor:
