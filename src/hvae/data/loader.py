@@ -307,12 +307,15 @@ class Dataset:
         # Only training data is resampled per batch; evaluation always sees one fixed draw.
         return split == "train" and (self.config.binarize == "dynamic" or self.config.dequantize)
 
-    def _preprocess(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _preprocess(self, x: torch.Tensor, gen: torch.Generator, per_batch: bool = False) -> torch.Tensor:
+        # per_batch (the training noise drawn anew for every batch): the cheap draws of the same distributions
+        # (transforms.binarize_fast, uniform_fast); the fixed draws keep their stream, so that the evaluation
+        # splits (and every number measured on them) are the same binarised images as before
         if self.config.binarize != "none":
-            return transforms.binarize(x, gen)
+            return transforms.binarize_fast(x, gen) if per_batch else transforms.binarize(x, gen)
         if self.config.dequantize:
             # discrete data: load_dataset refuses dequantize where levels is None
-            return transforms.dequantize(x, cast(int, self.levels), gen)
+            return transforms.dequantize(x, cast(int, self.levels), gen, fast=per_batch)
         return x
 
     def _fixed_generator(self, split: str) -> torch.Generator:
@@ -441,7 +444,7 @@ class Dataset:
             lo, hi = b * batch_size, min((b + 1) * batch_size, len(source))
             batch = source.rows(order[lo:hi] if order is not None else torch.arange(lo, hi))
             if noisy:
-                batch = self._preprocess(batch, transforms.generator(self.config.seed, "batch", epoch, b))
+                batch = self._preprocess(batch, transforms.generator(self.config.seed, "batch", epoch, b), True)
             if pad is not None:
                 batch = text.trim_batch(batch, pad)
             yield batch if device is None else batch.to(device)
