@@ -389,3 +389,88 @@ def test_a_compiled_convolutional_iw_bound_draws_the_eager_noise():
         pytest.skip(f"torch.compile is not available here: {model.iw_compiler.status}")
     assert model.iw_compiler._frozen is not None
     torch.testing.assert_close(*bounds, rtol=1e-5, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ the compile cache
+
+
+@pytest.fixture
+def cache_state(monkeypatch):
+    """Leaves hvae's and torch's cache settings (and the cache folder variable) as they were."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    from hvae import compiled
+
+    saved = (dict(compiled._cache), inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache)
+    monkeypatch.delenv(compiled.CACHE_ENV, raising=False)  # restored (or removed) after the test
+    yield inductor_config, functorch_config
+    compiled._cache.clear()
+    compiled._cache.update(saved[0])
+    inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache = saved[1], saved[2]
+
+
+def test_the_compile_cache_lives_under_the_users_cache_unless_inductors_variable_says_where(monkeypatch, tmp_path):
+    from hvae.compiled import CACHE_ENV, default_cache_dir
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "hvae" / "inductor"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "hvae" / "inductor"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_a_compile_turns_the_cache_on_in_its_folder_or_off(monkeypatch, tmp_path, cache_state):
+    import os
+
+    from hvae.compiled import CACHE_ENV, compile_cache
+
+    inductor_config, functorch_config = cache_state
+    seen = []
+    lazy, _ = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always")
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: seen.append(os.environ.get(CACHE_ENV)) or fn)
+    compile_cache(True, tmp_path / "c")
+    assert os.environ.get(CACHE_ENV) is None  # nothing happens before a compile
+    lazy(0)
+    assert seen == [str((tmp_path / "c").resolve())] and (tmp_path / "c").is_dir()
+    assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
+    compile_cache(False)
+    LazyCompile(lambda x: x, mode="always")(0)
+    assert not inductor_config.fx_graph_cache and not functorch_config.enable_autograd_cache
+
+
+def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off_and_says_so(monkeypatch, tmp_path, cache_state):
+    from hvae.compiled import compile_cache
+
+    inductor_config, _ = cache_state
+    (tmp_path / "file").write_text("in the way")
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always")
+    compile_cache(True, tmp_path / "file" / "cache")
+    lazy(0)
+    assert calls == ["compiled"] and not inductor_config.fx_graph_cache
+    assert lazy.events[0].startswith(f"compile cache off: cannot make {tmp_path / 'file' / 'cache'}")
+    assert "TORCHINDUCTOR_CACHE_DIR" in lazy.events[0]
+
+
+def test_a_second_compile_of_the_same_graph_loads_it_from_the_cache(tmp_path, cache_state):
+    from torch._dynamo.utils import counters
+
+    from hvae.compiled import _apply_cache, compile_cache
+
+    compile_cache(True, tmp_path)
+    _apply_cache()
+
+    def f(x):
+        return torch.sin(x) * 2 + 1
+
+    x = torch.randn(8, requires_grad=True)
+    hits = []
+    for _ in range(2):
+        torch._dynamo.reset()  # as a new process: dynamo traces again, inductor looks in the cache
+        counters.clear()
+        torch.compile(f)(x).sum().backward()
+        hits.append(counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"])
+    assert hits[0] == 0 and hits[1] >= 1 and any((tmp_path / "fxgraph").rglob("*"))

@@ -45,16 +45,70 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import statistics
 import time
 import types
 from collections import deque
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import cast
 
 import torch
 
 MODES = ("never", "auto", "always")
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # inductor's own: where it writes generated code and its caches
+
+
+def default_cache_dir() -> Path:
+    """Where compiled graphs are kept across runs: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
+    ``$XDG_CACHE_HOME/hvae/inductor`` (``~/.cache/hvae/inductor``). Inductor's own default is a folder under
+    the system's temporary directory, which a reboot (or a cluster job's end) empties."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hvae" / "inductor"
+
+
+_cache: dict[str, object] = {"enabled": True, "dir": None, "applied": False}
+
+
+def compile_cache(enabled: bool = True, path: str | os.PathLike | None = None) -> None:
+    """Whether compiled graphs are cached on disk across runs, and where (default: :func:`default_cache_dir`).
+
+    On (the default), torch's FX graph cache (inductor's generated code for a graph) and AOTAutograd cache
+    (the forward and backward graphs it derives) keep each compiled model shape in the folder, so the next
+    run that compiles the same graphs (the same model config, batch shape, torch version and device) loads
+    them instead of compiling: a second ``hvae train`` of a config compiles in a fraction of the first's time
+    (benchmarks/RESULTS.md). Dynamo still traces the model in every run, so a changed model or hvae version is
+    a new graph and compiles afresh; the folder grows by each new graph's code (a few MB), and may be
+    deleted at any time. Off: both caches are off, nothing is kept for later runs. Applies to the compiles
+    that start after this call; ``train.compile_cache`` sets it for ``hvae train``.
+    """
+    _cache.update(enabled=bool(enabled), dir=None if path is None else Path(path), applied=False)
+
+
+def _apply_cache() -> str | None:
+    """Puts :func:`compile_cache`'s choice into torch's configuration before a compile; returns why the cache
+    is off where it cannot be used (its folder cannot be made), else None."""
+    if _cache["applied"]:
+        return None
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    _cache["applied"] = True
+    enabled = bool(_cache["enabled"])
+    why = None
+    if enabled:
+        where = cast("Path | None", _cache["dir"]) or default_cache_dir()
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            os.environ[CACHE_ENV] = str(where.resolve())  # read by inductor at each use of its cache folder
+        except OSError as e:
+            enabled, why = False, f"compile cache off: cannot make {where} ({e.strerror or e}); set {CACHE_ENV}"
+    inductor_config.fx_graph_cache = enabled
+    functorch_config.enable_autograd_cache = enabled
+    return why
 
 
 class LazyCompile:
@@ -162,6 +216,9 @@ class LazyCompile:
         """``torch.compile(fn)``; with frozen weights, of a copy of ``fn`` with its own code object. Dynamo
         keeps its compiled graphs per code object and would find a frozen graph again for the same weight
         tensors after their values changed; a fresh code object starts with no graphs."""
+        why = _apply_cache()
+        if why is not None:
+            self.events.append(why)
         fn, weights = self.fn, self._weights_to_freeze()
         if weights is None:
             return torch.compile(fn, options=self.options)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 STD_FLOOR = 1e-6  # standardization: a column whose std is below this is constant, and gets std 1
@@ -39,6 +39,16 @@ def binarize(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 UNIFORM_BITS = 24  # a float32 uniform's resolution: torch.rand's and torch.bernoulli's on the CPU alike
+_SCALE = np.float32(2.0**UNIFORM_BITS)
+
+
+def _uniform_bits(n: int, gen: torch.Generator) -> np.ndarray:
+    # ceil(n / 2) full-range 64-bit draws of gen, each read as two little-endian int32 halves (low half first
+    # on any machine: a big-endian one swaps the bytes), each masked to its low 24 bits
+    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), None, generator=gen).numpy()
+    u = words.astype("<i8", copy=False).view("<i4")[:n].astype(np.int32, copy=False)
+    u &= (1 << UNIFORM_BITS) - 1
+    return u
 
 
 def uniform_bits(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -46,13 +56,9 @@ def uniform_bits(n: int, gen: torch.Generator) -> torch.Tensor:
     of ``ceil(n / 2)`` full-range 64-bit draws from ``gen`` (low half first, on any byte order).
 
     Half as many draws as ``torch.rand(n)`` makes (one 32-bit draw per value, 24 bits of it kept), and a
-    64-bit draw costs about what a 32-bit one does: this is the cheap half of :func:`binarize_fast`.
+    64-bit draw costs about what a 32-bit one does: the cheap half of :func:`binarize_fast`.
     """
-    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_(-(2**63), None, generator=gen)
-    u = words.view(torch.int32)  # (n/2,) -> (n/2 * 2,): the two halves of each draw, in memory order
-    if sys.byteorder == "big":  # memory order is high half first there: put the low half first, as elsewhere
-        u = u.view(-1, 2).flip(1).reshape(-1)
-    return u[:n].bitwise_and_((1 << UNIFORM_BITS) - 1)
+    return torch.from_numpy(_uniform_bits(n, gen))
 
 
 def uniform_fast(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -61,21 +67,26 @@ def uniform_fast(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     The distribution of ``torch.rand`` (float32, CPU: 24 random bits per value) from another stream of
     ``gen``'s draws, at half the draws (see :func:`uniform_bits`).
     """
-    return uniform_bits(math.prod(shape), gen).view(shape).to(torch.float32).mul_(2.0**-UNIFORM_BITS)
+    u = _uniform_bits(math.prod(shape), gen).reshape(shape).astype(np.float32)
+    u *= np.float32(2.0**-UNIFORM_BITS)
+    return torch.from_numpy(u)
 
 
 def binarize_fast(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """x (B, ...) float32 in [0, 1] -> {0, 1} float32 (same shape), each value ~ Bernoulli(x) independently.
+    """x (B, ...) float32 in [0, 1] on the CPU -> {0, 1} float32 (same shape), each value ~ Bernoulli(x).
 
     The value is 1 where ``u < x`` for a uniform u of :func:`uniform_fast`, so P(1) = ceil(x * 2^24) / 2^24:
     the distribution of :func:`binarize` (``torch.bernoulli`` on the CPU compares a float32 uniform of 24 bits
     with x the same way; exact for every x on the 2^-24 grid, all of 0, 1 and k / 2^n for n <= 24 included),
-    from another stream of ``gen``'s draws: 3-4x cheaper than ``torch.bernoulli``'s one draw per value in a
-    serial loop (batch 256 x 784: benchmarks/RESULTS.md). The comparison is ``u * 2^24 < x * 2^24`` in float32,
-    both sides exact (integers below 2^24; x scaled by a power of two), so no rounding enters the draw.
+    from another stream of ``gen``'s draws, 2-3x cheaper than ``torch.bernoulli``'s one draw per value
+    (batch 256 x 784: benchmarks/RESULTS.md). The comparison is ``u * 2^24 < x * 2^24`` in float32, both sides
+    exact (integers below 2^24; x scaled by a power of two), so no rounding enters the draw. The elementwise
+    work is numpy's, which never starts threads: on a CPU the batch is prepared between two training steps,
+    whose thread pool would otherwise take the cores for these small operations too.
     """
-    u = uniform_bits(x.numel(), gen).view(x.shape).to(torch.float32)
-    return torch.lt(u, x * 2.0**UNIFORM_BITS).to(torch.float32)
+    u = _uniform_bits(x.numel(), gen).reshape(x.shape).astype(np.float32)
+    one = np.less(u, x.detach().numpy() * _SCALE)
+    return torch.from_numpy(one.astype(np.float32))
 
 
 def dequantize(x: torch.Tensor, levels: int, gen: torch.Generator, fast: bool = False) -> torch.Tensor:
