@@ -43,7 +43,10 @@ def _policy(monkeypatch, eager_cost: float, compiled_cost: float, **kw):
 
 @pytest.mark.parametrize("compiled_cost, kept", [(0.5, True), (1.0, False)])
 def test_auto_compiles_after_the_eager_budget_and_keeps_it_only_if_faster(monkeypatch, compiled_cost, kept):
-    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=compiled_cost, after_s=30, probe=10, skip=2)
+    # early=10: the whole probe of 10 pairs (steady timings would settle it after 6: see the tests below)
+    lazy, calls = _policy(
+        monkeypatch, eager_cost=1.0, compiled_cost=compiled_cost, after_s=30, probe=10, skip=2, early=10
+    )
     for _ in range(30):
         lazy(0)
     assert set(calls) == {"eager"}  # 29 s of timed eager steps: the first call has no interval before it
@@ -74,9 +77,44 @@ def test_the_probe_times_compiled_and_eager_steps_interleaved(monkeypatch):
         lazy(0)
     assert lazy.status == "probing"
     lazy.clock.slow = 2.0
-    for _ in range(2 * (2 + 10)):
+    for _ in range(2 * (2 + 6)):
+        lazy(0)
+    assert lazy.status == "compiled (2.00x faster; the probe stopped after 6 pairs of steps, all agreeing)"
+
+
+@pytest.mark.parametrize(
+    "eager, compiled, verdict",
+    [
+        ([1.0] * 5, [0.5] * 5, None),  # fewer than early pairs: not yet
+        ([1.0] * 6, [0.5] * 6, 2.0),  # six pairs, each 2x: compiled
+        ([1.0] * 6, [1.0] * 6, 1.0),  # six pairs, none faster: eager (1.00 <= KEEP)
+        ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5, 0.5, 1.2], None),  # one pair disagrees: go on
+        ([1.0] * 6, [0.975] * 6, 1 / 0.975),  # 1.026x in every pair, not above KEEP: each pair says eager
+        ([1.0] * 6, [0.5] * 5 + [0.99], None),  # 2x five times, 1.01x once: not unanimous
+        ([1.0] * 7, [0.5, 0.5, 0.5, 0.5, 0.5, 1.2, 0.5], None),  # an early disagreement is never forgotten
+        ([1.0] * 10, [0.5] * 9 + [1.2], 2.0),  # the whole probe: the median decides, the outlier does not
+        ([1.0, 2.0] * 5, [0.9, 1.1] * 5, 1.5 / 1.0),  # whole probe of mixed pairs: medians 1.5 / 1.0
+    ],
+)
+def test_probe_verdict_settles_early_only_when_every_pair_agrees(eager, compiled, verdict):
+    from hvae.compiled import probe_verdict
+
+    got = probe_verdict(eager, compiled, probe=10, early=6)
+    assert got == (None if verdict is None else pytest.approx(verdict))
+
+
+def test_a_probe_with_one_disagreeing_pair_runs_to_the_end(monkeypatch):
+    # the fifth compiled step is slow (a pause of the machine): no early verdict, the 10 pairs' medians decide
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=30, probe=10, skip=2)
+    for _ in range(31):
+        lazy(0)
+    compiled_steps = 0
+    while lazy.status == "probing":
+        lazy.clock.slow = 4.0 if calls[-1] == "eager" and compiled_steps == 2 + 4 else 1.0
+        compiled_steps += calls[-1] == "eager"
         lazy(0)
     assert lazy.status == "compiled (2.00x faster)"
+    assert calls.count("compiled") == 2 + 10 + 1  # warm-up, timed, and the first step after the verdict
 
 
 def test_short_runs_never_compile_and_other_calls_restart_the_step_clock(monkeypatch):

@@ -12,7 +12,8 @@ per model:
   run never pays the compile), then compile, alternate compiled and eager steps until ``probe`` of each
   are timed, and keep whichever is faster (interleaved, as a machine's speed can drift by tens of percent
   within minutes: against the eager steps before the compile, a shared 2-core machine once judged a
-  1.5x faster compiled step 1.07x). Where the caller knows what is left, the loop compiles as soon as
+  1.5x faster compiled step 1.07x); the probe stops after ``early`` (6) pairs of steps where they all point the
+  same way (:func:`probe_verdict`). Where the caller knows what is left, the loop compiles as soon as
   that would take at least ``after_s`` eagerly, and never otherwise: ``steps_left`` (the trainer's
   remaining steps, timed by the median of the first ``probe`` eager steps) or ``work_left`` (seconds of
   eager calls: :func:`hvae.evaluate.evaluate` after its first batch).
@@ -126,6 +127,7 @@ class LazyCompile:
         after_s: float = 300.0,
         probe: int = 20,
         skip: int = 5,
+        early: int = 6,
         clock: Callable[[], float] = time.perf_counter,
         steps_left: Callable[[], int] | None = None,
         steps: str = "training steps",
@@ -136,6 +138,7 @@ class LazyCompile:
         if mode not in MODES:
             raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.fn, self.mode, self.after_s, self.probe, self.skip = fn, mode, after_s, probe, skip
+        self.early = early  # pairs of probe steps that may settle it before probe pairs when they all agree
         self.clock, self.steps_left, self.steps = clock, steps_left, steps
         # seconds of eager calls the caller still expects (None: not known yet); see _due
         self.work_left = work_left
@@ -283,18 +286,47 @@ class LazyCompile:
         return timed and self._eager_s >= self.after_s
 
     def _judge(self) -> None:
-        """After ``skip`` warm-up steps (recompiles), ``probe`` compiled steps against the eager ones
-        between them."""
+        """After ``skip`` warm-up steps (recompiles), the compiled steps against the eager ones between them:
+        ``probe`` pairs, or fewer where the first ``early`` already agree (see :func:`probe_verdict`)."""
         timed = self._compiled_steps[self.skip :]
-        if len(timed) < self.probe or len(self._probe_eager) < self.probe:
+        n = min(len(timed), len(self._probe_eager))
+        eager = self._probe_eager[len(self._probe_eager) - n :]  # each compiled step's eager neighbour
+        speedup = probe_verdict(eager, timed[len(timed) - n :], self.probe, self.early)
+        if speedup is None:
             return
-        speedup = statistics.median(self._probe_eager[-self.probe :]) / statistics.median(timed)
         self._done = True
-        if speedup > 1.03:
-            self._say(f"compiled ({speedup:.2f}x faster)")
+        why = "" if n >= self.probe else f"; the probe stopped after {n} pairs of steps, all agreeing"
+        if speedup > KEEP:
+            self._say(f"compiled ({speedup:.2f}x faster{why})")
         else:
             self.compiled, self._frozen = None, None
-            self._say(f"eager (the compiled step was {speedup:.2f}x the eager one)")
+            self._say(f"eager (the compiled step was {speedup:.2f}x the eager one{why})")
+
+
+KEEP = 1.03  # the probe keeps the compiled step when it is more than this many times faster than the eager one
+
+
+def probe_verdict(eager: list[float], compiled: list[float], probe: int = 20, early: int = 6) -> float | None:
+    """The compiled step's speed-up over the eager one (median of the eager steps' seconds over the compiled
+    steps'), once the probe can tell; None while it cannot yet.
+
+    ``eager[i]`` and ``compiled[i]`` are neighbours in time (the probe alternates them), so each pair saw the
+    same machine. It tells after ``probe`` pairs, or after ``early`` pairs or more (fewer than ``probe``) when
+    every pair so far points the same way: each eager step more than ``KEEP`` times the compiled one, or each
+    at most that. Were the true speed-up at ``KEEP`` (either side as likely for each pair), ``early`` = 6 pairs
+    would agree by chance with probability 2 * 2^-6 = 3% (a pair that disagrees rules out an early verdict
+    for good: the whole probe then runs). Unanimous pairs put the ratio of the medians on the same side of
+    ``KEEP`` (order statistics keep a pairwise inequality), so the verdict and the speed-up it reports agree.
+    """
+    n = min(len(eager), len(compiled))
+    if n >= probe:
+        return statistics.median(eager[n - probe : n]) / statistics.median(compiled[n - probe : n])
+    if n < early:
+        return None
+    ratios = [e / c for e, c in zip(eager[:n], compiled[:n])]
+    if all(r > KEEP for r in ratios) or all(r <= KEEP for r in ratios):
+        return statistics.median(eager[:n]) / statistics.median(compiled[:n])
+    return None
 
 
 _INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
