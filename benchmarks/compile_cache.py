@@ -55,8 +55,10 @@ def main() -> None:
                 wall_s[name].append(timing["wall_s"])
                 print(json.dumps({"round": rnd, "run": name, **timing}), flush=True)
     first = statistics.median(compile_s[RUNS[0][0]])
-    print(f"\n| {args.config}, {args.steps} steps, train.compile=always | compiling (s, median) | per round | "
-          "of the first run's | wall (s, median) |")
+    print(
+        f"\n| {args.config}, {args.steps} steps, train.compile=always | compiling (s, median) | per round | "
+        "of the first run's | wall (s, median) |"
+    )
     print("|---|---|---|---|---|")
     for name, _ in RUNS:
         m = statistics.median(compile_s[name])
