@@ -33,7 +33,7 @@ def binarize(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """x (B, ...) in [0, 1] -> {0, 1} floats, each value ~ Bernoulli(x).
 
     The fixed draws (evaluation splits, static binarization) use this; the per-batch draws of dynamic
-    binarization use :func:`binarize_fast`, the same distribution at a third of the cost.
+    binarization use :func:`binarize_fast`, the same distribution at about a quarter of the cost.
     """
     return torch.bernoulli(x, generator=gen)
 
@@ -78,11 +78,12 @@ def binarize_fast(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     The value is 1 where ``u < x`` for a uniform u of :func:`uniform_fast`, so P(1) = ceil(x * 2^24) / 2^24:
     the distribution of :func:`binarize` (``torch.bernoulli`` on the CPU compares a float32 uniform of 24 bits
     with x the same way; exact for every x on the 2^-24 grid, all of 0, 1 and k / 2^n for n <= 24 included),
-    from another stream of ``gen``'s draws, 2-3x cheaper than ``torch.bernoulli``'s one draw per value
-    (batch 256 x 784: benchmarks/RESULTS.md). The comparison is ``u * 2^24 < x * 2^24`` in float32, both sides
-    exact (integers below 2^24; x scaled by a power of two), so no rounding enters the draw. The elementwise
-    work is numpy's, which never starts threads: on a CPU the batch is prepared between two training steps,
-    whose thread pool would otherwise take the cores for these small operations too.
+    from another stream of ``gen``'s draws, about 4x cheaper than ``torch.bernoulli``'s one draw per value in
+    a serial loop (batch 256 x 784, one thread: benchmarks/RESULTS.md). The comparison is
+    ``u * 2^24 < x * 2^24`` in float32, both sides exact (integers below 2^24; x scaled by a power of two), so
+    no rounding enters the draw. The elementwise work is numpy's, which never starts threads: on a CPU the
+    batch is prepared between two training steps, whose thread pool would otherwise take the cores for these
+    small operations too.
     """
     u = _uniform_bits(x.numel(), gen).reshape(x.shape).astype(np.float32)
     one = np.less(u, x.detach().numpy() * _SCALE)
