@@ -43,7 +43,10 @@ def _policy(monkeypatch, eager_cost: float, compiled_cost: float, **kw):
 
 @pytest.mark.parametrize("compiled_cost, kept", [(0.5, True), (1.0, False)])
 def test_auto_compiles_after_the_eager_budget_and_keeps_it_only_if_faster(monkeypatch, compiled_cost, kept):
-    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=compiled_cost, after_s=30, probe=10, skip=2)
+    # early=10: the whole probe of 10 pairs (steady timings would settle it after 6: see the tests below)
+    lazy, calls = _policy(
+        monkeypatch, eager_cost=1.0, compiled_cost=compiled_cost, after_s=30, probe=10, skip=2, early=10
+    )
     for _ in range(30):
         lazy(0)
     assert set(calls) == {"eager"}  # 29 s of timed eager steps: the first call has no interval before it
@@ -74,9 +77,44 @@ def test_the_probe_times_compiled_and_eager_steps_interleaved(monkeypatch):
         lazy(0)
     assert lazy.status == "probing"
     lazy.clock.slow = 2.0
-    for _ in range(2 * (2 + 10)):
+    for _ in range(2 * (2 + 6)):
+        lazy(0)
+    assert lazy.status == "compiled (2.00x faster; the probe stopped after 6 pairs of steps, all agreeing)"
+
+
+@pytest.mark.parametrize(
+    "eager, compiled, verdict",
+    [
+        ([1.0] * 5, [0.5] * 5, None),  # fewer than early pairs: not yet
+        ([1.0] * 6, [0.5] * 6, 2.0),  # six pairs, each 2x: compiled
+        ([1.0] * 6, [1.0] * 6, 1.0),  # six pairs, none faster: eager (1.00 <= KEEP)
+        ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5, 0.5, 1.2], None),  # one pair disagrees: go on
+        ([1.0] * 6, [0.975] * 6, 1 / 0.975),  # 1.026x in every pair, not above KEEP: each pair says eager
+        ([1.0] * 6, [0.5] * 5 + [0.99], None),  # 2x five times, 1.01x once: not unanimous
+        ([1.0] * 7, [0.5, 0.5, 0.5, 0.5, 0.5, 1.2, 0.5], None),  # an early disagreement is never forgotten
+        ([1.0] * 10, [0.5] * 9 + [1.2], 2.0),  # the whole probe: the median decides, the outlier does not
+        ([1.0, 2.0] * 5, [0.9, 1.1] * 5, 1.5 / 1.0),  # whole probe of mixed pairs: medians 1.5 / 1.0
+    ],
+)
+def test_probe_verdict_settles_early_only_when_every_pair_agrees(eager, compiled, verdict):
+    from hvae.compiled import probe_verdict
+
+    got = probe_verdict(eager, compiled, probe=10, early=6)
+    assert got == (None if verdict is None else pytest.approx(verdict))
+
+
+def test_a_probe_with_one_disagreeing_pair_runs_to_the_end(monkeypatch):
+    # the fifth compiled step is slow (a pause of the machine): no early verdict, the 10 pairs' medians decide
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, after_s=30, probe=10, skip=2)
+    for _ in range(31):
+        lazy(0)
+    compiled_steps = 0
+    while lazy.status == "probing":
+        lazy.clock.slow = 4.0 if calls[-1] == "eager" and compiled_steps == 2 + 4 else 1.0
+        compiled_steps += calls[-1] == "eager"
         lazy(0)
     assert lazy.status == "compiled (2.00x faster)"
+    assert calls.count("compiled") == 2 + 10 + 1  # warm-up, timed, and the first step after the verdict
 
 
 def test_short_runs_never_compile_and_other_calls_restart_the_step_clock(monkeypatch):
@@ -389,3 +427,88 @@ def test_a_compiled_convolutional_iw_bound_draws_the_eager_noise():
         pytest.skip(f"torch.compile is not available here: {model.iw_compiler.status}")
     assert model.iw_compiler._frozen is not None
     torch.testing.assert_close(*bounds, rtol=1e-5, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ the compile cache
+
+
+@pytest.fixture
+def cache_state(monkeypatch):
+    """Leaves hvae's and torch's cache settings (and the cache folder variable) as they were."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    from hvae import compiled
+
+    saved = (dict(compiled._cache), inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache)
+    monkeypatch.delenv(compiled.CACHE_ENV, raising=False)  # restored (or removed) after the test
+    yield inductor_config, functorch_config
+    compiled._cache.clear()
+    compiled._cache.update(saved[0])
+    inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache = saved[1], saved[2]
+
+
+def test_the_compile_cache_lives_under_the_users_cache_unless_inductors_variable_says_where(monkeypatch, tmp_path):
+    from hvae.compiled import CACHE_ENV, default_cache_dir
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "hvae" / "inductor"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "hvae" / "inductor"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_a_compile_turns_the_cache_on_in_its_folder_or_off(monkeypatch, tmp_path, cache_state):
+    import os
+
+    from hvae.compiled import CACHE_ENV, compile_cache
+
+    inductor_config, functorch_config = cache_state
+    seen = []
+    lazy, _ = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always")
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: seen.append(os.environ.get(CACHE_ENV)) or fn)
+    compile_cache(True, tmp_path / "c")
+    assert os.environ.get(CACHE_ENV) is None  # nothing happens before a compile
+    lazy(0)
+    assert seen == [str((tmp_path / "c").resolve())] and (tmp_path / "c").is_dir()
+    assert inductor_config.fx_graph_cache and functorch_config.enable_autograd_cache
+    compile_cache(False)
+    LazyCompile(lambda x: x, mode="always")(0)
+    assert not inductor_config.fx_graph_cache and not functorch_config.enable_autograd_cache
+
+
+def test_a_cache_folder_that_cannot_be_made_turns_the_cache_off_and_says_so(monkeypatch, tmp_path, cache_state):
+    from hvae.compiled import compile_cache
+
+    inductor_config, _ = cache_state
+    (tmp_path / "file").write_text("in the way")
+    lazy, calls = _policy(monkeypatch, eager_cost=1.0, compiled_cost=0.5, mode="always")
+    compile_cache(True, tmp_path / "file" / "cache")
+    lazy(0)
+    assert calls == ["compiled"] and not inductor_config.fx_graph_cache
+    assert lazy.events[0].startswith(f"compile cache off: cannot make {tmp_path / 'file' / 'cache'}")
+    assert "TORCHINDUCTOR_CACHE_DIR" in lazy.events[0]
+
+
+def test_a_second_compile_of_the_same_graph_loads_it_from_the_cache(tmp_path, cache_state):
+    from torch._dynamo.utils import counters
+
+    from hvae.compiled import _apply_cache, compile_cache
+
+    compile_cache(True, tmp_path)
+    _apply_cache()
+
+    def f(x):
+        return torch.sin(x) * 2 + 1
+
+    x = torch.randn(8, requires_grad=True)
+    hits = []
+    for _ in range(2):
+        torch._dynamo.reset()  # as a new process: dynamo traces again, inductor looks in the cache
+        counters.clear()
+        torch.compile(f)(x).sum().backward()
+        hits.append(counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"])
+    assert hits[0] == 0 and hits[1] >= 1 and any((tmp_path / "fxgraph").rglob("*"))

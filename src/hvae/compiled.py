@@ -12,7 +12,8 @@ per model:
   run never pays the compile), then compile, alternate compiled and eager steps until ``probe`` of each
   are timed, and keep whichever is faster (interleaved, as a machine's speed can drift by tens of percent
   within minutes: against the eager steps before the compile, a shared 2-core machine once judged a
-  1.5x faster compiled step 1.07x). Where the caller knows what is left, the loop compiles as soon as
+  1.5x faster compiled step 1.07x); the probe stops after ``early`` (6) pairs of steps where they all point the
+  same way (:func:`probe_verdict`). Where the caller knows what is left, the loop compiles as soon as
   that would take at least ``after_s`` eagerly, and never otherwise: ``steps_left`` (the trainer's
   remaining steps, timed by the median of the first ``probe`` eager steps) or ``work_left`` (seconds of
   eager calls: :func:`hvae.evaluate.evaluate` after its first batch).
@@ -45,16 +46,70 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import statistics
 import time
 import types
 from collections import deque
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import cast
 
 import torch
 
 MODES = ("never", "auto", "always")
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # inductor's own: where it writes generated code and its caches
+
+
+def default_cache_dir() -> Path:
+    """Where compiled graphs are kept across runs: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
+    ``$XDG_CACHE_HOME/hvae/inductor`` (``~/.cache/hvae/inductor``). Inductor's own default is a folder under
+    the system's temporary directory, which a reboot (or a cluster job's end) empties."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hvae" / "inductor"
+
+
+_cache: dict[str, object] = {"enabled": True, "dir": None, "applied": False}
+
+
+def compile_cache(enabled: bool = True, path: str | os.PathLike | None = None) -> None:
+    """Whether compiled graphs are cached on disk across runs, and where (default: :func:`default_cache_dir`).
+
+    On (the default), torch's FX graph cache (inductor's generated code for a graph) and AOTAutograd cache
+    (the forward and backward graphs it derives) keep each compiled model shape in the folder, so the next
+    run that compiles the same graphs (the same model config, batch shape, torch version and device) loads
+    them instead of compiling: a second ``hvae train`` of a config compiles in a fraction of the first's time
+    (benchmarks/RESULTS.md). Dynamo still traces the model in every run, so a changed model or hvae version is
+    a new graph and compiles afresh; the folder grows by each new graph's code (a few MB), and may be
+    deleted at any time. Off: both caches are off, nothing is kept for later runs. Applies to the compiles
+    that start after this call; ``train.compile_cache`` sets it for ``hvae train``.
+    """
+    _cache.update(enabled=bool(enabled), dir=None if path is None else Path(path), applied=False)
+
+
+def _apply_cache() -> str | None:
+    """Puts :func:`compile_cache`'s choice into torch's configuration before a compile; returns why the cache
+    is off where it cannot be used (its folder cannot be made), else None."""
+    if _cache["applied"]:
+        return None
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    _cache["applied"] = True
+    enabled = bool(_cache["enabled"])
+    why = None
+    if enabled:
+        where = cast("Path | None", _cache["dir"]) or default_cache_dir()
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            os.environ[CACHE_ENV] = str(where.resolve())  # read by inductor at each use of its cache folder
+        except OSError as e:
+            enabled, why = False, f"compile cache off: cannot make {where} ({e.strerror or e}); set {CACHE_ENV}"
+    inductor_config.fx_graph_cache = enabled
+    functorch_config.enable_autograd_cache = enabled
+    return why
 
 
 class LazyCompile:
@@ -72,6 +127,7 @@ class LazyCompile:
         after_s: float = 300.0,
         probe: int = 20,
         skip: int = 5,
+        early: int = 6,
         clock: Callable[[], float] = time.perf_counter,
         steps_left: Callable[[], int] | None = None,
         steps: str = "training steps",
@@ -82,6 +138,7 @@ class LazyCompile:
         if mode not in MODES:
             raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.fn, self.mode, self.after_s, self.probe, self.skip = fn, mode, after_s, probe, skip
+        self.early = early  # pairs of probe steps that may settle it before probe pairs when they all agree
         self.clock, self.steps_left, self.steps = clock, steps_left, steps
         # seconds of eager calls the caller still expects (None: not known yet); see _due
         self.work_left = work_left
@@ -162,6 +219,9 @@ class LazyCompile:
         """``torch.compile(fn)``; with frozen weights, of a copy of ``fn`` with its own code object. Dynamo
         keeps its compiled graphs per code object and would find a frozen graph again for the same weight
         tensors after their values changed; a fresh code object starts with no graphs."""
+        why = _apply_cache()
+        if why is not None:
+            self.events.append(why)
         fn, weights = self.fn, self._weights_to_freeze()
         if weights is None:
             return torch.compile(fn, options=self.options)
@@ -226,18 +286,47 @@ class LazyCompile:
         return timed and self._eager_s >= self.after_s
 
     def _judge(self) -> None:
-        """After ``skip`` warm-up steps (recompiles), ``probe`` compiled steps against the eager ones
-        between them."""
+        """After ``skip`` warm-up steps (recompiles), the compiled steps against the eager ones between them:
+        ``probe`` pairs, or fewer where the first ``early`` already agree (see :func:`probe_verdict`)."""
         timed = self._compiled_steps[self.skip :]
-        if len(timed) < self.probe or len(self._probe_eager) < self.probe:
+        n = min(len(timed), len(self._probe_eager))
+        eager = self._probe_eager[len(self._probe_eager) - n :]  # each compiled step's eager neighbour
+        speedup = probe_verdict(eager, timed[len(timed) - n :], self.probe, self.early)
+        if speedup is None:
             return
-        speedup = statistics.median(self._probe_eager[-self.probe :]) / statistics.median(timed)
         self._done = True
-        if speedup > 1.03:
-            self._say(f"compiled ({speedup:.2f}x faster)")
+        why = "" if n >= self.probe else f"; the probe stopped after {n} pairs of steps, all agreeing"
+        if speedup > KEEP:
+            self._say(f"compiled ({speedup:.2f}x faster{why})")
         else:
             self.compiled, self._frozen = None, None
-            self._say(f"eager (the compiled step was {speedup:.2f}x the eager one)")
+            self._say(f"eager (the compiled step was {speedup:.2f}x the eager one{why})")
+
+
+KEEP = 1.03  # the probe keeps the compiled step when it is more than this many times faster than the eager one
+
+
+def probe_verdict(eager: list[float], compiled: list[float], probe: int = 20, early: int = 6) -> float | None:
+    """The compiled step's speed-up over the eager one (median of the eager steps' seconds over the compiled
+    steps'), once the probe can tell; None while it cannot yet.
+
+    ``eager[i]`` and ``compiled[i]`` are neighbours in time (the probe alternates them), so each pair saw the
+    same machine. It tells after ``probe`` pairs, or after ``early`` pairs or more (fewer than ``probe``) when
+    every pair so far points the same way: each eager step more than ``KEEP`` times the compiled one, or each
+    at most that. Were the true speed-up at ``KEEP`` (either side as likely for each pair), ``early`` = 6 pairs
+    would agree by chance with probability 2 * 2^-6 = 3% (a pair that disagrees rules out an early verdict
+    for good: the whole probe then runs). Unanimous pairs put the ratio of the medians on the same side of
+    ``KEEP`` (order statistics keep a pairwise inequality), so the verdict and the speed-up it reports agree.
+    """
+    n = min(len(eager), len(compiled))
+    if n >= probe:
+        return statistics.median(eager[n - probe : n]) / statistics.median(compiled[n - probe : n])
+    if n < early:
+        return None
+    ratios = [e / c for e, c in zip(eager[:n], compiled[:n])]
+    if all(r > KEEP for r in ratios) or all(r <= KEEP for r in ratios):
+        return statistics.median(eager[:n]) / statistics.median(compiled[:n])
+    return None
 
 
 _INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

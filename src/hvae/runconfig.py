@@ -73,6 +73,9 @@ class TrainConfig(Serializable):
     # where it is faster; always | never. Failures fall back to eager (logged).
     compile: Literal["auto", "always", "never"] | bool = "auto"  # true / false (older configs): always / never
     compile_after_s: float = 300.0
+    # keep compiled graphs on disk for later runs of the same model shape ($TORCHINDUCTOR_CACHE_DIR, else
+    # ~/.cache/hvae/inductor; hvae.compiled.compile_cache): a second run loads them instead of compiling
+    compile_cache: bool = True
     dist_timeout: float = 1800.0  # seconds a rank waits for the others in a collective before failing
     # aggressive encoder updates early in training (He et al. 2019; hvae.aggressive): before each step the
     # inference network alone is updated until its loss stops falling (at most aggressive_inner_steps), then the

@@ -29,7 +29,7 @@ import torch
 from . import distributed
 from .aggressive import start as start_aggressive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .compiled import LazyCompile
+from .compiled import LazyCompile, compile_cache
 from .configbase import ConfigError
 from .data import Dataset, load_dataset
 from .distributed import Context, DistributedError
@@ -502,6 +502,7 @@ def _train(
 
     # TrainConfig turns the older true / false into always / never
     model.set_compile(cast(str, tc.compile), after_s=tc.compile_after_s, steps_left=steps_left)
+    compile_cache(tc.compile_cache)
 
     ctx.run_on_main(lambda: _start_writing(run, config, dataset, resume, resume_step, overwrite, log))
     job = _Job(

@@ -472,11 +472,14 @@ class Dataset:
         bits.advance(skip // 8)  # a Philox block holds 4 x 64 bits: 8 float32 draws
         gen = np.random.Generator(bits)
         gen.random(skip % 8, dtype=np.float32)
-        u = torch.from_numpy(gen.random(x.numel(), dtype=np.float32)).view(x.shape)  # [0, 1), 24-bit steps
+        u = gen.random(x.numel(), dtype=np.float32).reshape(x.shape)  # [0, 1), 24-bit steps
+        # the elementwise work is numpy's, which starts no threads: on a CPU the batch is made between two
+        # training steps, whose thread pool would otherwise take the cores for these small operations too
         if self.config.binarize != "none":
-            return (u < x).to(x.dtype)
+            xn = x.numpy()
+            return torch.from_numpy(np.less(u, xn).astype(xn.dtype))
         levels = cast(int, self.levels)  # dequantize: load_dataset refuses it where levels is None
-        return (torch.round(x * (levels - 1)) + u) / levels  # as transforms.dequantize, with these u
+        return (torch.round(x * (levels - 1)) + torch.from_numpy(u)) / levels  # as transforms.dequantize
 
     def _lengths(self, split: str) -> torch.Tensor:
         """Token rows: each example's length without its padding (N,), computed once per split."""
