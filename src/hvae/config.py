@@ -137,6 +137,31 @@ class VDVAEConfig(Serializable):
         return self != VDVAEConfig()
 
 
+@dataclass
+class NVAEConfig(Serializable):
+    """``model.nvae``: the details of NVlabs/NVAE's construction, options of the ``nvae`` cell family
+    (nets/nvae.py; docs/fidelity.md cites the official file and function of each). Every default keeps the
+    family as it was before them; ``nvae_mnist`` and ``nvae_cifar10`` set the official values."""
+
+    leading_bn: bool = False  # the decoder cells start with a batch norm (InvertedResidual)
+    weight_norm: bool = False  # w = exp(log g) v / (|v| + 1e-5) on the convolutions NVAE normalises (Conv2D)
+    residual_resampling: bool = False  # resampling cells are residual: FactorizedReduce / UpSample skips
+    official_heads: bool = False  # posterior 3x3 of enc + 1x1(dec), prior ELU + 1x1, ELU + 3x3 output
+    learned_top: bool = False  # a learned feature map (prior_ftr0) enters the top level's combiner
+    # pre-processing of the first bottom-up block: 0 = resampling convolutions with one cell between them;
+    # n >= 1 = a 3x3 stem, then per halving n - 1 cells and a down cell (init_pre_process)
+    pre_cells: int = 0
+    # post-processing of the decoder: 0 = up-sampling then ``depth`` decoder cells; n >= 1 = per doubling an up
+    # cell and n - 1 cells of expansion 3, nothing else (init_post_process)
+    post_cells: int = 0
+    symmetric_input: bool = False  # the networks read 2x - 1 in [-1, 1] (the likelihood still reads x)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        require(self.pre_cells >= 0, f"pre_cells: must be >= 0 (0 = no stem), got {self.pre_cells}")
+        require(self.post_cells >= 0, f"post_cells: must be >= 0 (0 = no post-processing), got {self.post_cells}")
+
+
 # the flat keys of configs and saved models written before the sections, and where each is now
 _FLAT = {
     **{f"vq_{k}": f"vq.{k}" for k in ("codes", "dim", "decay", "commitment", "dead_threshold", "top_prior")},
@@ -215,6 +240,7 @@ class ModelConfig(Serializable):
     # the cell family's initialisation as its official code does it (nets/vdvae.py official_init: the prior
     # head zero, W_z and the blocks' last convolutions scaled by sqrt(1 / levels))
     official_init: bool = False
+    nvae: NVAEConfig = field(default_factory=lambda: NVAEConfig())  # block: nvae only
     vdvae: VDVAEConfig = field(default_factory=lambda: VDVAEConfig())
     checkpointing: bool = False  # recompute activations per level in the backward pass (saves memory)
     attention: AttentionConfig = field(default_factory=lambda: AttentionConfig())
@@ -350,6 +376,10 @@ class ModelConfig(Serializable):
                 "pad the images or use fewer stride-2 layers",
             )
             self.strides = list(strides)
+        require(
+            self.block == "nvae" or self.nvae == NVAEConfig(),
+            f"nvae: options of block: nvae (the model has block: {self.block}); remove the nvae section",
+        )
         require(0 <= self.kl_warmup_floor <= 1, f"kl_warmup_floor: must be in [0, 1], got {self.kl_warmup_floor}")
         require(self.kl_const_steps >= 0, f"kl_const_steps: must be >= 0, got {self.kl_const_steps}")
         if self.residual_posterior:

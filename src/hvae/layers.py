@@ -108,7 +108,7 @@ class LatentLayer(nn.Module):
         if prior_ch is not None:
             self.prior_block = fam.prior_block(cfg, index, prior_ch, n_raw_p, self.latent_shape)
             if self.prior_block is None and not self.is_top:
-                self.prior_head = fam.pointwise(prior_ch, n_raw_p)
+                self.prior_head = fam.head("prior", prior_ch, n_raw_p, cfg)
 
         # posterior: a family's own block of (d_l, h_p) (its context precomputes the d_l part), or the rule's maps
         self.posterior_block: PosteriorNet | None = None
@@ -117,32 +117,23 @@ class LatentLayer(nn.Module):
         if self.posterior_block is not None:
             pass
         elif self.is_top or self.inference in ("ladder", "bottom_up"):
-            self.posterior_head = fam.pointwise(feature_ch, n_raw)
+            role = "top_posterior" if self.is_top else "posterior_features"
+            self.posterior_head = fam.head(role, feature_ch, n_raw, cfg)
         else:  # top_down: q from (d_l, h_p); the d_l half of the first map is precomputed per input
             assert prior_ch is not None
             hidden = cfg.hidden_dims[index]
-            self.post_from_d = fam.pointwise(feature_ch, hidden)
-            self.post_from_h = fam.pointwise(prior_ch, hidden)
-            self.post_act = activation(cfg.activation, cfg.leaky_slope)
-            self.posterior_head = fam.pointwise(hidden, n_raw)
-            if self.residual:
-                # start at q = p: zero shift, unit scale ratio
-                nn.init.zeros_(self.posterior_head.weight)
-                nn.init.zeros_(self.posterior_head.bias)
+            self.post_from_d = fam.head("from_d", feature_ch, hidden, cfg)
+            self.post_from_h = fam.head("from_h", prior_ch, hidden, cfg)
+            self.post_act = fam.head("posterior_act", hidden, hidden, cfg)
+            self.posterior_head = fam.head("posterior_residual" if self.residual else "posterior", hidden, n_raw, cfg)
 
         # state handed to the layer below
         self.trans_from_h: nn.Module | None = None
         if self.skip:
             hidden = cfg.hidden_dims[index]
-            self.trans_from_z = fam.pointwise(latent_ch, hidden)
+            self.trans_from_z = fam.head("state_z", latent_ch, hidden, cfg)
             if prior_ch is not None and not (fam.identity_state(cfg) and prior_ch == hidden):
-                w_h = self.trans_from_h = fam.pointwise(prior_ch, hidden)
-                if fam.residual_state and prior_ch == hidden:
-                    # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
-                    weight, bias = w_h.weight, w_h.bias
-                    assert isinstance(weight, Tensor) and isinstance(bias, Tensor)
-                    nn.init.dirac_(weight)
-                    nn.init.zeros_(bias)
+                self.trans_from_h = fam.head("state_h", prior_ch, hidden, cfg)  # W_h = I at first with residual_state
             linear = cfg.state_activation == "linear"
             self.trans_act = nn.Identity() if linear else activation(cfg.activation, cfg.leaky_slope)
             self.state_ch = hidden

@@ -151,7 +151,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         opts = fam.cell_options(cfg, "decoder", 0, latent_shapes[0])
         self.decoder = fam.decoder_block(above, cfg.hidden_dims[0], cfg.depth, up, **kw, **opts)
         n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
-        self.decoder_head = fam.pointwise(self.decoder.out_ch, n_out)
+        self.decoder_head = fam.head("output", self.decoder.out_ch, n_out, cfg)
 
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         # data parallelism (set by the trainer): sums a tensor over the processes that share each training batch,

@@ -100,6 +100,16 @@ _NVAE_OFFICIAL = dict(
     bn_scale_penalty=True,
     kl_warmup_floor=1e-4,  # train.py --kl_const_coeff
 )
+
+
+def _nvae_construction(cells: int) -> dict:
+    """NVlabs/NVAE's construction (``model.nvae``, docs/fidelity.md): leading BN in the decoder cells, weight
+    normalisation, residual resampling cells, its heads and ``prior_ftr0``, input in [-1, 1], and ``cells``
+    per pre- and post-processing block (the run commands' --num_preprocess_cells = --num_postprocess_cells)."""
+    on = ("leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top", "symmetric_input")
+    return dict(dict.fromkeys(on, True), pre_cells=cells, post_cells=cells)
+
+
 # VDVAE (openai/vdvae vae.py ``DecBlock``): x + z_proj(z), linear; q and p give log sigma
 # (vae_helpers.py ``draw_gaussian_diag_samples``, ``gaussian_analytical_kl``); the prior block's last conv
 # zero and z_proj / the residual blocks' last convs scaled by sqrt(1 / n_blocks) (``DecBlock.__init__``).
@@ -115,9 +125,11 @@ def nvae_mnist(**overrides) -> ModelConfig:
     regularisation lambda = 1e-2 (constant, as the official command runs it; 4 power iterations per step)
     with the batch-norm penalty, soft-clamped Gaussians, a linear top-down state (docs/fidelity.md). NVAE
     trains it 400 epochs at batch 200 with Adamax, lr 1e-2, KL warm-up over 30% of training with floor 1e-4.
-    Differences: the pre-processing is two resampling cells with one cell between them (NVAE: two blocks of
-    three cells); the prior / posterior heads are 1x1 convolutions (NVAE: ELU + 3x3); no normalising flows
-    (the MNIST run uses none)."""
+    Built as NVlabs/NVAE builds it (``model.nvae``): a 3x3 stem on 2x - 1, two pre-processing blocks of three
+    cells, residual resampling cells, weight normalisation, decoder cells with a leading batch norm, its
+    posterior / prior / output heads, the learned top map ``prior_ftr0``, two post-processing blocks of three
+    cells. 33,365,694 parameters, the official construction's 33,363,134 + one log g per combiner channel
+    (docs/fidelity.md)."""
     base = dict(
         _NVAE,
         **_NVAE_OFFICIAL,
@@ -127,6 +139,7 @@ def nvae_mnist(**overrides) -> ModelConfig:
         strides=[4] + [1] * 9 + [2] + [1] * 4,
         depth=2,
         likelihood="bernoulli",
+        nvae=_nvae_construction(3),
         # utils.kl_coeff over 30% of 400 epochs x 300 steps (60,000 images at batch 200), held at the floor for
         # the first 0.01% (12 steps); configs/nvae_mnist.yaml sets both as fractions of the run instead
         kl_warmup_steps=36000,
@@ -140,8 +153,10 @@ def nvae_cifar10(**overrides) -> ModelConfig:
     channels at 32x32 (256 at 16x16), 2 cells per group, discretised logistic mixture of 10 components on
     8-bit colour, spectral regularisation 1e-2 (constant) with NVAE's batch-norm penalty, soft-clamped
     Gaussians, a linear top-down state, KL weight over 30% of the run with floor 1e-4 (docs/fidelity.md).
-    The paper also uses one normalising-flow cell per group; this library has none (expect a slightly weaker
-    bound than the paper's 2.91 bits/dim)."""
+    Built as NVlabs/NVAE builds it (``model.nvae``, pre- and post-processing blocks of two cells; see
+    :func:`nvae_mnist`). The paper also uses one normalising-flow cell per group; this library has none (the
+    official count 130,852,480 less their 1,636,800; expect a slightly weaker bound than the paper's 2.91
+    bits/dim)."""
     base = dict(
         _NVAE,
         data_shape=[3, 32, 32],
@@ -152,6 +167,7 @@ def nvae_cifar10(**overrides) -> ModelConfig:
         likelihood="discretized_logistic_mixture",
         num_mixtures=10,
         **_NVAE_OFFICIAL,
+        nvae=_nvae_construction(2),
         # utils.kl_coeff over 30% of 400 epochs x 195 steps (50,000 images at 32 per GPU x 8 GPUs, drop_last),
         # held at the floor for the first 0.01% (8 steps); configs/nvae_cifar10.yaml sets both as fractions
         kl_warmup_steps=23400,

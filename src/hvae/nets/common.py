@@ -102,6 +102,27 @@ class CellFamily:
         return False
 
     @classmethod
+    def head(cls, role: str, in_ch: int, out_ch: int, cfg: Any) -> nn.Module:
+        """A map ``(B, in_ch, *S) -> (B, out_ch, *S)`` in a level (hvae.layers) or at the output, by ``role``:
+        "prior" (p's parameters from h_p), "top_posterior" (q's on top, from d_L), "posterior_features"
+        (q's from d alone: ladder, bottom_up), "from_d" / "from_h" (the top-down posterior's two inputs),
+        "posterior_act" (between them and "posterior" / "posterior_residual", whose q starts at p),
+        "state_z" / "state_h" (the skip state's maps), "output" (p(x | z_1)'s parameters). By default
+        :meth:`pointwise`; the residual posterior's head starts at zero, and with ``residual_state`` the
+        state's map from h_p at the identity."""
+        if role == "posterior_act":
+            return activation(cfg.activation, cfg.leaky_slope)
+        m = cls.pointwise(in_ch, out_ch)
+        if role == "posterior_residual":  # start at q = p: zero shift, unit scale ratio
+            nn.init.zeros_(cast(Tensor, m.weight))
+            nn.init.zeros_(cast(Tensor, m.bias))
+        elif role == "state_h" and cls.residual_state and in_ch == out_ch:
+            # deep stacks (NVAE, VDVAE) start with the skip state handed down unchanged: W_h = I
+            nn.init.dirac_(cast(Tensor, m.weight))
+            nn.init.zeros_(cast(Tensor, m.bias))
+        return m
+
+    @classmethod
     def encoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw) -> Sequential:
         return cls.block(in_ch, hidden, depth, resample, **kw)
 
