@@ -1,12 +1,12 @@
 """What a training batch costs to prepare: ``python -m benchmarks.batches [--config C] [--reps 400] [--device cuda]``.
 
 One batch of ``hvae train``'s loop is gathered from the split by index, converted to float32 and, for dynamic
-binarization, drawn from Bernoulli(x) with a generator of its own. This times, per batch (median over
-``--reps``), the draw the trainer used before (``torch.bernoulli``: one 32-bit draw per value in a serial loop)
-against the whole ``Dataset.batches`` step as the trainer calls it (numpy's Philox uniforms compared with x by
-numpy), interleaved rep by rep so that drift on a shared machine hits both alike. With ``--device cuda`` each is followed by
-the copy to the device that the trainer makes (pinned, non-blocking, then synchronised). Prints JSON and a
-table for benchmarks/RESULTS.md.
+binarization, drawn from Bernoulli(x). This times, per batch (median over ``--reps``), the draw the trainer used
+before (``torch.bernoulli``: one 32-bit draw per value in a serial loop) against the whole ``Dataset.batches``
+step as the trainer calls it (numpy's Philox uniforms compared with x by numpy), interleaved rep by rep so that
+drift on a shared machine hits both alike. With ``--device cuda`` each is followed by the copy to the device
+that the trainer makes (pinned, non-blocking, then synchronised). Prints JSON and a table for
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
