@@ -1,5 +1,5 @@
-"""Generation: x drawn through the prior, every level (``sample``) or with some levels fixed (``generate``,
-``sample_conditional``), as :class:`GenerationMixin`, a base of :class:`~hvae.HierarchicalVAE`.
+"""Generation: x from latents given at every level (``decode``), at some (``generate``, ``sample_conditional``)
+or at none (``sample``), as :class:`GenerationMixin`, a base of :class:`~hvae.HierarchicalVAE`.
 
 Each runs the model's top-down pass with z_l given where fixed and drawn from the prior conditional
 p(z_l | s_{l+1}) at a temperature elsewhere (a scale of its standard deviation: 0 gives its mean), then
@@ -46,7 +46,18 @@ class _TopDown(Protocol):
 
 
 class GenerationMixin:
-    """``sample``, ``generate`` and ``sample_conditional`` of a model with a top-down pass (see the module doc)."""
+    """``decode``, ``sample``, ``generate`` and ``sample_conditional`` of a model with a top-down pass."""
+
+    @torch.no_grad()
+    def decode(self: _TopDown, zs: Sequence[Tensor]):
+        """p(x | z): the observation distribution given latents for every level (bottom to top).
+        Without ``generative_skip`` only ``zs[0]`` matters. Use ``.mean`` or ``.sample()``."""
+        L = self.config.num_layers
+        if len(zs) != L:
+            raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
+        inputs.check_latents(self, zs)
+        run = self._top_down(zs[0].shape[0], zs_given=zs)
+        return self._decode_state(run.state)
 
     @torch.no_grad()
     def sample(

@@ -6,12 +6,11 @@ Notation (ARCHITECTURE.md): latents z_1 … z_L, z_1 nearest the data; lists are
     q(z | x) = q(z_L | x) ∏_{l<L} q(z_l | z_{l+1}, x)         (ladder, top_down)
              = q(z_1 | x) ∏_{l>1} q(z_l | z_{l-1})           (bottom_up: the stacked VAE)
 
-All numbers are nats per example unless a name says otherwise. What decides *when* or *how fast* lives
-beside the model: compilation in :mod:`hvae.compiled`, the IW bound's chunks in :mod:`hvae.iw`, the step
-schedules in :mod:`hvae.schedules`, saving and loading in :mod:`hvae.pretrained`, activation checkpointing in
-:mod:`hvae.checkpointing`; the loss's options beside the ELBO (free bits, KL balancing) in :mod:`hvae.objectives`,
-the levels' shapes and the data's padding in :mod:`hvae.geometry`, the stacked VAE's upward pass in
-:mod:`hvae.stacked` and generation (``sample``, ``generate``, ``sample_conditional``) in :mod:`hvae.generation`.
+All numbers are nats per example unless a name says otherwise. Beside the model, each module named for its role
+(ARCHITECTURE.md): :mod:`~hvae.compiled` (when to compile), :mod:`~hvae.iw` (the IW bound's chunks),
+:mod:`~hvae.schedules`, :mod:`~hvae.pretrained` (saving, loading), :mod:`~hvae.checkpointing`, :mod:`~hvae.objectives`
+(free bits, KL balancing), :mod:`~hvae.geometry` (shapes, padding), :mod:`~hvae.stacked` (the stacked VAE's
+upward pass) and :mod:`~hvae.generation` (``decode``, ``sample``, ``generate``, ``sample_conditional``).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from .config import ModelConfig
 from .data.text import trim_batch
 from .distributions import Gaussian, _tile, kl_divergence
 from .generation import GenerationMixin
-from .geometry import geometry
+from .geometry import crop, geometry
 from .layers import LatentLayer, latent_channels
 from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention
@@ -258,12 +257,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         """p(x | z_1) from the top-down state; ``length``: token models, the positions of a batch whose rows
         stop early (the rest is padding, which never counts)."""
         params = self.decoder_head(self._cells(self.decoder, state)).float()
-        if self._pad is not None and len(self._pad) == 2:  # crop the padded sequence back: (B, P, T')->(B, P, T)
-            params = params[:, :, : self.data_shape[1]]
-        elif self._pad is not None:  # crop the padded image back: (B, P, H + ph, W + pw) -> (B, P, H, W)
-            left, _, top, _ = self._pad
-            H, W = self.data_shape[1:]
-            params = params[:, :, top : top + H, left : left + W]
+        params = crop(params, self._pad, self.data_shape)  # the data's padding undone
         lik = self.likelihood
         params = params.view(params.shape[0], lik.num_params, *lik.spatial)
         if length is not None and length != lik.spatial[-1]:
@@ -395,24 +389,13 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         return -log_px / (math.prod(self.data_shape) * math.log(2))
 
     # ------------------------------------------------------------------------------------------------
-    # inspection (generation: hvae.generation)
+    # encoding (decoding and generation: hvae.generation)
 
     @torch.no_grad()
     def encode(self, x: Tensor, sample: bool = True) -> list[Tensor]:
         """Latents from q(z | x), bottom to top: a sample, or (``sample=False``) the means along the path."""
         inputs.check_batch(self, x)
         return self._infer(x, posterior_mean=not sample).zs
-
-    @torch.no_grad()
-    def decode(self, zs: Sequence[Tensor]):
-        """p(x | z): the observation distribution given latents for every level (bottom to top).
-        Without ``generative_skip`` only ``zs[0]`` matters. Use ``.mean`` or ``.sample()``."""
-        L = self.config.num_layers
-        if len(zs) != L:
-            raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
-        inputs.check_latents(self, zs)
-        run = self._top_down(zs[0].shape[0], zs_given=zs)
-        return self._decode_state(run.state)
 
 
 def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
