@@ -543,6 +543,21 @@ def test_decode_rejects_latents_of_the_wrong_count_or_shape():
     assert model.generate([None, None, zs[2]]).shape == (B, *model.data_shape)
 
 
+def test_only_a_pass_that_inferred_every_level_is_scored():
+    """log q(z | x) and the KL need q at every level: a pass drawn from the prior is refused, by name."""
+    model = _model().eval()
+    x = _x(model)
+    with torch.no_grad():
+        assert model._log_weights(x, model._infer(x)).isfinite().all()
+        prior = model._top_down(B)
+        with pytest.raises(ValueError, match="drew levels from the prior"):
+            model._log_weights(x, prior)
+        with pytest.raises(ValueError, match="drew levels from the prior"):
+            model._kl_terms(prior)
+        with pytest.raises(ValueError, match="the batch x or its bottom-up contexts"):
+            model._infer(None)
+
+
 # --- saved models ------------------------------------------------------------------------------------
 
 

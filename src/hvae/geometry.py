@@ -1,9 +1,12 @@
 """The shapes a :class:`~hvae.HierarchicalVAE` is built with: the first bottom-up block's input channels,
-each level's latent shape and the padding that makes the data divisible by the total stride."""
+each level's latent shape and the padding that makes the data divisible by the total stride (and the crop
+that undoes it on the decoder's output)."""
 
 from __future__ import annotations
 
 import math
+
+from torch import Tensor
 
 from .config import ModelConfig
 from .layers import latent_channels
@@ -43,3 +46,15 @@ def geometry(cfg: ModelConfig) -> tuple[int, list[tuple[int, ...]], tuple[int, .
             h, w = h // s, w // s
             latent_shapes.append((latent_channels(cfg, l), h, w))
     return in_ch, latent_shapes, pad
+
+
+def crop(params: Tensor, pad: tuple[int, ...] | None, data_shape: tuple[int, ...]) -> Tensor:
+    """The decoder's output on the padded data (B, P, *padded) cropped back to the data's extent, undoing
+    the padding :func:`geometry` chose (``pad`` None: returned as it is)."""
+    if pad is None:
+        return params
+    if len(pad) == 2:  # a sequence padded at its end: (B, P, T') -> (B, P, T)
+        return params[:, :, : data_shape[1]]
+    left, _, top, _ = pad  # an image padded around its centre: (B, P, H + ph, W + pw) -> (B, P, H, W)
+    H, W = data_shape[1:]
+    return params[:, :, top : top + H, left : left + W]

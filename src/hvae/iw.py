@@ -28,7 +28,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from . import allocator
+from . import allocator, inputs
 from .distributions import _tile
 
 #: the most elements of one tensor in a pass of the IW bound's automatic chunks: on a CPU, glibc serves
@@ -62,8 +62,11 @@ def _add_log_weights(total: Tensor, lw: Tensor) -> Tensor:
 
 def log_likelihood(model, x: Tensor, num_samples: int, chunk_size: int | None = None) -> Tensor:
     """The IW bound of ``model`` at ``x`` (B, *data_shape) with ``num_samples`` importance samples per input,
-    (B,) nats, in chunks (see the module doc). ``x`` is taken as checked by the model."""
-    num_samples = int(num_samples)
+    (B,) nats, in chunks (see the module doc); what :meth:`hvae.HierarchicalVAE.log_likelihood` runs."""
+    inputs.check_batch(model, x, values=True)
+    num_samples = inputs.count(num_samples, "num_samples")
+    if chunk_size is not None:
+        chunk_size = inputs.count(chunk_size, "chunk_size", " or None (automatic)")
     if x.device.type == "cpu":
         allocator.tune_once()  # each chunk's memory stays for the next instead of faulting in again
     B = x.shape[0]

@@ -1,4 +1,4 @@
-"""HierarchicalVAE: bottom-up pass, top-down pass, ELBO, importance-weighted bound, encode, decode, sample.
+"""HierarchicalVAE: the bottom-up pass, the top-down pass, the ELBO, the importance weights, encode, decode.
 
 Notation (ARCHITECTURE.md): latents z_1 … z_L, z_1 nearest the data; lists are indexed bottom (0 = z_1) to top.
 
@@ -6,11 +6,11 @@ Notation (ARCHITECTURE.md): latents z_1 … z_L, z_1 nearest the data; lists are
     q(z | x) = q(z_L | x) ∏_{l<L} q(z_l | z_{l+1}, x)         (ladder, top_down)
              = q(z_1 | x) ∏_{l>1} q(z_l | z_{l-1})           (bottom_up: the stacked VAE)
 
-All numbers are nats per example unless a name says otherwise. What decides *when* or *how fast* lives
-beside the model: compilation in :mod:`hvae.compiled`, the IW bound's chunks in :mod:`hvae.iw`, the step
-schedules in :mod:`hvae.schedules`, saving and loading in :mod:`hvae.pretrained`, activation checkpointing in
-:mod:`hvae.checkpointing`; the loss's options beside the ELBO (free bits, KL balancing) in :mod:`hvae.objectives`
-and the levels' shapes and the data's padding in :mod:`hvae.geometry`.
+All numbers are nats per example unless a name says otherwise. Beside the model, each module named for its role
+(ARCHITECTURE.md): :mod:`~hvae.compiled` (when to compile), :mod:`~hvae.iw` (the IW bound's chunks),
+:mod:`~hvae.schedules`, :mod:`~hvae.pretrained` (saving, loading), :mod:`~hvae.checkpointing`, :mod:`~hvae.objectives`
+(free bits, KL balancing), :mod:`~hvae.geometry` (shapes, padding), :mod:`~hvae.stacked` (the stacked VAE's
+upward pass) and :mod:`~hvae.generation` (``decode``, ``sample``, ``generate``, ``sample_conditional``).
 """
 
 from __future__ import annotations
@@ -18,21 +18,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from . import inputs, iw, objectives, schedules
+from . import inputs, iw, objectives, schedules, stacked
 from .checkpointing import cells
-from .compiled import compiled_training_call, set_compile
+from .compiled import LazyCompile, compiled_training_call, set_compile
 from .config import ModelConfig
 from .data.text import trim_batch
-from .decoding import METHODS, Decoding
 from .distributions import Gaussian, _tile, kl_divergence
-from .geometry import geometry
+from .generation import GenerationMixin
+from .geometry import crop, geometry
 from .layers import LatentLayer, latent_channels
-from .likelihoods import AutoregressiveDistribution, build_likelihood
+from .likelihoods import build_likelihood
 from .nets import FAMILIES, attention
+from .nets.common import Sequential
 from .nets.temporal import TokenEncoder
 from .pretrained import PretrainedMixin
 from .spectral import SpectralNorms
@@ -62,31 +64,23 @@ class ModelOutput:
 
 @dataclass
 class _Pass:
-    """One top-down pass: per layer the sample, the prior, the posterior (None where not inferred)."""
+    """One top-down pass, bottom to top: per level the sample, the prior, the posterior (None where not
+    inferred); ``state``: s_1, what p(x | z) is decoded from."""
 
     zs: list[Tensor]
-    ps: list[Gaussian]
-    qs: list[Gaussian | None]
+    ps: Sequence[Gaussian]
+    qs: Sequence[Gaussian | None]
     state: Tensor
 
-
-def _draw(px, mean: bool, decode: Decoding | str | None) -> Tensor:
-    """What sample / generate / sample_conditional return from p(x | z_1)."""
-    if decode is None:
-        return px.mean if mean else px.sample()
-    if isinstance(decode, str):
-        decode = Decoding(decode)
-    if not isinstance(decode, Decoding):
-        raise TypeError(f"decode must be a hvae.decoding.Decoding or one of {', '.join(METHODS)}, got {decode!r}")
-    if not isinstance(px, AutoregressiveDistribution):
-        raise ValueError(
-            "decode= applies to autoregressive decoders (model.decoder: pixelcnn, transformer, gru); this model's "
-            "p(x | z_1) factorises: use mean=True for its mean or mean=False to sample it"
-        )
-    return px.decode(decode)
+    def posteriors(self) -> list[Gaussian]:
+        """Every level's q, of a pass that inferred them all (the ELBO's, the IW bound's)."""
+        qs = [q for q in self.qs if q is not None]
+        if len(qs) < len(self.qs):
+            raise ValueError("this pass drew levels from the prior: it has no q(z | x) to score them with")
+        return qs
 
 
-class HierarchicalVAE(PretrainedMixin, nn.Module):
+class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
     """A hierarchical VAE built from a :class:`~hvae.config.ModelConfig` (use :func:`hvae.build_model`).
 
     Data: ``x`` of shape ``(B, *config.data_shape)``, float, in the likelihood's support; categorical models
@@ -95,6 +89,12 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
     """
 
     config_class = ModelConfig
+    # as the type checker sees them (nn.Module's attribute lookup is untyped); ModuleLists at run time
+    encoder: Sequence[Sequential]
+    layers: Sequence[LatentLayer]
+    step: Tensor
+    compiler: LazyCompile  # set_compile's: training calls, and the IW bound's chunks
+    iw_compiler: LazyCompile
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -109,13 +109,13 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         in_ch, latent_shapes, self._pad = geometry(cfg)
 
         # token ids (B, T) are embedded first (sentence-level models over a token sequence)
-        self.token_encoder = None
+        self.token_encoder: TokenEncoder | None = None
         if cfg.embed_dim:
             self.token_encoder = TokenEncoder(cfg.num_classes, cfg.embed_dim, self.data_shape[0], cfg.pad_id)
             in_ch = self.token_encoder.out_features
 
         # bottom-up pass: d_l = block_l(d_{l-1}); the stacked VAE feeds z_{l-1} instead of d_{l-1}
-        self.encoder = nn.ModuleList()
+        blocks: list[Sequential] = []
         ch = in_ch
         for l in range(L):
             stride = cfg.strides[l] if cfg.strides else 1
@@ -124,19 +124,20 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             blk = fam.encoder_block(src, cfg.hidden_dims[l], fam.encoder_depth(cfg, l), stride, **kw, **opts)
             if l in cfg.attention.levels:
                 blk = attention.with_attention(blk, cfg.attention.heads)
-            self.encoder.append(blk)
+            blocks.append(blk)
             ch = blk.out_ch
+        self.encoder = cast("Sequence[Sequential]", nn.ModuleList(blocks))
 
         # latent layers, built top-down so each knows the state channels of the layer above
-        layers: list[LatentLayer | None] = [None] * L
+        layers: list[LatentLayer] = []
         above = None
         for l in reversed(range(L)):
-            layers[l] = LatentLayer(cfg, l, latent_shapes[l], self.encoder[l].out_ch, above)
-            above = layers[l].state_ch
-        self.layers = nn.ModuleList(layers)
+            layers.insert(0, LatentLayer(cfg, l, latent_shapes[l], blocks[l].out_ch, above))
+            above = layers[0].state_ch
+        self.layers = cast("Sequence[LatentLayer]", nn.ModuleList(layers))
 
         # depth-wise attention across the levels (Apostolopoulou et al. 2022), used by the two passes
-        self.depth_attn = None
+        self.depth_attn: attention.DepthAttentionStack | None = None
         if cfg.attention.depth:
             self.depth_attn = attention.DepthAttentionStack(
                 [layer.state_ch for layer in self.layers],
@@ -149,7 +150,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         # decoder p(x | s_1): mirrors the first bottom-up block
         up = -cfg.strides[0] if cfg.strides and cfg.strides[0] > 1 else 1
         opts = fam.cell_options(cfg, "decoder", 0, latent_shapes[0])
-        self.decoder = fam.decoder_block(above, cfg.hidden_dims[0], cfg.depth, up, **kw, **opts)
+        self.decoder = fam.decoder_block(self.layers[0].state_ch, cfg.hidden_dims[0], cfg.depth, up, **kw, **opts)
         n_out = self.likelihood.num_params * (math.prod(self.likelihood.spatial) if cfg.block == "mlp" else 1)
         self.decoder_head = fam.head("output", self.decoder.out_ch, n_out, cfg)
 
@@ -161,7 +162,9 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         self.spectral = SpectralNorms(self) if cfg.spectral.reg > 0 else None
         set_compile(self)  # the defaults: compiled where it pays
 
-    def set_compile(self, mode: str = "auto", after_s: float = 300.0, steps_left=None) -> None:
+    def set_compile(
+        self, mode: str = "auto", after_s: float = 300.0, steps_left: Callable[[], int] | None = None
+    ) -> None:
         """How training calls and the IW bound's chunks are compiled: ``auto`` (the default), ``always`` or
         ``never``; see :func:`hvae.compiled.set_compile`. ``self.compiler.status`` and
         ``self.iw_compiler.status`` say what happened."""
@@ -186,10 +189,14 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             return self.token_encoder(x.long())
         if not x.dtype.is_floating_point:  # class ids k -> levels k / (K - 1), as the likelihood reads them
             x = x.float() / (self.config.num_classes - 1)
-        x = x.to(self.decoder_head.weight.dtype)  # float32 data into a float64 or bf16 model
+        x = x.to(self._dtype)  # float32 data into a float64 or bf16 model
         if self.config.block == "mlp":
             return x.flatten(1)
         return x if self._pad is None else nn.functional.pad(x, self._pad)
+
+    @property
+    def _dtype(self) -> torch.dtype:  # the weights' float type (float32, or float64 / bf16 after .to(dtype))
+        return cast(Tensor, self.decoder_head.weight).dtype
 
     def _cells(self, fn, *args):
         """``fn(*args)``, recomputed in the backward pass when ``config.checkpointing`` (:mod:`hvae.checkpointing`)."""
@@ -197,9 +204,10 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
 
     def _bottom_up(self, x: Tensor) -> list[Tensor]:
         """Deterministic bottom-up pass: the posterior context of each level, computed once per input.
-        For the stacked VAE only the first level is deterministic; the rest is ``_upward_stochastic``."""
+        For the stacked VAE only the first level is deterministic; the rest is :func:`hvae.stacked.upward`."""
         d = self._features(x)
-        ctxs, feats = [], []
+        ctxs: list[Tensor] = []
+        feats: list[Tensor] = []
         n = 1 if self.config.inference == "bottom_up" else len(self.layers)
         for blk, layer in zip(self.encoder[:n], self.layers[:n]):
             d = self._cells(blk, d)
@@ -208,46 +216,25 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             ctxs.append(layer.context(a))
         return ctxs
 
-    def _upward_stochastic(
-        self, ctx0: Tensor, use_mean: bool = False, pick=None
-    ) -> tuple[list[Tensor], list[Gaussian]]:
-        """The stacked VAE's inference: z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1}). ``pick(l, None, q_l)``, if given,
-        chooses z_l instead (the codec decodes it from its stack)."""
-        self._set_relaxation()
-        zs, qs, feats = [], [], []
-        ctx = ctx0
-        for l, layer in enumerate(self.layers):
-            if l > 0:
-                f = self.encoder[l](zs[-1].to(ctx0.dtype))
-                feats.append(f)
-                if self.depth_attn is not None:
-                    f = self.depth_attn.posterior[l](f, feats)
-                ctx = layer.context(f)
-            q = layer.posterior(ctx, None, None)
-            zs.append(pick(l, None, q) if pick is not None else q.mean if use_mean else q.rsample())
-            qs.append(q)
-        return zs, qs
-
     def _top_down(
         self,
         batch: int,
         ctxs: list[Tensor] | None = None,
         infer_from: int = 0,
-        zs_given: list[Tensor | None] | None = None,
+        zs_given: Sequence[Tensor | None] | None = None,
         temperatures: list[float] | None = None,
         posterior_mean: bool = False,
     ) -> _Pass:
         """Top-down pass. Level l draws z_l from q when ``ctxs`` is given and ``l >= infer_from``, takes
         ``zs_given[l]`` when that is set, and otherwise samples the prior at ``temperatures[l]``."""
-        L = self.config.num_layers
-        zs: list[Tensor] = [None] * L
-        ps: list[Gaussian] = [None] * L
-        qs: list[Gaussian | None] = [None] * L
-        device, dtype = self.step.device, self.decoder_head.weight.dtype
-        state = None
+        zs: list[Tensor] = []  # top to bottom here (z_L first), returned bottom to top
+        ps: list[Gaussian] = []
+        qs: list[Gaussian | None] = []
+        device, dtype = self.step.device, self._dtype
+        state: Tensor | None = None
         self._set_relaxation()
         states: list[Tensor] = []  # s_L, ..., s_{l+1}: what level l's depth attention may read
-        for l in reversed(range(L)):
+        for l in reversed(range(self.config.num_layers)):
             layer = self.layers[l]
             if self.depth_attn is not None and state is not None:
                 state = self.depth_attn.prior[l](state, states)
@@ -256,18 +243,20 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
             else:
                 p, h_p = self._cells(layer.prior, state, batch, device, torch.float32)
             q = layer.posterior(ctxs[l], p, h_p) if (ctxs is not None and l >= infer_from) else None
-            if zs_given is not None and zs_given[l] is not None:
-                z = zs_given[l]
+            z_given = zs_given[l] if zs_given is not None else None
+            if z_given is not None:
+                z = z_given
             elif q is not None:
                 z = q.mean if posterior_mean else q.rsample()
             else:
                 z = p.rsample(temperatures[l] if temperatures is not None else 1.0)
-            zs[l], ps[l], qs[l] = z, p, q
+            zs.append(z)
+            ps.append(p)
+            qs.append(q)
             state = layer.transition(z.to(dtype), h_p)
             states.append(state)
-        if self.depth_attn is not None:
-            state = self.depth_attn.decoder(state, states)
-        return _Pass(zs, ps, qs, state)
+        s_1 = states[-1] if self.depth_attn is None else self.depth_attn.decoder(states[-1], states)
+        return _Pass(zs[::-1], ps[::-1], qs[::-1], s_1)
 
     def _decode_state(self, state: Tensor, length: int | None = None):
         """p(x | z_1) from the top-down state; ``length``: token models, the positions of a batch whose rows
@@ -275,12 +264,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         if self.config.decoder_only:  # the yardstick's decoder reads no latents: its features are constant
             state = torch.zeros_like(state)
         params = self.decoder_head(self._cells(self.decoder, state)).float()
-        if self._pad is not None and len(self._pad) == 2:  # crop the padded sequence back: (B, P, T')->(B, P, T)
-            params = params[:, :, : self.data_shape[1]]
-        elif self._pad is not None:  # crop the padded image back: (B, P, H + ph, W + pw) -> (B, P, H, W)
-            left, _, top, _ = self._pad
-            H, W = self.data_shape[1:]
-            params = params[:, :, top : top + H, left : left + W]
+        params = crop(params, self._pad, self.data_shape)  # the data's padding undone
         lik = self.likelihood
         params = params.view(params.shape[0], lik.num_params, *lik.spatial)
         if length is not None and length != lik.spatial[-1]:
@@ -290,18 +274,26 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
     def _length(self, x: Tensor) -> int | None:
         return x.shape[1] if self.token_encoder is not None else None
 
-    def _infer(self, x: Tensor | None, k: int = 1, ctxs: list[Tensor] | None = None, posterior_mean: bool = False):
-        """z ~ q(z | x) (k samples per input, sample-major) and the pass that scores it."""
+    def _infer(
+        self, x: Tensor | None, k: int = 1, ctxs: list[Tensor] | None = None, posterior_mean: bool = False
+    ) -> _Pass:
+        """z ~ q(z | x) (k samples per input, sample-major) and the pass that scores it; ``ctxs``, if given,
+        are x's bottom-up contexts (``x`` is then not read)."""
         if self.config.decoder_only:  # the yardstick: q(z | x) = p(z), so every KL is 0 and the bound is exact
+            if ctxs is None and x is None:
+                raise ValueError("_infer needs the batch x or its bottom-up contexts ctxs")
+            n = ctxs[0].shape[0] if ctxs is not None else cast(Tensor, x).shape[0]
             means = [0.0] * self.config.num_layers if posterior_mean else None  # temperature 0: the prior's means
-            run = self._top_down((x.shape[0] if ctxs is None else ctxs[0].shape[0]) * k, temperatures=means)
+            run = self._top_down(n * k, temperatures=means)
             run.qs = list(run.ps)
             return run
         if ctxs is None:
+            if x is None:
+                raise ValueError("_infer needs the batch x or its bottom-up contexts ctxs")
             ctxs = self._bottom_up(x)
         B = ctxs[0].shape[0]
         if self.config.inference == "bottom_up":
-            zs, qs = self._upward_stochastic(_tile(ctxs[0], k), use_mean=posterior_mean)
+            zs, qs = stacked.upward(self, _tile(ctxs[0], k), use_mean=posterior_mean)
             run = self._top_down(B * k, zs_given=zs)
             run.qs = qs
             return run
@@ -318,9 +310,9 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         level's q is a point mass on its code k*, so its KL is always -log p(k* | .): exact, and read by the
         index q chose (a training pass may move the codebook after q chose, before p reads codes back)."""
         L = self.config.num_layers
-        kls = []
+        kls, qs = [], run.posteriors()
         for l in range(L):
-            q, p, z = run.qs[l], run.ps[l], run.zs[l]
+            q, p, z = qs[l], run.ps[l], run.zs[l]
             exact_ok = self.layers[l].family.point_mass_posterior or (
                 self.config.kl == "analytic" and (self.config.inference != "bottom_up" or l == L - 1)
             )
@@ -388,8 +380,8 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         """log p(x, z) - log q(z | x) per row, (k*B,). ``prepared``: ``x_k`` is ``likelihood.prepare(x)``."""
         px = self._decode_state(run.state, self._length(x_k))
         lw = px.log_prob_prepared(x_k) if prepared else px.log_prob(x_k)
-        for z, p, q in zip(run.zs, run.ps, run.qs):
-            lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)
+        for z, p, q in zip(run.zs, run.ps, run.posteriors()):
+            lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)  # + log p(z_l | .) - log q(z_l | .)
         return lw
 
     @torch.no_grad()
@@ -400,10 +392,6 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         budget unless ``chunk_size`` (samples per input) is given (:mod:`hvae.iw`); full chunks may run compiled
         (:meth:`set_compile`). Call ``model.eval()`` first for networks with batch norm.
         """
-        inputs.check_batch(self, x, values=True)
-        num_samples = inputs.count(num_samples, "num_samples")
-        if chunk_size is not None:
-            chunk_size = inputs.count(chunk_size, "chunk_size", " or None (automatic)")
         return iw.log_likelihood(self, x, num_samples, chunk_size)
 
     def _iw_log_weights(self, ctxs_k: list[Tensor], x_k: Tensor, k: int) -> Tensor:
@@ -418,7 +406,7 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         return -log_px / (math.prod(self.data_shape) * math.log(2))
 
     # ------------------------------------------------------------------------------------------------
-    # inspection and generation
+    # encoding (decoding and generation: hvae.generation)
 
     @torch.no_grad()
     def encode(self, x: Tensor, sample: bool = True) -> list[Tensor]:
@@ -426,93 +414,10 @@ class HierarchicalVAE(PretrainedMixin, nn.Module):
         inputs.check_batch(self, x)
         return self._infer(x, posterior_mean=not sample).zs
 
-    @torch.no_grad()
-    def decode(self, zs: Sequence[Tensor]):
-        """p(x | z): the observation distribution given latents for every level (bottom to top).
-        Without ``generative_skip`` only ``zs[0]`` matters. Use ``.mean`` or ``.sample()``."""
-        L = self.config.num_layers
-        if len(zs) != L:
-            raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
-        inputs.check_latents(self, zs)
-        run = self._top_down(zs[0].shape[0], zs_given=list(zs))
-        return self._decode_state(run.state)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        temperature: float | Sequence[float] = 1.0,
-        mean: bool = True,
-        decode: Decoding | str | None = None,
-    ) -> Tensor:
-        """``n`` unconditional samples (n, *data_shape). ``temperature``: one float or one per level
-        (bottom to top) scaling each prior's standard deviation (0 = the means). ``mean=True`` returns
-        the mean of p(x | z_1) (probabilities for Bernoulli data); ``False`` samples it. Autoregressive
-        decoders: ``decode`` (a :class:`hvae.decoding.Decoding` or its method's name) generates as text
-        libraries do (sample / greedy / top_k / top_p with a decoder temperature of its own, stopping at
-        end-of-sequence) and overrides ``mean``."""
-        n = inputs.count(n, "n (the number of samples)")
-        run = self._top_down(n, temperatures=inputs.temperatures(temperature, self.config.num_layers))
-        px = self._decode_state(run.state)
-        return _draw(px, mean, decode)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        zs: Sequence[Tensor | None],
-        temperature: float | Sequence[float] = 1.0,
-        mean: bool = True,
-        decode: Decoding | str | None = None,
-    ):
-        """Decode with some levels fixed: ``zs[l]`` is used where given (bottom to top, batch-major) and
-        the other levels are drawn from the prior conditionals at ``temperature``; ``mean`` and ``decode``
-        as in :meth:`sample`. Returns (B, *data_shape)."""
-        L = self.config.num_layers
-        if len(zs) != L:
-            raise ValueError(f"generate needs one entry per level ({L}, bottom to top; None to sample), got {len(zs)}")
-        given = [z for z in zs if z is not None]
-        if not given:
-            raise ValueError("generate needs at least one given level; use sample() to draw all of them")
-        inputs.check_latents(self, zs)
-        run = self._top_down(given[0].shape[0], zs_given=list(zs), temperatures=inputs.temperatures(temperature, L))
-        px = self._decode_state(run.state)
-        return _draw(px, mean, decode)
-
-    @torch.no_grad()
-    def sample_conditional(
-        self,
-        x: Tensor,
-        keep_top: int,
-        temperature: float | Sequence[float] = 1.0,
-        mean: bool = True,
-        decode: Decoding | str | None = None,
-    ) -> Tensor:
-        """Keep the top ``keep_top`` levels from q(z | x) and re-sample the levels below from the prior
-        conditionals: what the kept levels encode stays, the rest varies; ``mean`` and ``decode`` as in
-        :meth:`sample`. Returns (B, *data_shape)."""
-        inputs.check_batch(self, x)
-        L = self.config.num_layers
-        if not inputs.whole(keep_top) or not 0 <= keep_top <= L:
-            raise ValueError(f"keep_top must be in 0..{L}, got {keep_top}")
-        temps = inputs.temperatures(temperature, L)
-        B = x.shape[0]
-        if keep_top == 0:
-            run = self._top_down(B, temperatures=temps)
-        elif self.config.inference == "bottom_up":
-            zs = self._infer(x).zs
-            kept = [None] * (L - keep_top) + zs[L - keep_top :]
-            run = self._top_down(B, zs_given=kept, temperatures=temps)
-        else:
-            run = self._top_down(B, ctxs=self._bottom_up(x), infer_from=L - keep_top, temperatures=temps)
-        px = self._decode_state(run.state)
-        return _draw(px, mean, decode)
-
 
 def build_model(config: ModelConfig | dict) -> HierarchicalVAE:
     """A fresh :class:`HierarchicalVAE` from a config (or a plain mapping of one)."""
-    if isinstance(config, dict):
-        config = ModelConfig.from_dict(config)
-    return HierarchicalVAE(config)
+    return HierarchicalVAE(ModelConfig.from_dict(config) if isinstance(config, dict) else config)
 
 
 #: ``hvae.load(directory, map_location="cpu")``: a saved model back (:meth:`HierarchicalVAE.from_pretrained`)

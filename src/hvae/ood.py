@@ -35,7 +35,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,7 +190,7 @@ def score_dataset(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if x.shape[0] == 0:
         raise ValueError("no examples to score (an empty set)")
-    device = device or cast(Tensor, model.step).device  # the step counter buffer: on the model's device
+    device = device or model.step.device  # the step counter buffer: on the model's device
     parts: dict[str, list[Tensor]] = {}
     for i, xb in enumerate(x.split(batch_size)):
         out = scores(model, model.trim_padding(xb.to(device)), ks, num_samples, skipped, chunk_size)

@@ -7,8 +7,11 @@ turns them into a PNG.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .decoding import Decoding
 from .model import HierarchicalVAE
@@ -71,13 +74,11 @@ def readjust_batchnorm(
     Returns the number of batch-norm layers readjusted."""
     if n < 2 or num_batches < 1:
         raise ValueError(f"readjust_batchnorm needs n >= 2 and num_batches >= 1, got n={n}, num_batches={num_batches}")
-    norms = [
-        m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    saved = {m: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms}
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = {m: tuple(t.clone() for t in _stats(m)) for m in norms}
     momenta = {m: m.momentum for m in norms}
     step = model.step.clone()
-    used: list[torch.nn.modules.batchnorm._BatchNorm] = []
+    used: list[_BatchNorm] = []
     done = False
     try:
         # find the batch norms of the generative path in train mode: in eval mode a linear map may run with
@@ -101,13 +102,18 @@ def readjust_batchnorm(
         model.step.copy_(step)
         for m in norms:
             m.momentum = momenta[m]
-            if not done or not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()):
+            mean, var, _ = _stats(m)
+            if not done or not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
                 _restore({m: saved[m]})
     return len(used)
 
 
-def _restore(saved: dict) -> None:
-    for m, (mean, var, tracked) in saved.items():
-        m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
-        m.num_batches_tracked.copy_(tracked)
+def _stats(m: _BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch norm's running mean, variance and count (never None: it tracks running statistics)."""
+    return cast(Tensor, m.running_mean), cast(Tensor, m.running_var), cast(Tensor, m.num_batches_tracked)
+
+
+def _restore(saved: dict[_BatchNorm, tuple[Tensor, ...]]) -> None:
+    for m, kept in saved.items():
+        for t, k in zip(_stats(m), kept):
+            t.copy_(k)

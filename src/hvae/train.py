@@ -29,7 +29,7 @@ import torch
 from . import distributed
 from .aggressive import start as start_aggressive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .compiled import LazyCompile, compile_cache
+from .compiled import compile_cache
 from .configbase import ConfigError
 from .data import Dataset, load_dataset
 from .distributed import Context, DistributedError
@@ -687,7 +687,7 @@ def _loop(job: _Job) -> None:
         checkpoint(best=is_best)
 
     compile_events = 0
-    compiler = cast(LazyCompile, model.compiler)  # set by set_compile (an attribute nn.Module's stubs cannot see)
+    compiler = model.compiler  # a LazyCompile, set by set_compile
     done = state["step"] >= total_steps
     stop_signal: int | None = None
     step_began: float | None = None  # host time of the last step (each step reads its skip flags back)

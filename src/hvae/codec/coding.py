@@ -42,6 +42,7 @@ from ..likelihoods import (
 )
 from ..likelihoods import Categorical as CategoricalLikelihood
 from ..quantize import CodePrior, embed
+from ..stacked import upward as stacked_upward
 
 #: probabilities reach the coder as integers out of about 2^PROB_BITS (constriction codes at 24 bits)
 PROB_BITS = 24
@@ -240,7 +241,7 @@ def level_codes(model, latent_bits: int) -> list[LevelCode]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the passes, level by level (the model's own layers, in the order of its _top_down / _upward_stochastic)
+# the passes, level by level (the model's own layers, in the order of its _top_down / hvae.stacked.upward)
 
 
 def _walk_down(model, B: int, pick, ctxs: list[Tensor] | None = None):
@@ -268,7 +269,7 @@ def _infer(model, x: Tensor, pick) -> list[int]:
     """Run q(z | x) level by level with ``pick``; returns the order the levels were visited in."""
     ctxs = model._bottom_up(x)
     if model.config.inference == "bottom_up":
-        model._upward_stochastic(ctxs[0], pick=pick)  # the stacked VAE's pass, z_l chosen by pick
+        stacked_upward(model, ctxs[0], pick=pick)  # the stacked VAE's pass, z_l chosen by pick
         return list(range(model.config.num_layers))
     _walk_down(model, x.shape[0], pick, ctxs)
     return list(reversed(range(model.config.num_layers)))
