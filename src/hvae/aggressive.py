@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from . import stacked
 from .configbase import ConfigError
 
 #: inner steps whose mean loss is compared with the previous window's (He et al.'s code: 15)
@@ -61,10 +62,10 @@ def mutual_information(model, x: Tensor) -> float:
         ctx_pairs = [c.repeat(B, *([1] * (c.dim() - 1))) for c in ctxs]  # row j B + i: x_i
         z_pairs = [z.repeat_interleave(B, dim=0) for z in zs]  # row j B + i: z^j
         if model.config.inference == "bottom_up":
-            _, qs = model._upward_stochastic(ctx_pairs[0], pick=lambda l, _, q: z_pairs[l])
+            _, qs = stacked.upward(model, ctx_pairs[0], pick=lambda l, _, q: z_pairs[l])
         else:
             qs = model._top_down(B * B, ctxs=ctx_pairs, zs_given=z_pairs).qs
-        log_q = sum(q.log_prob(z).flatten(1).sum(1) for q, z in zip(qs, z_pairs)).view(B, B)  # [j, i]
+        log_q = torch.stack([q.log_prob(z).flatten(1).sum(1) for q, z in zip(qs, z_pairs)]).sum(0).view(B, B)  # [j, i]
         log_q_own = log_q.diagonal()  # log q(z^j | x_j)
         log_q_agg = torch.logsumexp(log_q, dim=1) - math.log(B)  # log q(z^j), the batch's mixture
         return float((log_q_own - log_q_agg).mean())
