@@ -16,7 +16,6 @@ import functools
 import itertools
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import hvae
+from benchmarks.commands import commit
 from benchmarks.floor import as_written, floor_of_other, record_products, time_products
 from hvae.train import _autocast
 
@@ -54,18 +54,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-    except OSError:
-        commit = "?"
     return {
         "cpu": cpu,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
-        "commit": commit,
+        "commit": commit(),
         "python": platform.python_version(),
     }
 

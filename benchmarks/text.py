@@ -23,10 +23,11 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.commands import commit, hvae
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "configs" / "text_fortunes.yaml"
@@ -57,20 +58,6 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
         "all": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae + aggressive),
         YARDSTICK: (ROOT / "configs" / "text_fortunes_decoder_only.yaml", []),
     }
-
-
-def _hvae(*args: str) -> None:
-    """``python -m hvae ARGS``: the command a user runs, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-m", "hvae", *args], check=True, env=env)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def row(name: str, seed: int, result: dict, yardstick: dict | None) -> dict:
@@ -152,19 +139,19 @@ def main(argv: list[str] | None = None) -> int:
             config, overrides = table_of[name]
             run = args.runs / f"{name}-{seed}"
             t0 = time.perf_counter()
-            _hvae(
+            hvae(
                 "train", "--config", str(config), *overrides, f"train.max_time={args.max_time}",
                 f"train.seed={seed}", "train.eval_every_s=600", "train.checkpoint_every_s=600",
                 "--out", str(run), "--overwrite", "--quiet",
             )  # fmt: skip
             t1 = time.perf_counter()
             limit = ["--max-examples", str(args.max_examples)] if args.max_examples else []
-            _hvae("eval", str(run), "--num-samples", str(args.num_samples), *limit)
+            hvae("eval", str(run), "--num-samples", str(args.num_samples), *limit)
             timings[run.name] = {"train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1)}
             result = json.loads((run / "eval.json").read_text())
             results[run.name] = result
             if args.examples:  # every level from q(z | x), decoded greedily: the reconstructions
-                _hvae(
+                hvae(
                     "sample", str(run), "--from-data", "--n", str(args.examples), "--keep-top", "3",
                     "--decode", "greedy", "--overwrite",
                 )  # fmt: skip
@@ -173,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntest split, IW bound with K = {args.num_samples}; {args.max_time} of hvae train each\n")
     print(table(rows))
     record = {
-        "commit": _commit(),
+        "commit": commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "max_time": args.max_time,
         "num_samples": args.num_samples,
