@@ -190,25 +190,32 @@ class LatentLayer(nn.Module):
             return self.posterior_head(d)
         return self.post_from_d(d)
 
-    def posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | Features | None) -> Gaussian:
-        """q(z_l | ., x) from the precomputed context, the prior and the prior's features; with
-        ``bn_posterior_means`` its mean batch-normalised (BN-VAE)."""
+    def posterior(self, ctx: Tensor, p: Gaussian | None, h_p: Tensor | Features | None) -> Gaussian:
+        """q(z_l | ., x) from the precomputed context, the prior and the prior's features (both None for the
+        stacked VAE and the top level, whose q reads the context alone); with ``bn_posterior_means`` its mean
+        batch-normalised (BN-VAE)."""
         q = self._posterior(ctx, p, h_p)
         if self.mean_norm is not None:
             q = Gaussian(self.mean_norm(q.mu), q.sigma)
         return q
 
-    def _posterior(self, ctx: Tensor, p: Gaussian, h_p: Tensor | Features | None) -> Gaussian:
+    def _posterior(self, ctx: Tensor, p: Gaussian | None, h_p: Tensor | Features | None) -> Gaussian:
         h, _ = _split(h_p)
         if self.posterior_block is not None:
             raw = self.posterior_block(ctx, h).float()
         elif self.is_top or self.inference == "bottom_up":
             return self.family.from_raw(ctx.float())
         elif self.inference == "ladder":
-            return self.family.merge(self.family.from_raw(ctx.float()), p)
+            return self.family.merge(self.family.from_raw(ctx.float()), self._given(p))
         else:
             raw = self.posterior_head(self.post_act(ctx + self.post_from_h(h))).float()
-        return self.family.residual_posterior(raw, p) if self.residual else self.family.from_raw(raw)
+        return self.family.residual_posterior(raw, self._given(p)) if self.residual else self.family.from_raw(raw)
+
+    def _given(self, p: Gaussian | None) -> Gaussian:
+        """The prior a ladder merge or a residual posterior refines (None only where q reads its context alone)."""
+        if p is None:
+            raise ValueError(f"level {self.index + 1}'s posterior ({self.inference}) refines its prior p: pass it")
+        return p
 
     def set_relaxation(self, tau: float | Tensor, relaxed: bool) -> None:
         """Discrete latents: relaxation temperature and whether samples are relaxed in the coming pass."""

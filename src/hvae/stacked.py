@@ -42,8 +42,7 @@ def upward(
             if model.depth_attn is not None:
                 f = model.depth_attn.posterior[l](f, feats)
             ctx = layer.context(f)
-        # no prior goes in: q(z_l | z_{l-1}) reads z_{l-1} alone (LatentLayer.posterior's p is typed for the others)
-        q = layer.posterior(ctx, None, None)  # type: ignore[arg-type]
+        q = layer.posterior(ctx, None, None)  # no prior goes in: q(z_l | z_{l-1}) reads z_{l-1} alone
         zs.append(pick(l, None, q) if pick is not None else q.mean if use_mean else q.rsample())
         qs.append(q)
     return zs, qs
