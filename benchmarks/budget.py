@@ -76,7 +76,7 @@ def hvae_run(config: str, budget: float, seed: int, num_samples: int, test_examp
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         timing = next((r for r in reversed(recs) if r.get("split") == "timing"), {})
-        steps = max(r["step"] for r in recs if r.get("split") == "train")
+        steps = max((r["step"] for r in recs if r.get("split") == "train"), default=0)
         ev = [sys.executable, "-m", "hvae", "eval", str(out), "--num-samples", str(num_samples)]
         ev += ["--max-examples", str(test_examples)]
         subprocess.run(ev, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -90,6 +90,19 @@ def hvae_run(config: str, budget: float, seed: int, num_samples: int, test_examp
     }
 
 
+def _record(results: list[dict], args: argparse.Namespace) -> None:
+    """Print each result as a JSON line (with the seed, budget, K and test images) and append it to ``--json``."""
+    for r in results:
+        r.update(seed=args.seed, budget_s=args.budget, num_samples=args.num_samples, test_examples=args.test_examples)
+        r.update(threads=os.environ.get("OMP_NUM_THREADS"), cores=len(os.sched_getaffinity(0)))
+        if r["run"] == "hvae train":
+            r["overrides"] = list(args.override)
+        print(json.dumps(r))
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/fashion_mnist.yaml")
@@ -98,6 +111,12 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=100, help="K of the IW bound")
     ap.add_argument("--test-examples", type=int, default=2000)
     ap.add_argument("--together", action="store_true", help="both at once, one thread each")
+    ap.add_argument(
+        "--only",
+        choices=["hvae", "plain"],
+        help="run one contender (e.g. each pinned to a core with taskset, OMP_NUM_THREADS=1, in turns)",
+    )
+    ap.add_argument("--json", help="append each contender's result as a JSON line to this file")
     ap.add_argument(
         "--override",
         nargs="*",
@@ -121,6 +140,16 @@ def main() -> None:
     plain_cmd = [sys.executable, "-m", "benchmarks.budget", "--plain", "--config", args.config]
     plain_cmd += ["--budget", str(args.budget), "--seed", str(args.seed), "--num-samples", str(args.num_samples)]
     plain_cmd += ["--test-examples", str(args.test_examples), "--override", *args.override]
+    if args.only is not None:
+        if args.only == "hvae":
+            results = [
+                hvae_run(args.config, args.budget, args.seed, args.num_samples, args.test_examples, args.override, env)
+            ]
+        else:
+            out = subprocess.run(plain_cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+            results = [json.loads(out.strip().splitlines()[-1])]
+        _record(results, args)
+        return
     if args.together:
         plain = subprocess.Popen(plain_cmd, env=env, stdout=subprocess.PIPE, text=True)
         try:
@@ -135,8 +164,7 @@ def main() -> None:
         mine = hvae_run(args.config, args.budget, args.seed, args.num_samples, args.test_examples, args.override, env)
         out = subprocess.run(plain_cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
         theirs = json.loads(out.strip().splitlines()[-1])
-    for r in (mine, theirs):
-        print(json.dumps(r))
+    _record([mine, theirs], args)
     head = f"{args.budget:g} s each, seed {args.seed}, K = {args.num_samples}"
     print(f"\n| {head} | updates | of the plain loop's | IW bound |")
     print("|---|---|---|---|")
