@@ -426,6 +426,12 @@ def _cmd_sample(args) -> int:
         raise ValueError("--data gives the inputs of --from-data or --interpolate; add one of them")
     if args.source is not None and args.data is None:
         raise ValueError("--source says how to read --data; add --data PATH")
+    if model.config.decoder_only and (args.from_data or args.interpolate):
+        flag = "--interpolate" if args.interpolate else "--from-data" + (" --keep-top" if args.keep_top else "")
+        raise ValueError(
+            f"{flag}: {args.run_dir} is a decoder-only model (model.decoder_only: true): it has no latents, so no "
+            "input can be encoded, kept or interpolated; run hvae sample without it for unconditional samples"
+        )
     decode = _decoding(args, model)
     kind = modality(cfg.data.source, model.data_shape)
     name = "interpolation" if args.interpolate else "keep_top" if args.from_data else "samples"

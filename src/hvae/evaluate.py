@@ -33,7 +33,7 @@ def elbo_terms(model: HierarchicalVAE, x: torch.Tensor, batch_size: int = 100) -
         out = model(model.trim_padding(xb), beta=1.0)
         elbos.append(out.elbo)
         log_pxs.append(out.log_px)
-        kls.append(torch.stack(out.kl, 1))
+        kls.append(torch.stack(out.kl, 1) if out.kl else out.elbo.new_zeros(out.elbo.shape[0], 0))  # none: decoder-only
     model.train(was_training)
     elbo, log_px, kl = (_unsort(torch.cat(t), order) for t in (elbos, log_pxs, kls))
     return {"elbo": elbo, "log_px": log_px, "kl": list(kl.unbind(1))}
@@ -43,7 +43,7 @@ def _by_length(model: HierarchicalVAE, x: torch.Tensor) -> tuple[torch.Tensor | 
     """Token rows sorted by their length (padding excluded), so that each batch, trimmed of the padding all its
     rows share (``model.trim_padding``), costs the tokens it holds; the numbers are those of the unsorted,
     untrimmed rows. Other data: (None, x)."""
-    if model.token_encoder is None or model.config.pad_id is None or x.shape[0] == 0:
+    if not model.reads_tokens or model.config.pad_id is None or x.shape[0] == 0:
         return None, x
     order = torch.argsort(row_lengths(x, model.config.pad_id), stable=True)
     return order, x[order]
@@ -82,7 +82,9 @@ def evaluation_sums(
 ) -> dict[str, torch.Tensor]:
     """Sums over the examples of ``x`` (N, *data_shape), float64: count, per-example bounds and their
     squares, KL per layer, posterior means per unit and their squares. Sums of shards add up to the sums
-    of the whole, so ranks evaluate disjoint shards and one all-reduce gives the exact totals."""
+    of the whole, so ranks evaluate disjoint shards and one all-reduce gives the exact totals. A decoder-only
+    model (``config.decoder_only``) has no latents: its ELBO is log p(x) exactly, which stands for the IW bound
+    (no K passes), and it has no KL or posterior means."""
     model.eval()
 
     def zeros(*size: int) -> torch.Tensor:
@@ -107,7 +109,11 @@ def evaluation_sums(
     elbo = terms["elbo"].double()
     sums["elbo"] += torch.stack([elbo.sum(), (elbo**2).sum()])
     sums["log_px"] += terms["log_px"].double().sum()
-    sums["kl"] += torch.stack([k.double().sum() for k in terms["kl"]])
+    if terms["kl"]:
+        sums["kl"] += torch.stack([k.double().sum() for k in terms["kl"]])
+    if model.config.decoder_only:
+        sums["iw"] += sums["elbo"]
+        return sums
     iws: list[torch.Tensor] = []  # per batch (B,)
     batches = [model.trim_padding(xb) for xb in _by_length(model, x)[1].split(batch_size)]  # the sums ignore order
     todo = len(batches)
@@ -218,9 +224,11 @@ def evaluate(
             "dims": D,
         }
     )
+    exact = {"exact": True} if model.config.decoder_only else {}  # the IW bound is log p(x), from one pass
     return {
         "num_examples": int(n),
-        "num_samples": num_samples,
+        "num_samples": 1 if exact else num_samples,
+        **exact,
         "elbo": elbo,
         "elbo_stderr": elbo_se,
         "iw_bound": iw_bound,
@@ -301,21 +309,25 @@ def format_table(result: dict[str, Any]) -> str:
     per_dim = not result.get("unit_counts")
     bpd_elbo = f"   {result['bits_per_dim_elbo']:.4f} bits/dim" if per_dim else ""
     bpd_iw = f"   {result['bits_per_dim_iw']:.4f} bits/dim" if per_dim else ""
+    # a decoder-only model's bound is no estimate: the ELBO is log p(x), and so is the IW bound of any K
+    iw_name = "exact log-likelihood" if result.get("exact") else f"IW bound (K={result['num_samples']})"
     lines = [
         (f"data: {result['data']}" if "data" in result else f"split: {result.get('split', '?')}")
         + f" ({result['num_examples']} examples"
         + (f", binarization: {result['binarize']}" if result.get("binarize", "none") != "none" else "")
         + ")",
         f"{'ELBO':<26}{result['elbo']:>12.3f} nats  ± {result['elbo_stderr']:.3f}{bpd_elbo}",
-        f"{'IW bound (K=' + str(result['num_samples']) + ')':<26}{result['iw_bound']:>12.3f} nats  ± "
-        f"{result['iw_bound_stderr']:.3f}{bpd_iw}",
+        f"{iw_name:<26}{result['iw_bound']:>12.3f} nats  ± {result['iw_bound_stderr']:.3f}{bpd_iw}",
         f"{'reconstruction log p(x|z)':<26}{result['log_px']:>12.3f} nats",
         *_unit_lines(result),
         f"{'KL total':<26}{result['kl_total']:>12.3f} nats",
         *_latent_lines(result),
         "",
-        f"{'layer':<8}{'KL (nats)':>12}{'active units':>16}",
     ]
+    if result.get("exact"):
+        lines.append("no latents (a decoder-only model): ELBO = IW bound = log p(x)")
+    else:
+        lines.append(f"{'layer':<8}{'KL (nats)':>12}{'active units':>16}")
     for i, (kl, au, u) in enumerate(zip(result["kl"], result["active_units"], result["units"])):
         lines.append(f"{'z_' + str(i + 1):<8}{kl:>12.3f}{f'{au} / {u}':>16}")
     for i, ppl in enumerate(result.get("codebook_perplexity") or []):
@@ -338,9 +350,10 @@ def _latent_lines(result: dict[str, Any]) -> list[str]:
 
 def _unit_lines(result: dict[str, Any]) -> list[str]:
     lines = []
+    iw = "(exact)" if result.get("exact") else "(IW)   "
     for unit, count in (result.get("unit_counts") or {}).items():
         lines.append(
-            f"{'bits per ' + unit:<26}{result[f'bits_per_{unit}_iw']:>12.4f} (IW)    "
+            f"{'bits per ' + unit:<26}{result[f'bits_per_{unit}_iw']:>12.4f} {iw} "
             f"{result[f'bits_per_{unit}_elbo']:.4f} (ELBO)   over {count} {unit}s"
         )
     return lines

@@ -52,6 +52,7 @@ class GenerationMixin:
     def decode(self: _TopDown, zs: Sequence[Tensor]):
         """p(x | z): the observation distribution given latents for every level (bottom to top).
         Without ``generative_skip`` only ``zs[0]`` matters. Use ``.mean`` or ``.sample()``."""
+        _needs_latents(self, "decode")
         L = self.config.num_layers
         if len(zs) != L:
             raise ValueError(f"decode needs one latent per level ({L}, bottom to top), got {len(zs)}")
@@ -88,6 +89,7 @@ class GenerationMixin:
         """Decode with some levels fixed: ``zs[l]`` is used where given (bottom to top, batch-major) and
         the other levels are drawn from the prior conditionals at ``temperature``; ``mean`` and ``decode``
         as in :meth:`sample`. Returns (B, *data_shape)."""
+        _needs_latents(self, "generate")
         L = self.config.num_layers
         if len(zs) != L:
             raise ValueError(f"generate needs one entry per level ({L}, bottom to top; None to sample), got {len(zs)}")
@@ -111,6 +113,7 @@ class GenerationMixin:
         conditionals: what the kept levels encode stays, the rest varies; ``mean`` and ``decode`` as in
         :meth:`sample`. Returns (B, *data_shape)."""
         inputs.check_batch(self, x)
+        _needs_latents(self, "sample_conditional")
         L = self.config.num_layers
         if not inputs.whole(keep_top) or not 0 <= keep_top <= L:
             raise ValueError(f"keep_top must be in 0..{L}, got {keep_top}")
@@ -125,6 +128,14 @@ class GenerationMixin:
         else:
             run = self._top_down(B, ctxs=self._bottom_up(x), infer_from=L - keep_top, temperatures=temps)
         return _draw(self._decode_state(run.state), mean, decode)
+
+
+def _needs_latents(model: _TopDown, what: str) -> None:
+    if model.config.decoder_only:
+        raise ValueError(
+            f"{what}: this model is decoder-only (model.decoder_only: true): it has no latents to give, keep or "
+            "infer; use sample() for its text"
+        )
 
 
 def _draw(px, mean: bool, decode: Decoding | str | None) -> Tensor:

@@ -15,7 +15,7 @@ def check_batch(model, x: Tensor, values: bool = False) -> None:
     """The shape and dtype of a batch ``x`` (B, *data_shape), or token ids (B, T <= data_shape[0]); with
     ``values``, also its values against the likelihood's support (a pass over the data: the evaluation calls
     do it, a training step leaves it to the data pipeline)."""
-    shape, tokens = model.data_shape, model.token_encoder is not None
+    shape, tokens = model.data_shape, model.reads_tokens
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor of shape (B, {', '.join(map(str, shape))}), got {type(x).__name__}")
     if tokens and x.dim() == 2 and 1 <= x.shape[1] <= shape[0]:

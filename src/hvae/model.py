@@ -109,6 +109,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         in_ch, latent_shapes, self._pad = geometry(cfg)
 
         # token ids (B, T) are embedded first (sentence-level models over a token sequence)
+        self.reads_tokens = bool(cfg.embed_dim)
         self.token_encoder: TokenEncoder | None = None
         if cfg.embed_dim:
             self.token_encoder = TokenEncoder(cfg.num_classes, cfg.embed_dim, self.data_shape[0], cfg.pad_id)
@@ -155,6 +156,15 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         self.decoder_head = fam.head("output", self.decoder.out_ch, n_out, cfg)
 
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # the yardstick (model.decoder_only) keeps the decoder alone: its input s_1 is a constant zero, so the
+        # encoder and the latent levels would be parameters without gradients (DDP waits for them, checkpoints
+        # store them). They are built above only to learn the shape of s_1, then dropped.
+        self._state_shape: tuple[int, ...] | None = None
+        if cfg.decoder_only:
+            self._state_shape = _state_shape(self)
+            self.token_encoder, self.depth_attn = None, None
+            self.encoder = cast("Sequence[Sequential]", nn.ModuleList())
+            self.layers = cast("Sequence[LatentLayer]", nn.ModuleList())
         # data parallelism (set by the trainer): sums a tensor over the processes that share each training batch,
         # so that free bits and KL balancing act on the global batch (hvae.objectives); None: the batch is all here
         self.batch_sum: Callable[[Tensor], Tensor] | None = None
@@ -177,7 +187,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         reads only the positions before it. Only the decoder's cost falls, to T' positions. Other models
         (and models without a ``pad_id``) return ``x`` unchanged."""
         pad = self.config.pad_id
-        if self.token_encoder is None or pad is None or x.dim() != 2:
+        if not self.reads_tokens or pad is None or x.dim() != 2:
             return x
         return trim_batch(x, pad)
 
@@ -204,7 +214,10 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
 
     def _bottom_up(self, x: Tensor) -> list[Tensor]:
         """Deterministic bottom-up pass: the posterior context of each level, computed once per input.
-        For the stacked VAE only the first level is deterministic; the rest is :func:`hvae.stacked.upward`."""
+        For the stacked VAE only the first level is deterministic; the rest is :func:`hvae.stacked.upward`.
+        A decoder-only model has none: []."""
+        if self.config.decoder_only:
+            return []
         d = self._features(x)
         ctxs: list[Tensor] = []
         feats: list[Tensor] = []
@@ -226,7 +239,10 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         posterior_mean: bool = False,
     ) -> _Pass:
         """Top-down pass. Level l draws z_l from q when ``ctxs`` is given and ``l >= infer_from``, takes
-        ``zs_given[l]`` when that is set, and otherwise samples the prior at ``temperatures[l]``."""
+        ``zs_given[l]`` when that is set, and otherwise samples the prior at ``temperatures[l]``. A decoder-only
+        model has no levels: its pass is s_1 = 0 (``batch`` rows)."""
+        if self._state_shape is not None:
+            return _Pass([], [], [], torch.zeros(batch, *self._state_shape, device=self.step.device, dtype=self._dtype))
         zs: list[Tensor] = []  # top to bottom here (z_L first), returned bottom to top
         ps: list[Gaussian] = []
         qs: list[Gaussian | None] = []
@@ -261,8 +277,6 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
     def _decode_state(self, state: Tensor, length: int | None = None):
         """p(x | z_1) from the top-down state; ``length``: token models, the positions of a batch whose rows
         stop early (the rest is padding, which never counts)."""
-        if self.config.decoder_only:  # the yardstick's decoder reads no latents: its features are constant
-            state = torch.zeros_like(state)
         params = self.decoder_head(self._cells(self.decoder, state)).float()
         params = crop(params, self._pad, self.data_shape)  # the data's padding undone
         lik = self.likelihood
@@ -272,21 +286,17 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         return lik(params)
 
     def _length(self, x: Tensor) -> int | None:
-        return x.shape[1] if self.token_encoder is not None else None
+        return x.shape[1] if self.reads_tokens else None
 
     def _infer(
         self, x: Tensor | None, k: int = 1, ctxs: list[Tensor] | None = None, posterior_mean: bool = False
     ) -> _Pass:
         """z ~ q(z | x) (k samples per input, sample-major) and the pass that scores it; ``ctxs``, if given,
         are x's bottom-up contexts (``x`` is then not read)."""
-        if self.config.decoder_only:  # the yardstick: q(z | x) = p(z), so every KL is 0 and the bound is exact
-            if ctxs is None and x is None:
-                raise ValueError("_infer needs the batch x or its bottom-up contexts ctxs")
-            n = ctxs[0].shape[0] if ctxs is not None else cast(Tensor, x).shape[0]
-            means = [0.0] * self.config.num_layers if posterior_mean else None  # temperature 0: the prior's means
-            run = self._top_down(n * k, temperatures=means)
-            run.qs = list(run.ps)
-            return run
+        if self._state_shape is not None:  # the yardstick: no latents, so no KL, and the ELBO is log p(x) exactly
+            if x is None:
+                raise ValueError("_infer of a decoder-only model needs the batch x (it has no bottom-up contexts)")
+            return self._top_down(x.shape[0] * k)
         if ctxs is None:
             if x is None:
                 raise ValueError("_infer needs the batch x or its bottom-up contexts ctxs")
@@ -309,7 +319,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         the others use the single-sample estimate log q(z_l) - log p(z_l | z_{l+1}). A vector-quantised
         level's q is a point mass on its code k*, so its KL is always -log p(k* | .): exact, and read by the
         index q chose (a training pass may move the codebook after q chose, before p reads codes back)."""
-        L = self.config.num_layers
+        L = len(self.layers)  # none in a decoder-only model
         kls, qs = [], run.posteriors()
         for l in range(L):
             q, p, z = qs[l], run.ps[l], run.zs[l]
@@ -345,7 +355,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         log_px = px.log_prob(x)
         kl_elem = self._kl_terms(run)
         kl = [k.flatten(1).sum(1) for k in kl_elem]
-        elbo = log_px - torch.stack(kl).sum(0)
+        elbo = log_px - torch.stack(kl).sum(0) if kl else log_px
         training = self.training and torch.is_grad_enabled()
         if beta is None:
             beta = schedules.beta(self.config, self.step)
@@ -392,6 +402,11 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         budget unless ``chunk_size`` (samples per input) is given (:mod:`hvae.iw`); full chunks may run compiled
         (:meth:`set_compile`). Call ``model.eval()`` first for networks with batch norm.
         """
+        if self._state_shape is not None:
+            inputs.check_batch(self, x, values=True)
+            inputs.count(num_samples, "num_samples")
+            self.compiler.other_call()
+            return self._elbo(x).log_px
         return iw.log_likelihood(self, x, num_samples, chunk_size)
 
     def _iw_log_weights(self, ctxs_k: list[Tensor], x_k: Tensor, k: int) -> Tensor:
@@ -412,7 +427,24 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
     def encode(self, x: Tensor, sample: bool = True) -> list[Tensor]:
         """Latents from q(z | x), bottom to top: a sample, or (``sample=False``) the means along the path."""
         inputs.check_batch(self, x)
+        if self.config.decoder_only:
+            raise ValueError(
+                "encode: this model is decoder-only (model.decoder_only: true): it has no latents, so nothing "
+                "encodes x; use a model with latent levels"
+            )
         return self._infer(x, posterior_mean=not sample).zs
+
+
+@torch.no_grad()
+def _state_shape(model: HierarchicalVAE) -> tuple[int, ...]:
+    """The shape of s_1 per example, (C, *S), from a prior pass of two rows through the levels (eval mode: batch
+    norm needs no batch statistics); what a decoder-only model feeds its decoder as zeros."""
+    was_training = model.training
+    model.eval()
+    try:
+        return tuple(model._top_down(2).state.shape[1:])
+    finally:
+        model.train(was_training)
 
 
 def build_model(config: ModelConfig | dict) -> HierarchicalVAE:

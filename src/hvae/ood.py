@@ -73,6 +73,12 @@ HIGHER_IS_OOD = "LLR>k as it is; elbo, iw and L>k negated"
 
 
 def _check_ks(model: HierarchicalVAE, ks: Sequence[int]) -> list[int]:
+    if model.config.decoder_only:
+        raise ValueError(
+            "this model is decoder-only (model.decoder_only: true): the OOD scores L>k and LLR>k compare bounds "
+            "with and without its latent levels, and it has none; score its exact log-likelihood with hvae eval "
+            "--data instead"
+        )
     L = model.config.num_layers
     ks = [int(k) for k in ks]
     bad = [k for k in ks if not 0 <= k < L]

@@ -776,7 +776,7 @@ def _loop(job: _Job) -> None:
                             "loss": out.loss.detach().float(),
                             "elbo": out.elbo.detach().mean(),
                             "log_px": out.log_px.detach().mean(),
-                            "kl": torch.stack([k.detach().mean() for k in out.kl]),
+                            "kl": torch.stack([k.detach().mean() for k in out.kl]) if out.kl else out.loss.new_zeros(0),
                             "grad_norm": r.grad_norm.detach().float(),  # read at the log step, with the rest
                         }
                     )

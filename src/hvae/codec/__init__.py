@@ -64,6 +64,11 @@ def compress(model, x: Tensor, *, latent_bits: int = 10, batch_size: int = 64) -
     ELBO, slower). ``batch_size``: the most examples coded together. Runs on the CPU, with one thread
     (:func:`hvae.codec.coding.deterministic`). Returns the bytes of the file format of
     :mod:`hvae.codec.container`."""
+    if model.config.decoder_only:
+        raise ValueError(
+            "hvae.codec codes with bits-back through the latents; this model is decoder-only (model.decoder_only: "
+            "true) and has none: compress with a model that has latent levels"
+        )
     if not 1 <= latent_bits <= 16:
         raise ValueError(f"latent_bits must be in 1..16, got {latent_bits}")
     if batch_size < 1:

@@ -170,7 +170,7 @@ def _overview(r: _Run) -> str:
     n_params = sum(p.numel() for p in m.parameters())
     shapes = ", ".join(f"z_{i + 1}: {tuple(layer.latent_shape)}" for i, layer in enumerate(m.layers))
     model_rows = [
-        ["levels L", cfg.num_layers],
+        ["levels L", len(m.layers)],  # none in a decoder-only model
         ["inference / block / likelihood", f"{cfg.inference} / {cfg.block} / {cfg.likelihood}"],
         ["data shape", str(m.data_shape)],
         ["latent shapes (bottom to top)", shapes],
@@ -402,10 +402,16 @@ def _pictures(r: _Run, num_samples: int, seed: int, device: str) -> list[str]:
         if x is None:
             out.append(_section("reconstructions", "Reconstructions", _note(r.data_note or "no test inputs.", "warn")))
             return out
+        if model.config.decoder_only:
+            out.append(_section("reconstructions", "Reconstructions", _note(NO_LATENTS)))
+            return out
         x = x.to(device)
         out.append(_reconstructions(model, x[:NUM_RECONSTRUCTIONS]))
         out.append(_keep_top(model, x[:NUM_KEEP_TOP]))
     return out
+
+
+NO_LATENTS = "A decoder-only model (model.decoder_only) has no latents: nothing reconstructs its inputs."
 
 
 # ---------------------------------------------------------------------------------------------------- text, audio
@@ -434,7 +440,7 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
         ]
         x = _test_inputs(r, NUM_MEDIA)
         recon = []
-        if x is not None:
+        if x is not None and not model.config.decoder_only:
             x = x.to(device)
             recon = [("test inputs", x), ("reconstructions (one z ~ q(z | x))", model(x).px.mean)]
             recon += [
@@ -452,6 +458,8 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
         tok = run_tokenizer(r.path, dc)
     except DataError as e:
         return [_section("samples", "Samples", _note(str(e), "warn"))]
+    if model.config.decoder_only:
+        return [_text_section("samples", "Samples", rows, tok), _section("reconstructions", "Reconstructions", _note(NO_LATENTS))]
     return [
         _text_section("samples", "Samples", rows, tok),
         _text_section("reconstructions", "Reconstructions", recon, tok),
