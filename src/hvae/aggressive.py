@@ -13,18 +13,29 @@ goes on as usual.
 
 The inner loop stops by He et al.'s rule (their code checks every 15 inner steps): when the mean loss of the
 last ``WINDOW`` inner steps is not below the mean of the ``WINDOW`` before, or at the limit.
+
+A checkpoint holds the phase's state (:meth:`AggressiveEncoder.state_dict`: whether it is over, the history of
+I_q and of inner steps, where the inner batches are, as JSON in ``state.json``; the inner optimiser's tensors in
+``aggressive.safetensors``), and ``hvae train --resume`` restores it, so a resumed run takes the decisions of one
+that never stopped. The phase runs in one process: its inner steps are not synchronised across ranks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import stacked
 from .configbase import ConfigError
+from .files import load_tensors
+
+#: the file of a checkpoint that holds the inner optimiser's tensors
+STATE_FILE = "aggressive.safetensors"
 
 #: inner steps whose mean loss is compared with the previous window's (He et al.'s code: 15)
 WINDOW = 15
@@ -107,6 +118,36 @@ class AggressiveEncoder:
         self.ended_at: int | None = None
         optimizer.register_step_pre_hook(self._drop_encoder_grads)
 
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """The phase's state for a checkpoint: (JSON-able record, tensors of the inner optimiser). Once the phase
+        is over the optimiser is not needed again: no tensors."""
+        from .checkpoint import _flatten_optimizer
+
+        record: dict[str, Any] = {
+            "active": self.active,
+            "ended_at": self.ended_at,
+            "mi": [list(m) for m in self.mi],
+            "inner": list(self.inner),
+        }
+        tensors: dict[str, Tensor] = {}
+        if self.active:
+            tensors, record["optimizer"] = _flatten_optimizer(self.optimizer.state_dict())
+            if isinstance(self.batches, InnerBatches):
+                record["batches"] = self.batches.position()
+        return record, tensors
+
+    def load_state_dict(self, record: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` gave (``tensors`` on the model's device)."""
+        from .checkpoint import _unflatten_optimizer
+
+        self.active, self.ended_at = bool(record["active"]), record["ended_at"]
+        self.mi = [(int(s), float(v)) for s, v in record["mi"]]
+        self.inner = [int(n) for n in record["inner"]]
+        if self.active:
+            self.optimizer.load_state_dict(_unflatten_optimizer(tensors, record["optimizer"]))
+            if "batches" in record and isinstance(self.batches, InnerBatches):
+                self.batches.seek(**record["batches"])
+
     def _drop_encoder_grads(self, _optimizer, _args, _kwargs) -> None:
         # the phase's training step updates the generative model only: Adam skips parameters without a gradient
         if self.active:
@@ -165,21 +206,51 @@ def converged(losses: list[float], window: int = WINDOW) -> bool:
     return n >= 2 * window and n % window == 0 and sum(losses[-window:]) >= sum(losses[-2 * window : -window])
 
 
-def _endless(dataset, batch_size: int, device) -> Iterator[Tensor]:
-    # an order of their own (epochs far beyond any run's): the training steps' data order stays as it was
-    epoch = 1_000_000
-    while True:
-        yield from dataset.batches("train", batch_size, epoch=epoch, device=device)
-        epoch += 1
+class InnerBatches:
+    """The inner steps' endless stream of training batches, in an order of their own (epochs far beyond any run's:
+    the training steps' data order stays as it was), whose position a checkpoint records (:meth:`position`,
+    :meth:`seek`) so that a resumed run draws the batches an uninterrupted one would."""
+
+    FIRST_EPOCH = 1_000_000
+
+    def __init__(self, dataset, batch_size: int, device):
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.seek(self.FIRST_EPOCH, 0)
+
+    def position(self) -> dict[str, int]:
+        """The next batch's epoch and index in it."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def seek(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = int(epoch), int(batch)
+        self._it = self._epoch()
+
+    def _epoch(self) -> Iterator[Tensor]:
+        return self.dataset.batches("train", self.batch_size, epoch=self.epoch, start_batch=self.batch, device=self.device)
+
+    def __iter__(self) -> InnerBatches:
+        return self
+
+    def __next__(self) -> Tensor:
+        for _ in range(2):  # at the end of an epoch, the next one begins
+            x = next(self._it, None)
+            if x is not None:
+                self.batch += 1
+                return x
+            self.epoch, self.batch = self.epoch + 1, 0
+            self._it = self._epoch()
+        raise RuntimeError("train.aggressive_encoder: the training split gives no batch")
 
 
 #: examples of the fixed batch the mutual information is measured on (B^2 pairs of posterior evaluations)
 PROBE_EXAMPLES = 128
 
 
-def start(job) -> AggressiveEncoder | None:
+def start(job, resumed_from: Path | None = None) -> AggressiveEncoder | None:
     """The aggressive phase of ``hvae train``'s loop (``job``: its :class:`hvae.train._Job`), or None where the
-    run does not ask for it or resumes past its start."""
+    run does not ask for it. A run resumed from the checkpoint ``resumed_from`` continues the phase as the
+    checkpoint left it (``job.state["aggressive"]``); one whose checkpoint has no record of it (written before
+    hvae kept one) does not enter it again."""
     tc, model = job.config.train, job.model
     if not tc.aggressive_encoder:
         return None
@@ -188,16 +259,23 @@ def start(job) -> AggressiveEncoder | None:
             "train.aggressive_encoder runs in one process (its inner encoder steps are not synchronised across "
             "ranks): train without torchrun, or set train.aggressive_encoder: false"
         )
-    if job.state["step"] > 0:
-        job.log("note: train.aggressive_encoder: a resumed run does not enter the aggressive phase again")
+    if model.config.decoder_only:
+        raise ConfigError(
+            "train.aggressive_encoder updates the encoder, and a decoder-only model (model.decoder_only: true) has "
+            "none: set train.aggressive_encoder: false"
+        )
+    record = job.state.get("aggressive")
+    if job.state["step"] > 0 and record is None:
+        job.log("note: train.aggressive_encoder: the checkpoint holds no record of the aggressive phase (written by "
+                "an older hvae): the resumed run does not enter it again")
         return None
     device = job.ctx.device
     probe = job.val_x if job.val_x is not None else next(job.dataset.batches("train", PROBE_EXAMPLES))
     probe = model.trim_padding(probe[:PROBE_EXAMPLES]).to(device)
-    return AggressiveEncoder(
+    agg = AggressiveEncoder(
         model,
         job.opt,
-        _endless(job.dataset, job.batch_size, device),
+        InnerBatches(job.dataset, job.batch_size, device),
         probe,
         lr=tc.lr,
         max_inner=tc.aggressive_inner_steps,
@@ -205,3 +283,13 @@ def start(job) -> AggressiveEncoder | None:
         grad_clip=tc.grad_clip,
         log=job.log,
     )
+    if job.state["step"] > 0 and record is not None:
+        tensors: dict[str, Tensor] = {}
+        if resumed_from is not None and (resumed_from / STATE_FILE).is_file():
+            tensors = load_tensors(resumed_from / STATE_FILE, device)[0]
+        elif record["active"]:
+            raise ConfigError(f"{resumed_from} records an aggressive phase under way but has no {STATE_FILE}")
+        agg.load_state_dict(record, tensors)
+        when = "under way" if agg.active else f"over since step {agg.ended_at}"
+        job.log(f"note: train.aggressive_encoder: resumed with the aggressive phase {when}")
+    return agg

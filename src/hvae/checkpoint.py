@@ -76,11 +76,13 @@ def save_checkpoint(
     state: dict[str, Any],
     best: bool = False,
     rng: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a complete checkpoint of ``step = state['step']`` and point ``latest`` (and ``best``) at it.
 
     ``rng``: the random-number states to store (a distributed run passes every rank's, keyed
-    ``rank{r}.torch_cpu``); by default this process's.
+    ``rank{r}.torch_cpu``); by default this process's. ``extra``: more tensors of the trainer's parts, file name
+    -> tensors (their JSON side goes in ``state``), e.g. the aggressive phase's inner optimiser.
     """
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,8 @@ def save_checkpoint(
                 for i, s in enumerate(torch.cuda.get_rng_state_all()):
                     rng[f"torch_cuda_{i}"] = s
         save_tensors(rng, tmp / "rng.safetensors")
+        for file, tensors in (extra or {}).items():
+            save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / file)
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
         for f in tmp.rglob("*"):
             if f.is_file():

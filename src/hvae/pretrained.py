@@ -81,6 +81,8 @@ class PretrainedMixin(_Module):
         floats = {v.dtype for v in state.values() if v.is_floating_point()}
         if len(floats) == 1 and floats != {torch.float32}:  # a float64 or bf16 model comes back as it was saved
             model = model.to(floats.pop())
+        if config.decoder_only:  # saved before decoder-only models dropped their unused encoder and latent levels
+            state = {k: v for k, v in state.items() if not k.startswith(_NOT_IN_DECODER_ONLY)}
         missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
         if missing or unexpected:
             raise ValueError(f"{w_path} does not match {cfg_path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -89,6 +91,10 @@ class PretrainedMixin(_Module):
         except RuntimeError as e:
             raise ValueError(f"{w_path} does not match {cfg_path}: {e}") from None
         return model.to(map_location).eval()
+
+
+#: the weights a decoder-only model once saved unused (:class:`hvae.HierarchicalVAE` no longer builds them)
+_NOT_IN_DECODER_ONLY = ("token_encoder.", "encoder.", "layers.", "depth_attn.")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

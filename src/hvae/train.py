@@ -27,6 +27,7 @@ from typing import Any, cast
 import torch
 
 from . import distributed
+from .aggressive import STATE_FILE as AGGRESSIVE_FILE
 from .aggressive import start as start_aggressive
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .compiled import compile_cache
@@ -352,6 +353,8 @@ class _Job:
     state: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None
     pace: dict[str, float] = field(default_factory=dict)  # the loop's start: "time", "step"
+    resumed_from: Path | None = None  # the checkpoint a resumed run started from
+    aggressive: Any = None  # train.aggressive_encoder's phase (hvae.aggressive.AggressiveEncoder) or None
 
     @property
     def eval_model(self):
@@ -440,6 +443,7 @@ def _train(
         "batch_size": batch_size,
     }
     resume_step = None
+    ckpt: Path | None = None
     if resume:
         ckpt = run.resume_checkpoint(log)
         if ckpt is None:
@@ -526,6 +530,7 @@ def _train(
         steps_left=steps_left,
         state=state,
         pace=pace,
+        resumed_from=ckpt,
         metrics=_Metrics(run, resume_step) if ctx.is_main else None,
     )
     try:
@@ -662,7 +667,11 @@ def _loop(job: _Job) -> None:
             rng = {f"rank{r}.{k}": v for r, st in enumerate(states) for k, v in st.items()}
             rng["torch_cpu"] = states[0]["torch_cpu"].clone()  # safetensors refuses shared storage
         snapshot = {k: state[k] for k in _STATE_KEYS}
-        ctx.run_on_main(lambda: save_checkpoint(job.run.path, model, opt, ema, snapshot, best, rng))
+        extra = None
+        if job.aggressive is not None:  # its state, so that --resume takes the decisions of an unbroken run
+            snapshot["aggressive"], tensors = job.aggressive.state_dict()
+            extra = {AGGRESSIVE_FILE: tensors} if job.aggressive.active else None
+        ctx.run_on_main(lambda: save_checkpoint(job.run.path, model, opt, ema, snapshot, best, rng, extra))
         last["checkpoint"] = clock.lap("checkpoints")
 
     def validate() -> None:
@@ -704,7 +713,7 @@ def _loop(job: _Job) -> None:
         late = time.monotonic() - since >= every_s
         return bool(ctx.all_min(torch.tensor([0.0 if late else 1.0], device=device)).item() == 0.0)
 
-    aggressive = start_aggressive(job)  # train.aggressive_encoder: None unless asked for
+    aggressive = job.aggressive = start_aggressive(job, job.resumed_from)  # train.aggressive_encoder, or None
     while not done and state["epoch"] < tc.epochs:
         model.train()
         # each rank reads and preprocesses only its rows [r*B/N, (r+1)*B/N) of every global batch
