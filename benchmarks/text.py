@@ -4,14 +4,27 @@ against the yardstick of the same decoder with no latents, through the commands 
     python -m benchmarks.text                                   # every variant, seed 0, 15 minutes each
     python -m benchmarks.text --max-time 120 --variants preset all decoder_only --num-samples 10 --max-examples 200
     python -m benchmarks.text --seeds 0 1 2                     # the issue's protocol: 3 seeds x 15 CPU-minutes
+    python -m benchmarks.text --list                            # the variants and their overrides
+
+Two at a time on a 2-core machine (the protocol in half the wall time): ``--cores 0 1`` runs the first variant
+pinned to core 0 and the second to core 1, each with one intra-op thread (``--threads``), and ``--append`` adds
+each pair's runs to the results of the pairs before (the yardstick's run of a seed serves every later pair;
+``--no-yardstick`` leaves it out once it is there)::
+
+    python -m benchmarks.text --cores 0 1 --variants decoder_only preset
+    python -m benchmarks.text --cores 0 1 --append --no-yardstick --variants seq_target word_dropout
+
+Without ``--cores`` the runs go one after the other on the cores this process may use (start it under
+``taskset -c N`` with ``OMP_NUM_THREADS=1`` to keep it to one). Every run records the cores and the threads it
+had (``runs`` and ``rows`` of the results); with ``--cores`` its output goes to ``RUNS/NAME-SEED.log``.
 
 Each variant is ``hvae train --config configs/text_fortunes.yaml <overrides> train.max_time=T train.seed=S``
 (validation and checkpoints on a schedule of their own, the same for all, so they cost every run alike), then
 ``hvae eval RUN --num-samples K --max-examples N`` (the test split: IW bound, bits per byte, KL and active units
 per level, the nats the latents tell the decoder and the reconstruction similarity). The yardstick,
 ``decoder_only``, is ``configs/text_fortunes_decoder_only.yaml``: the same Transformer decoder with no latents,
-trained by the same trainer for the same time; its bound is its exact log-likelihood. The runs go one after the
-other, so a machine whose load changes during the benchmark favours some runs: say so with the numbers.
+trained by the same trainer for the same time; its bound is its exact log-likelihood. Runs one after the other, or
+two side by side, meet different loads on a shared machine: say so with the numbers.
 Results go to ``benchmarks/results/text.json``; RESULTS.md is edited by hand.
 """
 
@@ -23,11 +36,12 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.commands import commit, hvae
+from benchmarks.commands import commit
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "configs" / "text_fortunes.yaml"
@@ -47,6 +61,9 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
     seq_free_bits = ["model.free_bits_mode=sequence", "model.free_bits=10"]
     bn_vae = ["model.bn_posterior_means=0.6"]
     aggressive = ["train.aggressive_encoder=true", "train.aggressive_inner_steps=15", "train.aggressive_mi_every=10"]
+    # a KL target of 18 nats per sentence with word dropout: in 90 s on one core (issue #32's second round) the
+    # only setting whose latents told the decoder more than the issue's 15 nats
+    seq_target = ["model.free_bits_mode=sequence", "model.free_bits=18", *word_dropout]
     return {
         "preset": (PRESET, []),
         "word_dropout": (PRESET, word_dropout),
@@ -55,7 +72,10 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
         "seq_free_bits": (PRESET, seq_free_bits),
         "bn_vae": (PRESET, bn_vae),
         "aggressive": (PRESET, aggressive),
+        "seq_target": (PRESET, seq_target),
         "all": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae + aggressive),
+        # aggressive updates cost 8 training steps in 90 s where the others take 150 to 230: all the rest alone
+        "all_but_aggressive": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae),
         YARDSTICK: (ROOT / "configs" / "text_fortunes_decoder_only.yaml", []),
     }
 
@@ -114,10 +134,84 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _affinity() -> list[int]:
+    """The cores this process may run on (``taskset``'s mask), which its child processes inherit."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _runner(core: int | None, threads: int | None, log: Path | None):
+    """``hvae ARGS`` in a fresh process: on ``core`` alone (None: this process's cores) with ``threads`` intra-op
+    threads (None: as the environment says), its output to ``log`` (None: this process's)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+    def pin() -> None:  # in the child, before it starts: torch sizes its thread pool from what it may use
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+
+    def run(*args: str) -> None:
+        out = open(log, "a") if log is not None else None  # noqa: SIM115 (closed below)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "hvae", *args], check=True, env=env, preexec_fn=pin, stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+            )  # fmt: skip
+        finally:
+            if out is not None:
+                out.close()
+
+    return run
+
+
+def _one(name: str, seed: int, args, core: int | None, threads: int | None) -> tuple[str, dict, dict, str | None]:
+    """Train, evaluate and (with ``--examples``) reconstruct one variant for one seed; returns the run's name, its
+    eval.json, its record (cores, threads, seconds) and its reconstructions."""
+    config, overrides = variants(args.cycle_steps)[name]
+    run = args.runs / f"{name}-{seed}"
+    args.runs.mkdir(parents=True, exist_ok=True)
+    log = args.runs / f"{run.name}.log" if args.cores else None  # runs side by side: each its own log
+    if log is not None:
+        log.write_text("")
+    hvae_ = _runner(core, threads, log)
+    t0 = time.perf_counter()
+    hvae_(
+        "train", "--config", str(config), *overrides, f"train.max_time={args.max_time}",
+        f"train.seed={seed}", "train.eval_every_s=600", "train.checkpoint_every_s=600",
+        "--out", str(run), "--overwrite", "--quiet",
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    limit = ["--max-examples", str(args.max_examples)] if args.max_examples else []
+    hvae_("eval", str(run), "--num-samples", str(args.num_samples), *limit)
+    t2 = time.perf_counter()
+    result = json.loads((run / "eval.json").read_text())
+    example = None
+    if args.examples:  # every level from q(z | x), decoded greedily: the reconstructions (none without latents)
+        if name == YARDSTICK:
+            example = "(no latents: nothing to reconstruct)"
+        else:
+            hvae_(
+                "sample", str(run), "--from-data", "--n", str(args.examples), "--keep-top", "3",
+                "--decode", "greedy", "--overwrite",
+            )  # fmt: skip
+            example = (run / "samples" / "keep_top.txt").read_text()
+    cores = [core] if core is not None else _affinity()
+    record = {
+        "variant": name, "seed": seed, "max_time": args.max_time, "cores": cores,
+        "threads": threads if threads is not None else os.environ.get("OMP_NUM_THREADS"),
+        "train_s": round(t1 - t0, 1), "eval_s": round(t2 - t1, 1), "commit": commit(),
+    }  # fmt: skip
+    return run.name, result, record, example
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     every = list(variants(1))
-    p.add_argument("--variants", nargs="+", default=every, choices=every, help="which to run (the yardstick always)")
+    p.add_argument("--variants", nargs="+", default=every, choices=every, help="which to run (the yardstick too)")
+    p.add_argument("--list", action="store_true", help="print each variant's overrides and exit")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--max-time", default="15m", help="train.max_time of every run (e.g. 15m, 120)")
     p.add_argument("--cycle-steps", type=int, default=250, help="model.kl_cycle_steps of the kl_cycles variants")
@@ -125,38 +219,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-examples", type=int, default=None, help="test examples scored (default: all)")
     p.add_argument("--runs", type=Path, default=Path("runs/text_bench"), help="folder for the run directories")
     p.add_argument("--examples", type=int, default=3, help="reconstructions printed per run (0: none)")
+    p.add_argument(
+        "--cores", nargs="+", type=int, default=None,
+        help="run the variants side by side, each pinned to one of these cores (the first runs on the first "
+        "core, the second on the second, ...; more runs than cores wait for a free one); default: one after "
+        "the other on the cores this process may use (taskset's)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of each run (default: 1 with --cores)")
+    p.add_argument("--no-yardstick", action="store_true", help="run only the variants named (not decoder_only too)")
+    p.add_argument(
+        "--append", action="store_true",
+        help="add the runs to those already in --out (one pair after another; a run of the same name is replaced)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text.json")
     args = p.parse_args(argv)
+    if args.list:
+        for name, (config, overrides) in variants(args.cycle_steps).items():
+            print(f"{name}: {config.relative_to(ROOT)} {' '.join(overrides)}")
+        return 0
+    if args.cores is not None:
+        allowed = set(_affinity())
+        bad = [c for c in args.cores if c not in allowed]
+        if bad or len(set(args.cores)) != len(args.cores):
+            p.error(f"--cores {' '.join(map(str, args.cores))}: give distinct cores of {sorted(allowed)}")
+    threads = args.threads if args.threads is not None else (1 if args.cores else None)
+    if threads is not None and threads < 1:
+        p.error("--threads must be >= 1")
 
-    table_of = variants(args.cycle_steps)
-    names = [YARDSTICK] + [v for v in args.variants if v != YARDSTICK]  # the yardstick first: every row needs it
-    results: dict[str, dict] = {}
-    timings: dict[str, dict] = {}
-    examples: dict[str, str] = {}
+    names = [v for v in args.variants if v != YARDSTICK]
+    if not args.no_yardstick or YARDSTICK in args.variants:  # the yardstick first: every row needs it
+        names = [YARDSTICK, *names]
+    jobs = [(name, seed) for seed in args.seeds for name in names]
+    record: dict = {"results": {}, "runs": {}, "reconstructions": {}}
+    if args.append and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        record.update({k: old.get(k, {}) for k in ("results", "runs", "reconstructions")})
+    done = []
+    if args.cores:  # one worker per core, each taking the next job when its run is over
+        from concurrent.futures import ThreadPoolExecutor
+        from queue import Queue
+
+        free: Queue[int] = Queue()
+        for c in args.cores:
+            free.put(c)
+
+        def on_a_free_core(job):
+            core = free.get()
+            try:
+                return _one(*job, args, core, threads)
+            finally:
+                free.put(core)
+
+        with ThreadPoolExecutor(len(args.cores)) as pool:
+            done = list(pool.map(on_a_free_core, jobs))
+    else:
+        done = [_one(*job, args, None, threads) for job in jobs]
+    for run_name, result, run_record, example in done:
+        record["results"][run_name] = result
+        record["runs"][run_name] = run_record
+        if example is not None:
+            record["reconstructions"][run_name] = example
     rows = []
-    for seed in args.seeds:
-        for name in names:
-            config, overrides = table_of[name]
-            run = args.runs / f"{name}-{seed}"
-            t0 = time.perf_counter()
-            hvae(
-                "train", "--config", str(config), *overrides, f"train.max_time={args.max_time}",
-                f"train.seed={seed}", "train.eval_every_s=600", "train.checkpoint_every_s=600",
-                "--out", str(run), "--overwrite", "--quiet",
-            )  # fmt: skip
-            t1 = time.perf_counter()
-            limit = ["--max-examples", str(args.max_examples)] if args.max_examples else []
-            hvae("eval", str(run), "--num-samples", str(args.num_samples), *limit)
-            timings[run.name] = {"train_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1)}
-            result = json.loads((run / "eval.json").read_text())
-            results[run.name] = result
-            if args.examples:  # every level from q(z | x), decoded greedily: the reconstructions
-                hvae(
-                    "sample", str(run), "--from-data", "--n", str(args.examples), "--keep-top", "3",
-                    "--decode", "greedy", "--overwrite",
-                )  # fmt: skip
-                examples[run.name] = (run / "samples" / "keep_top.txt").read_text()
-            rows.append(row(name, seed, result, results.get(f"{YARDSTICK}-{seed}")))
+    for run_name, r in record["runs"].items():
+        result, yard = record["results"][run_name], record["results"].get(f"{YARDSTICK}-{r['seed']}")
+        rows.append({**row(r["variant"], r["seed"], result, yard), "cores": r["cores"], "threads": r["threads"]})
     print(f"\ntest split, IW bound with K = {args.num_samples}; {args.max_time} of hvae train each\n")
     print(table(rows))
     record = {
@@ -164,10 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "max_time": args.max_time,
         "num_samples": args.num_samples,
-        "timings_s": timings,
         "rows": rows,
-        "reconstructions": examples,
-        "results": results,
+        **record,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

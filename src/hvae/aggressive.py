@@ -226,7 +226,9 @@ class InnerBatches:
         self._it = self._epoch()
 
     def _epoch(self) -> Iterator[Tensor]:
-        return self.dataset.batches("train", self.batch_size, epoch=self.epoch, start_batch=self.batch, device=self.device)
+        return self.dataset.batches(
+            "train", self.batch_size, epoch=self.epoch, start_batch=self.batch, device=self.device
+        )
 
     def __iter__(self) -> InnerBatches:
         return self
@@ -266,8 +268,10 @@ def start(job, resumed_from: Path | None = None) -> AggressiveEncoder | None:
         )
     record = job.state.get("aggressive")
     if job.state["step"] > 0 and record is None:
-        job.log("note: train.aggressive_encoder: the checkpoint holds no record of the aggressive phase (written by "
-                "an older hvae): the resumed run does not enter it again")
+        job.log(
+            "note: train.aggressive_encoder: the checkpoint holds no record of the aggressive phase (written by "
+            "an older hvae): the resumed run does not enter it again"
+        )
         return None
     device = job.ctx.device
     probe = job.val_x if job.val_x is not None else next(job.dataset.batches("train", PROBE_EXAMPLES))

@@ -459,7 +459,10 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
     except DataError as e:
         return [_section("samples", "Samples", _note(str(e), "warn"))]
     if model.config.decoder_only:
-        return [_text_section("samples", "Samples", rows, tok), _section("reconstructions", "Reconstructions", _note(NO_LATENTS))]
+        return [
+            _text_section("samples", "Samples", rows, tok),
+            _section("reconstructions", "Reconstructions", _note(NO_LATENTS)),
+        ]
     return [
         _text_section("samples", "Samples", rows, tok),
         _text_section("reconstructions", "Reconstructions", recon, tok),
