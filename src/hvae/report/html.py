@@ -169,7 +169,7 @@ def _overview(r: _Run) -> str:
     cfg = m.config
     n_params = sum(p.numel() for p in m.parameters())
     shapes = ", ".join(f"z_{i + 1}: {tuple(layer.latent_shape)}" for i, layer in enumerate(m.layers))
-    model_rows = [
+    model_rows: list[list[object]] = [
         ["levels L", len(m.layers)],  # none in a decoder-only model
         ["inference / block / likelihood", f"{cfg.inference} / {cfg.block} / {cfg.likelihood}"],
         ["data shape", str(m.data_shape)],
