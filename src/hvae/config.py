@@ -258,8 +258,8 @@ class ModelConfig(Serializable):
     seq_word_dropout: float = 0.0
     seq_context: int = 0
     # the yardstick of a latent-variable model with an autoregressive decoder: the same decoder with no latents
-    # (q(z|x) = p(z), the decoder reads no z), trained and scored by the same code; its ELBO and IW bound are
-    # then its exact log-likelihood
+    # (only the decoder is built; it reads a constant zero state), trained and scored by the same code; its ELBO
+    # and IW bound are then its exact log-likelihood
     decoder_only: bool = False
     # discrete latents (distributions.py, quantize.py): one type per level, bottom to top (null: all
     # gaussian). For categorical and vq levels latent_dims[l] counts groups G: a categorical latent is G
