@@ -190,3 +190,15 @@ def test_two_processes_train_the_decoder_only_model_with_no_unused_parameters(tm
     proc = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(hvae.load(tmp_path / "ddp" / "model").step) == 3
+
+
+def test_building_a_decoder_only_model_leaves_the_random_stream_and_the_decoders_initial_weights_alone():
+    cfg = _token_model(T=12).config
+    torch.manual_seed(3)
+    full = hvae.build_model(cfg)
+    after_full = torch.rand(4)
+    torch.manual_seed(3)
+    only = hvae.build_model(cfg.replace(decoder_only=True))
+    assert torch.equal(torch.rand(4), after_full)  # the shape probe drew nothing from the caller's stream
+    kept = only.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in full.state_dict().items() if k in kept)

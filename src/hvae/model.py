@@ -438,11 +438,13 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
 @torch.no_grad()
 def _state_shape(model: HierarchicalVAE) -> tuple[int, ...]:
     """The shape of s_1 per example, (C, *S), from a prior pass of two rows through the levels (eval mode: batch
-    norm needs no batch statistics); what a decoder-only model feeds its decoder as zeros."""
+    norm needs no batch statistics; built on the CPU, so only its random stream is set aside); what a
+    decoder-only model feeds its decoder as zeros."""
     was_training = model.training
     model.eval()
     try:
-        return tuple(model._top_down(2).state.shape[1:])
+        with torch.random.fork_rng(devices=[]):  # the prior's draws leave the caller's random stream alone
+            return tuple(model._top_down(2).state.shape[1:])
     finally:
         model.train(was_training)
 
