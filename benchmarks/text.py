@@ -110,8 +110,8 @@ def table(rows: list[dict]) -> str:
         vs = "-" if r["vs_decoder_only"] is None or r["variant"] == YARDSTICK else f"{r['vs_decoder_only']:+.1f}"
         lines.append(
             f"| {r['variant']} | {r['seed']} | {r['steps']} | {r['iw_bound']:.1f} ± {r['iw_bound_stderr']:.1f} | "
-            f"{r['bits_per_byte_iw']:.3f} | {vs} | {', '.join(f'{k:.2f}' for k in r['kl'])} | "
-            f"{r['latent_nats']:.2f} | {', '.join(f'{a}/{u}' for a, u in zip(r['active_units'], r['units']))} | "
+            f"{r['bits_per_byte_iw']:.3f} | {vs} | {', '.join(f'{k:.2f}' for k in r['kl']) or 'no latents'} | "
+            f"{r['latent_nats']:.2f} | {', '.join(f'{a}/{u}' for a, u in zip(r['active_units'], r['units'])) or '-'} | "
             f"{r['reconstruction_similarity']:.3f} |"
         )
     by_variant: dict[str, list[dict]] = {}

@@ -40,6 +40,10 @@ def test_rows_and_table_compare_each_run_with_the_yardstick_of_its_seed():
     text = bench.table(rows)
     assert "| all | 0 | 40 | -165.0 ± 2.0 | 2.500 | +5.0 | 1.00, 0.50, 0.00 | 4.00 | 3/32, 1/16, 0/8 | 0.250 |" in text
     assert "| decoder_only | 0 | 40 | -170.0 ± 2.0 | 2.500 | - |" in text
+    no_latents = {**_result(-170.0, nats=0.0), "kl": [], "active_units": [], "units": []}  # a decoder-only eval
+    assert "| - | no latents | 0.00 | - | 0.250 |" in bench.table(
+        [bench.row(bench.YARDSTICK, 0, no_latents, no_latents)]
+    )
     # over seeds: the mean difference and its standard error (sd 5.657 / sqrt 2 = 4.0)
     assert "| all | 2 | -168.0 ± 4.2 | +1.0 ± 4.0 | 2.50 |" in text
 
