@@ -127,6 +127,8 @@ class LatentLayer(nn.Module):
             self.post_act = fam.head("posterior_act", hidden, hidden, cfg)
             self.posterior_head = fam.head("posterior_residual" if self.residual else "posterior", hidden, n_raw, cfg)
 
+        # a flow on q's samples (NVAE's nf_cells): log q of the flowed sample then replaces the analytic KL
+        self.flow = fam.posterior_flow(cfg, index, latent_ch, self.latent_shape)
         # state handed to the layer below
         self.trans_from_h: nn.Module | None = None
         if self.skip:

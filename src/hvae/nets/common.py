@@ -97,6 +97,12 @@ class CellFamily:
         return None
 
     @staticmethod
+    def posterior_flow(cfg: Any, level: int, latent_ch: int, shape: tuple[int, ...]) -> nn.Module | None:
+        """A module ``(z, ctx) -> (z', log_det)`` (both ``(B, latent_ch, *shape[1:])``) applied to each sample of
+        ``level``'s posterior, log q(z') = log q(z) - log_det; None: no flow."""
+        return None
+
+    @staticmethod
     def identity_state(cfg: Any) -> bool:
         """True when the state is h + W_z z (W_h the identity, no parameters) instead of W_h h + W_z z."""
         return False
