@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from hvae import build_model, presets
 from hvae.config import ConfigError
+from hvae.nets.vdvae import GainBiasConv2d
 from hvae.distributions import raw_from_scale, scale_from_raw
 from hvae.optim import make_optimizer
 from hvae.runconfig import load_run_config
@@ -343,9 +344,25 @@ def test_vdvae_cifar10_parameter_count_against_the_official_construction():
     with torch.device("meta"):  # shapes only: no memory, no initialisation, no forward pass
         model = build_model(presets.vdvae_cifar10())
     n = sum(p.numel() for p in model.parameters())
-    # every term of the official construction but one: Decoder.build's final gain and bias (2 x 384), which
-    # hvae's output head has no counterpart of (docs/fidelity.md): 0.002% below
-    assert n == 39_144_932 == 39_145_700 - 2 * 384
+    assert n == 39_145_700  # every term of the official construction, Decoder.build's gain and bias (2 x 384) too
+    head = model.decoder_head
+    assert isinstance(head, GainBiasConv2d) and head.gain.numel() + head.out_bias.numel() == 768
+
+
+def test_vdvae_output_gain_and_bias_are_final_fn_before_the_output_conv():
+    torch.manual_seed(0)
+    head = build_model(presets.vdvae_cifar10(
+        latent_dims=[4] * 2, hidden_dims=[16] * 2, strides=[1, 32], vdvae={"encoder_depths": [1, 1], "output_gain": True}
+    )).decoder_head  # fmt: skip
+    assert torch.equal(head.gain, torch.ones(1, 16, 1, 1)) and torch.equal(head.out_bias, torch.zeros(1, 16, 1, 1))
+    with torch.no_grad():
+        head.gain.normal_()
+        head.out_bias.normal_()
+    x = torch.randn(2, 16, 4, 4)
+    expected = F.conv2d(x * head.gain + head.out_bias, head.weight, head.bias)  # DmolNet(final_fn(x))
+    assert torch.allclose(head(x), expected, atol=1e-6)
+    plain = build_model(presets.vdvae_small()).decoder_head  # off by default: the plain 1x1
+    assert type(plain) is torch.nn.Conv2d
 
 
 # --- VDVAE's level as vae.py builds it (model.vdvae) -------------------------------------------------------

@@ -124,6 +124,7 @@ class VDVAEConfig(Serializable):
     pointwise_at: int = 0  # the blocks' middle convs are 1x1 at resolutions <= this (Block: use_3x3 = res > 2)
     bias_maps: bool = False  # a learned map at the first level of each resolution, the top's prior from it
     upsample_last: bool = False  # a top-down cell runs its blocks at the resolution above, then upsamples
+    output_gain: bool = False  # a learned per-channel gain and bias before the output conv (Decoder's final_fn)
 
     def __post_init__(self) -> None:
         coerce_fields(self)

@@ -185,7 +185,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
     h + z_proj(z) then the residual block, learned bias maps per resolution (the top's prior read from its map),
     1x1 middle convs at 1x1; the encoder's 33 blocks as ``Encoder.build`` lays them out, each level reading the
     last output at its resolution; linear state, log-sigma Gaussians, last convs scaled by sqrt(1 / n_blocks),
-    zero biases. 39,144,932 parameters: vae.py's 39,145,700 less the output's gain and bias (docs/fidelity.md).
+    zero biases, the output's gain and bias. 39,145,700 parameters, as vae.py's construction (docs/fidelity.md).
     To change the number of levels, give ``vdvae.encoder_depths`` one entry per level."""
     base = dict(
         _VDVAE,
@@ -207,6 +207,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
             pointwise_at=2,
             bias_maps=True,
             upsample_last=True,
+            output_gain=True,
         ),
     )
     return _build(base, overrides)
