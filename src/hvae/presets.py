@@ -6,7 +6,7 @@ fields (``lvae_mnist(inference="bottom_up")`` is the paper's stacked-VAE baselin
 
 from __future__ import annotations
 
-from .config import ModelConfig
+from .config import ModelConfig, NVAEConfig, VDVAEConfig
 from .configbase import merge, move_renamed
 
 
@@ -215,25 +215,37 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
 
 def nvae_small(**overrides) -> ModelConfig:
     """A 3-group NVAE for 28x28 grey images (Fashion-MNIST; padded to 32x32), trains on 2 CPU cores in minutes:
-    latents 8x8, 8x8, 4x4 with 8 channels, widths 32-32-64, one cell per group, Bernoulli likelihood."""
+    latents 8x8, 8x8, 4x4 with 8 channels, widths 32-32-64, one cell per group, Bernoulli likelihood. Built
+    from NVAE's official cells and settings as :func:`nvae_mnist` (``model.nvae``: a 3x3 stem on 2x - 1, one
+    cell per pre- and post-processing block, residual resampling cells, weight normalisation, the decoder
+    cells' leading batch norm, the official heads and ``prior_ftr0``; a linear state, soft-clamped Gaussians,
+    a constant spectral coefficient 1e-2 over the convolutions with the batch-norm penalty, KL floor 1e-4).
+    :data:`NVAE_SMALL_BEFORE` gives the options' values the preset had before it followed NVAE's code."""
     base = dict(
         _NVAE,
+        **_NVAE_OFFICIAL,
         data_shape=[1, 28, 28],
         latent_dims=[8, 8, 8],
         hidden_dims=[32, 32, 64],
         strides=[4, 1, 2],
         depth=1,
         likelihood="bernoulli",
-        spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500},
+        nvae=_nvae_construction(1),
     )
     return _build(base, overrides)
 
 
 def vdvae_small(**overrides) -> ModelConfig:
     """A 4-group VDVAE for small 32x32 colour images, trains on 2 CPU cores in minutes: latents 16x16, 16x16,
-    8x8, 4x4 with 8 channels, width 32, one bottleneck block per group, mixture of 5 discretised logistics."""
+    8x8, 4x4 with 8 channels, width 32, mixture of 5 discretised logistics. Each level built as vae.py's
+    ``DecBlock`` (``model.vdvae``, as :func:`vdvae_cifar10`): q and p from bottleneck blocks, the prior's extra
+    output added to the stream, the state h + z_proj(z), bias maps per resolution, the output's gain and bias,
+    log-sigma Gaussians, the official initialisation; four encoder blocks laid out as ``Encoder.build`` lays
+    them (at the first level of a resolution, the others reading its output). :data:`VDVAE_SMALL_BEFORE` gives
+    the options' values the preset had before it followed VDVAE's code."""
     base = dict(
         _VDVAE,
+        **_VDVAE_OFFICIAL,
         data_shape=[3, 32, 32],
         latent_dims=[8, 8, 8, 8],
         hidden_dims=[32, 32, 32, 32],
@@ -241,8 +253,34 @@ def vdvae_small(**overrides) -> ModelConfig:
         depth=1,
         likelihood="discretized_logistic_mixture",
         num_mixtures=5,
+        vdvae=dict(
+            posterior_block=True,
+            prior_block=True,
+            identity_state=True,
+            encoder_depths=[2, 0, 1, 1],
+            pointwise_at=2,
+            bias_maps=True,
+            upsample_last=True,
+            output_gain=True,
+        ),
     )
     return _build(base, overrides)
+
+
+# The small presets' options as they were before they followed the official code (the "before" side of
+# benchmarks/fidelity_budget.py): ``nvae_small(**NVAE_SMALL_BEFORE)`` builds the old nvae_small exactly.
+NVAE_SMALL_BEFORE: dict = dict(
+    state_activation="activation",
+    scale_param="std",
+    spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500, "iterations": 1, "seed_iterations": 20,
+              "over": "all"},  # fmt: skip
+    bn_scale_penalty=False,
+    kl_warmup_floor=0.0,
+    nvae=NVAEConfig().to_dict(),  # every option off
+)
+VDVAE_SMALL_BEFORE: dict = dict(
+    state_activation="activation", scale_param="std", official_init=False, vdvae=VDVAEConfig().to_dict()
+)
 
 
 # Attention (Apostolopoulou et al. 2022) and autoregressive decoders (PixelVAE, Gulrajani et al. 2017;
