@@ -206,7 +206,7 @@ def test_nvae_residual_posterior_scale_is_an_exp_of_the_head():
 
 def test_linear_state_is_wz_z_plus_wh_h():
     torch.manual_seed(0)
-    layer = build_model(presets.vdvae_small(state_activation="linear")).layers[0]
+    layer = build_model(presets.vdvae_small(**{**presets.VDVAE_SMALL_BEFORE, "state_activation": "linear"})).layers[0]
     z, h = torch.randn(2, 8, 16, 16), torch.randn(2, 32, 16, 16)
     expected = F.conv2d(z, layer.trans_from_z.weight, layer.trans_from_z.bias) + F.conv2d(
         h, layer.trans_from_h.weight, layer.trans_from_h.bias
@@ -217,8 +217,9 @@ def test_linear_state_is_wz_z_plus_wh_h():
 
 def test_vdvae_official_init_gives_a_standard_normal_prior_and_scaled_projections():
     torch.manual_seed(0)
-    cfg = presets.vdvae_small(state_activation="linear", scale_param="log", official_init=True)
-    plain = build_model(presets.vdvae_small(state_activation="linear", scale_param="log"))
+    old = {**presets.VDVAE_SMALL_BEFORE, "state_activation": "linear", "scale_param": "log"}  # W_z, 1x1 heads
+    cfg = presets.vdvae_small(**{**old, "official_init": True})
+    plain = build_model(presets.vdvae_small(**old))
     torch.manual_seed(0)
     m = build_model(cfg)
     L = cfg.num_layers
@@ -361,7 +362,7 @@ def test_vdvae_output_gain_and_bias_are_final_fn_before_the_output_conv():
     x = torch.randn(2, 16, 4, 4)
     expected = F.conv2d(x * head.gain + head.out_bias, head.weight, head.bias)  # DmolNet(final_fn(x))
     assert torch.allclose(head(x), expected, atol=1e-6)
-    plain = build_model(presets.vdvae_small()).decoder_head  # off by default: the plain 1x1
+    plain = build_model(presets.vdvae_small(**presets.VDVAE_SMALL_BEFORE)).decoder_head  # off: the plain 1x1
     assert type(plain) is torch.nn.Conv2d
 
 
@@ -506,13 +507,28 @@ def test_vdvae_official_init_scales_the_encoder_blocks_last_convs_by_sqrt_one_ov
     assert any(m.bias.abs().sum() > 0 for m in plain.encoder.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def test_vdvae_options_keep_other_models_and_are_checked():
-    assert presets.vdvae_small().vdvae == presets.vdvae_small().vdvae.__class__()  # all off: today's model
+def test_vdvae_options_keep_other_models_and_are_checked(tmp_path):
+    before = presets.vdvae_small(**presets.VDVAE_SMALL_BEFORE)  # the preset as it was: every option off
+    assert before.vdvae == before.vdvae.__class__() and not before.official_init
     with torch.device("meta"):
-        assert sum(p.numel() for p in build_model(presets.vdvae_small()).parameters()) == 30_658  # as before
-    old = presets.vdvae_small().to_dict()
-    del old["vdvae"]  # a config saved before the options still loads, with them off
-    assert type(presets.vdvae_small()).from_dict(old) == presets.vdvae_small()
+        assert sum(p.numel() for p in build_model(before).parameters()) == 30_658  # as before
+    old = before.to_dict()
+    del old["vdvae"]  # a config saved before the options (a run's config.yaml, a saved model's) loads as it was
+    assert type(before).from_dict(old) == before
+    torch.manual_seed(0)
+    model = build_model(type(before).from_dict(old)).eval()
+    model.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    x = torch.randint(0, 256, (2, 3, 32, 32)).float() / 255
+    torch.manual_seed(1)
+    a = model(x).elbo
+    torch.manual_seed(1)
+    assert torch.equal(back(x).elbo, a)
+    v = presets.vdvae_small().vdvae  # the preset now: vae.py's construction
+    assert (v.posterior_block, v.prior_block, v.identity_state, v.bias_maps, v.upsample_last, v.output_gain) == (
+        True,
+    ) * 6
+    assert v.encoder_depths == [2, 0, 1, 1] and presets.vdvae_small().official_init
     with pytest.raises(ConfigError, match=r"vdvae.encoder_depths: needs one entry per latent layer \(4\), got 43"):
         presets.vdvae_cifar10(latent_dims=[16] * 4, hidden_dims=[16] * 4, strides=[1, 2, 2, 8])
     with pytest.raises(ConfigError, match="set block: vdvae"):

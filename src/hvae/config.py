@@ -159,6 +159,8 @@ class NVAEConfig(Serializable):
     # paired inverse autoregressive cells on each group's posterior sample (NVAE's --num_nf; PosteriorFlow):
     # the KL of every level becomes log q(z) - log p(z) of the flowed sample
     flows: int = 0
+    # the state as one (weight-normalised) 1x1 of cat(h, z) (DecCombinerCell) instead of W_z z + b + W_h h
+    one_combiner: bool = False
 
     def __post_init__(self) -> None:
         coerce_fields(self)

@@ -376,6 +376,20 @@ class PosteriorFlow(nn.Module):
         return z, torch.zeros_like(z)
 
 
+class Combiner(nn.Module):
+    """NVAE's ``DecCombinerCell`` (neural_operations.py): one 1x1 convolution of cat(h, z) with a bias,
+    weight-normalised as NVAE's ``Conv2D`` when ``weight_norm`` (one log g per output channel over the whole
+    row), ``(B, h_ch, H, W), (B, z_ch, H, W) -> (B, out_ch, H, W)``."""
+
+    def __init__(self, h_ch: int, z_ch: int, out_ch: int, *, weight_norm: bool = False):
+        super().__init__()
+        self.conv = conv(h_ch + z_ch, out_ch, 1, weight_norm=weight_norm)
+
+    def forward(self, z: Tensor, h: Tensor) -> Tensor:
+        w = self.conv.weight
+        return self.conv(torch.cat([h.to(w.dtype), z.to(w.dtype)], dim=1))
+
+
 class SymmetricInput(nn.Module):
     """``x -> 2x - 1``: data in [0, 1] read by the networks in [-1, 1] (NVAE's ``AutoEncoder.forward``:
     ``self.stem(2 * x - 1.0)``)."""
@@ -546,6 +560,14 @@ class NVAE(CellFamily):
         return PosteriorFlow(latent_ch, cfg.nvae.flows) if cfg.nvae.flows else None
 
     @staticmethod
+    def combiner(cfg: Any, latent_ch: int, h_ch: int | None, out_ch: int) -> nn.Module | None:
+        """``model.nvae.one_combiner``: the state as NVAE's ``DecCombinerCell`` (:class:`Combiner`), where the level
+        has prior features to combine."""
+        if not cfg.nvae.one_combiner or h_ch is None:
+            return None
+        return Combiner(h_ch, latent_ch, out_ch, weight_norm=cfg.nvae.weight_norm)
+
+    @staticmethod
     def feature_map(cfg: Any, level: int, ch: int, shape: tuple[int, ...]) -> nn.Parameter | None:
         """``model.nvae.learned_top``: NVAE's ``prior_ftr0`` on top, ``(1, ch, h, w)`` drawn from U[0, 1) and
         learned (the top level's features, read by its combiner)."""
@@ -557,6 +579,7 @@ class NVAE(CellFamily):
 __all__ = [
     "ARCell",
     "ARMask",
+    "Combiner",
     "ELUConv2d",
     "FactorizedReduce",
     "LogWeightNorm",
