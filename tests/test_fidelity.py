@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from hvae import build_model, presets
 from hvae.config import ConfigError
-from hvae.nets.vdvae import GainBiasConv2d
 from hvae.distributions import raw_from_scale, scale_from_raw
+from hvae.nets.vdvae import GainBiasConv2d
 from hvae.optim import make_optimizer
 from hvae.runconfig import load_run_config
 from hvae.train import TrainingDiverged, train
@@ -352,9 +352,9 @@ def test_vdvae_cifar10_parameter_count_against_the_official_construction():
 
 def test_vdvae_output_gain_and_bias_are_final_fn_before_the_output_conv():
     torch.manual_seed(0)
-    head = build_model(presets.vdvae_cifar10(
-        latent_dims=[4] * 2, hidden_dims=[16] * 2, strides=[1, 32], vdvae={"encoder_depths": [1, 1], "output_gain": True}
-    )).decoder_head  # fmt: skip
+    vdvae = {"encoder_depths": [1, 1], "output_gain": True}
+    cfg = presets.vdvae_cifar10(latent_dims=[4] * 2, hidden_dims=[16] * 2, strides=[1, 32], vdvae=vdvae)
+    head = build_model(cfg).decoder_head
     assert torch.equal(head.gain, torch.ones(1, 16, 1, 1)) and torch.equal(head.out_bias, torch.zeros(1, 16, 1, 1))
     with torch.no_grad():
         head.gain.normal_()

@@ -74,7 +74,10 @@ def test_decoder_cell_leading_batch_norm():
     m = _reduced_mnist()
     cells = [c for c in m.layers[0].prior_net if isinstance(c, nvae._Residual)]
     assert cells and all(isinstance(c.branch[0], nn.BatchNorm2d) for c in cells)
-    assert build_model(presets.nvae_small(**presets.NVAE_SMALL_BEFORE)).layers[0].prior_net[0].branch[0].__class__ is nn.Conv2d
+    assert (
+        build_model(presets.nvae_small(**presets.NVAE_SMALL_BEFORE)).layers[0].prior_net[0].branch[0].__class__
+        is nn.Conv2d
+    )
 
 
 def test_factorized_reduce_reads_four_offset_grids():
@@ -330,7 +333,9 @@ def test_nvae_parameter_count_against_the_official_construction(name, command, o
     assert n == hvae_count
     assert sum(p.numel() for layer in model.layers if layer.flow is not None for p in layer.flow.parameters()) == flows
     # every term: the combiners one weight-normalised 1x1 of cat(s, z) each, the flows' paired cells
-    combiners = sum(p.numel() for layer in model.layers if layer.combiner is not None for p in layer.combiner.parameters())
+    combiners = sum(
+        p.numel() for layer in model.layers if layer.combiner is not None for p in layer.combiner.parameters()
+    )
     assert combiners == terms["combiner_dec"]
     if name == "nvae_mnist":  # without one_combiner, W_z z + b + W_h s: one more log g per output channel and level
         with torch.device("meta"):
@@ -479,7 +484,10 @@ def test_small_preset_follows_nvae_and_old_runs_load_as_they_were(tmp_path):
     assert (o.leading_bn, o.weight_norm, o.residual_resampling, o.official_heads, o.learned_top) == (True,) * 5
     assert (o.symmetric_input, o.pre_cells, o.post_cells, o.flows) == (True, 1, 1, 0)
     assert (new.state_activation, new.scale_param, new.bn_scale_penalty, new.spectral.over) == (
-        "linear", "softclamp", True, "conv"
+        "linear",
+        "softclamp",
+        True,
+        "conv",
     )
     old = ModelConfig.from_dict(_OLD_NVAE_SMALL)
     assert old == presets.nvae_small(**presets.NVAE_SMALL_BEFORE)  # the benchmark's "before" is the old model

@@ -273,8 +273,14 @@ def vdvae_small(**overrides) -> ModelConfig:
 NVAE_SMALL_BEFORE: dict = dict(
     state_activation="activation",
     scale_param="std",
-    spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500, "iterations": 1, "seed_iterations": 20,
-              "over": "all"},  # fmt: skip
+    spectral={
+        "reg": 1e-2,
+        "reg_init": 1.0,
+        "reg_warmup_steps": 500,
+        "iterations": 1,
+        "seed_iterations": 20,
+        "over": "all",
+    },  # fmt: skip
     bn_scale_penalty=False,
     kl_warmup_floor=0.0,
     nvae=NVAEConfig().to_dict(),  # every option off

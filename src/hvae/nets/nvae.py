@@ -319,7 +319,14 @@ class ARMask(nn.Module):
 
 
 def ar_conv(
-    in_ch: int, out_ch: int, k: int, *, groups: int = 1, bias: bool = False, zero_diag: bool, mirror: bool,
+    in_ch: int,
+    out_ch: int,
+    k: int,
+    *,
+    groups: int = 1,
+    bias: bool = False,
+    zero_diag: bool,
+    mirror: bool,
     init_coeff: float = 1.0,
 ) -> nn.Conv2d:
     """NVAE's ``ARConv2d`` ``(B, in_ch, H, W) -> (B, out_ch, H, W)``: a masked (:func:`ar_mask`) and always
