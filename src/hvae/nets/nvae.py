@@ -17,7 +17,9 @@ e.g. NVAE's pre-processing in front of the first latent scale).
 ``model.nvae`` (:class:`hvae.config.NVAEConfig`) holds the rest of NVlabs/NVAE's construction, each an option
 whose default keeps the family as it was: weight normalisation (:class:`LogWeightNorm`), the pre-processing
 stem and cells and the input in [-1, 1], the post-processing cells, and the heads (:meth:`NVAE.head`):
-posterior 3x3 of enc + 1x1(dec), prior ELU + 1x1, ELU + 3x3 output, the learned top map ``prior_ftr0``.
+posterior 3x3 of enc + 1x1(dec), prior ELU + 1x1, ELU + 3x3 output, the learned top map ``prior_ftr0``, the
+combiner as one 1x1 of cat(s, z) (:class:`Combiner`), and the inverse autoregressive flow on each posterior sample
+(:class:`PosteriorFlow`, ``--num_nf``).
 
 The family interface: :func:`encoder_block` builds the bottom-up path, :func:`decoder_block` the prior
 networks and the decoder; :func:`block` is :func:`encoder_block` (the fallback of families with one cell).
