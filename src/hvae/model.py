@@ -327,6 +327,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         """Elementwise KL_l (B, *latent_shape). Analytic for Gaussian pairs given the layers above; for the
         stacked VAE z_{l+1} is drawn after z_l, so only the top level's KL may be integrated exactly and
         the others use the single-sample estimate log q(z_l) - log p(z_l | z_{l+1}). A vector-quantised
+        level's q is a point mass on its code k*, so its KL is always -log p(k* | .): exact, and read by the
         index q chose (a training pass may move the codebook after q chose, before p reads codes back). A level
         whose sample a flow moved has no closed form: log q(z_l | .) - log p(z_l | .) of that sample."""
         L = self.config.num_layers
