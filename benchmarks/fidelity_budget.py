@@ -47,9 +47,8 @@ _OLD_TRAIN = [
     "train.kl_warmup_fraction=null",
     "train.kl_const_fraction=0.0",
 ]
-_NVAE_OPTIONS = (
-    "leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top", "symmetric_input", "one_combiner"
-)  # fmt: skip
+_NVAE_OPTIONS = ("leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top")
+_NVAE_OPTIONS += ("symmetric_input", "one_combiner")
 _VDVAE_OPTIONS = ("posterior_block", "prior_block", "identity_state", "bias_maps", "upsample_last", "output_gain")
 # the models' options as they were: hvae.presets.NVAE_SMALL_BEFORE and VDVAE_SMALL_BEFORE, as command-line overrides
 NVAE_BEFORE = [

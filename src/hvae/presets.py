@@ -106,8 +106,8 @@ def _nvae_construction(cells: int) -> dict:
     """NVlabs/NVAE's construction (``model.nvae``, docs/fidelity.md): leading BN in the decoder cells, weight
     normalisation, residual resampling cells, its heads, combiners and ``prior_ftr0``, input in [-1, 1], and ``cells``
     per pre- and post-processing block (the run commands' --num_preprocess_cells = --num_postprocess_cells)."""
-    on = ("leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top", "symmetric_input")
-    on += ("one_combiner",)  # DecCombinerCell: one weight-normalised 1x1 of cat(s, z)
+    on = ["leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top", "symmetric_input"]
+    on.append("one_combiner")  # DecCombinerCell: one weight-normalised 1x1 of cat(s, z)
     return dict(dict.fromkeys(on, True), pre_cells=cells, post_cells=cells)
 
 

@@ -28,7 +28,7 @@ networks and the decoder; :func:`block` is :func:`encoder_block` (the fallback o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -364,7 +364,7 @@ class ARCell(nn.Module):
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        w = self.conv[0].weight
+        w = cast(Tensor, self.conv[0].weight)
         return z - self.mu(self.conv(z.to(w.dtype))).to(z.dtype)  # latents stay float32 (layers.py)
 
 
