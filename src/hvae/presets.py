@@ -129,7 +129,7 @@ def nvae_mnist(**overrides) -> ModelConfig:
     Built as NVlabs/NVAE builds it (``model.nvae``): a 3x3 stem on 2x - 1, two pre-processing blocks of three
     cells, residual resampling cells, weight normalisation, decoder cells with a leading batch norm, its
     posterior / prior / output heads, the learned top map ``prior_ftr0``, two post-processing blocks of three
-    cells. 33,365,694 parameters, the official construction's 33,363,134 + one log g per combiner channel
+    cells, each combiner one 1x1 of cat(s, z). 33,363,134 parameters, as the official construction
     (docs/fidelity.md)."""
     base = dict(
         _NVAE,
@@ -156,8 +156,7 @@ def nvae_cifar10(**overrides) -> ModelConfig:
     Gaussians, a linear top-down state, KL weight over 30% of the run with floor 1e-4 (docs/fidelity.md).
     Built as NVlabs/NVAE builds it (``model.nvae``, pre- and post-processing blocks of two cells; see
     :func:`nvae_mnist`) with one pair of inverse autoregressive cells on each group's posterior sample
-    (``--num_nf 1``, ``nvae.flows``). 130,860,160 parameters: the official 130,852,480 + one log g per
-    combiner channel (docs/fidelity.md)."""
+    (``--num_nf 1``, ``nvae.flows``). 130,852,480 parameters, as the official construction (docs/fidelity.md)."""
     base = dict(
         _NVAE,
         data_shape=[3, 32, 32],
