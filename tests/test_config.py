@@ -262,7 +262,7 @@ def test_flat_keys_in_yaml_overrides_and_presets_are_read_in_their_section():
     from hvae.runconfig import load_run_config
 
     want = dataclasses.replace(hvae.presets.nvae_small().spectral, reg=0.5)
-    assert (want.reg_init, want.reg_warmup_steps) == (1.0, 500)  # the preset's own, not the defaults
+    assert (want.iterations, want.seed_iterations, want.over) == (4, 40, "conv")  # the preset's own, not the defaults
     with pytest.warns(FutureWarning, match=r"model\.spectral_reg -> model\.spectral\.reg"):
         old, _ = load_run_config(None, ["model.preset=nvae_small", "model.spectral_reg=0.5"])
     new, _ = load_run_config(None, ["model.preset=nvae_small", "model.spectral.reg=0.5"])

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hvae import build_model, presets
 from hvae.config import ConfigError
 from hvae.distributions import raw_from_scale, scale_from_raw
+from hvae.nets.vdvae import GainBiasConv2d
 from hvae.optim import make_optimizer
 from hvae.runconfig import load_run_config
 from hvae.train import TrainingDiverged, train
@@ -186,7 +187,8 @@ def test_soft_clamp_and_log_sigma_parametrisations_in_closed_form():
 
 def test_nvae_residual_posterior_scale_is_an_exp_of_the_head():
     torch.manual_seed(0)
-    m = build_model(presets.nvae_small(scale_param="softclamp", state_activation="linear")).eval()
+    old = {**presets.NVAE_SMALL_BEFORE, "scale_param": "softclamp", "state_activation": "linear"}  # 1x1 heads
+    m = build_model(presets.nvae_small(**old)).eval()
     layer = m.layers[0]
     x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.5))
     with torch.no_grad():
@@ -205,7 +207,7 @@ def test_nvae_residual_posterior_scale_is_an_exp_of_the_head():
 
 def test_linear_state_is_wz_z_plus_wh_h():
     torch.manual_seed(0)
-    layer = build_model(presets.vdvae_small(state_activation="linear")).layers[0]
+    layer = build_model(presets.vdvae_small(**{**presets.VDVAE_SMALL_BEFORE, "state_activation": "linear"})).layers[0]
     z, h = torch.randn(2, 8, 16, 16), torch.randn(2, 32, 16, 16)
     expected = F.conv2d(z, layer.trans_from_z.weight, layer.trans_from_z.bias) + F.conv2d(
         h, layer.trans_from_h.weight, layer.trans_from_h.bias
@@ -216,8 +218,9 @@ def test_linear_state_is_wz_z_plus_wh_h():
 
 def test_vdvae_official_init_gives_a_standard_normal_prior_and_scaled_projections():
     torch.manual_seed(0)
-    cfg = presets.vdvae_small(state_activation="linear", scale_param="log", official_init=True)
-    plain = build_model(presets.vdvae_small(state_activation="linear", scale_param="log"))
+    old = {**presets.VDVAE_SMALL_BEFORE, "state_activation": "linear", "scale_param": "log"}  # W_z, 1x1 heads
+    cfg = presets.vdvae_small(**{**old, "official_init": True})
+    plain = build_model(presets.vdvae_small(**old))
     torch.manual_seed(0)
     m = build_model(cfg)
     L = cfg.num_layers
@@ -242,8 +245,8 @@ def test_spectral_penalty_iterations_convs_only_and_batch_norm_scales():
     cfg = presets.nvae_small(spectral={"iterations": 4, "seed_iterations": 40, "over": "conv"}, bn_scale_penalty=True)
     m = build_model(cfg)
     sn = m.spectral
-    kinds = {type(m.get_submodule(n)) for n in sn.names}
-    assert kinds <= {torch.nn.Conv2d} and torch.nn.Linear not in kinds  # SE's linear layers excluded
+    mods = [m.get_submodule(n) for n in sn.names]
+    assert all(isinstance(mod, torch.nn.Conv2d) for mod in mods)  # SE's linear layers excluded
     bns = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
     for b in bns:
         torch.nn.init.uniform_(b.weight, -2, 2)
@@ -343,9 +346,25 @@ def test_vdvae_cifar10_parameter_count_against_the_official_construction():
     with torch.device("meta"):  # shapes only: no memory, no initialisation, no forward pass
         model = build_model(presets.vdvae_cifar10())
     n = sum(p.numel() for p in model.parameters())
-    # every term of the official construction but one: Decoder.build's final gain and bias (2 x 384), which
-    # hvae's output head has no counterpart of (docs/fidelity.md): 0.002% below
-    assert n == 39_144_932 == 39_145_700 - 2 * 384
+    assert n == 39_145_700  # every term of the official construction, Decoder.build's gain and bias (2 x 384) too
+    head = model.decoder_head
+    assert isinstance(head, GainBiasConv2d) and head.gain.numel() + head.out_bias.numel() == 768
+
+
+def test_vdvae_output_gain_and_bias_are_final_fn_before_the_output_conv():
+    torch.manual_seed(0)
+    vdvae = {"encoder_depths": [1, 1], "output_gain": True}
+    cfg = presets.vdvae_cifar10(latent_dims=[4] * 2, hidden_dims=[16] * 2, strides=[1, 32], vdvae=vdvae)
+    head = build_model(cfg).decoder_head
+    assert torch.equal(head.gain, torch.ones(1, 16, 1, 1)) and torch.equal(head.out_bias, torch.zeros(1, 16, 1, 1))
+    with torch.no_grad():
+        head.gain.normal_()
+        head.out_bias.normal_()
+    x = torch.randn(2, 16, 4, 4)
+    expected = F.conv2d(x * head.gain + head.out_bias, head.weight, head.bias)  # DmolNet(final_fn(x))
+    assert torch.allclose(head(x), expected, atol=1e-6)
+    plain = build_model(presets.vdvae_small(**presets.VDVAE_SMALL_BEFORE)).decoder_head  # off: the plain 1x1
+    assert type(plain) is torch.nn.Conv2d
 
 
 # --- VDVAE's level as vae.py builds it (model.vdvae) -------------------------------------------------------
@@ -489,13 +508,28 @@ def test_vdvae_official_init_scales_the_encoder_blocks_last_convs_by_sqrt_one_ov
     assert any(m.bias.abs().sum() > 0 for m in plain.encoder.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def test_vdvae_options_keep_other_models_and_are_checked():
-    assert presets.vdvae_small().vdvae == presets.vdvae_small().vdvae.__class__()  # all off: today's model
+def test_vdvae_options_keep_other_models_and_are_checked(tmp_path):
+    before = presets.vdvae_small(**presets.VDVAE_SMALL_BEFORE)  # the preset as it was: every option off
+    assert before.vdvae == before.vdvae.__class__() and not before.official_init
     with torch.device("meta"):
-        assert sum(p.numel() for p in build_model(presets.vdvae_small()).parameters()) == 30_658  # as before
-    old = presets.vdvae_small().to_dict()
-    del old["vdvae"]  # a config saved before the options still loads, with them off
-    assert type(presets.vdvae_small()).from_dict(old) == presets.vdvae_small()
+        assert sum(p.numel() for p in build_model(before).parameters()) == 30_658  # as before
+    old = before.to_dict()
+    del old["vdvae"]  # a config saved before the options (a run's config.yaml, a saved model's) loads as it was
+    assert type(before).from_dict(old) == before
+    torch.manual_seed(0)
+    model = build_model(type(before).from_dict(old)).eval()
+    model.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    x = torch.randint(0, 256, (2, 3, 32, 32)).float() / 255
+    torch.manual_seed(1)
+    a = model(x).elbo
+    torch.manual_seed(1)
+    assert torch.equal(back(x).elbo, a)
+    v = presets.vdvae_small().vdvae  # the preset now: vae.py's construction
+    assert (v.posterior_block, v.prior_block, v.identity_state, v.bias_maps, v.upsample_last, v.output_gain) == (
+        True,
+    ) * 6
+    assert v.encoder_depths == [2, 0, 1, 1] and presets.vdvae_small().official_init
     with pytest.raises(ConfigError, match=r"vdvae.encoder_depths: needs one entry per latent layer \(4\), got 43"):
         presets.vdvae_cifar10(latent_dims=[16] * 4, hidden_dims=[16] * 4, strides=[1, 2, 2, 8])
     with pytest.raises(ConfigError, match="set block: vdvae"):

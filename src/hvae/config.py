@@ -124,6 +124,7 @@ class VDVAEConfig(Serializable):
     pointwise_at: int = 0  # the blocks' middle convs are 1x1 at resolutions <= this (Block: use_3x3 = res > 2)
     bias_maps: bool = False  # a learned map at the first level of each resolution, the top's prior from it
     upsample_last: bool = False  # a top-down cell runs its blocks at the resolution above, then upsamples
+    output_gain: bool = False  # a learned per-channel gain and bias before the output conv (Decoder's final_fn)
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -155,11 +156,17 @@ class NVAEConfig(Serializable):
     # cell and n - 1 cells of expansion 3, nothing else (init_post_process)
     post_cells: int = 0
     symmetric_input: bool = False  # the networks read 2x - 1 in [-1, 1] (the likelihood still reads x)
+    # paired inverse autoregressive cells on each group's posterior sample (NVAE's --num_nf; PosteriorFlow):
+    # the KL of every level becomes log q(z) - log p(z) of the flowed sample
+    flows: int = 0
+    # the state as one (weight-normalised) 1x1 of cat(h, z) (DecCombinerCell) instead of W_z z + b + W_h h
+    one_combiner: bool = False
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         require(self.pre_cells >= 0, f"pre_cells: must be >= 0 (0 = no stem), got {self.pre_cells}")
         require(self.post_cells >= 0, f"post_cells: must be >= 0 (0 = no post-processing), got {self.post_cells}")
+        require(self.flows >= 0, f"flows: must be >= 0 (0 = no flow on q's samples), got {self.flows}")
 
 
 # the flat keys of configs and saved models written before the sections, and where each is now
@@ -380,6 +387,12 @@ class ModelConfig(Serializable):
             self.block == "nvae" or self.nvae == NVAEConfig(),
             f"nvae: options of block: nvae (the model has block: {self.block}); remove the nvae section",
         )
+        if self.nvae.flows:
+            require(
+                self.inference != "bottom_up" and all(t == "gaussian" for t in self.latent_types or ()),
+                "nvae.flows: flows act on the Gaussian samples of a top-down posterior; use inference: top_down or "
+                "ladder with Gaussian latents, or set nvae.flows: 0",
+            )
         require(0 <= self.kl_warmup_floor <= 1, f"kl_warmup_floor: must be in [0, 1], got {self.kl_warmup_floor}")
         require(self.kl_const_steps >= 0, f"kl_const_steps: must be >= 0, got {self.kl_const_steps}")
         if self.residual_posterior:

@@ -127,12 +127,17 @@ class LatentLayer(nn.Module):
             self.post_act = fam.head("posterior_act", hidden, hidden, cfg)
             self.posterior_head = fam.head("posterior_residual" if self.residual else "posterior", hidden, n_raw, cfg)
 
+        # a flow on q's samples (NVAE's nf_cells): log q of the flowed sample then replaces the analytic KL
+        self.flow = fam.posterior_flow(cfg, index, latent_ch, self.latent_shape)
         # state handed to the layer below
         self.trans_from_h: nn.Module | None = None
+        # or the family's one map of (z, h) (NVAE's DecCombinerCell: a 1x1 of cat(h, z))
+        self.combiner = fam.combiner(cfg, latent_ch, prior_ch, cfg.hidden_dims[index]) if self.skip else None
         if self.skip:
             hidden = cfg.hidden_dims[index]
-            self.trans_from_z = fam.head("state_z", latent_ch, hidden, cfg)
-            if prior_ch is not None and not (fam.identity_state(cfg) and prior_ch == hidden):
+            if self.combiner is None:
+                self.trans_from_z = fam.head("state_z", latent_ch, hidden, cfg)
+            if self.combiner is None and prior_ch is not None and not (fam.identity_state(cfg) and prior_ch == hidden):
                 self.trans_from_h = fam.head("state_h", prior_ch, hidden, cfg)  # W_h = I at first with residual_state
             linear = cfg.state_activation == "linear"
             self.trans_act = nn.Identity() if linear else activation(cfg.activation, cfg.leaky_slope)
@@ -174,8 +179,10 @@ class LatentLayer(nn.Module):
         family's identity state."""
         if not self.skip:
             return z
-        a = self.trans_from_z(z.to(self.trans_from_z.weight.dtype))
         _, stream = _split(h_p)
+        if self.combiner is not None:
+            return self.trans_act(self.combiner(z, stream))
+        a = self.trans_from_z(z.to(self.trans_from_z.weight.dtype))
         if stream is not None:
             a = a + (stream if self.trans_from_h is None else self.trans_from_h(stream))
         return self.trans_act(a)

@@ -71,6 +71,14 @@ class _Pass:
     ps: Sequence[Gaussian]
     qs: Sequence[Gaussian | None]
     state: Tensor
+    # per level, the elementwise log q(z_l | .) of a sample a flow moved (``LatentLayer.flow``): q is then the
+    # flow's image of ``qs[l]``, whose own log_prob no longer applies; None where there is no flow
+    log_qs: list[Tensor | None] = field(default_factory=list)
+
+    def log_q(self, l: int) -> Tensor:
+        """Elementwise log q(z_l | .) of level ``l``'s sample (B, *latent_shape), nats."""
+        log_q = self.log_qs[l] if self.log_qs else None
+        return log_q if log_q is not None else self.posteriors()[l].log_prob(self.zs[l])
 
     def posteriors(self) -> list[Gaussian]:
         """Every level's q, of a pass that inferred them all (the ELBO's, the IW bound's)."""
@@ -246,6 +254,7 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         zs: list[Tensor] = []  # top to bottom here (z_L first), returned bottom to top
         ps: list[Gaussian] = []
         qs: list[Gaussian | None] = []
+        log_qs: list[Tensor | None] = []
         device, dtype = self.step.device, self._dtype
         state: Tensor | None = None
         self._set_relaxation()
@@ -260,19 +269,30 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
                 p, h_p = self._cells(layer.prior, state, batch, device, torch.float32)
             q = layer.posterior(ctxs[l], p, h_p) if (ctxs is not None and l >= infer_from) else None
             z_given = zs_given[l] if zs_given is not None else None
+            log_q = None
             if z_given is not None:
+                if q is not None and layer.flow is not None:
+                    raise ValueError(
+                        f"level {l + 1}'s posterior has a flow (model.nvae.flows): log q of a given z needs the "
+                        "flow's inverse, which hvae does not compute; score samples the model drew itself"
+                    )
                 z = z_given
             elif q is not None:
                 z = q.mean if posterior_mean else q.rsample()
+                if layer.flow is not None:  # q is the flow's image of q_0: log q(z') = log q_0(z) - log|det|
+                    log_q = q.log_prob(z)
+                    z, log_det = layer.flow(z, ctxs[l] if ctxs is not None else None)
+                    log_q = log_q - log_det
             else:
                 z = p.rsample(temperatures[l] if temperatures is not None else 1.0)
             zs.append(z)
+            log_qs.append(log_q)
             ps.append(p)
             qs.append(q)
             state = layer.transition(z.to(dtype), h_p)
             states.append(state)
         s_1 = states[-1] if self.depth_attn is None else self.depth_attn.decoder(states[-1], states)
-        return _Pass(zs[::-1], ps[::-1], qs[::-1], s_1)
+        return _Pass(zs[::-1], ps[::-1], qs[::-1], s_1, log_qs[::-1])
 
     def _decode_state(self, state: Tensor, length: int | None = None):
         """p(x | z_1) from the top-down state; ``length``: token models, the positions of a batch whose rows
@@ -318,7 +338,8 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         stacked VAE z_{l+1} is drawn after z_l, so only the top level's KL may be integrated exactly and
         the others use the single-sample estimate log q(z_l) - log p(z_l | z_{l+1}). A vector-quantised
         level's q is a point mass on its code k*, so its KL is always -log p(k* | .): exact, and read by the
-        index q chose (a training pass may move the codebook after q chose, before p reads codes back)."""
+        index q chose (a training pass may move the codebook after q chose, before p reads codes back). A level
+        whose sample a flow moved has no closed form: log q(z_l | .) - log p(z_l | .) of that sample."""
         L = len(self.layers)  # none in a decoder-only model
         kls, qs = [], run.posteriors()
         for l in range(L):
@@ -326,7 +347,8 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
             exact_ok = self.layers[l].family.point_mass_posterior or (
                 self.config.kl == "analytic" and (self.config.inference != "bottom_up" or l == L - 1)
             )
-            kls.append(kl_divergence(q, p) if exact_ok else q.log_prob(z) - p.log_prob(z))
+            flowed = bool(run.log_qs) and run.log_qs[l] is not None
+            kls.append(kl_divergence(q, p) if exact_ok and not flowed else run.log_q(l) - p.log_prob(z))
         return kls
 
     def beta_at(self, step: int | Tensor) -> float:
@@ -390,8 +412,8 @@ class HierarchicalVAE(PretrainedMixin, GenerationMixin, nn.Module):
         """log p(x, z) - log q(z | x) per row, (k*B,). ``prepared``: ``x_k`` is ``likelihood.prepare(x)``."""
         px = self._decode_state(run.state, self._length(x_k))
         lw = px.log_prob_prepared(x_k) if prepared else px.log_prob(x_k)
-        for z, p, q in zip(run.zs, run.ps, run.posteriors()):
-            lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)  # + log p(z_l | .) - log q(z_l | .)
+        for l, (z, p) in enumerate(zip(run.zs, run.ps)):
+            lw = lw + (p.log_prob(z) - run.log_q(l)).flatten(1).sum(1)  # + log p(z_l | .) - log q(z_l | .)
         return lw
 
     @torch.no_grad()

@@ -158,8 +158,8 @@ def _chunk(model, ctxs, prepared, k, ks, skipped, sums, iw) -> Tensor:
     log_px = model._decode_state(run.state, length).log_prob_prepared(x_k)  # (k*B,)
     kl = [t.flatten(1).sum(1) for t in model._kl_terms(run)]  # per level, bottom to top, (k*B,)
     lw = log_px.clone()  # log p(x, z) - log q(z | x), as HierarchicalVAE._log_weights
-    for z, p, q in zip(run.zs, run.ps, run.qs):
-        lw = lw + (p.log_prob(z) - q.log_prob(z)).flatten(1).sum(1)
+    for l, (z, p) in enumerate(zip(run.zs, run.ps)):
+        lw = lw + (p.log_prob(z) - run.log_q(l)).flatten(1).sum(1)
     iw = torch.logaddexp(iw, torch.logsumexp(lw.view(k, B), 0))
     L = len(kl)
     sums["elbo"] += (log_px - torch.stack(kl).sum(0)).view(k, B).sum(0)

@@ -6,7 +6,7 @@ fields (``lvae_mnist(inference="bottom_up")`` is the paper's stacked-VAE baselin
 
 from __future__ import annotations
 
-from .config import ModelConfig
+from .config import ModelConfig, NVAEConfig, VDVAEConfig
 from .configbase import merge, move_renamed
 
 
@@ -104,9 +104,10 @@ _NVAE_OFFICIAL = dict(
 
 def _nvae_construction(cells: int) -> dict:
     """NVlabs/NVAE's construction (``model.nvae``, docs/fidelity.md): leading BN in the decoder cells, weight
-    normalisation, residual resampling cells, its heads and ``prior_ftr0``, input in [-1, 1], and ``cells``
+    normalisation, residual resampling cells, its heads, combiners and ``prior_ftr0``, input in [-1, 1], and ``cells``
     per pre- and post-processing block (the run commands' --num_preprocess_cells = --num_postprocess_cells)."""
-    on = ("leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top", "symmetric_input")
+    on = ["leading_bn", "weight_norm", "residual_resampling", "official_heads", "learned_top", "symmetric_input"]
+    on.append("one_combiner")  # DecCombinerCell: one weight-normalised 1x1 of cat(s, z)
     return dict(dict.fromkeys(on, True), pre_cells=cells, post_cells=cells)
 
 
@@ -128,7 +129,7 @@ def nvae_mnist(**overrides) -> ModelConfig:
     Built as NVlabs/NVAE builds it (``model.nvae``): a 3x3 stem on 2x - 1, two pre-processing blocks of three
     cells, residual resampling cells, weight normalisation, decoder cells with a leading batch norm, its
     posterior / prior / output heads, the learned top map ``prior_ftr0``, two post-processing blocks of three
-    cells. 33,365,694 parameters, the official construction's 33,363,134 + one log g per combiner channel
+    cells, each combiner one 1x1 of cat(s, z). 33,363,134 parameters, as the official construction
     (docs/fidelity.md)."""
     base = dict(
         _NVAE,
@@ -154,9 +155,8 @@ def nvae_cifar10(**overrides) -> ModelConfig:
     8-bit colour, spectral regularisation 1e-2 (constant) with NVAE's batch-norm penalty, soft-clamped
     Gaussians, a linear top-down state, KL weight over 30% of the run with floor 1e-4 (docs/fidelity.md).
     Built as NVlabs/NVAE builds it (``model.nvae``, pre- and post-processing blocks of two cells; see
-    :func:`nvae_mnist`). The paper also uses one normalising-flow cell per group; this library has none (the
-    official count 130,852,480 less their 1,636,800; expect a slightly weaker bound than the paper's 2.91
-    bits/dim)."""
+    :func:`nvae_mnist`) with one pair of inverse autoregressive cells on each group's posterior sample
+    (``--num_nf 1``, ``nvae.flows``). 130,852,480 parameters, as the official construction (docs/fidelity.md)."""
     base = dict(
         _NVAE,
         data_shape=[3, 32, 32],
@@ -167,7 +167,7 @@ def nvae_cifar10(**overrides) -> ModelConfig:
         likelihood="discretized_logistic_mixture",
         num_mixtures=10,
         **_NVAE_OFFICIAL,
-        nvae=_nvae_construction(2),
+        nvae=dict(_nvae_construction(2), flows=1),  # --num_nf 1
         # utils.kl_coeff over 30% of 400 epochs x 195 steps (50,000 images at 32 per GPU x 8 GPUs, drop_last),
         # held at the floor for the first 0.01% (8 steps); configs/nvae_cifar10.yaml sets both as fractions
         kl_warmup_steps=23400,
@@ -185,7 +185,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
     h + z_proj(z) then the residual block, learned bias maps per resolution (the top's prior read from its map),
     1x1 middle convs at 1x1; the encoder's 33 blocks as ``Encoder.build`` lays them out, each level reading the
     last output at its resolution; linear state, log-sigma Gaussians, last convs scaled by sqrt(1 / n_blocks),
-    zero biases. 39,144,932 parameters: vae.py's 39,145,700 less the output's gain and bias (docs/fidelity.md).
+    zero biases, the output's gain and bias. 39,145,700 parameters, as vae.py's construction (docs/fidelity.md).
     To change the number of levels, give ``vdvae.encoder_depths`` one entry per level."""
     base = dict(
         _VDVAE,
@@ -207,6 +207,7 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
             pointwise_at=2,
             bias_maps=True,
             upsample_last=True,
+            output_gain=True,
         ),
     )
     return _build(base, overrides)
@@ -214,25 +215,37 @@ def vdvae_cifar10(**overrides) -> ModelConfig:
 
 def nvae_small(**overrides) -> ModelConfig:
     """A 3-group NVAE for 28x28 grey images (Fashion-MNIST; padded to 32x32), trains on 2 CPU cores in minutes:
-    latents 8x8, 8x8, 4x4 with 8 channels, widths 32-32-64, one cell per group, Bernoulli likelihood."""
+    latents 8x8, 8x8, 4x4 with 8 channels, widths 32-32-64, one cell per group, Bernoulli likelihood. Built
+    from NVAE's official cells and settings as :func:`nvae_mnist` (``model.nvae``: a 3x3 stem on 2x - 1, one
+    cell per pre- and post-processing block, residual resampling cells, weight normalisation, the decoder
+    cells' leading batch norm, the official heads and ``prior_ftr0``; a linear state, soft-clamped Gaussians,
+    a constant spectral coefficient 1e-2 over the convolutions with the batch-norm penalty, KL floor 1e-4).
+    :data:`NVAE_SMALL_BEFORE` gives the options' values the preset had before it followed NVAE's code."""
     base = dict(
         _NVAE,
+        **_NVAE_OFFICIAL,
         data_shape=[1, 28, 28],
         latent_dims=[8, 8, 8],
         hidden_dims=[32, 32, 64],
         strides=[4, 1, 2],
         depth=1,
         likelihood="bernoulli",
-        spectral={"reg": 1e-2, "reg_init": 1.0, "reg_warmup_steps": 500},
+        nvae=_nvae_construction(1),
     )
     return _build(base, overrides)
 
 
 def vdvae_small(**overrides) -> ModelConfig:
     """A 4-group VDVAE for small 32x32 colour images, trains on 2 CPU cores in minutes: latents 16x16, 16x16,
-    8x8, 4x4 with 8 channels, width 32, one bottleneck block per group, mixture of 5 discretised logistics."""
+    8x8, 4x4 with 8 channels, width 32, mixture of 5 discretised logistics. Each level built as vae.py's
+    ``DecBlock`` (``model.vdvae``, as :func:`vdvae_cifar10`): q and p from bottleneck blocks, the prior's extra
+    output added to the stream, the state h + z_proj(z), bias maps per resolution, the output's gain and bias,
+    log-sigma Gaussians, the official initialisation; four encoder blocks laid out as ``Encoder.build`` lays
+    them (at the first level of a resolution, the others reading its output). :data:`VDVAE_SMALL_BEFORE` gives
+    the options' values the preset had before it followed VDVAE's code."""
     base = dict(
         _VDVAE,
+        **_VDVAE_OFFICIAL,
         data_shape=[3, 32, 32],
         latent_dims=[8, 8, 8, 8],
         hidden_dims=[32, 32, 32, 32],
@@ -240,8 +253,40 @@ def vdvae_small(**overrides) -> ModelConfig:
         depth=1,
         likelihood="discretized_logistic_mixture",
         num_mixtures=5,
+        vdvae=dict(
+            posterior_block=True,
+            prior_block=True,
+            identity_state=True,
+            encoder_depths=[2, 0, 1, 1],
+            pointwise_at=2,
+            bias_maps=True,
+            upsample_last=True,
+            output_gain=True,
+        ),
     )
     return _build(base, overrides)
+
+
+# The small presets' options as they were before they followed the official code (the "before" side of
+# benchmarks/fidelity_budget.py): ``nvae_small(**NVAE_SMALL_BEFORE)`` builds the old nvae_small exactly.
+NVAE_SMALL_BEFORE: dict = dict(
+    state_activation="activation",
+    scale_param="std",
+    spectral={
+        "reg": 1e-2,
+        "reg_init": 1.0,
+        "reg_warmup_steps": 500,
+        "iterations": 1,
+        "seed_iterations": 20,
+        "over": "all",
+    },  # fmt: skip
+    bn_scale_penalty=False,
+    kl_warmup_floor=0.0,
+    nvae=NVAEConfig().to_dict(),  # every option off
+)
+VDVAE_SMALL_BEFORE: dict = dict(
+    state_activation="activation", scale_param="std", official_init=False, vdvae=VDVAEConfig().to_dict()
+)
 
 
 # Attention (Apostolopoulou et al. 2022) and autoregressive decoders (PixelVAE, Gulrajani et al. 2017;

@@ -257,6 +257,8 @@ def _walk_down(model, B: int, pick, ctxs: list[Tensor] | None = None):
             state = model.depth_attn.prior[l](state, states)
         p, h_p = layer.prior(state, B, model.step.device, torch.float32)
         q = layer.posterior(ctxs[l], p, h_p) if ctxs is not None else None
+        if q is not None and layer.flow is not None:
+            raise ValueError("a posterior with a flow (model.nvae.flows) has no coding tables; retrain with flows: 0")
         z = pick(l, p, q)
         state = layer.transition(z.to(dtype), h_p)
         states.append(state)

@@ -97,6 +97,18 @@ class CellFamily:
         return None
 
     @staticmethod
+    def posterior_flow(cfg: Any, level: int, latent_ch: int, shape: tuple[int, ...]) -> nn.Module | None:
+        """A module ``(z, ctx) -> (z', log_det)`` (both ``(B, latent_ch, *shape[1:])``) applied to each sample of
+        ``level``'s posterior, log q(z') = log q(z) - log_det; None: no flow."""
+        return None
+
+    @staticmethod
+    def combiner(cfg: Any, latent_ch: int, h_ch: int | None, out_ch: int) -> nn.Module | None:
+        """A module ``(z, h) -> state``, ``(B, latent_ch, ...), (B, h_ch, ...) -> (B, out_ch, ...)``, in place of
+        the two maps W_z z + W_h h (``h_ch`` None: a level without prior features); None: the two maps."""
+        return None
+
+    @staticmethod
     def identity_state(cfg: Any) -> bool:
         """True when the state is h + W_z z (W_h the identity, no parameters) instead of W_h h + W_z z."""
         return False

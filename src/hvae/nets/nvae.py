@@ -17,7 +17,9 @@ e.g. NVAE's pre-processing in front of the first latent scale).
 ``model.nvae`` (:class:`hvae.config.NVAEConfig`) holds the rest of NVlabs/NVAE's construction, each an option
 whose default keeps the family as it was: weight normalisation (:class:`LogWeightNorm`), the pre-processing
 stem and cells and the input in [-1, 1], the post-processing cells, and the heads (:meth:`NVAE.head`):
-posterior 3x3 of enc + 1x1(dec), prior ELU + 1x1, ELU + 3x3 output, the learned top map ``prior_ftr0``.
+posterior 3x3 of enc + 1x1(dec), prior ELU + 1x1, ELU + 3x3 output, the learned top map ``prior_ftr0``, the
+combiner as one 1x1 of cat(s, z) (:class:`Combiner`), and the inverse autoregressive flow on each posterior sample
+(:class:`PosteriorFlow`, ``--num_nf``).
 
 The family interface: :func:`encoder_block` builds the bottom-up path, :func:`decoder_block` the prior
 networks and the decoder; :func:`block` is :func:`encoder_block` (the fallback of families with one cell).
@@ -26,7 +28,7 @@ networks and the decoder; :func:`block` is :func:`encoder_block` (the fallback o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -264,6 +266,139 @@ def _up(
     return _Residual(branch, out_ch, skip)
 
 
+# -- the posterior's inverse autoregressive flow (NVAE's ``--num_nf``) ------------------------------------------
+
+
+def _channel_mask(c_in: int, groups: int, c_out: int, zero_diag: bool) -> Tensor:
+    """neural_ar_operations.py ``channel_mask``: which inputs each output channel reads at the kernel's centre,
+    ``(c_out, c_in // groups)``. Channels are in blocks of ``c_out // c_in`` outputs per input (or the reverse):
+    output block i reads inputs below i, and i itself unless ``zero_diag``; a depthwise kernel reads its own
+    channel unless ``zero_diag``."""
+    if groups == c_in:
+        return torch.zeros(c_out, 1) if zero_diag else torch.ones(c_out, 1)
+    if groups != 1 or (c_in % c_out and c_out % c_in):
+        raise ValueError(f"an autoregressive conv needs groups 1 or {c_in} and c_in, c_out multiples: {c_in}, {c_out}")
+    m = torch.ones(c_out, c_in)
+    if c_out >= c_in:
+        r = c_out // c_in
+        for i in range(c_in):
+            m[i * r : (i + 1) * r, i + 1 :] = 0
+            if zero_diag:
+                m[i * r : (i + 1) * r, i] = 0
+    else:
+        r = c_in // c_out
+        for i in range(c_out):
+            m[i, (i + 1) * r :] = 0
+            if zero_diag:
+                m[i, i * r : (i + 1) * r] = 0
+    return m
+
+
+def ar_mask(k: int, c_in: int, groups: int, c_out: int, *, zero_diag: bool, mirror: bool) -> Tensor:
+    """neural_ar_operations.py ``create_conv_mask``, ``(c_out, c_in // groups, k, k)``: a position reads the rows
+    above it and the positions left of it in its row (raster order), and at itself the channels
+    :func:`_channel_mask` allows; ``mirror`` flips the kernel (the reverse raster order, same channel order)."""
+    m = (k - 1) // 2
+    mask = torch.ones(c_out, c_in // groups, k, k)
+    mask[:, :, m:, :] = 0
+    mask[:, :, m, :m] = 1
+    mask[:, :, m, m] = _channel_mask(c_in, groups, c_out, zero_diag)
+    return mask.flip(2, 3) if mirror else mask
+
+
+class ARMask(nn.Module):
+    """A convolution weight times a fixed autoregressive mask (a parametrisation: ``conv.weight`` is the masked
+    weight). The mask is rebuilt from the shapes, so it is not saved."""
+
+    mask: Tensor
+
+    def __init__(self, mask: Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, v: Tensor) -> Tensor:
+        return v * self.mask
+
+
+def ar_conv(
+    in_ch: int,
+    out_ch: int,
+    k: int,
+    *,
+    groups: int = 1,
+    bias: bool = False,
+    zero_diag: bool,
+    mirror: bool,
+    init_coeff: float = 1.0,
+) -> nn.Conv2d:
+    """NVAE's ``ARConv2d`` ``(B, in_ch, H, W) -> (B, out_ch, H, W)``: a masked (:func:`ar_mask`) and always
+    weight-normalised k x k convolution, log g starting at ``log(|v * mask| + 1e-2) + log(init_coeff)``
+    (``ELUConv``'s ``weight_init_coeff``)."""
+    c = nn.Conv2d(in_ch, out_ch, k, padding=k // 2, groups=groups, bias=bias)
+    mask = ar_mask(k, in_ch, groups, out_ch, zero_diag=zero_diag, mirror=mirror).to(c.weight.device)
+    parametrize.register_parametrization(c, "weight", ARMask(mask))
+    wn = LogWeightNorm(c.weight)  # reads the masked weight, as ARConv2d's init
+    with torch.no_grad():
+        wn.log_weight_norm.add_(math.log(init_coeff))
+    parametrize.register_parametrization(c, "weight", wn)
+    return c
+
+
+class ARCell(nn.Module):
+    """NVAE's ``CellAR`` (model.py) with its mean-only shift: ``z -> z - mu(z)``, ``(B, C, h, w)`` both, where
+    mu = ELU-1x1(ELU(depthwise 5x5(ELU(3x3(z))))) (``ARInvertedResidual``, expansion 6, then ``ELUConv`` with
+    ``weight_init_coeff`` 0.1) reads, at each position and channel, only the positions before it and the channels
+    before it at that position: the Jacobian is unit triangular and the log-determinant 0."""
+
+    def __init__(self, num_z: int, *, mirror: bool, expand: int = EXPAND):
+        super().__init__()
+        wide = num_z * expand
+        self.conv = nn.Sequential(
+            ar_conv(num_z, wide, 3, zero_diag=True, mirror=mirror),
+            nn.ELU(),
+            ar_conv(wide, wide, 5, groups=wide, zero_diag=False, mirror=mirror),
+            nn.ELU(),
+        )
+        self.mu = nn.Sequential(
+            nn.ELU(), ar_conv(wide, num_z, 1, bias=True, zero_diag=False, mirror=mirror, init_coeff=0.1)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        w = cast(Tensor, self.conv[0].weight)
+        return z - self.mu(self.conv(z.to(w.dtype))).to(z.dtype)  # latents stay float32 (layers.py)
+
+
+class PosteriorFlow(nn.Module):
+    """NVAE's ``nf_cells`` of one group (model.py ``init_normal_sampler``): ``n`` ``PairedCellAR``, each an
+    :class:`ARCell` in raster order then one in the mirrored order. ``forward(z, ctx) -> (z', log_det)``, both
+    ``(B, C, h, w)``: log q(z') = log q_0(z) - log_det elementwise summed. NVAE passes the encoder feature ``ftr``
+    but ``ARInvertedResidual.forward`` never reads it: the flow reads z alone, and ``ctx`` is accepted for the
+    interface. The shift is volume-preserving, so log_det is 0 (NVAE's ``torch.zeros_like(new_z)``)."""
+
+    def __init__(self, num_z: int, n: int):
+        super().__init__()
+        self.cells = nn.ModuleList(ARCell(num_z, mirror=m) for _ in range(n) for m in (False, True))
+
+    def forward(self, z: Tensor, ctx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        for cell in self.cells:
+            z = cell(z)
+        return z, torch.zeros_like(z)
+
+
+class Combiner(nn.Module):
+    """NVAE's ``DecCombinerCell`` (neural_operations.py): one 1x1 convolution of cat(h, z) with a bias,
+    weight-normalised as NVAE's ``Conv2D`` when ``weight_norm`` (one log g per output channel over the whole
+    row), ``(B, h_ch, H, W), (B, z_ch, H, W) -> (B, out_ch, H, W)``."""
+
+    def __init__(self, h_ch: int, z_ch: int, out_ch: int, *, weight_norm: bool = False):
+        super().__init__()
+        self.conv = conv(h_ch + z_ch, out_ch, 1, weight_norm=weight_norm)
+
+    def forward(self, z: Tensor, h: Tensor) -> Tensor:
+        w = self.conv.weight
+        return self.conv(torch.cat([h.to(w.dtype), z.to(w.dtype)], dim=1))
+
+
 class SymmetricInput(nn.Module):
     """``x -> 2x - 1``: data in [0, 1] read by the networks in [-1, 1] (NVAE's ``AutoEncoder.forward``:
     ``self.stem(2 * x - 1.0)``)."""
@@ -428,6 +563,20 @@ class NVAE(CellFamily):
         return super().head(role, in_ch, out_ch, cfg)
 
     @staticmethod
+    def posterior_flow(cfg: Any, level: int, latent_ch: int, shape: tuple[int, ...]) -> nn.Module | None:
+        """``model.nvae.flows = n``: NVAE's ``n`` paired autoregressive cells on every group's posterior sample
+        (:class:`PosteriorFlow`)."""
+        return PosteriorFlow(latent_ch, cfg.nvae.flows) if cfg.nvae.flows else None
+
+    @staticmethod
+    def combiner(cfg: Any, latent_ch: int, h_ch: int | None, out_ch: int) -> nn.Module | None:
+        """``model.nvae.one_combiner``: the state as NVAE's ``DecCombinerCell`` (:class:`Combiner`), where the level
+        has prior features to combine."""
+        if not cfg.nvae.one_combiner or h_ch is None:
+            return None
+        return Combiner(h_ch, latent_ch, out_ch, weight_norm=cfg.nvae.weight_norm)
+
+    @staticmethod
     def feature_map(cfg: Any, level: int, ch: int, shape: tuple[int, ...]) -> nn.Parameter | None:
         """``model.nvae.learned_top``: NVAE's ``prior_ftr0`` on top, ``(1, ch, h, w)`` drawn from U[0, 1) and
         learned (the top level's features, read by its combiner)."""
@@ -437,12 +586,18 @@ class NVAE(CellFamily):
 
 
 __all__ = [
+    "ARCell",
+    "ARMask",
+    "Combiner",
     "ELUConv2d",
     "FactorizedReduce",
     "LogWeightNorm",
+    "PosteriorFlow",
     "SqueezeExcite",
     "SymmetricInput",
     "UpSample",
+    "ar_conv",
+    "ar_mask",
     "conv",
     "decoder_block",
     "decoder_cell",

@@ -252,6 +252,20 @@ def pointwise(in_ch: int, out_ch: int) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1)
 
 
+class GainBiasConv2d(nn.Conv2d):
+    """The output head with vae.py ``Decoder``'s ``final_fn`` in front: x * gain + bias per channel (``gain``
+    ones, ``out_bias`` zeros, ``(1, in_ch, 1, 1)`` each, learned), then DmolNet's 1x1 convolution,
+    ``(B, in_ch, H, W) -> (B, out_ch, H, W)``. A ``Conv2d`` so that ``.weight`` reads as the convolution's."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(in_ch, out_ch, 1)
+        self.gain = nn.Parameter(torch.ones(1, in_ch, 1, 1))
+        self.out_bias = nn.Parameter(torch.zeros(1, in_ch, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x * self.gain + self.out_bias)
+
+
 def official_init(layer: nn.Module, cfg: ModelConfig) -> None:
     """VDVAE's initialisation of one level (``model.official_init``), from openai/vdvae ``vae.py``
     ``DecBlock.__init__``: the prior head zero (``zero_last=True``: p = N(0, I) under the log-sigma
@@ -295,6 +309,14 @@ class VDVAE(CellFamily):
     @classmethod
     def decoder_block(cls, in_ch: int, hidden: int, depth: int, resample: int = 1, **kw: Any) -> Sequential:
         return decoder_block(in_ch, hidden, depth, resample, **kw)
+
+    @classmethod
+    def head(cls, role: str, in_ch: int, out_ch: int, cfg: Any) -> nn.Module:
+        """With ``model.vdvae.output_gain``, the output head is :class:`GainBiasConv2d` (vae.py ``Decoder.build``:
+        ``gain``, ``bias``, ``final_fn``); every other head the default."""
+        if role == "output" and cfg.vdvae.output_gain:
+            return GainBiasConv2d(in_ch, out_ch)
+        return super().head(role, in_ch, out_ch, cfg)
 
     @staticmethod
     def encoder_depth(cfg: ModelConfig, level: int) -> int:
