@@ -189,8 +189,15 @@ class WrittenHead(nn.Module):
         for w, b in zip(head.weight.detach().chunk(2), head.bias.detach().chunk(2)):
             if isinstance(head, nn.Linear):
                 m = nn.Linear(head.in_features, n // 2)
-            else:  # a 1x1 convolution
-                m = type(head)(head.in_channels, n // 2, head.kernel_size)
+            else:  # a convolution: 1x1, or NVAE's 3x3 posterior head (its padding kept)
+                m = type(head)(
+                    head.in_channels,
+                    n // 2,
+                    head.kernel_size,
+                    stride=head.stride,
+                    padding=head.padding,
+                    dilation=head.dilation,
+                )
             with torch.no_grad():
                 m.weight.copy_(w)
                 m.bias.copy_(b)
