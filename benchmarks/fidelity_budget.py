@@ -7,7 +7,8 @@ all from one commit, through the commands a user runs.
     python -m benchmarks.fidelity_budget --budget 60 --max-examples 200 --num-samples 10   # a quick look
     python -m benchmarks.fidelity_budget --seeds 0 1 2 --only nvae        # one model, three seeds
 
-Each run is ``hvae train --config CONFIG <overrides> train.max_time=S train.seed=N`` (validation and
+Each run is ``hvae train --config CONFIG <overrides> train.max_time=S train.seed=N`` (the configs' step and
+epoch limits lifted, so the budget ends every run; validation and
 checkpoints on a schedule of their own, the same for all), then ``hvae eval RUN --num-samples K
 --max-examples N`` on the test split (the first N test images, the same for every run). The runs go one after
 the other, so a machine whose load changes during the benchmark favours some runs: say so with the numbers.
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             hvae(
                 "train", "--config", str(config), *overrides, *data, f"train.max_time={args.budget}",
                 f"train.seed={seed}", "train.eval_every_s=600", "train.checkpoint_every_s=600",
+                "train.max_steps=null", "train.epochs=1000",  # the budget, not the configs' 800 steps, ends each run
                 "--out", str(run), "--overwrite", "--quiet",
             )  # fmt: skip
             t1 = time.perf_counter()
