@@ -508,3 +508,19 @@ def test_small_preset_follows_nvae_and_old_runs_load_as_they_were(tmp_path):
     a = model(x).elbo
     torch.manual_seed(1)
     assert torch.equal(back(x).elbo, a)
+
+
+def test_aggressive_encoder_refuses_a_posterior_with_a_flow_before_training():
+    from types import SimpleNamespace
+
+    import hvae.aggressive as aggressive
+
+    model = build_model(presets.nvae_cifar10(latent_dims=[3] * 2, hidden_dims=[16] * 2, strides=[4, 1], depth=1))
+    job = SimpleNamespace(
+        config=SimpleNamespace(train=SimpleNamespace(aggressive_encoder=True)),
+        ctx=SimpleNamespace(distributed=False),
+        model=model,
+        state={"step": 0},
+    )
+    with pytest.raises(ConfigError, match="nvae.flows: 0 or train.aggressive_encoder: false"):
+        aggressive.start(job)

@@ -266,6 +266,12 @@ def start(job, resumed_from: Path | None = None) -> AggressiveEncoder | None:
             "train.aggressive_encoder updates the encoder, and a decoder-only model (model.decoder_only: true) has "
             "none: set train.aggressive_encoder: false"
         )
+    if any(layer.flow is not None for layer in model.layers):
+        raise ConfigError(
+            "train.aggressive_encoder decides when to stop from the mutual information I_q(x; z), which scores z "
+            "under q, and a posterior with a flow (model.nvae.flows) cannot score a z it did not draw: set "
+            "model.nvae.flows: 0 or train.aggressive_encoder: false"
+        )
     record = job.state.get("aggressive")
     if job.state["step"] > 0 and record is None:
         job.log(
