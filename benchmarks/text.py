@@ -181,6 +181,7 @@ def _one(name: str, seed: int, args, core: int | None, threads: int | None) -> t
     hvae_(
         "train", "--config", str(config), *overrides, f"train.max_time={args.max_time}",
         f"train.seed={seed}", "train.eval_every_s=600", "train.checkpoint_every_s=600",
+        "train.max_steps=null", "train.epochs=1000",  # the budget, not the config's 8 epochs, ends every run
         "--out", str(run), "--overwrite", "--quiet",
     )  # fmt: skip
     t1 = time.perf_counter()
