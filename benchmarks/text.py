@@ -19,7 +19,8 @@ Without ``--cores`` the runs go one after the other on the cores this process ma
 had (``runs`` and ``rows`` of the results); with ``--cores`` its output goes to ``RUNS/NAME-SEED.log``.
 
 Each variant is ``hvae train --config configs/text_fortunes.yaml <overrides> train.max_time=T train.seed=S``
-(validation and checkpoints on a schedule of their own, the same for all, so they cost every run alike), then
+(the config's 8 epochs lifted, so the budget ends every run; validation and checkpoints on a schedule of their own,
+the same for all, so they cost every run alike), then
 ``hvae eval RUN --num-samples K --max-examples N`` (the test split: IW bound, bits per byte, KL and active units
 per level, the nats the latents tell the decoder and the reconstruction similarity). The yardstick,
 ``decoder_only``, is ``configs/text_fortunes_decoder_only.yaml``: the same Transformer decoder with no latents,
