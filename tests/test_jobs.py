@@ -322,3 +322,31 @@ def test_under_max_time_kl_warmup_fraction_is_a_fraction_of_the_budget(tmp_path,
     assert betas == sorted(betas)
     full = betas.index(1.0) / len(betas)  # where the warm-up ended, as a fraction of the steps run
     assert 0.3 <= full <= 0.7  # half the budget; over 1000 epochs' steps it would still be near 0
+
+
+def test_under_max_time_compiling_minutes_do_not_shorten_the_kl_warmup(tmp_path, monkeypatch):
+    # the first step compiles for 200 s of the 600 s budget: the ~40 steps that fit after it, not the ~3 that the
+    # pace including it would predict, are the horizon, so the warm-up over half of it ends near the middle
+    import hvae.train as train_module
+
+    _ten_seconds_a_step(monkeypatch)
+    real_step, calls = train_module.train_step, [0]
+    clock = train_module.time.monotonic
+
+    def compiling_first(model, *a, **kw):
+        calls[0] += 1
+        if calls[0] == 1:
+            model.compiler.events.append("compiled (a test's stand-in, 200 s)")
+            offset = 200.0
+            monkeypatch.setattr(train_module.time, "monotonic", lambda: clock() + offset)
+        return real_step(model, *a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", compiling_first)
+    out, _ = logged(
+        tmp_path / "r", "train.epochs=1000", "train.max_time=600s", "train.kl_warmup_fraction=0.5",
+        "train.compile=never", "train.log_every=1", "train.eval_every=1000", "train.checkpoint_every=1000",
+    )  # fmt: skip
+    betas = [r["beta"] for r in _train_records(out)]
+    assert 20 <= len(betas) <= 41 and betas[-1] == 1.0
+    full = betas.index(1.0) / len(betas)
+    assert 0.3 <= full <= 0.7  # counting the 200 s as a step's, the warm-up ended after the first few steps

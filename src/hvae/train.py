@@ -496,7 +496,8 @@ def _train(
 
     def steps_left() -> int:
         # auto-compilation compiles only when the steps left would run compile_after_s eagerly: under a time
-        # budget those are the steps that fit in it at the pace so far, not the epochs' (compile time counts)
+        # budget those are the steps that fit in it at the pace so far (since the last compiling or probing
+        # step: the loop restarts the pace there), not the epochs'.
         left = total_steps - state["step"]
         done = state["step"] - pace.get("step", state["step"])
         if deadline is None or done <= 0:
@@ -778,6 +779,11 @@ def _loop(job: _Job) -> None:
                         )
                 state["step"] += 1
                 state["batch"] += 1
+                if compiling and job.deadline is not None:
+                    # the pace that sizes the budget's schedules (steps_left) starts again after compiling and
+                    # probing: their minutes are spent, and counted as a step's they once made the horizon a
+                    # tenth of the steps that fit, ending the KL warm-up and the cosine decay at the start
+                    job.pace.update(time=time.monotonic(), step=state["step"])
                 out = r.out
                 if r.applied:
                     window.append(
