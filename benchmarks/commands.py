@@ -3,7 +3,9 @@ fresh process, and the checkout's commit for the results they write."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -24,3 +26,12 @@ def commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def write_record(path: Path, record: dict) -> None:
+    """``record`` (which names its commit: :func:`commit`) with the machine, as indented JSON at ``path`` (its
+    folder made); prints where it went."""
+    stamped = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", **record}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamped, indent=2) + "\n")
+    print(f"\nwritten to {path}")

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.commands import commit, hvae
+from benchmarks.commands import commit, hvae, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 NVAE = ROOT / "configs" / "nvae_fashion_small.yaml"
@@ -170,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     record = {
         "commit": commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "budget": args.budget,
         "num_samples": args.num_samples,
         "max_examples": args.max_examples,
@@ -178,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_record(args.out, record)
     return 0
 
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.commands import commit, hvae
+from benchmarks.commands import commit, hvae, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = ("mnist_5k", "digits_28", "noise", "constant")  # hvae data ood-sets; MNIST 5k is the target
@@ -103,13 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results, name))
     record = {
         "commit": commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "timings_s": timings,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_record(args.out, record)
     return 0
 
 

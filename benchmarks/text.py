@@ -35,14 +35,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.commands import commit
+from benchmarks.commands import commit, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "configs" / "text_fortunes.yaml"
@@ -289,15 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     record = {
         "commit": commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "max_time": args.max_time,
         "num_samples": args.num_samples,
         "rows": rows,
         **record,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    write_record(args.out, record)
     return 0
 
 
