@@ -81,9 +81,7 @@ def test_a_decoder_that_copies_its_latents_is_exact_given_q_and_right_only_at_it
     for key in ("reconstruction_similarity", "reconstruction_similarity_sampled"):
         assert info[key] == 1.0 and info[key + "_short"] == 1.0
     assert info["short_entries"] == 2 and info["latent_info_examples"] == 4
-    assert info["reconstruction_examples"] == [
-        {"input": t, "sampled": t, "greedy": t} for t in _texts()[:2]
-    ]
+    assert info["reconstruction_examples"] == [{"input": t, "sampled": t, "greedy": t} for t in _texts()[:2]]
 
 
 def test_a_decoder_that_ignores_its_latents_has_the_same_accuracy_given_q_and_p():
@@ -141,3 +139,26 @@ def test_hvae_eval_prints_and_writes_the_accuracies_and_the_sampled_similarities
     assert len(examples) == min(result["short_entries"], 5)
     assert all(e["input"].startswith("fox ") and isinstance(e["sampled"], str) for e in examples)
     assert 0 <= result["reconstruction_similarity_sampled_short"] <= 1
+
+
+def test_benchmark_rows_carry_the_accuracies_and_sampled_similarities_and_old_results_show_none():
+    from benchmarks import text as bench
+
+    old = {
+        "step": 40, "iw_bound": -165.0, "iw_bound_stderr": 2.0, "bits_per_byte_iw": 2.5, "kl": [1.0, 0.5, 0.0],
+        "latent_nats": 4.0, "active_units": [3, 1, 0], "units": [32, 16, 8], "reconstruction_similarity": 0.25,
+    }  # fmt: skip
+    new = {
+        **old, "token_accuracy_q": 0.5, "token_accuracy_p": 0.375, "token_accuracy_gain": 0.125,
+        "reconstruction_similarity_sampled": 0.2, "reconstruction_similarity_short": 0.3,
+        "reconstruction_similarity_sampled_short": 0.4, "short_entries": 17,
+    }  # fmt: skip
+    rows = [bench.row("all", 0, new, None), bench.row("all", 1, old, None)]
+    assert rows[0]["token_accuracy_gain"] == 0.125 and rows[1]["token_accuracy_q"] is None
+    text = bench.table(rows)
+    assert "| 0.250 | 0.500 / 0.375 (+0.125) | 0.200 / 0.400 (0.300, 17) |" in text
+    assert "| 0.250 | - | - |" in text
+    # over seeds: the means of the runs that have them
+    assert "| 4.00 | +0.125 | 0.400 |" in text
+    none_short = {**new, "short_entries": 0, "reconstruction_similarity_sampled_short": None}
+    assert "0.200 / - (no short entry)" in bench.table([bench.row("all", 0, none_short, None)])
