@@ -139,6 +139,11 @@ def test_hvae_eval_prints_and_writes_the_accuracies_and_the_sampled_similarities
     assert len(examples) == min(result["short_entries"], 5)
     assert all(e["input"].startswith("fox ") and isinstance(e["sampled"], str) for e in examples)
     assert 0 <= result["reconstruction_similarity_sampled_short"] <= 1
+    # the report: the new numbers in its evaluation table, and reconstructions sampled beside the greedy ones
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "token_accuracy_gain" in page and "reconstruction_similarity_sampled_short" in page
+    assert "k = 3: all levels from q(z | x) (a reconstruction), x ~ p(x | z)" in page
 
 
 def test_benchmark_rows_carry_the_accuracies_and_sampled_similarities_and_old_results_show_none():
