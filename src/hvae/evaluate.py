@@ -288,7 +288,7 @@ def latent_information(
         return tokenizer.decode(ids) if tokenizer is not None else ids
 
     model.eval()
-    pad = model.config.pad_id
+    pad, sampling = model.config.pad_id, SAMPLED_RECONSTRUCTION
     gain, n, targets, right_q, right_p = 0.0, 0, 0, 0, 0
     sims = {"greedy": 0.0, "sampled": 0.0, "greedy_short": 0.0, "sampled_short": 0.0}
     short, examples = 0, []
@@ -306,7 +306,7 @@ def latent_information(
         right_p += int(((d_p.logits.argmax(1).view_as(xb) == xb) & target).sum())
         # token ids over the full length (not cut at the batch's longest input), padded after end-of-sequence
         px_q = model._decode_state(run.state)
-        greedy, sampled = px_q.mean.tolist(), px_q.decode(SAMPLED_RECONSTRUCTION).tolist()
+        greedy, sampled = px_q.mean.tolist(), px_q.decode(sampling).tolist()
         for a, g, s in zip(xb.tolist(), greedy, sampled):
             a, g, s = _until_eos(a, eos_id), _until_eos(g, eos_id), _until_eos(s, eos_id)
             sim_g, sim_s = similarity(a, g), similarity(a, s)
@@ -328,7 +328,7 @@ def latent_information(
         "reconstruction_similarity_sampled": sims["sampled"] / n,
         "reconstruction_similarity_short": sims["greedy_short"] / short if short else None,
         "reconstruction_similarity_sampled_short": sims["sampled_short"] / short if short else None,
-        "reconstruction_decoding": "sample, decoder temperature 1",
+        "reconstruction_decoding": f"{sampling.method}, decoder temperature {sampling.temperature:g}",
         "short_entries": short,
         "short_entry_tokens": SHORT_ENTRY_TOKENS,
         "reconstruction_examples": examples,
