@@ -291,7 +291,8 @@ def latent_information(
     pad, sampling = model.config.pad_id, SAMPLED_RECONSTRUCTION
     gain, n, targets, right_q, right_p = 0.0, 0, 0, 0, 0
     sims = {"greedy": 0.0, "sampled": 0.0, "greedy_short": 0.0, "sampled_short": 0.0}
-    short, examples = 0, []
+    short = 0
+    examples: list[dict[str, Any]] = []  # the first short inputs with their reconstructions
     for lo in range(0, x.shape[0], batch_size):
         xb = model.trim_padding(x[lo : lo + batch_size])
         B, T = xb.shape
