@@ -233,6 +233,10 @@ class ModelConfig(Serializable):
     # layer: a floor on each level's batch-mean KL; channel: on each channel's; sequence: on each example's KL
     # summed over all levels (a KL target per sequence: below it an example's KL costs nothing)
     free_bits_mode: Literal["layer", "channel", "sequence"] = "layer"
+    # a KL minimum per level, nats, z_1 first (empty: none): a level's KL below its minimum is free, so every level
+    # may hold that much; layer mode: on the level's batch mean, at least free_bits; sequence mode: on each
+    # example's KL of the level, inside the sequence's target free_bits (spreads the target over the levels)
+    free_bits_levels: list[float] = field(default_factory=list)
     kl_balancing: bool = False  # NVAE's KL balancing while beta < 1
     # BN-VAE (Zhu et al. 2020): the posterior means of Gaussian levels batch-normalised to a fixed scale gamma (a
     # learned shift per channel), which keeps each level's batch-averaged KL above a floor; 0 disables
@@ -329,6 +333,17 @@ class ModelConfig(Serializable):
                 self.kl_warmup_steps == 0,
                 "kl_cycles and kl_warmup_steps are two KL schedules: set kl_warmup_steps: 0 (the cycles ramp up; "
                 "train.kl_warmup_epochs / kl_warmup_fraction set it: set them to 0)",
+            )
+        if self.free_bits_levels:
+            require(
+                len(self.free_bits_levels) == L and all(f >= 0 for f in self.free_bits_levels),
+                f"free_bits_levels: needs one minimum >= 0 nats per latent level ({L}), z_1 first, "
+                f"got {self.free_bits_levels}",
+            )
+            require(
+                self.free_bits_mode != "channel",
+                "free_bits_levels: minima per level apply to a level's KL (free_bits_mode: layer) or to each "
+                "example's (sequence), not per channel: set free_bits_mode: layer or sequence",
             )
         require(
             not (self.free_bits_mode == "sequence" and self.kl_balancing),

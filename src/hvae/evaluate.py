@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .data.text import row_lengths
+from .decoding import Decoding
 from .model import HierarchicalVAE
 from .quantize import perplexity
 
@@ -246,40 +247,94 @@ def evaluate(
     }
 
 
-#: examples the latent-information measures read at most: the greedy reconstruction is one decoder step per token
+#: examples the latent-information measures read at most: each reconstruction is one decoder step per token
 LATENT_INFO_EXAMPLES = 256
+#: the longest input (tokens before end-of-sequence; bytes for the byte tokeniser) counted as a short entry
+SHORT_ENTRY_TOKENS = 40
+#: short entries kept as examples (input -> reconstructions) in eval.json
+RECONSTRUCTION_EXAMPLES = 5
+#: the sampled reconstruction: ancestral sampling from p(x | z) itself (decoder temperature 1, no truncation),
+#: what the bound scores; greedy decoding falls into loops whatever z says
+SAMPLED_RECONSTRUCTION = Decoding("sample", temperature=1.0)
 
 
 @torch.no_grad()
-def latent_information(model: HierarchicalVAE, x: torch.Tensor, eos_id: int, batch_size: int = 100) -> dict[str, Any]:
+def latent_information(
+    model: HierarchicalVAE, x: torch.Tensor, eos_id: int, batch_size: int = 100, tokenizer=None
+) -> dict[str, Any]:
     """What the latents of a token model tell its decoder, on ``x`` (N, T) int64 ids padded with ``pad_id``:
 
     * ``latent_nats``: the mean of log p(x | z ~ q(z | x)) - log p(x | z ~ p(z)) (one z each), nats per
       sequence: how much better the decoder predicts a sentence given its own latents than given anyone's.
       About 0 when the decoder ignores the latents (posterior collapse).
-    * ``reconstruction_similarity``: the mean over examples of 1 - Levenshtein(x, x̂) / max(|x|, |x̂|) on the
-      token ids up to end-of-sequence, x̂ the greedy decoding given z ~ q(z | x) (1: every input rebuilt).
+    * ``token_accuracy_q`` / ``token_accuracy_p``: teacher-forced next-token accuracy, the fraction of target
+      positions (padding excluded, end-of-sequence included) whose most probable id under p(x_i | x_<i, z) is
+      x_i, with z ~ q(z | x) and with z ~ p(z), from the same two passes as ``latent_nats``;
+      ``token_accuracy_gain`` = q - p, what the latents add (0 when the decoder ignores them).
+    * ``reconstruction_similarity`` (greedy) and ``reconstruction_similarity_sampled``
+      (:data:`SAMPLED_RECONSTRUCTION`): the mean over examples of 1 - Levenshtein(x, x̂) / max(|x|, |x̂|) on the
+      token ids up to end-of-sequence, x̂ decoded from p(x | z ~ q(z | x)) (1: every input rebuilt); the
+      ``_short`` means over the ``short_entries`` inputs of at most :data:`SHORT_ENTRY_TOKENS` tokens (None if
+      there are none), the first :data:`RECONSTRUCTION_EXAMPLES` of which go to ``reconstruction_examples``
+      (text with ``tokenizer``, else ids).
 
-    Model in eval mode; one z per example, so both are single-draw estimates."""
+    Model in eval mode; one z per example, so all are single-draw estimates."""
     from rapidfuzz.distance import Levenshtein
 
+    def similarity(a: list[int], b: list[int]) -> float:
+        return Levenshtein.normalized_similarity(a, b) if (a or b) else 1.0
+
+    def show(ids: list[int]) -> str | list[int]:
+        return tokenizer.decode(ids) if tokenizer is not None else ids
+
     model.eval()
-    gain, sim, n = 0.0, 0.0, 0
+    pad, sampling = model.config.pad_id, SAMPLED_RECONSTRUCTION
+    gain, n, targets, right_q, right_p = 0.0, 0, 0, 0, 0
+    sims = {"greedy": 0.0, "sampled": 0.0, "greedy_short": 0.0, "sampled_short": 0.0}
+    short = 0
+    examples: list[dict[str, Any]] = []  # the first short inputs with their reconstructions
     for lo in range(0, x.shape[0], batch_size):
         xb = model.trim_padding(x[lo : lo + batch_size])
         B, T = xb.shape
         run = model._infer(xb)
-        px_q = model._decode_state(run.state, T)
-        px_p = model._decode_state(model._top_down(B).state, T)
-        gain += float((px_q.log_prob(xb) - px_p.log_prob(xb)).sum())
-        # token ids: the greedy sequence over the full length (not cut at the batch's longest input), padded
-        # after end-of-sequence
-        rebuilt = model._decode_state(run.state).mean
-        for a, b in zip(xb.tolist(), rebuilt.tolist()):
-            a, b = _until_eos(a, eos_id), _until_eos(b, eos_id)
-            sim += Levenshtein.normalized_similarity(a, b) if (a or b) else 1.0
+        # every position's p(x_i | x_<i, z), teacher-forced: one parallel pass for z ~ q and one for z ~ p
+        d_q = model._decode_state(run.state, T).conditionals(xb)
+        d_p = model._decode_state(model._top_down(B).state, T).conditionals(xb)
+        gain += float((d_q.log_prob(xb) - d_p.log_prob(xb)).sum())
+        target = xb != pad if pad is not None else torch.ones_like(xb, dtype=torch.bool)  # (B, T)
+        targets += int(target.sum())
+        right_q += int(((d_q.logits.argmax(1).view_as(xb) == xb) & target).sum())  # logits (B, K, 1, T)
+        right_p += int(((d_p.logits.argmax(1).view_as(xb) == xb) & target).sum())
+        # token ids over the full length (not cut at the batch's longest input), padded after end-of-sequence
+        px_q = model._decode_state(run.state)
+        greedy, sampled = px_q.mean.tolist(), px_q.decode(sampling).tolist()
+        for a, g, s in zip(xb.tolist(), greedy, sampled):
+            a, g, s = _until_eos(a, eos_id), _until_eos(g, eos_id), _until_eos(s, eos_id)
+            sim_g, sim_s = similarity(a, g), similarity(a, s)
+            sims["greedy"] += sim_g
+            sims["sampled"] += sim_s
+            if len(a) <= SHORT_ENTRY_TOKENS:
+                short += 1
+                sims["greedy_short"] += sim_g
+                sims["sampled_short"] += sim_s
+                if len(examples) < RECONSTRUCTION_EXAMPLES:
+                    examples.append({"input": show(a), "sampled": show(s), "greedy": show(g)})
         n += B
-    return {"latent_nats": gain / n, "reconstruction_similarity": sim / n, "latent_info_examples": n}
+    return {
+        "latent_nats": gain / n,
+        "token_accuracy_q": right_q / max(targets, 1),
+        "token_accuracy_p": right_p / max(targets, 1),
+        "token_accuracy_gain": (right_q - right_p) / max(targets, 1),
+        "reconstruction_similarity": sims["greedy"] / n,
+        "reconstruction_similarity_sampled": sims["sampled"] / n,
+        "reconstruction_similarity_short": sims["greedy_short"] / short if short else None,
+        "reconstruction_similarity_sampled_short": sims["sampled_short"] / short if short else None,
+        "reconstruction_decoding": f"{sampling.method}, decoder temperature {sampling.temperature:g}",
+        "short_entries": short,
+        "short_entry_tokens": SHORT_ENTRY_TOKENS,
+        "reconstruction_examples": examples,
+        "latent_info_examples": n,
+    }
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:
@@ -345,7 +400,30 @@ def _latent_lines(result: dict[str, Any]) -> list[str]:
         f"(log p(x|z~q) - log p(x|z~p), {n} examples)",
         f"{'reconstruction similarity':<26}{result['reconstruction_similarity']:>12.3f}       "
         "(1 - token edit distance / length, greedy)",
+        *_more_latent_lines(result),
     ]
+
+
+def _more_latent_lines(result: dict[str, Any]) -> list[str]:
+    """The teacher-forced accuracy and the sampled and short-entry similarities (eval.json files written before
+    them have none)."""
+    if "token_accuracy_q" not in result:
+        return []
+    lines = [
+        f"{'next-token accuracy z~q':<26}{result['token_accuracy_q']:>12.3f}       "
+        f"(teacher-forced; z~p {result['token_accuracy_p']:.3f}, the latents add {result['token_accuracy_gain']:+.3f})",
+        f"{'reconstruction similarity':<26}{result['reconstruction_similarity_sampled']:>12.3f}       "
+        f"({result['reconstruction_decoding']})",
+    ]
+    k, m = result["short_entries"], result["short_entry_tokens"]
+    if k:
+        lines.append(
+            f"{'  short entries':<26}{result['reconstruction_similarity_sampled_short']:>12.3f}       "
+            f"(sampled; greedy {result['reconstruction_similarity_short']:.3f}; {k} inputs of <= {m} tokens)"
+        )
+    else:
+        lines.append(f"{'  short entries':<26}{'-':>12}       (no input of <= {m} tokens)")
+    return lines
 
 
 def _unit_lines(result: dict[str, Any]) -> list[str]:
@@ -447,5 +525,5 @@ def evaluate_run(
         if hasattr(model.likelihood, "net"):  # an autoregressive decoder, which may ignore the latents
             # this process's shard only, at most LATENT_INFO_EXAMPLES (a greedy decoding per example)
             xs = x[lo:hi][:LATENT_INFO_EXAMPLES].to(ctx.device)
-            result.update(latent_information(model, xs, tokenizer.eos_id, batch_size or ec.batch_size))
+            result.update(latent_information(model, xs, tokenizer.eos_id, batch_size or ec.batch_size, tokenizer))
     return result

@@ -542,9 +542,15 @@ class AutoregressiveDistribution(ObservationDistribution):
         x = m._to_layout(x)
         return x.to(self.cond.dtype) / (m.levels - 1) if not x.dtype.is_floating_point else x.to(self.cond.dtype)
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def conditionals(self, x: Tensor) -> ObservationDistribution:
+        """Every position's p(x_i | x_<i, c) given the true x_<i (teacher forcing), as one base distribution
+        over x's shape: its ``log_prob(x)`` is ``self.log_prob(x)``; a categorical's logits (B, K, C, *spatial)
+        give each position's most probable value. One parallel pass of the network."""
         m = self._model
-        return m.base(_wide(m.net(self._net_input(x), self.cond))).log_prob(x)  # float32 under autocast
+        return m.base(_wide(m.net(self._net_input(x), self.cond)))  # float32 under autocast
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.conditionals(x).log_prob(x)
 
     @torch.no_grad()
     def _sequential(self, pick) -> tuple[Tensor, Tensor, Tensor]:

@@ -6,6 +6,10 @@ takes the elementwise KL of one level, ``kl_elem[l]`` of shape (B, *latent_shape
     loss_KL = beta * sum_l gamma_l * max(lambda, E_batch[KL_l])        (per level, or per channel)
     loss_KL = beta * E_batch[max(lambda, sum_l KL_l)]                   (free_bits_mode: sequence)
 
+with ``free_bits_levels`` (a minimum lambda_l per level) the levels' floors are max(lambda, lambda_l) per level,
+and per sequence loss_KL = beta * E_batch[max(lambda, sum_l max(lambda_l, KL_l))]: a level's KL below its
+minimum is free, so the target is spread over the levels rather than all taken by the one nearest the data.
+
 with gamma_l = 1 unless KL balancing is on during the warm-up.
 
 Under data parallelism (N processes, each with its share of the batch) the batch means E_batch are those of
@@ -86,17 +90,20 @@ def kl_loss(
     With ``free_bits_mode: sequence`` the floor is a KL target per example: the levels' KL summed, floored at
     ``free_bits`` nats, then batch-averaged. ``batch_sum``: under data parallelism, sums a tensor over the
     processes that share the batch (see the module doc); None when the batch is all here."""
-    if cfg.free_bits > 0 and cfg.free_bits_mode == "sequence":  # per example: nothing global to share
-        total = sum(k.flatten(1).sum(1) for k in kl_elem)
+    minima = cfg.free_bits_levels or [0.0] * len(kl_elem)  # (L,) nats
+    if cfg.free_bits_mode == "sequence" and (cfg.free_bits > 0 or any(minima)):  # per example: nothing to share
+        # (B,) each example's KL, each level's floored at its minimum, summed over the levels
+        total = sum(k.flatten(1).sum(1).clamp_min(m) for k, m in zip(kl_elem, minima))
         return beta * torch.as_tensor(total).clamp_min(cfg.free_bits).mean()
+    floors = [max(cfg.free_bits, m) for m in minima]
     balancing = cfg.kl_balancing and beta < cfg.beta
     channel = cfg.free_bits > 0 and cfg.free_bits_mode == "channel"
     means = [_batch_mean(k, channel) for k in kl_elem]
     # both act on the global batch's means; a plain KL is linear in the rows: DDP's average of the gradients is
     # enough there
-    if batch_sum is not None and (cfg.free_bits > 0 or balancing):
+    if batch_sum is not None and (any(floors) or balancing):
         means = _global_means(means, kl_elem[0].shape[0], batch_sum)
-    kl = torch.stack([_floor(m, cfg.free_bits) for m in means])
+    kl = torch.stack([_floor(m, f) for m, f in zip(means, floors)])
     if balancing:
         kl = kl * balancing_weights(kl, kl_elem)
     return beta * kl.sum()

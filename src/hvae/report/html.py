@@ -432,7 +432,8 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
         model = r.model
         L = model.config.num_layers
         # text from an autoregressive decoder is sampled from p(x | z), as text generation libraries do (the
-        # greedy pass loops); the reconstructions stay greedy: the most probable text given one z ~ q(z | x)
+        # greedy pass loops); the reconstructions are shown both ways: the most probable text given one z ~ q(z | x)
+        # and a draw from p(x | z) (what hvae eval's sampled reconstruction similarity measures)
         decode = "sample" if getattr(model.likelihood, "tokens", False) and hasattr(model.likelihood, "net") else None
         how = ", x ~ p(x | z)" if decode else ""
         rows = [
@@ -443,6 +444,8 @@ def _media(r: _Run, seed: int, device: str) -> list[str] | None:
         if x is not None and not model.config.decoder_only:
             x = x.to(device)
             recon = [("test inputs", x), ("reconstructions (one z ~ q(z | x))", model(x).px.mean)]
+            if decode:
+                recon.append((_keep_top_label(L, L) + how, model.sample_conditional(x, keep_top=L, decode=decode)))
             recon += [
                 (_keep_top_label(k, L) + how, model.sample_conditional(x, keep_top=k, decode=decode))
                 for k in range(L - 1, 0, -1)
