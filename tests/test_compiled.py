@@ -512,3 +512,76 @@ def test_a_second_compile_of_the_same_graph_loads_it_from_the_cache(tmp_path, ca
         torch.compile(f)(x).sum().backward()
         hits.append(counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"])
     assert hits[0] == 0 and hits[1] >= 1 and any((tmp_path / "fxgraph").rglob("*"))
+
+
+_BATCH = torch.bernoulli(torch.full((8, 64), 0.5), generator=torch.Generator().manual_seed(3))
+
+
+def _one_eager_step(seed: int):
+    """A small model's state, gradients and next random number after one eager training step from ``seed``."""
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small())
+    model.set_compile("never")
+    torch.manual_seed(seed)
+    model(_BATCH, beta=1.0).loss.backward()
+    return model, torch.rand(())
+
+
+@pytest.mark.parametrize("miscompiled", [False, True])
+def test_the_first_compiled_step_is_checked_against_the_eager_one(monkeypatch, miscompiled):
+    """A compiled step whose gradients differ from eager ones (as inductor gave NVAE's cells on a CPU) is refused
+    before it trains anything, and says why; a faithful one is kept. Either way the check leaves no trace: one
+    step counted, the same batch-norm statistics, gradients and random numbers as an eager step."""
+    reference, next_draw = _one_eager_step(seed=1)
+    real = torch.compile
+
+    def spy(fn, **kw):
+        traced = real(fn, backend="eager")
+        if not miscompiled:
+            return traced
+
+        def wrong(model, x, beta):  # the same loss, a gradient pushed into one weight
+            out = traced(model, x, beta)
+            w = next(model.parameters())
+            out.loss = out.loss + 100.0 * (w - w.detach()).sum()
+            return out
+
+        return wrong
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch.manual_seed(0)
+    model = hvae.build_model(hvae.presets.small())
+    model.set_compile("always")
+    torch.manual_seed(1)
+    model(_BATCH, beta=1.0).loss.backward()
+    if miscompiled:
+        assert model.compiler.status.startswith("eager (the compiled call differs from the eager one: the gradient is")
+        assert "a miscompilation by torch.compile: training steps run eagerly" in model.compiler.status
+        assert model.compiler.compiled is None and model.compiler._done
+    else:
+        assert model.compiler.status == "compiled"
+    assert torch.equal(torch.rand(()), next_draw)  # the step drew its noise as an eager one does
+    for (name, a), b in zip(reference.named_buffers(), model.buffers()):
+        assert torch.equal(a, b), name  # the step counter and batch-norm statistics moved once
+    for (name, a), b in zip(reference.named_parameters(), model.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6), name  # the kept call is the eager step's
+
+
+def test_gradient_mismatch_names_what_differs():
+    from hvae.compiled import gradient_mismatch
+
+    one, a, b = torch.tensor(1.0), torch.ones(4), torch.full((3,), 2.0)
+    assert gradient_mismatch(["a", "b"], one, [a, b], one, [a * (1 + 1e-4), b]) is None
+    assert gradient_mismatch(["a", "b", "c"], one, [a, b, None], one, [a, b, None]) is None
+    off = gradient_mismatch(["a", "b"], one, [a, b], one, [a, torch.zeros(3)])
+    assert off is not None and off.startswith("the gradient is 87% of its norm off (most in b 100% of its own")
+    # a parameter with a large share of the norm wrong by more than half of its own: refused even if the total is
+    # within 10%
+    big = torch.ones(1000)
+    off = gradient_mismatch(["big", "a"], one, [big, a], one, [big, 0.4 * a])
+    assert off is not None and off.startswith("the gradient is 4% of its norm off (most in a 60% of its own")
+    assert gradient_mismatch(["a"], one, [a], one, [None]) == "a gets a gradient in one of them only"
+    assert gradient_mismatch(["a"], one, [a], torch.tensor(float("nan")), [a]).startswith("its loss is nan")
+    assert gradient_mismatch(["a"], one, [a], torch.tensor(2.0), [a]).startswith("its loss is 2")
+    # a non-finite eager step: nothing to compare (the trainer skips such updates)
+    assert gradient_mismatch(["a"], torch.tensor(float("inf")), [a], one, [b]) is None

@@ -134,6 +134,7 @@ class LazyCompile:
         options: dict | None = None,
         freeze: Callable[[], Iterable[torch.Tensor]] | None = None,
         work_left: Callable[[], float | None] | None = None,
+        verify: Callable[[Callable, Callable, tuple], str | None] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -145,6 +146,9 @@ class LazyCompile:
         # inductor's own random numbers cost ~40 ns each on a CPU (one Philox draw per element, not
         # vectorised) against ~3 ns for eager's normal_: the reparameterisation noise comes from eager
         self.options = {"fallback_random": True} if options is None else options
+        # verify(fn, compiled, args) at the first compiled call: None if the compiled call computes what fn does,
+        # else why not (a miscompilation: the call then runs eagerly for good); see verify_gradients
+        self.verify = verify
         self.compiled: Callable | None = None
         self.freeze = freeze
         # (weight, its dtype, a copy of its bits at the compile); _thawed: a frozen graph was dropped
@@ -199,13 +203,22 @@ class LazyCompile:
                 self._last_compiled = False  # judged no faster, or the probe's eager turn
                 return self.fn(*args)
         undo = snapshot() if snapshot is not None else None
+        wrong = None
         try:
             with self._freezing():
-                out = self.compiled(*args)
+                if self.verify is not None and self.status.startswith("compiling"):
+                    wrong = self.verify(self.fn, self.compiled, args)  # compiles; leaves no trace of its calls
+                if wrong is None:
+                    out = self.compiled(*args)
         except Exception as e:  # compilation happens at the first call; a later call may recompile
             if undo is not None:
                 undo()
             self._fail(e)
+            return self.fn(*args)
+        if wrong is not None:
+            self.compiled, self._done, self._frozen = None, True, None
+            why = f"the compiled call differs from the eager one: {wrong}; a miscompilation by torch.compile"
+            self._say(f"eager ({why}: {self.steps} run eagerly)")
             return self.fn(*args)
         self._last_compiled = True
         if self.status.startswith("compiling"):
@@ -361,7 +374,13 @@ def set_compile(model, mode: str = "auto", after_s: float = 300.0, steps_left: C
     then on. ``model.compiler.status`` and ``model.iw_compiler.status`` say what happened. Sampling is eager.
     """
     graphs = type(model)
-    model.compiler = LazyCompile(graphs._elbo, mode=mode, after_s=after_s, steps_left=steps_left)
+    model.compiler = LazyCompile(
+        graphs._elbo,
+        mode=mode,
+        after_s=after_s,
+        steps_left=steps_left,
+        verify=functools.partial(verify_gradients, model),  # a partial: a deepcopy of the model follows the copy
+    )
     model.iw_compiler = LazyCompile(
         graphs._iw_log_weights,
         mode=mode,
@@ -369,6 +388,77 @@ def set_compile(model, mode: str = "auto", after_s: float = 300.0, steps_left: C
         steps="chunks of importance samples",
         freeze=functools.partial(_state_tensors, model),  # a partial, not a lambda: a deepcopy follows the copy
     )
+
+
+#: the compiled step is refused when its gradient differs from the eager one by more than this share of the
+#: eager gradient's norm, or a parameter's by more than MISMATCH_PARAM of its own (for the parameters that hold at
+#: least 1% of the norm); float32 reorderings differ by ~1e-6, bf16 autocast by ~1e-2
+MISMATCH_TOTAL = 0.1
+MISMATCH_PARAM = 0.5
+
+
+def verify_gradients(model, fn: Callable, compiled: Callable, args: tuple) -> str | None:
+    """Whether ``compiled(*args)`` (the first call compiles it) gives the training step of ``fn(*args)``: the
+    same loss and gradients w.r.t. every parameter on the same batch with the same noise (the compiled step
+    draws its noise from eager's generator). None if so, else what differs. Both calls are undone: the
+    buffers (step counter, batch-norm statistics, spectral vectors) and the random generators are as before,
+    and no ``.grad`` is touched. Inductor can miscompile a backward pass (torch 2.13 on a CPU gave NVAE's
+    official cells a gradient 23% off, the combiners' none: benchmarks/RESULTS.md); a step checked once here
+    cannot train a model quietly wrong. Several processes (``model.batch_sum`` set: the loss all-reduces) are
+    not checked: the two extra calls would pair with other ranks' collectives."""
+    if getattr(model, "batch_sum", None) is not None:
+        return None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+    results = []
+    with torch.random.fork_rng(devices=cuda):  # the real step then draws what it would have drawn
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = [torch.cuda.get_rng_state(d) for d in cuda]
+        for f in (fn, compiled):
+            torch.set_rng_state(cpu_rng)
+            for d, state in zip(cuda, cuda_rng):
+                torch.cuda.set_rng_state(state, d)
+            try:
+                loss = f(*args).loss
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            finally:
+                with torch.no_grad():
+                    for b, s in zip(buffers, saved):
+                        b.copy_(s)
+            results.append((loss.detach().float(), grads))
+    return gradient_mismatch([n for n, _ in named], *results[0], *results[1])
+
+
+def gradient_mismatch(names: list[str], loss_a, grads_a, loss_b, grads_b) -> str | None:
+    """None when the losses and gradients ``b`` agree with ``a`` (the eager step's) within :data:`MISMATCH_TOTAL`
+    and :data:`MISMATCH_PARAM`, else what differs, in words. Where the eager step itself is not finite there is
+    nothing to compare (the trainer skips such steps)."""
+    if not bool(torch.isfinite(loss_a)) or any(g is not None and not bool(torch.isfinite(g).all()) for g in grads_a):
+        return None
+    if not bool(torch.isfinite(loss_b)):
+        return f"its loss is {float(loss_b)}, the eager one {float(loss_a):.6g}"
+    if abs(float(loss_b) - float(loss_a)) > MISMATCH_TOTAL * (abs(float(loss_a)) + 1.0):
+        return f"its loss is {float(loss_b):.6g}, the eager one {float(loss_a):.6g}"
+    rows = []  # (difference, eager norm, name)
+    for name, a, b in zip(names, grads_a, grads_b):
+        if (a is None) != (b is None):
+            return f"{name} gets a gradient in one of them only"
+        if a is not None:
+            rows.append((float((a.float() - b.float()).norm()), float(a.float().norm()), name))
+    total = sum(e * e for _, e, _ in rows) ** 0.5
+    off = sum(d * d for d, _, _ in rows) ** 0.5
+    if (
+        off != off
+        or off > MISMATCH_TOTAL * total
+        or any(e >= 0.01 * total and d > MISMATCH_PARAM * e for d, e, _ in rows)
+    ):
+        worst = sorted(rows, reverse=True)[:3]
+        each = ", ".join(f"{n} {d / max(e, 1e-30):.0%} of its own" for d, e, n in worst)
+        return f"the gradient is {off / max(total, 1e-30):.0%} of its norm off (most in {each})"
+    return None
 
 
 def _state_tensors(model) -> list[torch.Tensor]:
