@@ -67,6 +67,7 @@ NVAE_BEFORE = [
     *_OLD_TRAIN,
     "train.lr=0.005",
     "train.kl_warmup_epochs=0.5",
+    "train.compile=auto",  # the config had no compile setting (the default); it now runs eagerly (its comment)
 ]
 VDVAE_BEFORE = [
     "model.state_activation=activation",
