@@ -204,7 +204,8 @@ def test_full_chunks_of_the_iw_bound_go_through_the_policy(monkeypatch):
     monkeypatch.setattr(torch, "compile", spy)
     model.set_compile("always")
     x = torch.bernoulli(torch.full((8, 64), 0.5))
-    for num_samples, ran in ((30, [12, 12]), (35, [12, 12, 12])):  # the last 6 eagerly; the last 11 as 12
+    # the last 6 eagerly; the last 11 as 12; the first compiled chunk twice (checked against the eager one first)
+    for num_samples, ran in ((30, [12, 12, 12]), (35, [12, 12, 12])):
         chunks.clear()
         bounds = []
         for m in (model, twin):
@@ -585,3 +586,37 @@ def test_gradient_mismatch_names_what_differs():
     assert gradient_mismatch(["a"], one, [a], torch.tensor(2.0), [a]).startswith("its loss is 2")
     # a non-finite eager step: nothing to compare (the trainer skips such updates)
     assert gradient_mismatch(["a"], torch.tensor(float("inf")), [a], one, [b]) is None
+
+
+def test_a_compiled_iw_chunk_that_differs_from_the_eager_one_is_refused(monkeypatch):
+    """The IW bound's first compiled chunk is checked against the eager one on the same noise: log-weights off
+    by a nat are a miscompilation, and the bound is computed eagerly (the same as an eager twin's)."""
+    from hvae.compiled import value_mismatch
+
+    model = hvae.build_model(hvae.presets.small()).eval()
+    twin = hvae.build_model(hvae.presets.small()).eval()
+    twin.load_state_dict(model.state_dict())
+    twin.set_compile("never")
+    real = torch.compile
+
+    def off_by_a_nat(fn, **kw):
+        compiled = real(fn, backend="eager")
+        return lambda self, ctxs, x_k, k: compiled(self, ctxs, x_k, k) + 1.0
+
+    monkeypatch.setattr(torch, "compile", off_by_a_nat)
+    model.set_compile("always")
+    x = torch.bernoulli(torch.full((8, 64), 0.5))
+    bounds = []
+    for m in (model, twin):
+        torch.manual_seed(0)
+        bounds.append(m.log_likelihood(x, num_samples=24, chunk_size=12))
+    assert model.iw_compiler.status.startswith(
+        "eager (the compiled call differs from the eager one: its values are off"
+    )
+    assert model.iw_compiler.status.endswith("chunks of importance samples run eagerly)")
+    assert torch.allclose(*bounds, atol=1e-5)
+    a = torch.tensor([-300.0, float("-inf")])
+    assert value_mismatch(a, a + 0.1) is None  # within 1e-2 + 1e-3 * 300
+    assert value_mismatch(a, a + torch.tensor([0.5, 0.0])).startswith("its values are off by up to 0.5")
+    assert value_mismatch(a, torch.tensor([float("nan"), 0.0])) == "its values are not finite where the eager ones are"
+    assert value_mismatch(a, a[:1]).startswith("its values have shape (1,)")

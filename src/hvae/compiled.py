@@ -387,6 +387,7 @@ def set_compile(model, mode: str = "auto", after_s: float = 300.0, steps_left: C
         after_s=after_s,
         steps="chunks of importance samples",
         freeze=functools.partial(_state_tensors, model),  # a partial, not a lambda: a deepcopy follows the copy
+        verify=verify_values,
     )
 
 
@@ -412,7 +413,7 @@ def verify_gradients(model, fn: Callable, compiled: Callable, args: tuple) -> st
     params = [p for _, p in named]
     buffers = list(model.buffers())
     saved = [b.detach().clone() for b in buffers]
-    cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+    cuda = _cuda_devices(params)
     results = []
     with torch.random.fork_rng(devices=cuda):  # the real step then draws what it would have drawn
         cpu_rng = torch.get_rng_state()
@@ -430,6 +431,45 @@ def verify_gradients(model, fn: Callable, compiled: Callable, args: tuple) -> st
                         b.copy_(s)
             results.append((loss.detach().float(), grads))
     return gradient_mismatch([n for n, _ in named], *results[0], *results[1])
+
+
+def _cuda_devices(tensors) -> list[int]:
+    return sorted({t.device.index or 0 for t in tensors if isinstance(t, torch.Tensor) and t.device.type == "cuda"})
+
+
+def verify_values(fn: Callable, compiled: Callable, args: tuple) -> str | None:
+    """Whether ``compiled(*args)`` (the first call compiles it) returns what ``fn(*args)`` does, a tensor, with
+    the same noise (see :func:`verify_gradients`; for the IW bound's chunks of log-weights, which change no
+    buffer). None if so, else what differs; the random generators are left as they were."""
+    with torch.random.fork_rng(devices=_cuda_devices(args)):
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = [(d, torch.cuda.get_rng_state(d)) for d in _cuda_devices(args)]
+        outs = []
+        for f in (fn, compiled):
+            torch.set_rng_state(cpu_rng)
+            for d, state in cuda_rng:
+                torch.cuda.set_rng_state(state, d)
+            outs.append(f(*args).detach().float())
+    return value_mismatch(*outs)
+
+
+#: compiled values refused when off by more than VALUES_ATOL + VALUES_RTOL * |eager| anywhere (nats for log-weights;
+#: float32 reorderings and inductor's folding of batch norm differ by ~1e-5 relative)
+VALUES_ATOL, VALUES_RTOL = 1e-2, 1e-3
+
+
+def value_mismatch(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """None when ``b`` equals ``a`` (eager) within the tolerances above and is finite where ``a`` is, else what
+    differs, in words."""
+    if a.shape != b.shape:
+        return f"its values have shape {tuple(b.shape)}, the eager ones {tuple(a.shape)}"
+    finite = torch.isfinite(a)
+    if not bool(torch.isfinite(b)[finite].all()):
+        return "its values are not finite where the eager ones are"
+    err = (a - b).abs()[finite]
+    if err.numel() and bool((err > VALUES_ATOL + VALUES_RTOL * a.abs()[finite]).any()):
+        return f"its values are off by up to {float(err.max()):.3g} (the eager ones up to {float(a.abs().max()):.3g})"
+    return None
 
 
 def gradient_mismatch(names: list[str], loss_a, grads_a, loss_b, grads_b) -> str | None:
