@@ -17,8 +17,9 @@ def test_every_variant_is_a_config_hvae_train_accepts():
     assert bench.YARDSTICK in table and {"preset", "all"} <= set(table)
     for name, (config, overrides) in table.items():
         cfg, _ = load_run_config(config, [*overrides, "train.max_time=120", "train.seed=1"])
-        assert cfg.model.decoder_only == (name == bench.YARDSTICK)
+        assert cfg.model.decoder_only == name.startswith(bench.YARDSTICK)
         assert cfg.model.latent_dims == [32, 16, 8] and cfg.model.decoder == "transformer" and cfg.train.seed == 1
+    assert load_run_config(*table["decoder_only_dropout"])[0].model.seq_word_dropout == 0.3
     cfg, _ = load_run_config(*table["all"])
     m = cfg.model
     assert (m.seq_word_dropout, m.seq_context, m.kl_cycles, m.kl_cycle_steps) == (0.3, 16, 4, 100)
