@@ -338,7 +338,7 @@ class ModelConfig(Serializable):
             require(
                 len(self.free_bits_levels) == L and all(f >= 0 for f in self.free_bits_levels),
                 f"free_bits_levels: needs one minimum >= 0 nats per latent level ({L}), z_1 first, "
-                f"got {self.free_bits_levels}",
+                f"got {self.free_bits_levels}: give {L} values, or [] for none",
             )
             require(
                 self.free_bits_mode != "channel",
