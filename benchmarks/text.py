@@ -101,8 +101,8 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
         # with aggressive updates `all` took 8 training steps in 90 s on one core (the preset 227): the rest alone
         "all_but_aggressive": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae),
         YARDSTICK: (ROOT / "configs" / "text_fortunes_decoder_only.yaml", []),
-        # the yardstick with the same word dropout: in 15 minutes the plain one overfits (its training loss 107 nats
-        # per sentence, its test bound -335), and the dropout regularises it as it does the latent variants
+        # the yardstick with the same word dropout as the latent variants (it costs the decoder alone 4 nats at 15
+        # minutes: benchmarks/RESULTS.md)
         "decoder_only_dropout": (ROOT / "configs" / "text_fortunes_decoder_only.yaml", word_dropout),
     }
     return {name: (config, base + o if config == PRESET else o) for name, (config, o) in table.items()}
