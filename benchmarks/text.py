@@ -79,15 +79,7 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
     # the same target with a minimum per level (free below it), so that z_2 and z_3 are not left empty: in
     # seq_target's runs z_1 took all the KL and z_3 held 0.04 nats
     seq_target_levels = [*seq_target, "model.free_bits_levels=[6,4,2]"]
-    # configs/text_fortunes.yaml ships seq_target_levels (chosen from the 15-minute runs, benchmarks/RESULTS.md):
-    # every variant starts from the preset's own settings, without them
-    base = [
-        "model.free_bits_mode=layer",
-        "model.free_bits=2.0",
-        "model.free_bits_levels=[]",
-        "model.seq_word_dropout=0.0",
-    ]
-    table = {
+    return {
         "preset": (PRESET, []),
         "word_dropout": (PRESET, word_dropout),
         "context": (PRESET, context),
@@ -105,7 +97,6 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
         # minutes: benchmarks/RESULTS.md)
         "decoder_only_dropout": (ROOT / "configs" / "text_fortunes_decoder_only.yaml", word_dropout),
     }
-    return {name: (config, base + o if config == PRESET else o) for name, (config, o) in table.items()}
 
 
 def row(name: str, seed: int, result: dict, yardstick: dict | None) -> dict:

@@ -276,7 +276,6 @@ def test_cli_compresses_a_text_file_and_a_fresh_process_writes_the_texts_back(tm
     run = tmp_path / "run"
     args = ["train", "--config", "configs/text_fortunes.yaml", "data.source=text", f"data.path={src}"]
     args += ["data.max_length=24", "model.latent_dims=[4,2]", "model.hidden_dims=[16,8]", "model.seq_width=16"]
-    args += ["model.free_bits_levels=[6,4]"]  # the config's minima are per level: one each for the two levels
     args += ["model.seq_heads=2", "train.epochs=1", "train.batch_size=16", "train.max_steps=2", "--out", str(run)]
     assert main([*args, "--quiet"]) == 0
     held_out = tmp_path / "held_out.txt"
