@@ -541,14 +541,20 @@ def test_batch_normalised_posterior_means_have_the_fixed_scale_over_a_batch():
         model.config.replace(bn_posterior_means=-1.0)
 
 
-def test_latents_that_the_decoder_cannot_read_tell_it_nothing_and_its_own_greedy_text_is_rebuilt_exactly():
-    from hvae.evaluate import latent_information
-
+def _blind_decoder():
+    """A text model whose decoder cannot read its latents (its conditioning is a constant), a byte tokeniser and
+    a batch of ``_SENTENCES``."""
     model = _remedy_model(data_shape=[12])
     with torch.no_grad():  # the decoder's conditioning is a constant: z cannot reach p(x | z)
         model.decoder_head.weight.zero_()
     tok = ByteTokenizer()
-    x = _token_batch(tok, _SENTENCES, 12)
+    return model, tok, _token_batch(tok, _SENTENCES, 12)
+
+
+def test_latents_that_the_decoder_cannot_read_tell_it_nothing_and_its_own_greedy_text_is_rebuilt_exactly():
+    from hvae.evaluate import latent_information
+
+    model, tok, x = _blind_decoder()
     info = latent_information(model, x, tok.eos_id, batch_size=3)
     assert info["latent_nats"] == pytest.approx(0.0, abs=1e-9) and info["latent_info_examples"] == 4
     assert info["reconstruction_similarity"] < 1

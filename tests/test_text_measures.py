@@ -14,7 +14,7 @@ from hvae.cli import main
 from hvae.data.text import ByteTokenizer
 from hvae.evaluate import SHORT_ENTRY_TOKENS, _latent_lines, latent_information
 from hvae.likelihoods import Categorical
-from tests.test_text import _SENTENCES, _remedy_model, _token_batch, _write
+from tests.test_text import _blind_decoder, _token_batch, _write
 
 
 class _Conditionals:
@@ -85,11 +85,7 @@ def test_a_decoder_that_copies_its_latents_is_exact_given_q_and_right_only_at_it
 
 
 def test_a_decoder_that_ignores_its_latents_has_the_same_accuracy_given_q_and_p():
-    model = _remedy_model(data_shape=[12])
-    with torch.no_grad():  # the decoder's conditioning is a constant: z cannot reach p(x | z)
-        model.decoder_head.weight.zero_()
-    tok = ByteTokenizer()
-    x = _token_batch(tok, _SENTENCES, 12)
+    model, tok, x = _blind_decoder()
     info = latent_information(model, x, tok.eos_id, batch_size=3)
     assert info["token_accuracy_q"] == info["token_accuracy_p"] and info["token_accuracy_gain"] == 0.0
     # the teacher-forced accuracy by hand, from the decoder's conditionals (the same for any z)

@@ -413,24 +413,33 @@ def verify_gradients(model, fn: Callable, compiled: Callable, args: tuple) -> st
     params = [p for _, p in named]
     buffers = list(model.buffers())
     saved = [b.detach().clone() for b in buffers]
-    cuda = _cuda_devices(params)
-    results = []
+
+    def step(f: Callable) -> tuple[torch.Tensor, tuple]:
+        try:
+            loss = f(*args).loss
+            return loss.detach().float(), torch.autograd.grad(loss, params, allow_unused=True)
+        finally:
+            with torch.no_grad():
+                for b, s in zip(buffers, saved):
+                    b.copy_(s)
+
+    results = _with_the_same_noise([functools.partial(step, f) for f in (fn, compiled)], _cuda_devices(params))
+    return gradient_mismatch([n for n, _ in named], *results[0], *results[1])
+
+
+def _with_the_same_noise(calls: list[Callable], cuda: list[int]) -> list:
+    """Each of ``calls`` run from the same state of the CPU's and the ``cuda`` devices' random generators, which
+    are left as they were before."""
     with torch.random.fork_rng(devices=cuda):  # the real step then draws what it would have drawn
         cpu_rng = torch.get_rng_state()
-        cuda_rng = [torch.cuda.get_rng_state(d) for d in cuda]
-        for f in (fn, compiled):
+        cuda_rng = [(d, torch.cuda.get_rng_state(d)) for d in cuda]
+        outs = []
+        for call in calls:
             torch.set_rng_state(cpu_rng)
-            for d, state in zip(cuda, cuda_rng):
+            for d, state in cuda_rng:
                 torch.cuda.set_rng_state(state, d)
-            try:
-                loss = f(*args).loss
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-            finally:
-                with torch.no_grad():
-                    for b, s in zip(buffers, saved):
-                        b.copy_(s)
-            results.append((loss.detach().float(), grads))
-    return gradient_mismatch([n for n, _ in named], *results[0], *results[1])
+            outs.append(call())
+    return outs
 
 
 def _cuda_devices(tensors) -> list[int]:
@@ -441,16 +450,8 @@ def verify_values(fn: Callable, compiled: Callable, args: tuple) -> str | None:
     """Whether ``compiled(*args)`` (the first call compiles it) returns what ``fn(*args)`` does, a tensor, with
     the same noise (see :func:`verify_gradients`; for the IW bound's chunks of log-weights, which change no
     buffer). None if so, else what differs; the random generators are left as they were."""
-    with torch.random.fork_rng(devices=_cuda_devices(args)):
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = [(d, torch.cuda.get_rng_state(d)) for d in _cuda_devices(args)]
-        outs = []
-        for f in (fn, compiled):
-            torch.set_rng_state(cpu_rng)
-            for d, state in cuda_rng:
-                torch.cuda.set_rng_state(state, d)
-            outs.append(f(*args).detach().float())
-    return value_mismatch(*outs)
+    outs = _with_the_same_noise([functools.partial(f, *args) for f in (fn, compiled)], _cuda_devices(args))
+    return value_mismatch(*(o.detach().float() for o in outs))
 
 
 #: compiled values refused when off by more than VALUES_ATOL + VALUES_RTOL * |eager| anywhere (nats for log-weights;
