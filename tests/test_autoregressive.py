@@ -37,6 +37,9 @@ def _lik(seed=0, **kw) -> Autoregressive:
     torch.manual_seed(seed)
     lik = build_likelihood(_cfg(**kw)).double()
     assert isinstance(lik, Autoregressive)
+    for blk in getattr(lik.net, "blocks", []):
+        if blk.cond is not None:  # zero when built: random here, so that the tests exercise the path
+            torch.nn.init.normal_(blk.cond.weight, std=0.5)
     return lik
 
 
@@ -63,9 +66,12 @@ _KINDS = [
     dict(decoder="gru", data_shape=(1, 7), likelihood="categorical"),
     dict(decoder="gru", data_shape=(6,), likelihood="bernoulli"),
     dict(decoder="transformer", data_shape=(9,), likelihood="categorical", seq_context=3),
+    dict(decoder="transformer", data_shape=(8,), likelihood="categorical", seq_cond_every_layer=True),
 ]
 _IDS = [
-    f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}{'-window' if 'seq_context' in k else ''}"
+    f"{k['decoder']}-{k['likelihood']}-{'x'.join(map(str, k['data_shape']))}"
+    + ("-window" if "seq_context" in k else "")
+    + ("-cond-every-layer" if "seq_cond_every_layer" in k else "")
     for k in _KINDS
 ]
 # pixelcnns whose head orders the channels of a pixel: p(x_i) = ∏_c p(x_i^c | x_i^<c, x_<i, c)
@@ -351,6 +357,29 @@ def test_a_transformer_with_a_limited_context_reads_only_the_last_positions():
         assert moved.nonzero().flatten().tolist() == list(range(j + 1, min(j + 4, 10)))
 
 
+def test_a_transformer_conditioned_at_every_layer_starts_as_one_conditioned_once_then_reads_the_latents_deeper():
+    once = _lik(decoder="transformer", data_shape=(8,), likelihood="categorical")
+    torch.manual_seed(0)
+    every = build_likelihood(
+        _cfg(decoder="transformer", data_shape=(8,), likelihood="categorical", seq_cond_every_layer=True)
+    )
+    every = every.double()
+    missing, unexpected = every.load_state_dict(once.state_dict(), strict=False)
+    assert sorted(missing) == [f"net.blocks.{i}.cond.{w}" for i in range(2) for w in ("bias", "weight")]
+    assert unexpected == []
+    cond, x = _cond(once), _data(once)
+    assert torch.equal(every.net(x, cond), once.net(x, cond))  # the new projections start at zero
+    # the top block's projection alone moves the output, and only through the latents' features
+    torch.nn.init.normal_(every.net.blocks[1].cond.weight)
+    moved = every.net(x, cond)
+    assert not torch.allclose(moved, once.net(x, cond))
+    every.net.cond_proj.weight.data.zero_()
+    every.net.cond_proj.bias.data.zero_()
+    once.net.cond_proj.weight.data.zero_()
+    once.net.cond_proj.bias.data.zero_()
+    assert torch.allclose(every.net(x, cond), once.net(x, cond))  # no latents' features, no difference
+
+
 def test_word_dropout_acts_in_training_only():
     lik = _lik(decoder="gru", data_shape=(8,), likelihood="categorical", seq_word_dropout=0.5)
     assert lik.net.embed.num_embeddings == lik.levels + 2  # the dropped-token symbol
@@ -375,6 +404,7 @@ def test_word_dropout_acts_in_training_only():
             "seq_word_dropout",
         ),
         (dict(decoder="gru", data_shape=(8,), likelihood="categorical", seq_context=4), "seq_context"),
+        (dict(decoder="gru", data_shape=(8,), likelihood="categorical", seq_cond_every_layer=True), "seq_cond_every"),
     ],
 )
 def test_bad_sequence_decoder_remedies_are_refused(overrides, match):

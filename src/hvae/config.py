@@ -265,9 +265,11 @@ class ModelConfig(Serializable):
     seq_heads: int = 4  # transformer
     # keeping a strong sequence decoder from ignoring the latents (Bowman et al. 2016): the share of input
     # tokens replaced by a dropped-token symbol while training, and the positions a transformer attends to
-    # (a sliding window; 0 = all before it)
+    # (a sliding window; 0 = all before it), and the latents' features added at every transformer block's input,
+    # not only at the embedding
     seq_word_dropout: float = 0.0
     seq_context: int = 0
+    seq_cond_every_layer: bool = False
     # the yardstick of a latent-variable model with an autoregressive decoder: the same decoder with no latents
     # (only the decoder is built; it reads a constant zero state), trained and scored by the same code; its ELBO
     # and IW bound are then its exact log-likelihood
@@ -517,6 +519,10 @@ class ModelConfig(Serializable):
             require(
                 self.seq_context == 0 or self.decoder == "transformer",
                 "seq_context: a limited context needs decoder: transformer (a GRU's state carries everything)",
+            )
+            require(
+                not self.seq_cond_every_layer or self.decoder == "transformer",
+                "seq_cond_every_layer: needs decoder: transformer (a GRU reads the latents once, at its input)",
             )
 
     def _check_vdvae(self) -> None:

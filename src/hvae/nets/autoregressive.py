@@ -281,15 +281,25 @@ class _CausalBlock(nn.Module):
     """Pre-norm transformer block with causal multi-head self-attention; with ``context`` each position
     attends to itself and the ``context - 1`` positions before it only (a sliding window)."""
 
-    def __init__(self, width: int, heads: int, context: int = 0):
+    def __init__(self, width: int, heads: int, context: int = 0, cond: bool = False):
         super().__init__()
         self.heads, self.context = heads, context
         self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        # the latents' features added again at this block's input (seq_cond_every_layer); zero at first, so
+        # a new model starts as the one that reads them once, at the embedding
+        self.cond = nn.Linear(width, width) if cond else None
+        if self.cond is not None:
+            nn.init.zeros_(self.cond.weight)
+            nn.init.zeros_(self.cond.bias)
 
-    def forward(self, h: Tensor, cache: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, h: Tensor, cache: dict[str, Tensor] | None = None, c: Tensor | None = None) -> Tensor:
+        """``h`` (B, T, width); ``c`` (B, T, width) the latents' projected features, read when the block was
+        built with ``cond``."""
+        if self.cond is not None:
+            h = h + self.cond(c)
         B, T, D = h.shape
         q, k, v = (
             t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in self.qkv(self.ln1(h)).chunk(3, -1)
@@ -315,22 +325,26 @@ class _CausalBlock(nn.Module):
 
 class CausalTransformer(_SequenceNet):
     """Decoder-only transformer over the tokens of a sequence, conditioned on per-position latent features
-    (added to the token and learned position embeddings). Sampling keeps a key/value cache per layer.
+    (added to the token and learned position embeddings; with ``cond_every_layer`` a learned projection of
+    them is added again at every block's input, so that the latents need not survive the layers below to
+    steer the prediction). Sampling keeps a key/value cache per layer.
     ``context`` > 0 limits what each layer attends to (a sliding window of that many positions): a decoder
     that cannot see far back leaves the sentence's content to the latents (Bowman et al. 2016; Yang et al.
     2017 limit the decoder for the same reason)."""
 
     def __init__(self, levels: int, cond_ch: int, out_ch: int, length: int, width=128, layers=2, heads=4, **kw):
         context = kw.pop("context", 0)
+        every = kw.pop("cond_every_layer", False)
         super().__init__(levels, cond_ch, out_ch, width, **kw)
         self.pos = nn.Parameter(torch.randn(length, width) / math.sqrt(width))
-        self.blocks = nn.ModuleList(_CausalBlock(width, heads, context) for _ in range(layers))
+        self.blocks = nn.ModuleList(_CausalBlock(width, heads, context, cond=every) for _ in range(layers))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         tok = self._shifted_tokens(x)  # (B, T): T may be shorter than the length built for (trimmed padding)
-        h = self.embed(tok) + self.pos[: tok.shape[1]] + self.cond_proj(_per_position(cond))  # (B, T, width)
+        c = self.cond_proj(_per_position(cond))  # (B, T, width)
+        h = self.embed(tok) + self.pos[: tok.shape[1]] + c
         for blk in self.blocks:
-            h = blk(h)
+            h = blk(h, c=c)
         return _to_layout(self.head(self.norm(h)), cond)
 
     def stepper(self, cond: Tensor) -> _TransformerStepper:
@@ -344,10 +358,10 @@ class _TransformerStepper(Stepper):
 
     def step(self, x: Tensor, t: int) -> Tensor:
         net = self.net
-        h = net.embed(net._token_at(x, t)) + net.pos[t] + net.cond_proj(self.cond[:, t])  # (B, width)
-        h = h.unsqueeze(1)
+        c = net.cond_proj(self.cond[:, t : t + 1])  # (B, 1, width)
+        h = net.embed(net._token_at(x, t)).unsqueeze(1) + net.pos[t] + c
         for blk, cache in zip(net.blocks, self.caches):
-            h = blk(h, cache)
+            h = blk(h, cache, c)
         return net.head(net.norm(h[:, 0]))
 
 
@@ -407,6 +421,7 @@ def build(
             config.seq_heads,
             context=config.seq_context,
             word_dropout=config.seq_word_dropout,
+            cond_every_layer=config.seq_cond_every_layer,
         )
     if config.decoder == "gru":
         return GRUDecoder(
