@@ -94,6 +94,8 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
         "seq_target_levels": (PRESET, seq_target_levels),
         "every_layer": (PRESET, every_layer),
         "seq_target_levels_every_layer": (PRESET, seq_target_levels + every_layer),
+        # a higher floor per level (the preset's is 2 nats): more of the sentence in the latents, read at every block
+        "every_layer_free_bits_3": (PRESET, [*every_layer, "model.free_bits=3"]),
         "all": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae + aggressive),
         # with aggressive updates `all` took 8 training steps in 90 s on one core (the preset 227): the rest alone
         "all_but_aggressive": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae),
