@@ -22,7 +22,8 @@ def test_every_variant_is_a_config_hvae_train_accepts():
     assert load_run_config(*table["decoder_only_dropout"])[0].model.seq_word_dropout == 0.3
     both = load_run_config(*table["seq_target_levels_every_layer"])[0].model
     assert both.seq_cond_every_layer and both.free_bits_levels == [6, 4, 2]
-    assert not load_run_config(*table["seq_target_levels"])[0].model.seq_cond_every_layer
+    assert load_run_config(*table["preset"])[0].model.seq_cond_every_layer  # as configs/text_fortunes.yaml ships
+    assert not load_run_config(*table["embedding_only"])[0].model.seq_cond_every_layer
     cfg, _ = load_run_config(*table["all"])
     m = cfg.model
     assert (m.seq_word_dropout, m.seq_context, m.kl_cycles, m.kl_cycle_steps) == (0.3, 16, 4, 100)
