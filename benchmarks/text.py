@@ -99,6 +99,9 @@ def variants(cycle_steps: int) -> dict[str, tuple[Path, list[str]]]:
         "seq_target_levels_every_layer": (PRESET, seq_target_levels + every_layer),
         # a higher floor per level (the preset's is 2 nats): more of the sentence in the latents, read at every block
         "every_layer_free_bits_3": (PRESET, [*every_layer, "model.free_bits=3"]),
+        # lower floors: less KL to pay, less for the latents to hold
+        "every_layer_free_bits_1": (PRESET, [*every_layer, "model.free_bits=1"]),
+        "every_layer_free_bits_0_5": (PRESET, [*every_layer, "model.free_bits=0.5"]),
         "all": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae + aggressive),
         # with aggressive updates `all` took 8 training steps in 90 s on one core (the preset 227): the rest alone
         "all_but_aggressive": (PRESET, word_dropout + context + cycles + seq_free_bits + bn_vae),
