@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 VARIANTS = {
-    "hvae train (as configured: validation every epoch)": [],
-    "hvae train, train.eval_every_s=300 checkpoint_every_s=300": [
-        "train.eval_every_s=300",
-        "train.checkpoint_every_s=300",
+    "hvae train (as configured)": [],
+    "hvae train, validation and checkpoints at every epoch's end": [
+        "train.eval_every_s=null",
+        "train.checkpoint_every_s=null",
     ],
 }
 BEFORE = "hvae train before this branch (--before SRC, as configured)"
